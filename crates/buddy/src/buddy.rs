@@ -1,0 +1,883 @@
+//! The buddy's poll loop: the only place that performs effects.
+//!
+//! One `poll(2)` over the signalfd, the listening socket, the adopted process's pidfd and the
+//! peers, with one timeout: the earliest of the machine's deadline, a logger restart, a
+//! phone-home retry and the exit deadline. Everything that arrives is turned into an input for
+//! the pure [`Machine`], whose outputs are carried out here; the status file is rewritten after
+//! every step. Nothing sleeps, and after start-up nothing is fatal: errors become records or
+//! log lines and the loop goes on ("from now on, we must not die").
+
+use crate::conn::{self, Conn};
+use crate::logs::{redirect_files, BuddyLog, Stream};
+use crate::machine::{Command, Input, Machine, Note, Output, Policy, State};
+use crate::ring::Ring;
+use crate::spawn::{self, Creds};
+use nix::errno::Errno;
+use nix::fcntl::{Flock, FlockArg};
+use nix::poll::{PollFd, PollFlags, PollTimeout};
+use nix::sys::signal::{self, SigSet, Signal};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::unistd::Pid;
+use std::collections::VecDeque;
+use std::fs::{File, OpenOptions};
+use std::os::fd::{AsFd, FromRawFd, OwnedFd};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::time::{Duration, Instant};
+use upk_core::event::{EventKind, Exit, Record};
+use upk_core::proto::{self, BuddyReply, BuddyRequest, Envelope, Role, PROTOCOL_VERSION};
+use upk_core::rundir::{RunDir, Settings};
+use upk_core::status::{self, Status, Want};
+
+/// How long a terminating buddy tries to deliver pending records before it exits anyway.
+const EXIT_GRACE: Duration = Duration::from_secs(3);
+/// Pause between phone-home attempts (shorter while exiting).
+const RETRY: Duration = Duration::from_secs(1);
+const RETRY_EXITING: Duration = Duration::from_millis(100);
+/// Pause before a dead logger is started again.
+const LOGGER_RESTART: Duration = Duration::from_secs(1);
+
+/// A start-up failure: the buddy exits with `code` after printing `message`.
+#[derive(Debug)]
+pub struct Fatal {
+    /// Exit code (see `upk_core::exit`).
+    pub code: i32,
+    /// One sentence.
+    pub message: String,
+}
+
+fn permanent(message: String) -> Fatal {
+    Fatal { code: upk_core::exit::PERMANENT, message }
+}
+fn temporary(what: &str, e: impl std::fmt::Display) -> Fatal {
+    Fatal { code: upk_core::exit::TEMPORARY, message: format!("{what}: {e}") }
+}
+
+/// An action script in flight, and who waits for its result.
+struct ActionRun {
+    pid: i32,
+    action: String,
+    reply_to: Option<(u64, Option<u64>)>,
+}
+
+/// Phone-home bookkeeping.
+struct PhoneHome {
+    tries_left: i64,
+    next_try: Option<Instant>,
+}
+
+/// One supervised run directory.
+pub struct Buddy {
+    dir: RunDir,
+    settings: Settings,
+    creds: Result<Creds, String>,
+    machine: Machine,
+    ring: Ring,
+    signals: SignalFd,
+    listener: UnixListener,
+    conns: Vec<Conn>,
+    next_token: u64,
+    /// pidfd of an adopted main process (not our child: its end is seen here, not by waitpid).
+    adopted: Option<OwnedFd>,
+    pid_start: Option<u64>,
+    actions: Vec<ActionRun>,
+    streams: [Stream; 2],
+    phone: PhoneHome,
+    log: BuddyLog,
+    exit_by: Option<Instant>,
+    since_us: i64,
+    _lock: Flock<File>,
+}
+
+impl Buddy {
+    /// Start-up: take the lock, read settings and the previous status, bind the socket, start
+    /// the loggers, adopt a still-running service or start it if it is wanted up.
+    pub fn open(dir: RunDir) -> Result<Buddy, Fatal> {
+        let settings = Settings::read(&dir.settings()).map_err(permanent)?;
+        let lock = take_lock(&dir)?;
+        std::fs::create_dir_all(dir.log()).map_err(|e| temporary("cannot create log/", e))?;
+        let mut log = BuddyLog::open(dir.log_file("buddy"));
+
+        let mut mask = SigSet::empty();
+        for s in [Signal::SIGCHLD, Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP] {
+            mask.add(s);
+        }
+        mask.thread_block().map_err(|e| temporary("sigprocmask", e))?;
+        let signals = SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
+            .map_err(|e| temporary("signalfd", e))?;
+        // Orphans of the service (double forks, leftovers) are re-parented to us and reaped
+        // here, so "the group is empty" can be known and no zombie outlives a stop.
+        nix::sys::prctl::set_child_subreaper(true).map_err(|e| temporary("PR_SET_CHILD_SUBREAPER", e))?;
+
+        let listener = bind(&dir)?;
+        let previous = Status::read(&dir.status()).unwrap_or_else(|e| {
+            log.line(&format!("ignoring unreadable status file: {e}"));
+            None
+        });
+        let svc = &settings.service;
+        let want = match &previous {
+            Some(p) => p.want,
+            None if svc.initial_state == upk_core::config::InitialState::Running => Want::Up,
+            None => Want::Down,
+        };
+        let (last_seq, acked) = previous.as_ref().map_or((0, 0), |p| (p.seq, p.acked));
+        let seed = u64::from(std::process::id()) ^ upk_core::time::mono_us() as u64;
+        let machine = Machine::new(Policy::of(svc), want, seed);
+        let creds = Creds::resolve(svc, nix::unistd::geteuid(), nix::unistd::getegid());
+        let streams = [Stream::new(&dir, "stdout", svc), Stream::new(&dir, "stderr", svc)];
+        let tries_left = svc.reconnect_retries;
+        let mut buddy = Buddy {
+            ring: Ring::new(svc.ringbuffer_size as usize, last_seq, acked),
+            dir,
+            creds,
+            machine,
+            signals,
+            listener,
+            conns: Vec::new(),
+            next_token: 0,
+            adopted: None,
+            pid_start: None,
+            actions: Vec::new(),
+            streams,
+            phone: PhoneHome { tries_left, next_try: None },
+            log,
+            exit_by: None,
+            since_us: upk_core::time::wall_us(),
+            settings,
+            _lock: lock,
+        };
+        if let Err(e) = &buddy.creds {
+            buddy.log.line(&format!("the service cannot start: {e}"));
+        }
+        buddy.start_up(previous);
+        Ok(buddy)
+    }
+
+    fn start_up(&mut self, previous: Option<Status>) {
+        let blank = self.blank_record(EventKind::Started);
+        self.ring.account_unacked(blank, "previous buddy ended with records unacknowledged");
+        let buddy_pid = std::process::id() as i32;
+        self.record(Note {
+            from: self.machine.state().name(),
+            to: self.machine.state().name(),
+            pid: Some(buddy_pid),
+            cause: "startup".into(),
+            kind: EventKind::BuddyStarted { buddy_pid },
+        });
+        for i in 0..self.streams.len() {
+            self.start_logger(i);
+        }
+        let orphan = previous.as_ref().and_then(|p| Some((p.pid?, p.pid_start?)));
+        if let Some((pid, start)) = orphan {
+            if let Some(fd) = still_running(pid, start) {
+                self.adopted = Some(fd);
+                self.pid_start = Some(start);
+                self.log.line(&format!("adopting running service pid {pid}"));
+                self.drive(Input::Adopted { pid });
+                if self.machine.want() == Want::Down {
+                    self.drive(Input::Command(Command::Stop, "startup: wanted down".into()));
+                }
+                return;
+            }
+        }
+        if self.machine.want() == Want::Up {
+            self.drive(Input::Command(Command::Start, "startup: wanted up".into()));
+        } else {
+            self.write_status();
+        }
+    }
+
+    /// Runs until the machine says exit and pending records are delivered (or the grace ends).
+    pub fn run(mut self) -> i32 {
+        loop {
+            let now = Instant::now();
+            if let Some(by) = self.exit_by {
+                if self.ring.is_empty() || now >= by {
+                    return self.finish();
+                }
+            }
+            let timeout = self.deadline().map(|d| d.saturating_duration_since(now));
+            let revents = match self.wait(timeout) {
+                Ok(r) => r,
+                Err(Errno::EINTR) => continue,
+                Err(e) => {
+                    self.log.line(&format!("poll failed: {e}"));
+                    return upk_core::exit::TEMPORARY;
+                }
+            };
+            self.dispatch(revents);
+            self.on_timers(Instant::now());
+        }
+    }
+
+    /// The earliest timer of any kind.
+    fn deadline(&self) -> Option<Instant> {
+        let loggers = self.streams.iter().filter_map(|s| s.restart_at);
+        let phone = self.phone.next_try.filter(|_| self.must_phone_home());
+        [self.machine.deadline(), phone, self.exit_by]
+            .into_iter()
+            .flatten()
+            .chain(loggers)
+            .min()
+    }
+
+    fn wait(&self, timeout: Option<Duration>) -> Result<Vec<PollFlags>, Errno> {
+        let mut fds = vec![
+            PollFd::new(self.signals.as_fd(), PollFlags::POLLIN),
+            PollFd::new(self.listener.as_fd(), PollFlags::POLLIN),
+        ];
+        if let Some(fd) = &self.adopted {
+            fds.push(PollFd::new(fd.as_fd(), PollFlags::POLLIN));
+        }
+        for c in &self.conns {
+            let mut flags = PollFlags::POLLIN;
+            if c.wants_write() {
+                flags |= PollFlags::POLLOUT;
+            }
+            fds.push(PollFd::new(c.stream.as_fd(), flags));
+        }
+        let timeout = match timeout {
+            None => PollTimeout::NONE,
+            // Round up so a timer never fires a hair early and spins.
+            Some(d) => PollTimeout::try_from(d.as_millis().saturating_add(1).min(i32::MAX as u128) as i32)
+                .unwrap_or(PollTimeout::MAX),
+        };
+        nix::poll::poll(&mut fds, timeout)?;
+        Ok(fds.iter().map(|f| f.revents().unwrap_or(PollFlags::empty())).collect())
+    }
+
+    fn dispatch(&mut self, revents: Vec<PollFlags>) {
+        let mut it = revents.into_iter();
+        let ready = |f: Option<PollFlags>| f.is_some_and(|f| !f.is_empty());
+        if ready(it.next()) {
+            self.on_signals();
+        }
+        if ready(it.next()) {
+            self.accept();
+        }
+        if self.adopted.is_some() && ready(it.next()) {
+            self.adopted_died();
+        }
+        let tokens: Vec<(u64, PollFlags)> =
+            self.conns.iter().map(|c| c.token).zip(it).filter(|(_, f)| !f.is_empty()).collect();
+        for (token, flags) in tokens {
+            self.on_conn(token, flags);
+        }
+    }
+
+    // ---- signals and children -------------------------------------------------------------
+
+    fn on_signals(&mut self) {
+        let mut chld = false;
+        while let Ok(Some(info)) = self.signals.read_signal() {
+            match Signal::try_from(info.ssi_signo as i32) {
+                Ok(Signal::SIGCHLD) => chld = true,
+                Ok(Signal::SIGTERM | Signal::SIGINT) => {
+                    if self.exit_by.is_none() {
+                        self.log.line("terminating: stopping the service first");
+                        self.drive(Input::Terminate);
+                    }
+                }
+                Ok(Signal::SIGHUP) => self.reload_settings(),
+                _ => {}
+            }
+        }
+        if chld {
+            self.reap();
+        }
+    }
+
+    fn reap(&mut self) {
+        loop {
+            let (pid, exit) = match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::Exited(pid, code)) => (pid.as_raw(), Exit::Exited { code }),
+                Ok(WaitStatus::Signaled(pid, sig, core)) => (pid.as_raw(), Exit::Killed { signal: sig as i32, core }),
+                Ok(WaitStatus::StillAlive) | Err(_) => break,
+                Ok(_) => continue,
+            };
+            self.child_ended(pid, exit);
+        }
+        if let State::Stopping { pid: None, pgid, .. } = *self.machine.state() {
+            if !group_alive(pgid) {
+                self.drive(Input::GroupGone);
+            }
+        }
+    }
+
+    fn child_ended(&mut self, pid: i32, exit: Exit) {
+        if self.machine.state().pid() == Some(pid) && self.adopted.is_none() {
+            let pgid = pid;
+            self.drive(Input::Died { pid, exit, group_alive: group_alive(pgid) });
+        } else if let Some(i) = self.actions.iter().position(|a| a.pid == pid) {
+            let run = self.actions.swap_remove(i);
+            self.note(Some(pid), "action", EventKind::ActionRun { action: run.action.clone(), exit });
+            if let Some((token, id)) = run.reply_to {
+                self.reply(token, id, BuddyReply::ActionDone { action: run.action, exit });
+            }
+            self.write_status();
+        } else if let Some(i) = self.streams.iter().position(|s| s.logger == Some(pid)) {
+            let stream = &mut self.streams[i];
+            stream.logger = None;
+            let name = stream.name.to_owned();
+            if stream.script.is_some() {
+                stream.restart_at = Some(Instant::now() + LOGGER_RESTART);
+            }
+            self.note(Some(pid), "exit", EventKind::LoggerDied { stream: name, exit });
+            self.write_status();
+        }
+        // Anything else was an orphan of the service re-parented to us: reaping it is enough.
+    }
+
+    fn adopted_died(&mut self) {
+        self.adopted = None;
+        if let Some(pid) = self.machine.state().pid() {
+            self.drive(Input::Died { pid, exit: Exit::Unknown, group_alive: group_alive(pid) });
+        }
+    }
+
+    fn on_timers(&mut self, now: Instant) {
+        if self.machine.deadline().is_some_and(|d| d <= now) {
+            self.drive(Input::Timer);
+        }
+        for i in 0..self.streams.len() {
+            if self.streams[i].restart_at.is_some_and(|t| t <= now) {
+                self.streams[i].restart_at = None;
+                self.start_logger(i);
+            }
+        }
+        self.phone_home(now);
+    }
+
+    fn reload_settings(&mut self) {
+        self.log.reopen();
+        match Settings::read(&self.dir.settings()) {
+            Ok(s) => {
+                self.machine.set_policy(Policy::of(&s.service));
+                self.ring.resize(s.service.ringbuffer_size as usize);
+                self.creds = Creds::resolve(&s.service, nix::unistd::geteuid(), nix::unistd::getegid());
+                for i in 0..self.streams.len() {
+                    self.streams[i].configure(&self.dir, &s.service);
+                    let stream = &self.streams[i];
+                    match (stream.script.is_some(), stream.logger) {
+                        (false, Some(pid)) => {
+                            let _ = signal::kill(Pid::from_raw(pid), Signal::SIGTERM);
+                        }
+                        (true, None) if stream.restart_at.is_none() => self.start_logger(i),
+                        _ => {}
+                    }
+                }
+                self.settings = s;
+                self.log.line("settings re-read");
+            }
+            Err(e) => self.log.line(&format!("keeping the old settings: {e}")),
+        }
+    }
+
+    // ---- the machine ---------------------------------------------------------------------
+
+    /// Feeds one input and carries out what the machine asks, then rewrites the status.
+    fn drive(&mut self, input: Input) {
+        let now = Instant::now();
+        let mut queue: VecDeque<Output> = self.machine.step(now, input).into();
+        while let Some(out) = queue.pop_front() {
+            match out {
+                Output::Spawn => {
+                    let answer = match self.spawn_service() {
+                        Ok(pid) => Input::Spawned { pid },
+                        Err(error) => Input::SpawnFailed { error },
+                    };
+                    for o in self.machine.step(now, answer).into_iter().rev() {
+                        queue.push_front(o);
+                    }
+                }
+                Output::RunStop { pid } => {
+                    if let Err(e) = self.run_action("stop", "stop", Some(pid), None) {
+                        self.log.line(&format!("cannot run the stop script: {e}"));
+                    }
+                }
+                Output::KillGroup { pgid, signal } => kill_group(pgid, signal),
+                Output::Record(note) => self.record(note),
+                Output::Exit => {
+                    self.exit_by = Some(now + EXIT_GRACE);
+                    self.phone.next_try = None;
+                }
+            }
+        }
+        self.write_status();
+    }
+
+    fn spawn_service(&mut self) -> Result<i32, String> {
+        let creds = self.creds.clone()?;
+        let mut out = redirect_files(&self.dir, &self.settings.service).map_err(|e| e.to_string())?;
+        for (i, s) in self.streams.iter().enumerate() {
+            if let Some(end) = s.service_end().map_err(|e| format!("{}: {e}", s.fifo.display()))? {
+                if i == 0 {
+                    out.stdout = end;
+                } else {
+                    out.stderr = end;
+                }
+            }
+        }
+        let id = self.settings.service.id.to_string();
+        let env = [("UPK_SERVICE", id.as_str())];
+        let start = self.dir.action("start");
+        let pid = spawn::spawn(&start, &[], self.dir.root(), &creds, None, out, &env)
+            .map_err(|e| format!("cannot execute {}: {e}", start.display()))?;
+        self.adopted = None;
+        self.pid_start = status::process_start_time(pid);
+        Ok(pid)
+    }
+
+    /// Runs `actions/<file>` with the service's pid as `$1` (when it runs).
+    fn run_action(&mut self, file: &str, action: &str, pid: Option<i32>, reply_to: Option<(u64, Option<u64>)>) -> Result<(), String> {
+        let creds = self.creds.clone()?;
+        let out = redirect_files(&self.dir, &self.settings.service).map_err(|e| e.to_string())?;
+        let args: Vec<String> = pid.map(|p| p.to_string()).into_iter().collect();
+        let id = self.settings.service.id.to_string();
+        let path = self.dir.action(file);
+        let child = spawn::spawn(&path, &args, self.dir.root(), &creds, None, out, &[("UPK_SERVICE", &id)])
+            .map_err(|e| format!("cannot execute {}: {e}", path.display()))?;
+        self.actions.push(ActionRun { pid: child, action: action.to_owned(), reply_to });
+        Ok(())
+    }
+
+    fn start_logger(&mut self, i: usize) {
+        let result = (|| -> Result<i32, String> {
+            let stream = &mut self.streams[i];
+            let Some(script) = stream.script.clone() else { return Ok(0) };
+            stream.hold().map_err(|e| format!("{}: {e}", stream.fifo.display()))?;
+            let stdin = stream.logger_end().map_err(|e| e.to_string())?;
+            let creds = self.creds.clone()?;
+            let out = redirect_files(&self.dir, &self.settings.service).map_err(|e| e.to_string())?;
+            let id = self.settings.service.id.to_string();
+            spawn::spawn(&script, &[], self.dir.root(), &creds, Some(stdin), out, &[("UPK_SERVICE", &id)])
+                .map_err(|e| format!("cannot execute {}: {e}", script.display()))
+        })();
+        let name = self.streams[i].name;
+        match result {
+            Ok(0) => {}
+            Ok(pid) => {
+                self.streams[i].logger = Some(pid);
+                self.note(Some(pid), "logger", EventKind::LoggerStarted { stream: name.into() });
+            }
+            Err(e) => {
+                self.log.line(&format!("{name} logger: {e}; retrying"));
+                self.streams[i].restart_at = Some(Instant::now() + LOGGER_RESTART);
+            }
+        }
+    }
+
+    // ---- records ---------------------------------------------------------------------------
+
+    fn blank_record(&self, kind: EventKind) -> Record {
+        let s = self.machine.state().name();
+        Record {
+            seq: 0,
+            wall_us: upk_core::time::wall_us(),
+            mono_us: upk_core::time::mono_us(),
+            from: s,
+            to: s,
+            pid: None,
+            cause: String::new(),
+            kind,
+        }
+    }
+
+    /// A record that changes no state.
+    fn note(&mut self, pid: Option<i32>, cause: &str, kind: EventKind) {
+        let s = self.machine.state().name();
+        self.record(Note { from: s, to: s, pid, cause: cause.into(), kind });
+    }
+
+    fn record(&mut self, note: Note) {
+        let mut r = self.blank_record(note.kind);
+        (r.from, r.to, r.pid, r.cause) = (note.from, note.to, note.pid, note.cause);
+        if r.from != r.to {
+            self.since_us = r.wall_us;
+        }
+        let stored = self.ring.push(r);
+        let line = proto::encode(&Envelope { id: None, body: BuddyReply::Event { record: stored.clone() } });
+        let mut dead = Vec::new();
+        for c in self.conns.iter_mut().filter(|c| c.subscribed) {
+            if c.send(&line).is_err() {
+                dead.push(c.token);
+            }
+        }
+        self.conns.retain(|c| !dead.contains(&c.token));
+        self.phone_home(Instant::now());
+    }
+
+    fn status(&self) -> Status {
+        let state = self.machine.state();
+        let next_start_us = match state {
+            State::Backoff { until } | State::Paused { until } => {
+                let left = until.saturating_duration_since(Instant::now());
+                Some(upk_core::time::wall_us() + left.as_micros() as i64)
+            }
+            _ => None,
+        };
+        Status {
+            service: self.settings.service.id.to_string(),
+            state: state.name(),
+            want: self.machine.want(),
+            pid: state.pid(),
+            pid_start: state.pid().and(self.pid_start),
+            since_us: self.since_us,
+            buddy_pid: std::process::id() as i32,
+            restarts: self.machine.restarts(),
+            failures: self.machine.failures(),
+            last_exit: self.machine.last_exit(),
+            next_start_us,
+            seq: self.ring.last_seq(),
+            acked: self.ring.acked(),
+        }
+    }
+
+    fn write_status(&mut self) {
+        if let Err(e) = self.status().write(&self.dir.status()) {
+            self.log.line(&format!("cannot write the status file: {e}"));
+        }
+    }
+
+    // ---- phone home ------------------------------------------------------------------------
+
+    fn controller_listening(&self) -> bool {
+        self.conns.iter().any(|c| c.subscribed && c.role == Role::Controller)
+    }
+
+    fn must_phone_home(&self) -> bool {
+        !self.ring.is_empty()
+            && !self.controller_listening()
+            && (self.ring.nearly_full() || self.exit_by.is_some())
+            && self.phone.tries_left != 0
+    }
+
+    /// Dials the controller when the ring is 75% full (or the buddy exits) and none listens.
+    fn phone_home(&mut self, now: Instant) {
+        if !self.must_phone_home() || self.phone.next_try.is_some_and(|t| t > now) {
+            return;
+        }
+        let path = self.settings.controller_socket.clone();
+        match UnixStream::connect(&path) {
+            Ok(stream) => {
+                let token = self.token();
+                match Conn::new(token, stream, (0, 0), true) {
+                    Ok(mut c) => {
+                        c.role = Role::Controller;
+                        c.subscribed = true;
+                        self.phone = PhoneHome { tries_left: self.settings.service.reconnect_retries, next_try: None };
+                        let hello = BuddyReply::Hello {
+                            version: PROTOCOL_VERSION,
+                            service: self.settings.service.id.to_string(),
+                            buddy_pid: std::process::id() as i32,
+                        };
+                        let mut bytes = proto::encode(&Envelope { id: None, body: hello });
+                        for r in self.ring.after(0) {
+                            bytes.extend(proto::encode(&Envelope { id: None, body: BuddyReply::Event { record: r.clone() } }));
+                        }
+                        self.log.line(&format!("phoned home to {}: {} records", path.display(), self.ring.len()));
+                        if c.send(&bytes).is_ok() {
+                            self.conns.push(c);
+                        }
+                    }
+                    Err(e) => self.log.line(&format!("phone home: {e}")),
+                }
+            }
+            Err(e) => {
+                if self.phone.tries_left > 0 {
+                    self.phone.tries_left -= 1;
+                }
+                let pause = if self.exit_by.is_some() { RETRY_EXITING } else { RETRY };
+                self.phone.next_try = Some(now + pause);
+                if self.phone.tries_left == 0 {
+                    self.log.line(&format!(
+                        "cannot reach the controller at {} ({e}); giving up with {} records pending",
+                        path.display(),
+                        self.ring.len()
+                    ));
+                }
+            }
+        }
+    }
+
+    // ---- peers -----------------------------------------------------------------------------
+
+    fn token(&mut self) -> u64 {
+        self.next_token += 1;
+        self.next_token
+    }
+
+    fn accept(&mut self) {
+        while let Ok((stream, _)) = self.listener.accept() {
+            let peer = nix::sys::socket::getsockopt(&stream, nix::sys::socket::sockopt::PeerCredentials)
+                .map(|c| (c.uid(), c.pid()))
+                .unwrap_or((u32::MAX, 0));
+            let token = self.token();
+            let Ok(mut c) = Conn::new(token, stream, peer, false) else { continue };
+            let me = nix::unistd::geteuid().as_raw();
+            if peer.0 != 0 && peer.0 != me {
+                let refusal = BuddyReply::Error { message: format!("permission denied: uid {} may not talk to this buddy", peer.0) };
+                let _ = c.send(&proto::encode(&Envelope { id: None, body: refusal }));
+                self.log.line(&format!("refused a connection from uid {} pid {}", peer.0, peer.1));
+                continue;
+            }
+            self.conns.push(c);
+        }
+    }
+
+    fn on_conn(&mut self, token: u64, flags: PollFlags) {
+        let Some(i) = self.conns.iter().position(|c| c.token == token) else { return };
+        if flags.contains(PollFlags::POLLOUT) && self.conns[i].flush().is_err() {
+            self.drop_conn(token);
+            return;
+        }
+        if !flags.intersects(PollFlags::POLLIN | PollFlags::POLLHUP | PollFlags::POLLERR) {
+            return;
+        }
+        let (lines, closed) = match self.conns[i].read() {
+            Ok(conn::Input::Lines(l)) => (l, false),
+            Ok(conn::Input::Closed(l)) => (l, true),
+            Ok(conn::Input::TooLong) => {
+                self.refuse(token, None, format!("line longer than {} bytes", proto::MAX_LINE));
+                return;
+            }
+            Err(_) => (Vec::new(), true),
+        };
+        for line in lines {
+            if !self.conns.iter().any(|c| c.token == token && !c.closing) {
+                break;
+            }
+            self.on_line(token, &line);
+        }
+        if closed {
+            self.drop_conn(token);
+        }
+    }
+
+    fn drop_conn(&mut self, token: u64) {
+        self.conns.retain(|c| c.token != token);
+    }
+
+    /// Sends an error and closes: the peer spoke nonsense.
+    fn refuse(&mut self, token: u64, id: Option<u64>, message: String) {
+        self.reply(token, id, BuddyReply::Error { message });
+        self.drop_conn(token);
+    }
+
+    fn reply(&mut self, token: u64, id: Option<u64>, body: BuddyReply) {
+        let Some(c) = self.conns.iter_mut().find(|c| c.token == token) else { return };
+        let line = proto::encode(&Envelope { id, body });
+        let failed = c.send(&line).is_err();
+        // Best effort to get an error out before closing; a full socket simply loses it.
+        if failed {
+            self.drop_conn(token);
+        }
+    }
+
+    fn ok(&mut self, token: u64, id: Option<u64>, message: Option<String>) {
+        let status = self.status();
+        self.reply(token, id, BuddyReply::Ok { status, message });
+    }
+
+    fn on_line(&mut self, token: u64, line: &[u8]) {
+        let req = match proto::decode::<BuddyRequest>(line) {
+            Ok(r) => r,
+            Err(message) => return self.refuse(token, None, message),
+        };
+        let Some(c) = self.conns.iter().find(|c| c.token == token) else { return };
+        let cause = format!("command from uid {} pid {}", c.peer.0, c.peer.1);
+        let id = req.id;
+        match req.body {
+            BuddyRequest::Hello { version, role } => {
+                if version > PROTOCOL_VERSION {
+                    let msg = format!("protocol version {version} is newer than this buddy's {PROTOCOL_VERSION}");
+                    return self.refuse(token, id, msg);
+                }
+                if let Some(c) = self.conns.iter_mut().find(|c| c.token == token) {
+                    c.role = role;
+                }
+                let hello = BuddyReply::Hello {
+                    version: PROTOCOL_VERSION,
+                    service: self.settings.service.id.to_string(),
+                    buddy_pid: std::process::id() as i32,
+                };
+                self.reply(token, id, hello);
+            }
+            BuddyRequest::Status => self.ok(token, id, None),
+            BuddyRequest::Start => self.command(token, id, Command::Start, cause),
+            BuddyRequest::Stop => self.command(token, id, Command::Stop, cause),
+            BuddyRequest::Restart => self.command(token, id, Command::Restart, cause),
+            BuddyRequest::Once => self.command(token, id, Command::Once, cause),
+            BuddyRequest::Reload => match self.machine.state().pid() {
+                Some(pid) => match self.run_action("reload", "reload", Some(pid), Some((token, id))) {
+                    Ok(()) => {}
+                    Err(e) => self.reply(token, id, BuddyReply::Error { message: e }),
+                },
+                None => self.reply(token, id, not_running("reload")),
+            },
+            BuddyRequest::Signal { signal, group } => self.signal(token, id, signal, group, cause),
+            BuddyRequest::Action { name } => self.custom_action(token, id, &name),
+            BuddyRequest::Events { after } => {
+                let records = self.ring.after(after).cloned().collect();
+                self.reply(token, id, BuddyReply::Records { records });
+            }
+            BuddyRequest::Subscribe => {
+                self.ok(token, id, None);
+                let backlog: Vec<u8> = self
+                    .ring
+                    .after(0)
+                    .flat_map(|r| proto::encode(&Envelope { id: None, body: BuddyReply::Event { record: r.clone() } }))
+                    .collect();
+                if let Some(c) = self.conns.iter_mut().find(|c| c.token == token) {
+                    c.subscribed = true;
+                    if c.role == Role::Controller {
+                        self.phone = PhoneHome { tries_left: self.settings.service.reconnect_retries, next_try: None };
+                    }
+                    if c.send(&backlog).is_err() {
+                        self.drop_conn(token);
+                    }
+                }
+            }
+            BuddyRequest::Ack { seq } => {
+                self.ring.ack(seq);
+                self.write_status();
+            }
+            BuddyRequest::Shutdown => {
+                self.log.line(&format!("shutdown requested ({cause})"));
+                self.drive(Input::Terminate);
+                self.ok(token, id, None);
+            }
+        }
+    }
+
+    fn command(&mut self, token: u64, id: Option<u64>, cmd: Command, cause: String) {
+        if self.exit_by.is_some() || matches!(self.machine.state(), State::Stopping { then: crate::machine::After::Exit, .. }) {
+            return self.reply(token, id, BuddyReply::Error { message: "the buddy is exiting".into() });
+        }
+        let before = (self.machine.state().name(), self.machine.want());
+        self.drive(Input::Command(cmd, cause));
+        let after = (self.machine.state().name(), self.machine.want());
+        let message = (before == after).then(|| format!("already {}", after.0.as_str()));
+        self.ok(token, id, message);
+    }
+
+    fn signal(&mut self, token: u64, id: Option<u64>, spec: proto::SignalSpec, group: bool, cause: String) {
+        let sig = match spec.resolve() {
+            Ok(s) => s,
+            Err(message) => return self.reply(token, id, BuddyReply::Error { message }),
+        };
+        // Never signal without a live service: kill(0) or kill(-1) would hit the buddy's own
+        // group or everything the buddy may signal.
+        let Some(pid) = self.machine.state().pid().filter(|&p| p > 1) else {
+            return self.reply(token, id, not_running("signal"));
+        };
+        let target = if group { -pid } else { pid };
+        match signal::kill(Pid::from_raw(target), sig) {
+            Ok(()) => {
+                self.note(Some(pid), &cause, EventKind::Signaled { signal: sig as i32, group });
+                self.write_status();
+                self.ok(token, id, None);
+            }
+            Err(e) => self.reply(token, id, BuddyReply::Error { message: format!("kill {}: {e}", sig.as_str()) }),
+        }
+    }
+
+    fn custom_action(&mut self, token: u64, id: Option<u64>, name: &str) {
+        let actions = &self.settings.service.custom_actions;
+        let index = match name.parse::<usize>() {
+            Ok(n) if (1..=actions.len()).contains(&n) => Some(n - 1),
+            Ok(_) => None,
+            Err(_) => actions.iter().position(|a| a.name == name),
+        };
+        let Some(index) = index else {
+            let known: Vec<&str> = actions.iter().map(|a| a.name.as_str()).collect();
+            let message = format!("no custom action {name:?} (known: {})", known.join(", "));
+            return self.reply(token, id, BuddyReply::Error { message });
+        };
+        let action = actions[index].name.clone();
+        let file = upk_core::rundir::action_number(index + 1);
+        let pid = self.machine.state().pid();
+        if let Err(message) = self.run_action(&file, &action, pid, Some((token, id))) {
+            self.reply(token, id, BuddyReply::Error { message });
+        }
+    }
+
+    /// Exit: say so, remove the socket, leave the status for the next buddy.
+    fn finish(mut self) -> i32 {
+        if !self.ring.is_empty() {
+            self.log.line(&format!(
+                "exiting with {} records undelivered (seq {}..={}); the next buddy reports them as lost",
+                self.ring.len(),
+                self.ring.acked() + 1,
+                self.ring.last_seq()
+            ));
+        }
+        let _ = std::fs::remove_file(self.dir.socket());
+        self.write_status();
+        self.log.line("exiting");
+        upk_core::exit::OK
+    }
+}
+
+fn not_running(what: &str) -> BuddyReply {
+    BuddyReply::Error { message: format!("cannot {what}: the service is not running") }
+}
+
+fn take_lock(dir: &RunDir) -> Result<Flock<File>, Fatal> {
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(dir.lock())
+        .map_err(|e| permanent(format!("cannot open {}: {e}", dir.lock().display())))?;
+    Flock::lock(file, FlockArg::LockExclusiveNonblock).map_err(|(_, e)| {
+        let holder = Status::read(&dir.status()).ok().flatten().map(|s| s.buddy_pid);
+        match (e, holder) {
+            (Errno::EWOULDBLOCK, Some(pid)) => permanent(format!("{} is already supervised by buddy pid {pid}", dir.root().display())),
+            (Errno::EWOULDBLOCK, None) => permanent(format!("{} is already supervised by another buddy", dir.root().display())),
+            (e, _) => temporary("flock", e),
+        }
+    })
+}
+
+fn bind(dir: &RunDir) -> Result<UnixListener, Fatal> {
+    let path = dir.socket();
+    if path.as_os_str().len() >= 108 {
+        return Err(permanent(format!("socket path {} is longer than 107 bytes", path.display())));
+    }
+    // We hold the lock, so any socket file left here belongs to a dead buddy.
+    let _ = std::fs::remove_file(&path);
+    let listener = UnixListener::bind(&path).map_err(|e| temporary(&format!("bind {}", path.display()), e))?;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).map_err(|e| temporary("chmod buddy.sock", e))?;
+    listener.set_nonblocking(true).map_err(|e| temporary("socket", e))?;
+    Ok(listener)
+}
+
+/// A pidfd for `pid` if it is still the process that started at `start` and is not a zombie.
+fn still_running(pid: i32, start: u64) -> Option<OwnedFd> {
+    if pid <= 1 || status::process_start_time(pid) != Some(start) || status::process_state(pid) == Some('Z') {
+        return None;
+    }
+    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if fd < 0 {
+        return None;
+    }
+    // SAFETY: the kernel just returned this descriptor to us; nobody else owns it.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+    // Re-check after opening: the pid could have been recycled in between.
+    (status::process_start_time(pid) == Some(start)).then_some(fd)
+}
+
+/// True while any process of group `pgid` exists.
+fn group_alive(pgid: i32) -> bool {
+    pgid > 1 && signal::killpg(Pid::from_raw(pgid), None).is_ok()
+}
+
+fn kill_group(pgid: i32, sig: Signal) {
+    // The group is the service's own session; never 0 or 1, never ours.
+    if pgid > 1 && pgid != nix::unistd::getpgrp().as_raw() {
+        let _ = signal::killpg(Pid::from_raw(pgid), sig);
+    }
+}

@@ -1,0 +1,37 @@
+//! `upk_buddy`: supervises one service from its run directory.
+//!
+//! # Theory of operation
+//!
+//! A buddy is started on one run directory (`upk_buddy SvcRunPath/<id>`) and owns it: it takes
+//! `lock`, binds `buddy.sock`, reads `settings.json`, and rewrites `status` on every transition.
+//! The service is `actions/start` executed in a session of its own; the buddy reaps it (and,
+//! as a child subreaper, whatever it leaves behind), restarts it by policy, stops it with
+//! escalation to its whole process group, and records every transition as a sequence-numbered
+//! record in a ring that only an acknowledgement empties.
+//!
+//! The design is s6's: a single thread, one `poll` over descriptors (signalfd, sockets, a pidfd
+//! for an adopted process) and one deadline, and a pure transition function
+//! ([`machine::Machine::step`]) that the loop ([`buddy::Buddy`]) feeds and obeys. Start-up may
+//! fail (exit 100 or 111, see `docs/exit-codes.md`); the loop never does.
+//!
+//! `docs/state-machine.md`, `docs/servicedir.md` and `docs/protocol.md` are the long form.
+
+pub mod buddy;
+pub mod conn;
+pub mod logs;
+pub mod machine;
+pub mod ring;
+pub mod spawn;
+
+use std::path::Path;
+
+/// Supervises the run directory at `dir` until told to exit; returns the exit code.
+pub fn run(dir: &Path) -> i32 {
+    match buddy::Buddy::open(upk_core::rundir::RunDir::new(dir)) {
+        Ok(b) => b.run(),
+        Err(fatal) => {
+            eprintln!("upk_buddy: {}", fatal.message);
+            fatal.code
+        }
+    }
+}

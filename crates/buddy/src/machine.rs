@@ -1,0 +1,552 @@
+//! The buddy's lifecycle as a pure state machine.
+//!
+//! [`Machine::step`] takes the current time and one [`Input`] and returns the [`Output`]s the
+//! poll loop must carry out; it makes no system calls, so every policy below is unit-tested
+//! without processes. The loop owns the clock: it passes `now` in, asks [`Machine::deadline`]
+//! for the next timer, and feeds [`Input::Timer`] when it passes.
+//!
+//! States (`docs/state-machine.md` draws the table):
+//!
+//! | state    | leaves on                                                          |
+//! |----------|--------------------------------------------------------------------|
+//! | stopped  | start/restart/once -> running                                       |
+//! | running  | death -> backoff, paused, failed or stopped; stop/restart -> stopping |
+//! | stopping | group empty -> stopped (then start again for restart); timers escalate |
+//! | backoff  | timer -> running; start -> running; stop -> stopped                  |
+//! | paused   | timer -> running; start -> running; stop -> stopped                  |
+//! | failed   | start/restart/once -> running; stop -> stopped                       |
+//!
+//! Restart policy, decided here once: a death while wanted up is a *failure* whatever the exit
+//! code (a daemon is expected to stay up). A run that lasted at least the stable uptime
+//! (`UserRestartWindow`, 10 s when unset) first clears the failure count and the restart window.
+//! After `MaxConsecutiveFailures` failures in a row (>= 0) the service is `failed`. Otherwise the
+//! restart waits `UserRateLimit` seconds from the death (times 1 to 1.5 with
+//! `RandomizeRateLimit`); with no `UserRateLimit`, starts are at least 1 s apart. When
+//! `UserMaxRestarts` automatic restarts already happened within the window, restarts pause until
+//! the oldest of them leaves the window, then resume. Operator commands reset the counters.
+
+use nix::sys::signal::Signal;
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+use upk_core::config::Service;
+use upk_core::event::{EventKind, Exit, StateName};
+use upk_core::status::Want;
+
+/// The stable uptime and restart window when `UserRestartWindow` is unset.
+pub const DEFAULT_WINDOW: Duration = Duration::from_secs(10);
+/// Minimum spacing of starts when `UserRateLimit` is unset (s6's and runit's rule).
+pub const DEFAULT_SPACING: Duration = Duration::from_secs(1);
+
+/// The restart and stop policy of one service, from its settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Policy {
+    /// Delay after a death; `None` means "at least [`DEFAULT_SPACING`] between starts".
+    pub rate_limit: Option<Duration>,
+    /// Multiply the delay by a random factor in [1, 1.5).
+    pub jitter: bool,
+    /// Automatic restarts allowed within `window`.
+    pub max_restarts: Option<u32>,
+    /// The restart window and stable uptime.
+    pub window: Duration,
+    /// Consecutive failures before `failed`; `None` restarts forever.
+    pub max_failures: Option<u32>,
+    /// From the stop request to SIGKILL; `None` never SIGKILLs.
+    pub kill_timeout: Option<Duration>,
+}
+
+impl Policy {
+    /// The policy a service's settings describe.
+    pub fn of(svc: &Service) -> Policy {
+        let secs = |s: f64| Duration::from_secs_f64(s.max(0.0));
+        Policy {
+            rate_limit: svc.user_rate_limit.map(secs),
+            jitter: svc.randomize_rate_limit,
+            max_restarts: svc.user_max_restarts,
+            window: svc.user_restart_window.map(secs).unwrap_or(DEFAULT_WINDOW),
+            max_failures: u32::try_from(svc.max_consecutive_failures).ok(),
+            kill_timeout: (svc.kill_timeout >= 0.0).then(|| secs(svc.kill_timeout)),
+        }
+    }
+}
+
+/// What happens once a stop completes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum After {
+    /// Stay stopped.
+    Rest,
+    /// Start again (restart).
+    Start,
+    /// The buddy exits.
+    Exit,
+}
+
+/// The lifecycle state, carrying what each state needs.
+#[derive(Debug, Clone, PartialEq)]
+pub enum State {
+    /// Nothing runs.
+    Stopped,
+    /// The main process runs.
+    Running {
+        /// Main pid (also the process group and session id).
+        pid: i32,
+        /// When it started.
+        since: Instant,
+    },
+    /// A stop is in progress.
+    Stopping {
+        /// Main pid while it lives.
+        pid: Option<i32>,
+        /// The service's process group.
+        pgid: i32,
+        /// When the stop began.
+        since: Instant,
+        /// SIGTERM went to the group.
+        termed: bool,
+        /// SIGKILL went to the group.
+        killed: bool,
+        /// What to do when stopped.
+        then: After,
+    },
+    /// Waiting to restart.
+    Backoff {
+        /// When to start.
+        until: Instant,
+    },
+    /// Restarts paused by UserMaxRestarts.
+    Paused {
+        /// When to start.
+        until: Instant,
+    },
+    /// Gave up.
+    Failed,
+}
+
+impl State {
+    /// The name used in status files and records.
+    pub fn name(&self) -> StateName {
+        match self {
+            State::Stopped => StateName::Stopped,
+            State::Running { .. } => StateName::Running,
+            State::Stopping { .. } => StateName::Stopping,
+            State::Backoff { .. } => StateName::Backoff,
+            State::Paused { .. } => StateName::Paused,
+            State::Failed => StateName::Failed,
+        }
+    }
+    /// The live main process, if any.
+    pub fn pid(&self) -> Option<i32> {
+        match self {
+            State::Running { pid, .. } => Some(*pid),
+            State::Stopping { pid, .. } => *pid,
+            _ => None,
+        }
+    }
+}
+
+/// Operator commands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Command {
+    /// Want up.
+    Start,
+    /// Want down.
+    Stop,
+    /// Stop if running, then start.
+    Restart,
+    /// Run once, no restart.
+    Once,
+}
+
+/// Everything that can happen to the machine.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Input {
+    /// An operator command; `cause` is recorded ("command from uid 0").
+    Command(Command, String),
+    /// The buddy was told to exit: stop the service first.
+    Terminate,
+    /// The loop started the main process.
+    Spawned {
+        /// Its pid.
+        pid: i32,
+    },
+    /// The loop could not start it.
+    SpawnFailed {
+        /// One sentence.
+        error: String,
+    },
+    /// A running service found at start-up was adopted.
+    Adopted {
+        /// Its pid.
+        pid: i32,
+    },
+    /// The main process ended.
+    Died {
+        /// Which pid.
+        pid: i32,
+        /// How.
+        exit: Exit,
+        /// Some process of its group still lives.
+        group_alive: bool,
+    },
+    /// No process of the service's group is left (reported while stopping).
+    GroupGone,
+    /// The deadline passed.
+    Timer,
+}
+
+/// What the loop must do, in order.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Output {
+    /// Start the main process (`actions/start`) and report `Spawned` or `SpawnFailed`.
+    Spawn,
+    /// Run `actions/stop <pid>`.
+    RunStop {
+        /// The main pid.
+        pid: i32,
+    },
+    /// Signal the service's whole process group.
+    KillGroup {
+        /// The group.
+        pgid: i32,
+        /// The signal.
+        signal: Signal,
+    },
+    /// Record an event.
+    Record(Note),
+    /// The buddy may exit now.
+    Exit,
+}
+
+/// An event before the loop stamps it with a sequence number and times.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Note {
+    /// State before.
+    pub from: StateName,
+    /// State after.
+    pub to: StateName,
+    /// Process concerned.
+    pub pid: Option<i32>,
+    /// Why.
+    pub cause: String,
+    /// What.
+    pub kind: EventKind,
+}
+
+/// The lifecycle of one service.
+#[derive(Debug)]
+pub struct Machine {
+    state: State,
+    want: Want,
+    policy: Policy,
+    /// Consecutive failures.
+    failures: u32,
+    /// Automatic restarts since the buddy started.
+    restarts: u64,
+    /// Times of automatic restarts still inside the window.
+    window: VecDeque<Instant>,
+    last_start: Option<Instant>,
+    last_exit: Option<Exit>,
+    /// Set between `Output::Spawn` and the loop's answer: the cause to record.
+    spawning: Option<String>,
+    rng: fastrand::Rng,
+}
+
+impl Machine {
+    /// A stopped machine; `seed` makes jitter reproducible in tests.
+    pub fn new(policy: Policy, want: Want, seed: u64) -> Machine {
+        Machine {
+            state: State::Stopped,
+            want,
+            policy,
+            failures: 0,
+            restarts: 0,
+            window: VecDeque::new(),
+            last_start: None,
+            last_exit: None,
+            spawning: None,
+            rng: fastrand::Rng::with_seed(seed),
+        }
+    }
+
+    /// Current state.
+    pub fn state(&self) -> &State {
+        &self.state
+    }
+    /// Desired state.
+    pub fn want(&self) -> Want {
+        self.want
+    }
+    /// Consecutive failures.
+    pub fn failures(&self) -> u32 {
+        self.failures
+    }
+    /// Automatic restarts so far.
+    pub fn restarts(&self) -> u64 {
+        self.restarts
+    }
+    /// How the last run ended.
+    pub fn last_exit(&self) -> Option<Exit> {
+        self.last_exit
+    }
+    /// Replaces the policy (settings re-read on SIGHUP); running timers keep their deadline.
+    pub fn set_policy(&mut self, policy: Policy) {
+        self.policy = policy;
+    }
+
+    /// When the loop must feed [`Input::Timer`], if ever.
+    pub fn deadline(&self) -> Option<Instant> {
+        match &self.state {
+            State::Backoff { until } | State::Paused { until } => Some(*until),
+            State::Stopping { since, termed, killed, .. } => {
+                let t = self.policy.kill_timeout?;
+                if !termed {
+                    Some(*since + t / 2)
+                } else if !killed {
+                    Some(*since + t)
+                } else {
+                    None
+                }
+            }
+            _ => None,
+        }
+    }
+
+    /// Applies one input at time `now`.
+    pub fn step(&mut self, now: Instant, input: Input) -> Vec<Output> {
+        let mut out = Vec::new();
+        match input {
+            Input::Command(cmd, cause) => self.command(now, cmd, cause, &mut out),
+            Input::Terminate => self.terminate(now, &mut out),
+            Input::Spawned { pid } => self.spawned(now, pid, &mut out),
+            Input::SpawnFailed { error } => self.spawn_failed(now, error, &mut out),
+            Input::Adopted { pid } => {
+                self.last_start = Some(now);
+                self.go(State::Running { pid, since: now }, Some(pid), "adoption", EventKind::Adopted, &mut out);
+            }
+            Input::Died { pid, exit, group_alive } => self.died(now, pid, exit, group_alive, &mut out),
+            Input::GroupGone => {
+                if let State::Stopping { pid: None, then, .. } = self.state {
+                    self.stopped(then, &mut out);
+                }
+            }
+            Input::Timer => self.timer(now, &mut out),
+        }
+        out
+    }
+
+    fn go(&mut self, to: State, pid: Option<i32>, cause: &str, kind: EventKind, out: &mut Vec<Output>) {
+        let from = self.state.name();
+        out.push(Output::Record(Note { from, to: to.name(), pid, cause: cause.to_owned(), kind }));
+        self.state = to;
+    }
+
+    fn note(&self, pid: Option<i32>, cause: &str, kind: EventKind, out: &mut Vec<Output>) {
+        let s = self.state.name();
+        out.push(Output::Record(Note { from: s, to: s, pid, cause: cause.to_owned(), kind }));
+    }
+
+    fn command(&mut self, now: Instant, cmd: Command, cause: String, out: &mut Vec<Output>) {
+        match cmd {
+            Command::Start | Command::Once | Command::Restart => {
+                self.want = if cmd == Command::Once { Want::Once } else { Want::Up };
+                match &mut self.state {
+                    State::Running { pid, .. } if cmd == Command::Restart => {
+                        let pid = *pid;
+                        self.begin_stop(now, pid, After::Start, &cause, out);
+                    }
+                    State::Running { .. } => {}
+                    State::Stopping { then, .. } => *then = After::Start,
+                    State::Stopped | State::Backoff { .. } | State::Paused { .. } | State::Failed => {
+                        self.failures = 0;
+                        self.window.clear();
+                        self.spawn(cause, out);
+                    }
+                }
+            }
+            Command::Stop => {
+                self.want = Want::Down;
+                match &mut self.state {
+                    State::Running { pid, .. } => {
+                        let pid = *pid;
+                        self.begin_stop(now, pid, After::Rest, &cause, out);
+                    }
+                    State::Stopping { then, .. } => *then = After::Rest,
+                    State::Backoff { .. } | State::Paused { .. } | State::Failed => {
+                        self.go(State::Stopped, None, &cause, EventKind::Stopped, out);
+                    }
+                    State::Stopped => {}
+                }
+            }
+        }
+    }
+
+    fn terminate(&mut self, now: Instant, out: &mut Vec<Output>) {
+        match &mut self.state {
+            State::Running { pid, .. } => {
+                let pid = *pid;
+                self.begin_stop(now, pid, After::Exit, "buddy terminating", out);
+            }
+            State::Stopping { then, .. } => *then = After::Exit,
+            _ => out.push(Output::Exit),
+        }
+    }
+
+    fn begin_stop(&mut self, now: Instant, pid: i32, then: After, cause: &str, out: &mut Vec<Output>) {
+        let to = State::Stopping { pid: Some(pid), pgid: pid, since: now, termed: false, killed: false, then };
+        self.go(to, Some(pid), cause, EventKind::Stopping, out);
+        out.push(Output::RunStop { pid });
+    }
+
+    fn spawn(&mut self, cause: String, out: &mut Vec<Output>) {
+        self.spawning = Some(cause);
+        out.push(Output::Spawn);
+    }
+
+    fn spawned(&mut self, now: Instant, pid: i32, out: &mut Vec<Output>) {
+        let cause = self.spawning.take().unwrap_or_default();
+        self.last_start = Some(now);
+        self.go(State::Running { pid, since: now }, Some(pid), &cause, EventKind::Started, out);
+    }
+
+    fn spawn_failed(&mut self, now: Instant, error: String, out: &mut Vec<Output>) {
+        let cause = self.spawning.take().unwrap_or_default();
+        self.note(None, &cause, EventKind::SpawnFailed { error }, out);
+        self.last_start = Some(now);
+        self.after_death(now, Duration::ZERO, out);
+    }
+
+    fn died(&mut self, now: Instant, dead: i32, exit: Exit, group_alive: bool, out: &mut Vec<Output>) {
+        match self.state.clone() {
+            State::Running { pid, since } if pid == dead => {
+                self.last_exit = Some(exit);
+                let uptime = now.saturating_duration_since(since);
+                let kind = EventKind::Died { exit, uptime: uptime.as_secs_f64() };
+                // The record's `to` is fixed below by the policy; note it as a death first.
+                self.note(Some(pid), "exit", kind, out);
+                if group_alive {
+                    // Leftovers of a dead service would hold its resources against the next run.
+                    self.kill_group(pid, Signal::SIGTERM, "leftovers", out);
+                }
+                self.after_death(now, uptime, out);
+            }
+            State::Stopping { pid: Some(pid), termed, then, .. } if pid == dead => {
+                self.last_exit = Some(exit);
+                let uptime = self.last_start.map_or(0.0, |s| secs(now, s));
+                self.note(Some(pid), "stop", EventKind::Died { exit, uptime }, out);
+                if let State::Stopping { pid, .. } = &mut self.state {
+                    *pid = None;
+                }
+                if !group_alive {
+                    self.stopped(then, out);
+                } else if !termed {
+                    self.escalate(Signal::SIGTERM, "leftovers", out);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// The service died while wanted up or once: decide what comes next.
+    fn after_death(&mut self, now: Instant, uptime: Duration, out: &mut Vec<Output>) {
+        if self.want != Want::Up {
+            self.want = Want::Down;
+            self.go(State::Stopped, None, "exit", EventKind::Stopped, out);
+            return;
+        }
+        if uptime >= self.policy.window {
+            self.failures = 0;
+            self.window.clear();
+        }
+        self.failures = self.failures.saturating_add(1);
+        if let Some(max) = self.policy.max_failures {
+            if self.failures >= max {
+                let kind = EventKind::GaveUp { failures: self.failures };
+                self.go(State::Failed, None, "policy", kind, out);
+                return;
+            }
+        }
+        let mut at = match self.policy.rate_limit {
+            Some(d) => now + self.jittered(d),
+            None => {
+                let spacing = self.jittered(DEFAULT_SPACING);
+                self.last_start.map_or(now, |s| (s + spacing).max(now))
+            }
+        };
+        while self.window.front().is_some_and(|&t| now.saturating_duration_since(t) >= self.policy.window) {
+            self.window.pop_front();
+        }
+        if let (Some(max), Some(&oldest)) = (self.policy.max_restarts, self.window.front()) {
+            let used = self.window.len() as u32;
+            let resume = oldest + self.policy.window;
+            if used >= max && resume > at {
+                at = resume;
+                let kind = EventKind::RestartsPaused { delay: secs(at, now), restarts: used };
+                self.go(State::Paused { until: at }, None, "policy", kind, out);
+                return;
+            }
+        }
+        let kind = EventKind::RestartScheduled { delay: secs(at, now), failures: self.failures };
+        self.go(State::Backoff { until: at }, None, "policy", kind, out);
+    }
+
+    fn jittered(&mut self, d: Duration) -> Duration {
+        if self.policy.jitter {
+            d.mul_f64(1.0 + self.rng.f64() / 2.0)
+        } else {
+            d
+        }
+    }
+
+    fn timer(&mut self, now: Instant, out: &mut Vec<Output>) {
+        let Some(deadline) = self.deadline() else { return };
+        if now < deadline {
+            return;
+        }
+        match self.state {
+            State::Backoff { .. } | State::Paused { .. } => {
+                self.restarts += 1;
+                self.window.push_back(now);
+                self.spawn("policy".to_owned(), out);
+            }
+            State::Stopping { termed: false, .. } => self.escalate(Signal::SIGTERM, "stop timeout", out),
+            State::Stopping { killed: false, .. } => self.escalate(Signal::SIGKILL, "stop timeout", out),
+            _ => {}
+        }
+    }
+
+    fn escalate(&mut self, signal: Signal, cause: &str, out: &mut Vec<Output>) {
+        if let State::Stopping { pgid, termed, killed, .. } = &mut self.state {
+            let pgid = *pgid;
+            match signal {
+                Signal::SIGKILL => *killed = true,
+                _ => *termed = true,
+            }
+            self.kill_group(pgid, signal, cause, out);
+        }
+    }
+
+    fn kill_group(&self, pgid: i32, signal: Signal, cause: &str, out: &mut Vec<Output>) {
+        self.note(Some(pgid), cause, EventKind::Signaled { signal: signal as i32, group: true }, out);
+        out.push(Output::KillGroup { pgid, signal });
+    }
+
+    fn stopped(&mut self, then: After, out: &mut Vec<Output>) {
+        self.go(State::Stopped, None, "stop", EventKind::Stopped, out);
+        match then {
+            After::Rest => {}
+            After::Start => {
+                self.failures = 0;
+                self.window.clear();
+                self.spawn("restart".to_owned(), out);
+            }
+            After::Exit => out.push(Output::Exit),
+        }
+    }
+}
+
+fn secs(at: Instant, now: Instant) -> f64 {
+    at.saturating_duration_since(now).as_secs_f64()
+}
+
+#[cfg(test)]
+#[path = "machine_tests.rs"]
+mod tests;

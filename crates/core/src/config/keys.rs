@@ -1,0 +1,468 @@
+//! The service key table: every service key's canonical spelling, its type, how a raw value
+//! becomes that type, and its built-in default, declared once.
+//!
+//! From that one table the `service_keys!` macro generates [`ServiceLayer`] (one optional
+//! field per key), its built-in layer, the merge of two layers, setting a key from a raw
+//! value, the final conversion into a [`Service`], and [`SERVICE_KEYS`]. A key whose
+//! `Service` field is `Option<X>` has a layer field `Option<Option<X>>`: `Some(None)` is an
+//! explicit `Null` that resets the key to unset, `None` means "not given here".
+
+use super::model::{CustomAction, IdSpec, InitialState, Service, ServiceId, MAX_CUSTOM_ACTIONS};
+use serde_json::Value;
+use std::path::PathBuf;
+
+/// One problem with a key's value: `at` names the member or element it is about (a custom
+/// action's name, `"[2]"` for an array element) when that is more precise than the value.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Problem {
+    pub at: Option<String>,
+    pub message: String,
+}
+
+pub(crate) type Parsed<T> = Result<T, Vec<Problem>>;
+
+fn problem<T>(message: impl Into<String>) -> Parsed<T> {
+    Err(vec![Problem {
+        at: None,
+        message: message.into(),
+    }])
+}
+
+/// How a raw value is named in "expected X, found Y".
+pub(crate) fn kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+fn expected<T>(what: &str, v: &Value) -> Parsed<T> {
+    problem(format!("expected {what}, found {}", kind(v)))
+}
+
+/// A non-nullable key: `Null` means "not given", so the lower layer's value applies.
+fn plain<T>(f: fn(&Value) -> Parsed<T>) -> impl Fn(&Value) -> Parsed<Option<T>> {
+    move |v| {
+        if v.is_null() {
+            Ok(None)
+        } else {
+            f(v).map(Some)
+        }
+    }
+}
+
+/// A nullable key: `Null` explicitly unsets it.
+fn nullable<T>(f: fn(&Value) -> Parsed<T>) -> impl Fn(&Value) -> Parsed<Option<Option<T>>> {
+    move |v| {
+        if v.is_null() {
+            Ok(Some(None))
+        } else {
+            f(v).map(|x| Some(Some(x)))
+        }
+    }
+}
+
+pub(crate) fn number(v: &Value) -> Parsed<f64> {
+    v.as_f64().map_or_else(|| expected("a number", v), Ok)
+}
+
+fn positive(v: &Value) -> Parsed<f64> {
+    match number(v)? {
+        n if n > 0.0 => Ok(n),
+        n => problem(format!("must be greater than 0, found {n}")),
+    }
+}
+
+fn non_negative(v: &Value) -> Parsed<f64> {
+    match number(v)? {
+        n if n >= 0.0 => Ok(n),
+        n => problem(format!("must not be negative, found {n}")),
+    }
+}
+
+/// An integer; `5.0` and `1e3` are integers too, `1.5` is not.
+fn integer(v: &Value) -> Parsed<i64> {
+    if let Some(i) = v.as_i64() {
+        return Ok(i);
+    }
+    match v.as_f64() {
+        Some(f) if f.fract() == 0.0 && f.abs() < 9.0e15 => Ok(f as i64),
+        Some(f) => problem(format!("expected an integer, found {f}")),
+        None => expected("an integer", v),
+    }
+}
+
+fn bounded_u32(v: &Value, min: i64, max: i64) -> Parsed<u32> {
+    match integer(v)? {
+        // The bounds are within u32 by construction, so the conversion cannot fail.
+        i if (min..=max).contains(&i) => Ok(u32::try_from(i).unwrap_or(u32::MAX)),
+        i => problem(format!("must be between {min} and {max}, found {i}")),
+    }
+}
+
+fn count(v: &Value) -> Parsed<u32> {
+    bounded_u32(v, 0, i64::from(u32::MAX))
+}
+
+/// Large enough for any sane burst, small enough that a typo cannot make a buddy allocate
+/// gigabytes.
+pub const MAX_RINGBUFFER_SIZE: u32 = 1 << 20;
+
+fn ringbuffer_size(v: &Value) -> Parsed<u32> {
+    bounded_u32(v, 2, i64::from(MAX_RINGBUFFER_SIZE))
+}
+
+fn boolean(v: &Value) -> Parsed<bool> {
+    v.as_bool().map_or_else(|| expected("true or false", v), Ok)
+}
+
+fn string(v: &Value) -> Parsed<String> {
+    v.as_str()
+        .map_or_else(|| expected("a string", v), |s| Ok(s.to_owned()))
+}
+
+fn non_empty(v: &Value) -> Parsed<String> {
+    match string(v)? {
+        s if s.trim().is_empty() => problem("must not be empty (use Null to unset it)"),
+        s => Ok(s),
+    }
+}
+
+fn script(v: &Value) -> Parsed<String> {
+    match string(v)? {
+        s if s.trim().is_empty() => problem("must not be empty"),
+        s => Ok(s),
+    }
+}
+
+fn strings(v: &Value) -> Parsed<Vec<String>> {
+    let Some(items) = v.as_array() else {
+        return expected("an array of strings", v);
+    };
+    let mut out = Vec::new();
+    let mut errs = Vec::new();
+    for (i, item) in items.iter().enumerate() {
+        match item.as_str() {
+            Some(s) if !s.trim().is_empty() => out.push(s.to_owned()),
+            Some(_) => errs.push(Problem {
+                at: Some(format!("[{i}]")),
+                message: "entries must not be empty".into(),
+            }),
+            None => errs.push(Problem {
+                at: Some(format!("[{i}]")),
+                message: format!("expected an array of strings, found {} in it", kind(item)),
+            }),
+        }
+    }
+    if errs.is_empty() {
+        Ok(out)
+    } else {
+        Err(errs)
+    }
+}
+
+/// A UUID in any form the `uuid` crate reads, stored hyphenated and lowercase so that
+/// `uuid#...` prerequisites compare equal however either side was written.
+fn uuid(v: &Value) -> Parsed<String> {
+    let s = string(v)?;
+    match uuid::Uuid::parse_str(s.trim()) {
+        Ok(u) => Ok(u.hyphenated().to_string()),
+        Err(e) => problem(format!("{s:?} is not a valid UUID ({e})")),
+    }
+}
+
+/// A user or group: a number, or a name; a name made only of digits is taken as the number.
+fn id_spec(v: &Value) -> Parsed<IdSpec> {
+    match v {
+        Value::String(s) if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) => {
+            match s.parse::<u32>() {
+                Ok(n) if n != u32::MAX => Ok(IdSpec::Id(n)),
+                _ => problem(format!("{s} is out of range for a user or group id")),
+            }
+        }
+        Value::String(s) => {
+            if s.is_empty()
+                || s.len() > 256
+                || s.chars()
+                    .any(|c| c.is_whitespace() || c.is_control() || c == ':' || c == '/')
+            {
+                problem(format!("{s:?} is not a valid user or group name"))
+            } else {
+                Ok(IdSpec::Name(s.clone()))
+            }
+        }
+        // u32::MAX is "no change" to setuid(2), never a real id.
+        Value::Number(_) => bounded_u32(v, 0, i64::from(u32::MAX) - 1).map(IdSpec::Id),
+        _ => expected("a number or a name", v),
+    }
+}
+
+fn absolute_path(v: &Value) -> Parsed<PathBuf> {
+    let s = non_empty(v)?;
+    if s.starts_with('/') {
+        Ok(PathBuf::from(s))
+    } else {
+        problem(format!("must be an absolute path, found {s:?}"))
+    }
+}
+
+fn initial_state(v: &Value) -> Parsed<InitialState> {
+    match string(v)?.to_ascii_lowercase().as_str() {
+        "stopped" => Ok(InitialState::Stopped),
+        "running" => Ok(InitialState::Running),
+        _ => problem("must be \"stopped\" or \"running\""),
+    }
+}
+
+/// Names of the fixed actions; a custom action may not take them (they share `scripts/`).
+pub const RESERVED_ACTIONS: &[&str] = &["start", "stop", "reload"];
+
+/// Checks a custom action's name; the message says what is wrong.
+pub fn check_action_name(name: &str) -> Result<(), String> {
+    let ok = |c: char| c.is_ascii_alphanumeric() || "_.-".contains(c);
+    if name.is_empty() || name.len() > 32 || !name.chars().all(ok) {
+        Err(format!(
+            "action name {name:?} must be 1 to 32 characters of letters, digits and _.-"
+        ))
+    } else if name.starts_with(['.', '-']) {
+        Err(format!(
+            "action name {name:?} must not start with '.' or '-'"
+        ))
+    } else if name.bytes().all(|b| b.is_ascii_digit()) {
+        Err(format!(
+            "action name {name:?} must not be all digits (numbers address actions by position)"
+        ))
+    } else if RESERVED_ACTIONS
+        .iter()
+        .any(|r| r.eq_ignore_ascii_case(name))
+    {
+        Err(format!(
+            "action name {name:?} is reserved for the built-in action"
+        ))
+    } else {
+        Ok(())
+    }
+}
+
+fn custom_actions(v: &Value) -> Parsed<Vec<CustomAction>> {
+    let Some(map) = v.as_object() else {
+        return expected("an object mapping action names to scripts", v);
+    };
+    let mut errs = Vec::new();
+    if map.len() > MAX_CUSTOM_ACTIONS {
+        errs.push(Problem {
+            at: None,
+            message: format!(
+                "at most {MAX_CUSTOM_ACTIONS} custom actions are allowed, found {}",
+                map.len()
+            ),
+        });
+    }
+    let mut out = Vec::new();
+    for (name, body) in map {
+        let at = Some(name.clone());
+        if let Err(message) = check_action_name(name) {
+            errs.push(Problem { at, message });
+            continue;
+        }
+        match script(body) {
+            Ok(script) => out.push(CustomAction {
+                name: name.clone(),
+                script,
+            }),
+            Err(e) => errs.extend(e.into_iter().map(|p| Problem {
+                at: at.clone(),
+                message: format!("action `{name}`: {}", p.message),
+            })),
+        }
+    }
+    if errs.is_empty() {
+        Ok(out)
+    } else {
+        Err(errs)
+    }
+}
+
+macro_rules! service_keys {
+    ($( $(#[$doc:meta])* $key:ident => $field:ident : $ty:ty = $default:expr, $parse:expr; )*) => {
+        /// Service keys as given by one layer (built-in, `ServiceDefaults`, or a service
+        /// entry); `None` means "not given here".
+        #[derive(Debug, Clone, Default, PartialEq)]
+        pub struct ServiceLayer {
+            $( $(#[$doc])* pub $field: Option<$ty>, )*
+        }
+
+        /// The canonical spelling of every service key, in the order of the seed's sample.
+        pub const SERVICE_KEYS: &[&str] = &[$(stringify!($key)),*];
+
+        impl ServiceLayer {
+            /// Every key set to its built-in default (the values of the seed's sample).
+            pub fn builtin() -> ServiceLayer {
+                ServiceLayer { $( $field: Some($default), )* }
+            }
+
+            /// This layer over `lower`: each key comes from `self` where set, else from
+            /// `lower`. Lists and `CustomActions` replace, they do not append.
+            pub fn over(&self, lower: &ServiceLayer) -> ServiceLayer {
+                ServiceLayer { $( $field: self.$field.clone().or_else(|| lower.$field.clone()), )* }
+            }
+
+            /// Sets the key `key` (a canonical spelling from [`SERVICE_KEYS`]) from a raw value.
+            pub(crate) fn set(&mut self, key: &str, value: &Value) -> Parsed<()> {
+                $(
+                    if key == stringify!($key) {
+                        let parse = $parse;
+                        self.$field = parse(value)?;
+                        return Ok(());
+                    }
+                )*
+                problem(format!("unknown key `{key}`"))
+            }
+
+            /// The service this layer describes; keys not set take their built-in default.
+            /// No substitution or cross-key checks happen here.
+            pub(crate) fn into_service(self, id: ServiceId) -> Service {
+                Service { id, $( $field: self.$field.unwrap_or_else(|| $default), )* }
+            }
+        }
+    };
+}
+
+service_keys! {
+    Provides => provides: Vec<String> = Vec::new(), plain(strings);
+    UUID => uuid: Option<String> = None, nullable(uuid);
+    ShortDescription => short_description: Option<String> = None, nullable(string);
+    LongDescription => long_description: Option<String> = None, nullable(string);
+    Prerequisites => prerequisites: Vec<String> = Vec::new(), plain(strings);
+    StartPriority => start_priority: i64 = 0, plain(integer);
+    KillTimeout => kill_timeout: f64 = 60.0, plain(number);
+    MaxConsecutiveFailures => max_consecutive_failures: i64 = -1, plain(integer);
+    UserMaxRestarts => user_max_restarts: Option<u32> = None, nullable(count);
+    UserRestartWindow => user_restart_window: Option<f64> = None, nullable(positive);
+    UserRateLimit => user_rate_limit: Option<f64> = None, nullable(non_negative);
+    RandomizeRateLimit => randomize_rate_limit: bool = false, plain(boolean);
+    SetUID => set_uid: IdSpec = IdSpec::Id(0), plain(id_spec);
+    SetGID => set_gid: IdSpec = IdSpec::Id(0), plain(id_spec);
+    RingbufferSize => ringbuffer_size: u32 = 64, plain(ringbuffer_size);
+    ReconnectRetries => reconnect_retries: i64 = 10, plain(integer);
+    ExecStart => exec_start: Option<String> = None, nullable(non_empty);
+    StartScript => start_script: String = "#!/bin/sh\nexec %(EXEC_START)\n".to_owned(), plain(script);
+    ExecStop => exec_stop: Option<String> = Some("kill".to_owned()), nullable(non_empty);
+    StopScript => stop_script: String = "#!/bin/sh\nexec %(EXEC_STOP) $1\n".to_owned(), plain(script);
+    ExecReload => exec_reload: Option<String> = Some("kill -HUP".to_owned()), nullable(non_empty);
+    ReloadScript => reload_script: String = "#!/bin/sh\nexec %(EXEC_RELOAD) $1\n".to_owned(), plain(script);
+    CustomActions => custom_actions: Vec<CustomAction> = Vec::new(), plain(custom_actions);
+    PipeStdoutScript => pipe_stdout_script: Option<String> = None, nullable(script);
+    PipeStderrScript => pipe_stderr_script: Option<String> = None, nullable(script);
+    RedirectStdout => redirect_stdout: Option<PathBuf> = None, nullable(absolute_path);
+    RedirectStderr => redirect_stderr: Option<PathBuf> = None, nullable(absolute_path);
+    InitialState => initial_state: InitialState = InitialState::Stopped, plain(initial_state);
+    UnconfigureOnFileRemoval => unconfigure_on_file_removal: bool = false, plain(boolean);
+    PreferBuddyStateForStopped => prefer_buddy_state_for_stopped: bool = false, plain(boolean);
+    PreferBuddyStateForRunning => prefer_buddy_state_for_running: bool = true, plain(boolean);
+}
+
+/// The canonical spelling of a service key written in any case.
+pub fn canonical_key(key: &str) -> Option<&'static str> {
+    SERVICE_KEYS
+        .iter()
+        .copied()
+        .find(|k| k.eq_ignore_ascii_case(key))
+}
+
+/// The known key closest to `key`, when one is close enough to be a likely typo.
+pub fn did_you_mean(key: &str, known: &[&'static str]) -> Option<&'static str> {
+    let key = key.to_lowercase();
+    known
+        .iter()
+        .map(|k| {
+            (
+                strsim::normalized_damerau_levenshtein(&key, &k.to_lowercase()),
+                *k,
+            )
+        })
+        .filter(|(score, _)| *score >= 0.7)
+        .max_by(|a, b| a.0.total_cmp(&b.0))
+        .map(|(_, k)| k)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn builtin_matches_the_seed_and_resolves() {
+        let s = ServiceLayer::builtin().into_service(ServiceId::parse("x").expect("id"));
+        assert_eq!(s.kill_timeout, 60.0);
+        assert_eq!(s.max_consecutive_failures, -1);
+        assert_eq!(s.exec_stop.as_deref(), Some("kill"));
+        assert!(s.prefer_buddy_state_for_running);
+        assert_eq!(SERVICE_KEYS.len(), 31);
+        assert_eq!(canonical_key("setuid"), Some("SetUID"));
+    }
+
+    #[test]
+    fn null_resets_nullable_and_skips_plain_keys() {
+        let mut l = ServiceLayer::default();
+        l.set("ExecStop", &Value::Null).expect("null");
+        l.set("KillTimeout", &Value::Null).expect("null");
+        assert_eq!(l.exec_stop, Some(None));
+        assert_eq!(l.kill_timeout, None);
+        let merged = l.over(&ServiceLayer::builtin());
+        assert_eq!(merged.exec_stop, Some(None));
+        assert_eq!(merged.kill_timeout, Some(60.0));
+    }
+
+    #[test]
+    fn value_checks() {
+        let mut l = ServiceLayer::default();
+        let msg = |r: Parsed<()>| r.expect_err("should fail")[0].message.clone();
+        assert_eq!(
+            msg(l.set("KillTimeout", &json!("5"))),
+            "expected a number, found a string"
+        );
+        assert!(msg(l.set("RingbufferSize", &json!(1))).contains("between 2 and"));
+        assert!(msg(l.set("StartPriority", &json!(1.5))).contains("integer"));
+        assert!(msg(l.set("UserRestartWindow", &json!(0))).contains("greater than 0"));
+        assert!(msg(l.set("InitialState", &json!("up"))).contains("stopped"));
+        assert!(msg(l.set("RedirectStdout", &json!("log/x"))).contains("absolute"));
+        l.set("SetUID", &json!("1000")).expect("digits");
+        assert_eq!(l.set_uid, Some(IdSpec::Id(1000)));
+        l.set("SetGID", &json!("www-data")).expect("name");
+        assert_eq!(l.set_gid, Some(IdSpec::Name("www-data".into())));
+        assert!(l.set("SetUID", &json!(-1)).is_err());
+        l.set("InitialState", &json!("RUNNING"))
+            .expect("case-insensitive");
+        l.set("UUID", &json!("{6BA7B810-9DAD-11D1-80B4-00C04FD430C8}"))
+            .expect("braced uuid");
+        assert_eq!(
+            l.uuid,
+            Some(Some("6ba7b810-9dad-11d1-80b4-00c04fd430c8".into()))
+        );
+        l.set("StartPriority", &json!(5.0)).expect("integral float");
+        assert_eq!(l.start_priority, Some(5));
+    }
+
+    #[test]
+    fn action_names() {
+        assert!(check_action_name("backup-db.v2").is_ok());
+        for bad in ["", "07", "..", "-x", "a/b", "Start", &"x".repeat(33)] {
+            assert!(check_action_name(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn suggestions() {
+        assert_eq!(
+            did_you_mean("KillTimout", SERVICE_KEYS),
+            Some("KillTimeout")
+        );
+        assert_eq!(did_you_mean("execstrat", SERVICE_KEYS), Some("ExecStart"));
+        assert_eq!(did_you_mean("Frobnicate", SERVICE_KEYS), None);
+    }
+}

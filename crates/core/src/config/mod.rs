@@ -1,0 +1,73 @@
+//! Configuration: the dialect, validation with positioned errors, layering, and the typed model.
+//!
+//! This module owns everything between a configuration file on disk and the typed
+//! [`Controller`] and [`Service`] values: the refusal of files that others could have written,
+//! the dialect (JSON with comments, trailing commas and the seed's `Null`/`True`/`False`,
+//! keys matched case-insensitively; [`dialect`] lexes, json5 parses), the key table and its
+//! layering (built-in <- controller `ServiceDefaults` <- service entry, see [`ServiceLayer`]),
+//! `%(EXEC_START)`-style substitution, and errors that carry file, line and column. Every error
+//! in a file is reported at once, and a file with any error yields no result at all, so that a
+//! caller can keep the previous configuration in force.
+
+mod dialect;
+mod keys;
+mod model;
+mod validate;
+
+pub use keys::{check_action_name, ServiceLayer, MAX_RINGBUFFER_SIZE, RESERVED_ACTIONS, SERVICE_KEYS};
+pub use model::*;
+pub use validate::{load_controller, load_services, parse_controller, parse_services, CONTROLLER_KEYS};
+
+use std::fmt;
+use std::path::PathBuf;
+
+/// One configuration error: where, and what is wrong in one sentence.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// The file as it was named to the loader.
+    pub file: PathBuf,
+    /// 1-based line; 0 when the error has no position (e.g. the file cannot be read).
+    pub line: usize,
+    /// 1-based column in characters; 0 when the error has no position.
+    pub column: usize,
+    /// The problem, one sentence.
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    /// `file:line:column: message`, or `file: message` when there is no position.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.line == 0 {
+            write!(f, "{}: {}", self.file.display(), self.message)
+        } else {
+            write!(f, "{}:{}:{}: {}", self.file.display(), self.line, self.column, self.message)
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// All errors found in one file, in file order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl fmt::Display for ConfigErrors {
+    /// One error per line.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str("\n")?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+impl From<ConfigError> for ConfigErrors {
+    fn from(e: ConfigError) -> Self {
+        ConfigErrors(vec![e])
+    }
+}

@@ -1,0 +1,219 @@
+//! The typed configuration after validation and layering.
+//!
+//! These are what every program works with; nobody downstream sees the raw dialect. The
+//! resolved [`Service`] is also what the renderer writes into a run directory's
+//! `settings.json` for the buddy, so it (de)serialises in plain snake_case JSON.
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::path::PathBuf;
+
+/// A service id: `name` or `package::name`.
+///
+/// Each part is 1-64 characters of `[A-Za-z0-9_.@+-]`, not starting with `.` or `-`. The id is
+/// used verbatim as the run directory's name: the charset makes it safe (no `/`, no NUL, never
+/// `.` or `..`, no leading dash), and `::` is an ordinary file-name sequence on Linux.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct ServiceId {
+    package: Option<String>,
+    name: String,
+}
+
+impl ServiceId {
+    /// Parses and checks an id; the error says what is wrong in one sentence.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let (package, name) = match s.split_once("::") {
+            Some((p, n)) => (Some(p), n),
+            None => (None, s),
+        };
+        if let Some(p) = package {
+            check_part(p, "package")?;
+        }
+        check_part(name, "name")?;
+        Ok(ServiceId {
+            package: package.map(str::to_owned),
+            name: name.to_owned(),
+        })
+    }
+    /// The package part, if the id has one.
+    pub fn package(&self) -> Option<&str> {
+        self.package.as_deref()
+    }
+    /// The name part.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+}
+
+fn check_part(part: &str, what: &str) -> Result<(), String> {
+    let ok_char = |c: char| c.is_ascii_alphanumeric() || "_.@+-".contains(c);
+    if part.is_empty() || part.len() > 64 {
+        return Err(format!("the {what} must be 1 to 64 characters long"));
+    }
+    if let Some(c) = part.chars().find(|&c| !ok_char(c)) {
+        return Err(format!(
+            "the {what} {part:?} contains {c:?}; only letters, digits and _.@+- are allowed"
+        ));
+    }
+    if part.starts_with('.') || part.starts_with('-') {
+        return Err(format!("the {what} {part:?} must not start with '.' or '-'"));
+    }
+    Ok(())
+}
+
+impl fmt::Display for ServiceId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.package {
+            Some(p) => write!(f, "{p}::{}", self.name),
+            None => f.write_str(&self.name),
+        }
+    }
+}
+
+impl TryFrom<String> for ServiceId {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        ServiceId::parse(&s)
+    }
+}
+
+impl From<ServiceId> for String {
+    fn from(id: ServiceId) -> String {
+        id.to_string()
+    }
+}
+
+/// A user or group given by number or by name (`SetUID`, `SetGID`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum IdSpec {
+    /// A numeric id.
+    Id(u32),
+    /// A name, resolved with the system's user or group database when the service starts.
+    Name(String),
+}
+
+impl Default for IdSpec {
+    fn default() -> Self {
+        IdSpec::Id(0)
+    }
+}
+
+/// The state a newly configured service is put in (`InitialState`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum InitialState {
+    /// Configured but not started.
+    #[default]
+    Stopped,
+    /// Started as soon as it is configured (and its prerequisites run).
+    Running,
+}
+
+/// One service after layering and validation. Field docs give each key's meaning; the seed's
+/// sample configuration is the reference, `docs/configuration.md` the long form.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Service {
+    /// `name` or `package::name`.
+    pub id: ServiceId,
+    /// What this service provides for ordering (its name, package and UUID are implied).
+    pub provides: Vec<String>,
+    /// A UUID; `None` means "generate one once and keep it" (the controller's store does).
+    pub uuid: Option<String>,
+    /// One line for listings.
+    pub short_description: Option<String>,
+    /// Free text.
+    pub long_description: Option<String>,
+    /// Provides-names, `package:name` or `uuid#...` that must run first.
+    pub prerequisites: Vec<String>,
+    /// Lower starts first among services whose prerequisites are met.
+    pub start_priority: i64,
+    /// Seconds from a stop request to SIGKILL of the process group; negative: never SIGKILL.
+    pub kill_timeout: f64,
+    /// Consecutive failures after which the service is `failed`; negative: restart forever.
+    pub max_consecutive_failures: i64,
+    /// At most this many automatic restarts within `user_restart_window`.
+    pub user_max_restarts: Option<u32>,
+    /// The window, in seconds, for `user_max_restarts`; also the "stable uptime" that resets
+    /// the failure counters.
+    pub user_restart_window: Option<f64>,
+    /// Seconds to wait after a death before restarting; `None`: at least 1 s between starts.
+    pub user_rate_limit: Option<f64>,
+    /// Add a random jitter of up to half the delay to each restart delay.
+    pub randomize_rate_limit: bool,
+    /// Run the service as this user (only when the buddy runs as root).
+    pub set_uid: IdSpec,
+    /// Run the service with this group (only when the buddy runs as root).
+    pub set_gid: IdSpec,
+    /// Event records the buddy keeps while nobody acknowledges them (at least 2).
+    pub ringbuffer_size: u32,
+    /// Tries to reach the controller when the buddy must phone home; negative: forever.
+    pub reconnect_retries: i64,
+    /// The command `%(EXEC_START)` stands for.
+    pub exec_start: Option<String>,
+    /// The start script after substitution; must `exec` the daemon.
+    pub start_script: String,
+    /// The command `%(EXEC_STOP)` stands for.
+    pub exec_stop: Option<String>,
+    /// The stop script after substitution; `$1` is the service's pid.
+    pub stop_script: String,
+    /// The command `%(EXEC_RELOAD)` stands for.
+    pub exec_reload: Option<String>,
+    /// The reload script after substitution; `$1` is the service's pid.
+    pub reload_script: String,
+    /// Custom actions in the order written, numbered 01.. in that order (at most 32).
+    pub custom_actions: Vec<CustomAction>,
+    /// A script that reads the service's stdout on its stdin (a logger).
+    pub pipe_stdout_script: Option<String>,
+    /// A script that reads the service's stderr on its stdin.
+    pub pipe_stderr_script: Option<String>,
+    /// Where stdout goes (or the stdout logger's stdout); `None`: `log/stdout`.
+    pub redirect_stdout: Option<PathBuf>,
+    /// Where stderr goes (or the stderr logger's stderr); `None`: `log/stderr`.
+    pub redirect_stderr: Option<PathBuf>,
+    /// State of a newly configured service.
+    pub initial_state: InitialState,
+    /// Unconfigure the service when its file disappears.
+    pub unconfigure_on_file_removal: bool,
+    /// On controller restart, trust a buddy that says "stopped" over the store.
+    pub prefer_buddy_state_for_stopped: bool,
+    /// On controller restart, trust a buddy that says "running" over the store.
+    pub prefer_buddy_state_for_running: bool,
+}
+
+/// A named custom action and its script (after substitution).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CustomAction {
+    /// The name clients use; the run directory also numbers it (`actions/01`).
+    pub name: String,
+    /// The script body.
+    pub script: String,
+}
+
+/// Most custom actions a service may have (the seed's `actions/01` .. `actions/32`).
+pub const MAX_CUSTOM_ACTIONS: usize = 32;
+
+/// The controller file (`upkeeper.conf`) after validation, with every path made effective.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Controller {
+    /// Variable state: the audit store, the controller socket.
+    pub state_dir: PathBuf,
+    /// Where service files (`*.conf`, `*.json5`) live.
+    pub svc_config_path: PathBuf,
+    /// Where run directories are rendered.
+    pub svc_run_path: PathBuf,
+    /// The buddy executable.
+    pub upk_buddy_path: PathBuf,
+    /// Seconds between acknowledgement batches to buddies (fractional).
+    pub buddy_polling_interval: f64,
+    /// Service keys applied under every service entry.
+    pub service_defaults: super::ServiceLayer,
+}
+
+impl Controller {
+    /// The controller's client socket, `StateDir/upkeeper.sock`.
+    pub fn socket_path(&self) -> PathBuf {
+        self.state_dir.join("upkeeper.sock")
+    }
+}

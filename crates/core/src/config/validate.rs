@@ -1,0 +1,615 @@
+//! Validation: from a file's text to a [`Controller`] or a list of [`Service`]s.
+//!
+//! This module owns reading files (with the ownership and mode check), driving the dialect
+//! pass and json5, walking the raw values key by key against the controller keys and the
+//! service key table, layering, `%(EXEC_*)` substitution and the cross-key checks of a
+//! resolved service, and the effective controller defaults ([`Controller::defaults`]). Errors
+//! accumulate in a [`Doc`] with the position of the key or value they are about; a file with
+//! any error yields only its errors.
+
+use super::dialect::{lex, Lexed, Pos};
+use super::keys::{canonical_key, did_you_mean, kind, number, ServiceLayer, SERVICE_KEYS};
+use super::model::{Controller, Service, ServiceId};
+use super::{ConfigError, ConfigErrors};
+use serde_json::{Map, Value};
+use std::collections::{HashMap, HashSet};
+use std::io::Read;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+/// The keys of the controller file, canonical spelling.
+pub const CONTROLLER_KEYS: &[&str] = &[
+    "StateDir",
+    "SvcConfigPath",
+    "SvcRunPath",
+    "UpkBuddyPath",
+    "BuddyPollingInterval",
+    "ServiceDefaults",
+];
+
+const LIBEXEC_BUDDY: &str = "/usr/libexec/upkeeper/upk_buddy";
+
+/// One file being validated: its positions and the errors found so far.
+struct Doc<'a> {
+    file: &'a Path,
+    lexed: Lexed,
+    errors: Vec<ConfigError>,
+}
+
+impl<'a> Doc<'a> {
+    /// Lexes and parses `src`; `None` for a file of nothing but comments. A syntax error ends
+    /// the file's validation here (nothing after it can be trusted).
+    fn parse(src: &str, file: &'a Path) -> Result<(Doc<'a>, Option<Value>), ConfigErrors> {
+        let lexed = lex(src);
+        let mut doc = Doc {
+            file,
+            lexed,
+            errors: Vec::new(),
+        };
+        for (pos, msg) in std::mem::take(&mut doc.lexed.errors) {
+            doc.push(pos, msg);
+        }
+        if let Some((pos, msg)) = doc.lexed.syntax.take() {
+            doc.push(pos, msg);
+            return Err(doc.finish());
+        }
+        if doc.lexed.empty {
+            return Ok((doc, None));
+        }
+        match json5::from_str::<Value>(&doc.lexed.text) {
+            Ok(v) => Ok((doc, Some(v))),
+            Err(json5::Error::Message { msg, location }) => {
+                let pos = location.map_or(Pos::default(), |l| Pos {
+                    line: l.line,
+                    column: l.column,
+                });
+                let message = syntax_message(&msg, &doc.lexed.text, pos);
+                doc.push(pos, message);
+                Err(doc.finish())
+            }
+        }
+    }
+
+    fn push(&mut self, pos: Pos, message: impl Into<String>) {
+        self.errors.push(ConfigError {
+            file: self.file.to_owned(),
+            line: pos.line,
+            column: pos.column,
+            message: message.into(),
+        });
+    }
+
+    fn at_key(&mut self, path: &[String], message: impl Into<String>) {
+        let pos = self.lexed.key_pos(path);
+        self.push(pos, message);
+    }
+
+    fn at_value(&mut self, path: &[String], message: impl Into<String>) {
+        let pos = self.lexed.value_pos(path);
+        self.push(pos, message);
+    }
+
+    /// Reports keys of the object at `path` given twice (compared after `fold`).
+    fn duplicates(&mut self, path: &[String], fold: fn(&str) -> String, what: &str) {
+        for (key, pos, first) in self.lexed.duplicates(path, fold) {
+            let msg = format!(
+                "duplicate {what} `{key}` (first given at line {}, column {})",
+                first.line, first.column
+            );
+            self.push(pos, msg);
+        }
+    }
+
+    /// Reads the object at `path` as a layer of service keys.
+    fn layer(
+        &mut self,
+        path: &[String],
+        obj: &Map<String, Value>,
+        misplaced_hint: &str,
+    ) -> ServiceLayer {
+        self.duplicates(path, str::to_lowercase, "key");
+        let mut layer = ServiceLayer::default();
+        let mut seen = HashSet::new();
+        for (key, value) in obj {
+            let kpath = child(path, key);
+            let Some(canon) = canonical_key(key) else {
+                let msg = if CONTROLLER_KEYS.iter().any(|k| k.eq_ignore_ascii_case(key)) {
+                    format!("unknown key `{key}`: {misplaced_hint}")
+                } else {
+                    unknown(key, SERVICE_KEYS)
+                };
+                self.at_key(&kpath, msg);
+                continue;
+            };
+            if !seen.insert(canon) {
+                continue; // reported as a duplicate
+            }
+            if let Err(problems) = layer.set(canon, value) {
+                for p in problems {
+                    let at =
+                        p.at.map_or_else(|| kpath.clone(), |sub| child(&kpath, &sub));
+                    self.at_value(&at, format!("{canon}: {}", p.message));
+                }
+            }
+        }
+        layer
+    }
+
+    fn finish(mut self) -> ConfigErrors {
+        // Stable: errors at one position keep the order they were found in.
+        self.errors.sort_by_key(|e| (e.line, e.column));
+        ConfigErrors(self.errors)
+    }
+}
+
+fn child(path: &[String], key: &str) -> Vec<String> {
+    let mut p = path.to_vec();
+    p.push(key.to_owned());
+    p
+}
+
+fn unknown(key: &str, known: &[&'static str]) -> String {
+    match did_you_mean(key, known) {
+        Some(k) => format!("unknown key `{key}`; did you mean `{k}`?"),
+        None => format!("unknown key `{key}`"),
+    }
+}
+
+/// Turns pest's multi-line report into one sentence; the position is reported separately.
+fn syntax_message(msg: &str, text: &str, pos: Pos) -> String {
+    let expected = msg
+        .lines()
+        .find_map(|l| l.trim_start().strip_prefix("= "))
+        .unwrap_or(msg)
+        .replace("EOI", "end of file")
+        .replace("char_literal", "more string characters or a closing quote");
+    let found = text
+        .lines()
+        .nth(pos.line.saturating_sub(1))
+        .and_then(|l| l.chars().nth(pos.column.saturating_sub(1)))
+        .map_or_else(|| "end of line".to_owned(), |c| format!("`{c}`"));
+    if expected.starts_with("expected") {
+        format!("syntax error at {found}: {expected}")
+    } else if expected.starts_with("error parsing") {
+        format!(
+            "invalid number: {} (out of range or malformed)",
+            expected.trim_start_matches("error parsing ")
+        )
+    } else {
+        format!("syntax error: {expected}")
+    }
+}
+
+/// Parses a controller file for the current effective user; see [`Controller::defaults`] for
+/// what missing keys become. Relative paths resolve against the directory of `file`.
+pub fn parse_controller(src: &str, file: &Path) -> Result<Controller, ConfigErrors> {
+    parse_controller_for(src, file, nix::unistd::geteuid().as_raw())
+}
+
+fn parse_controller_for(src: &str, file: &Path, euid: u32) -> Result<Controller, ConfigErrors> {
+    let (mut doc, value) = Doc::parse(src, file)?;
+    let mut c = Controller::defaults(euid);
+    let obj = match value {
+        None => Map::new(),
+        Some(Value::Object(m)) => m,
+        Some(other) => {
+            doc.at_value(
+                &[],
+                format!(
+                    "the controller file must be an object, found {}",
+                    kind(&other)
+                ),
+            );
+            return Err(doc.finish());
+        }
+    };
+    let base = file
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let base = std::path::absolute(base).unwrap_or_else(|_| base.to_owned());
+    doc.duplicates(&[], str::to_lowercase, "key");
+    let (mut state_dir_set, mut run_path_set) = (false, false);
+    let mut seen = HashSet::new();
+    for (key, value) in &obj {
+        let kpath = vec![key.clone()];
+        let Some(canon) = CONTROLLER_KEYS
+            .iter()
+            .copied()
+            .find(|k| k.eq_ignore_ascii_case(key))
+        else {
+            let msg = match canonical_key(key) {
+                Some(k) => format!("`{k}` is a service key: put it inside ServiceDefaults"),
+                None => unknown(key, CONTROLLER_KEYS),
+            };
+            doc.at_key(&kpath, msg);
+            continue;
+        };
+        if !seen.insert(canon) || value.is_null() {
+            continue; // a duplicate (reported), or Null: "not given"
+        }
+        let path_value = |doc: &mut Doc| match value.as_str() {
+            Some(s) if !s.trim().is_empty() => Some(base.join(s)),
+            Some(_) => {
+                doc.at_value(&kpath, format!("{canon}: must not be empty"));
+                None
+            }
+            None => {
+                doc.at_value(
+                    &kpath,
+                    format!(
+                        "{canon}: expected a path (a non-empty string), found {}",
+                        kind(value)
+                    ),
+                );
+                None
+            }
+        };
+        match canon {
+            "StateDir" => {
+                if let Some(p) = path_value(&mut doc) {
+                    c.state_dir = p;
+                    state_dir_set = true;
+                }
+            }
+            "SvcConfigPath" => {
+                c.svc_config_path = path_value(&mut doc).unwrap_or(c.svc_config_path)
+            }
+            "SvcRunPath" => {
+                if let Some(p) = path_value(&mut doc) {
+                    c.svc_run_path = p;
+                    run_path_set = true;
+                }
+            }
+            "UpkBuddyPath" => c.upk_buddy_path = path_value(&mut doc).unwrap_or(c.upk_buddy_path),
+            "BuddyPollingInterval" => match number(value) {
+                Ok(n) if n > 0.0 => c.buddy_polling_interval = n,
+                Ok(n) => doc.at_value(
+                    &kpath,
+                    format!("{canon}: must be greater than 0, found {n}"),
+                ),
+                Err(_) => doc.at_value(
+                    &kpath,
+                    format!("{canon}: expected a number, found {}", kind(value)),
+                ),
+            },
+            _ => {
+                match value {
+                    Value::Object(m) => {
+                        let hint = "it belongs at the top level of the controller file, not in ServiceDefaults";
+                        let layer = doc.layer(&kpath, m, hint);
+                        if let Some(Some(_)) = layer.uuid {
+                            doc.at_value(&child(&kpath, "UUID"), "UUID: cannot be set in ServiceDefaults: every service needs its own");
+                        }
+                        c.service_defaults = layer;
+                    }
+                    _ => doc.at_value(
+                        &kpath,
+                        format!(
+                            "{canon}: expected an object of service keys, found {}",
+                            kind(value)
+                        ),
+                    ),
+                }
+            }
+        }
+    }
+    if state_dir_set && !run_path_set {
+        c.svc_run_path = c.state_dir.join("buddies");
+    }
+    if doc.errors.is_empty() {
+        Ok(c)
+    } else {
+        Err(doc.finish())
+    }
+}
+
+/// Parses a service file: an object mapping service ids to service entries, each layered over
+/// `defaults` (normally the controller's `ServiceDefaults`) over the built-in defaults.
+/// A file of nothing but comments holds no services.
+pub fn parse_services(
+    src: &str,
+    file: &Path,
+    defaults: &ServiceLayer,
+) -> Result<Vec<Service>, ConfigErrors> {
+    let (mut doc, value) = Doc::parse(src, file)?;
+    let obj = match value {
+        None => Map::new(),
+        Some(Value::Object(m)) => m,
+        Some(other) => {
+            let msg = format!(
+                "a service file must be an object mapping service ids to entries, found {}",
+                kind(&other)
+            );
+            doc.at_value(&[], msg);
+            return Err(doc.finish());
+        }
+    };
+    let lower = defaults.over(&ServiceLayer::builtin());
+    doc.duplicates(&[], str::to_owned, "service id");
+    // serde_json keeps only the last of a repeated id; judging that one alone would only add noise.
+    let repeated: HashSet<String> = doc
+        .lexed
+        .duplicates(&[], str::to_owned)
+        .into_iter()
+        .map(|d| d.0)
+        .collect();
+    let mut services = Vec::new();
+    let mut uuids: HashMap<String, String> = HashMap::new();
+    for (key, value) in &obj {
+        let kpath = vec![key.clone()];
+        let id = ServiceId::parse(key)
+            .map_err(|e| doc.at_key(&kpath, format!("bad service id `{key}`: {e}")));
+        let Value::Object(entry) = value else {
+            doc.at_value(
+                &kpath,
+                format!(
+                    "service `{key}`: expected an object of service keys, found {}",
+                    kind(value)
+                ),
+            );
+            continue;
+        };
+        let hint = "it is a controller key and belongs in the controller file";
+        let before = doc.errors.len();
+        let layer = doc.layer(&kpath, entry, hint);
+        let Ok(id) = id else { continue };
+        // Cross-key checks on an entry with a bad key would only echo that key's error.
+        if repeated.contains(key) || doc.errors.len() > before {
+            continue;
+        }
+        let service = layer.over(&lower).into_service(id);
+        match resolve(service) {
+            Ok(s) => {
+                if let Some(u) = &s.uuid {
+                    if let Some(other) = uuids.insert(u.clone(), key.clone()) {
+                        doc.at_value(
+                            &child(&kpath, "UUID"),
+                            format!("UUID {u} is also the UUID of service `{other}`"),
+                        );
+                    }
+                }
+                services.push(s);
+            }
+            Err(msgs) => {
+                for m in msgs {
+                    doc.at_key(&kpath, format!("service `{key}`: {m}"));
+                }
+            }
+        }
+    }
+    if doc.errors.is_empty() {
+        Ok(services)
+    } else {
+        Err(doc.finish())
+    }
+}
+
+const PLACEHOLDERS: [(&str, &str); 3] = [
+    ("%(EXEC_START)", "ExecStart"),
+    ("%(EXEC_STOP)", "ExecStop"),
+    ("%(EXEC_RELOAD)", "ExecReload"),
+];
+
+/// Substitutes the `%(EXEC_*)` placeholders in every script and checks what needs more than
+/// one key; the messages name the keys involved.
+fn resolve(mut s: Service) -> Result<Service, Vec<String>> {
+    let values = [
+        s.exec_start.clone(),
+        s.exec_stop.clone(),
+        s.exec_reload.clone(),
+    ];
+    let mut errs = Vec::new();
+    let mut subst = |what: &str, text: &mut String| {
+        for ((ph, key), value) in PLACEHOLDERS.iter().zip(&values) {
+            if text.contains(ph) {
+                match value {
+                    Some(v) => *text = text.replace(ph, v),
+                    None => errs.push(format!("{what} uses {ph} but {key} is not set")),
+                }
+            }
+        }
+    };
+    subst("StartScript", &mut s.start_script);
+    subst("StopScript", &mut s.stop_script);
+    subst("ReloadScript", &mut s.reload_script);
+    for a in &mut s.custom_actions {
+        subst(&format!("CustomActions `{}`", a.name), &mut a.script);
+    }
+    if let Some(p) = &mut s.pipe_stdout_script {
+        subst("PipeStdoutScript", p);
+    }
+    if let Some(p) = &mut s.pipe_stderr_script {
+        subst("PipeStderrScript", p);
+    }
+    if s.user_max_restarts.is_some() && s.user_restart_window.is_none() {
+        errs.push("UserMaxRestarts is set but UserRestartWindow is not".to_owned());
+    }
+    if errs.is_empty() {
+        Ok(s)
+    } else {
+        Err(errs)
+    }
+}
+
+/// Reads a controller file (refusing one others could have written) and parses it.
+pub fn load_controller(path: &Path) -> Result<Controller, ConfigErrors> {
+    parse_controller(&read_config(path)?, path)
+}
+
+/// Reads a service file (refusing one others could have written) and parses it.
+pub fn load_services(path: &Path, defaults: &ServiceLayer) -> Result<Vec<Service>, ConfigErrors> {
+    parse_services(&read_config(path)?, path, defaults)
+}
+
+fn read_config(path: &Path) -> Result<String, ConfigErrors> {
+    let fail = |line: usize, column: usize, message: String| {
+        ConfigErrors(vec![ConfigError {
+            file: path.to_owned(),
+            line,
+            column,
+            message,
+        }])
+    };
+    let mut f = std::fs::File::open(path).map_err(|e| fail(0, 0, format!("cannot read: {e}")))?;
+    // The checks look at the opened file, so a rename in between cannot swap it.
+    let meta = f
+        .metadata()
+        .map_err(|e| fail(0, 0, format!("cannot read: {e}")))?;
+    if !meta.is_file() {
+        return Err(fail(
+            0,
+            0,
+            "refusing to read: it is not a regular file".to_owned(),
+        ));
+    }
+    check_owner_and_mode(meta.uid(), meta.mode(), nix::unistd::geteuid().as_raw())
+        .map_err(|m| fail(0, 0, m))?;
+    let mut bytes = Vec::new();
+    f.read_to_end(&mut bytes)
+        .map_err(|e| fail(0, 0, format!("cannot read: {e}")))?;
+    String::from_utf8(bytes).map_err(|e| {
+        let good = &e.as_bytes()[..e.utf8_error().valid_up_to()];
+        let good = std::str::from_utf8(good).unwrap_or_default();
+        let line = good.matches('\n').count() + 1;
+        let column = good.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+        fail(line, column, "the file is not valid UTF-8".to_owned())
+    })
+}
+
+/// Only root and the controller's own user may have written a configuration file.
+fn check_owner_and_mode(uid: u32, mode: u32, euid: u32) -> Result<(), String> {
+    if mode & 0o022 != 0 {
+        return Err(format!(
+            "refusing to read: it is writable by group/others (mode {:04o}); chmod go-w it",
+            mode & 0o7777
+        ));
+    }
+    if uid != 0 && uid != euid {
+        let allowed = if euid == 0 {
+            "root".to_owned()
+        } else {
+            format!("root or uid {euid} (the controller's user)")
+        };
+        return Err(format!(
+            "refusing to read: it is owned by uid {uid}, not by {allowed}; chown it"
+        ));
+    }
+    Ok(())
+}
+
+impl Controller {
+    /// The effective configuration when there is no controller file, for a controller running
+    /// with effective uid `euid`: system paths for root, XDG paths for everyone else, so that a
+    /// newcomer's `upkeeper` runs without any set-up.
+    pub fn defaults(euid: u32) -> Controller {
+        let common =
+            |state_dir: PathBuf, svc_config_path, svc_run_path, upk_buddy_path| Controller {
+                state_dir,
+                svc_config_path,
+                svc_run_path,
+                upk_buddy_path,
+                buddy_polling_interval: 0.5,
+                service_defaults: ServiceLayer::default(),
+            };
+        if euid == 0 {
+            return common(
+                "/var/lib/upkeeper".into(),
+                "/etc/upkeeper/upkeeper.d".into(),
+                "/run/upkeeper/buddies".into(),
+                LIBEXEC_BUDDY.into(),
+            );
+        }
+        let home = home_dir(euid);
+        let state_dir = xdg_dir("XDG_STATE_HOME", &home, ".local/state").join("upkeeper");
+        let buddy = std::env::current_exe()
+            .ok()
+            .and_then(|exe| Some(exe.parent()?.join("upk_buddy")))
+            .filter(|p| p.is_file())
+            .unwrap_or_else(|| LIBEXEC_BUDDY.into());
+        common(
+            state_dir.clone(),
+            xdg_dir("XDG_CONFIG_HOME", &home, ".config").join("upkeeper/upkeeper.d"),
+            state_dir.join("buddies"),
+            buddy,
+        )
+    }
+}
+
+/// `$HOME`, else the user database's home, else a private directory under the temp dir.
+fn home_dir(euid: u32) -> PathBuf {
+    std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .filter(|h| h.is_absolute())
+        .or_else(|| {
+            nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(euid))
+                .ok()
+                .flatten()
+                .map(|u| u.dir)
+        })
+        .unwrap_or_else(|| std::env::temp_dir().join(format!("upkeeper-{euid}")))
+}
+
+/// An XDG base directory; the specification says to ignore relative values.
+fn xdg_dir(var: &str, home: &Path, fallback: &str) -> PathBuf {
+    std::env::var_os(var)
+        .map(PathBuf::from)
+        .filter(|p| p.is_absolute())
+        .unwrap_or_else(|| home.join(fallback))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn owner_and_mode_rules() {
+        assert!(check_owner_and_mode(0, 0o100644, 1000).is_ok());
+        assert!(check_owner_and_mode(1000, 0o100600, 1000).is_ok());
+        let e = check_owner_and_mode(0, 0o100664, 0).expect_err("group-writable");
+        assert_eq!(
+            e,
+            "refusing to read: it is writable by group/others (mode 0664); chmod go-w it"
+        );
+        let e = check_owner_and_mode(1001, 0o100644, 1000).expect_err("foreign owner");
+        assert!(e.contains("owned by uid 1001"), "{e}");
+        assert!(check_owner_and_mode(1000, 0o100644, 0).is_err());
+    }
+
+    #[test]
+    fn root_defaults_are_system_paths() {
+        let c = Controller::defaults(0);
+        assert_eq!(c.state_dir, Path::new("/var/lib/upkeeper"));
+        assert_eq!(c.svc_run_path, Path::new("/run/upkeeper/buddies"));
+        assert_eq!(c.upk_buddy_path, Path::new(LIBEXEC_BUDDY));
+        assert_eq!(c.buddy_polling_interval, 0.5);
+    }
+
+    #[test]
+    fn user_defaults_live_under_home_and_derive_from_state_dir() {
+        let c = Controller::defaults(4242);
+        assert!(c.state_dir.ends_with("upkeeper"), "{:?}", c.state_dir);
+        assert_eq!(c.svc_run_path, c.state_dir.join("buddies"));
+        assert!(c.svc_config_path.ends_with("upkeeper/upkeeper.d"));
+    }
+
+    #[test]
+    fn controller_keys_for_root_and_relative_paths() {
+        let src = "{statedir: 'state', UpkBuddyPath: '/opt/b', BuddyPollingInterval: 2}";
+        let c = parse_controller_for(src, Path::new("/etc/upk/upkeeper.conf"), 0).expect("valid");
+        assert_eq!(c.state_dir, Path::new("/etc/upk/state"));
+        assert_eq!(c.svc_run_path, Path::new("/etc/upk/state/buddies"));
+        assert_eq!(c.svc_config_path, Path::new("/etc/upkeeper/upkeeper.d"));
+        assert_eq!(c.buddy_polling_interval, 2.0);
+    }
+
+    #[test]
+    fn syntax_messages_are_one_line() {
+        let m = syntax_message(
+            " --> 1:6\n  |\n1 | {a:1}}\n  |      ^---\n  |\n  = expected EOI",
+            "{a:1}}",
+            Pos { line: 1, column: 6 },
+        );
+        assert_eq!(m, "syntax error at `}`: expected end of file");
+    }
+}

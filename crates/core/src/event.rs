@@ -1,0 +1,217 @@
+//! Event records: what a buddy remembers about its service, and what the controller stores.
+//!
+//! Every transition and every command effect becomes one [`Record`]: a per-buddy sequence
+//! number (contiguous, never reused for one run directory), wall and monotonic microseconds,
+//! the states before and after, the pid concerned, the cause, and the kind-specific detail.
+//! When records had to be dropped, a [`EventKind::Lost`] record stands in their place and
+//! counts them, so a gap is never silent.
+
+use serde::{Deserialize, Serialize};
+
+/// The lifecycle states a buddy reports (see `docs/state-machine.md`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StateName {
+    /// Not running and not wanted.
+    Stopped,
+    /// Running (the main process exists).
+    Running,
+    /// A stop is in progress: stop script, then SIGTERM, then SIGKILL of the group.
+    Stopping,
+    /// Dead and waiting to be restarted (rate limit, jitter).
+    Backoff,
+    /// Dead, restarts paused because UserMaxRestarts were used up in UserRestartWindow.
+    Paused,
+    /// Gave up after MaxConsecutiveFailures; stays so until a command.
+    Failed,
+}
+
+impl StateName {
+    /// The lowercase name used in status files and on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StateName::Stopped => "stopped",
+            StateName::Running => "running",
+            StateName::Stopping => "stopping",
+            StateName::Backoff => "backoff",
+            StateName::Paused => "paused",
+            StateName::Failed => "failed",
+        }
+    }
+}
+
+/// How a process ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase", tag = "how")]
+pub enum Exit {
+    /// `exit(code)`.
+    Exited {
+        /// The exit code.
+        code: i32,
+    },
+    /// Killed by a signal.
+    Killed {
+        /// The signal number.
+        signal: i32,
+        /// Whether it dumped core.
+        core: bool,
+    },
+    /// The process ended but its status could not be known (it was adopted, not our child).
+    Unknown,
+}
+
+impl Exit {
+    /// True for `exit(0)`.
+    pub fn success(&self) -> bool {
+        matches!(self, Exit::Exited { code: 0 })
+    }
+}
+
+impl std::fmt::Display for Exit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Exit::Exited { code } => write!(f, "exited with code {code}"),
+            Exit::Killed { signal, core } => {
+                let name = nix::sys::signal::Signal::try_from(*signal)
+                    .map(|s| s.as_str().to_owned())
+                    .unwrap_or_else(|_| format!("signal {signal}"));
+                write!(f, "killed by {name}{}", if *core { " (core dumped)" } else { "" })
+            }
+            Exit::Unknown => f.write_str("ended (status unknown: adopted process)"),
+        }
+    }
+}
+
+/// What happened. Serialised with a `kind` tag; the remaining fields are the detail.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "kind")]
+pub enum EventKind {
+    /// The buddy started (or restarted) on its run directory.
+    BuddyStarted {
+        /// The buddy's pid.
+        buddy_pid: i32,
+    },
+    /// The buddy is exiting (SIGTERM/SIGINT or a shutdown command).
+    BuddyExiting,
+    /// The service was started: `actions/start` was executed.
+    Started,
+    /// Starting failed before the service could run (fork/exec, privilege drop).
+    SpawnFailed {
+        /// One sentence.
+        error: String,
+    },
+    /// A running service found on start-up was adopted instead of started again.
+    Adopted,
+    /// The main process ended.
+    Died {
+        /// How.
+        exit: Exit,
+        /// Seconds it ran.
+        uptime: f64,
+    },
+    /// A stop began.
+    Stopping,
+    /// A signal was sent to the service (by escalation or by command).
+    Signaled {
+        /// Signal number.
+        signal: i32,
+        /// Sent to the whole process group.
+        group: bool,
+    },
+    /// The service is stopped and its process group is empty.
+    Stopped,
+    /// A restart was scheduled.
+    RestartScheduled {
+        /// Seconds from now.
+        delay: f64,
+        /// Consecutive failures so far.
+        failures: u32,
+    },
+    /// UserMaxRestarts were used up within UserRestartWindow; restarts resume after `delay`.
+    RestartsPaused {
+        /// Seconds until restarts resume.
+        delay: f64,
+        /// Restarts counted in the window.
+        restarts: u32,
+    },
+    /// MaxConsecutiveFailures reached: the service is `failed` until a command.
+    GaveUp {
+        /// Consecutive failures.
+        failures: u32,
+    },
+    /// An action script (stop, reload, custom) finished.
+    ActionRun {
+        /// `stop`, `reload` or the custom action's name.
+        action: String,
+        /// How it ended.
+        exit: Exit,
+    },
+    /// A logger (Pipe*Script) started.
+    LoggerStarted {
+        /// `stdout` or `stderr`.
+        stream: String,
+    },
+    /// A logger ended; it is restarted.
+    LoggerDied {
+        /// `stdout` or `stderr`.
+        stream: String,
+        /// How.
+        exit: Exit,
+    },
+    /// Records were dropped; this one stands in for them.
+    Lost {
+        /// How many records were lost.
+        count: u64,
+        /// Why (ring overflow, previous buddy killed with records pending).
+        reason: String,
+    },
+}
+
+/// One event as recorded, delivered and stored.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Record {
+    /// Per run directory, contiguous; for a `Lost` record, the last lost sequence number.
+    pub seq: u64,
+    /// Microseconds since the epoch.
+    pub wall_us: i64,
+    /// Microseconds on CLOCK_MONOTONIC.
+    pub mono_us: i64,
+    /// State before.
+    pub from: StateName,
+    /// State after.
+    pub to: StateName,
+    /// The process concerned, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid: Option<i32>,
+    /// Why: `policy`, `command`, `signal`, `adoption`, ...
+    pub cause: String,
+    /// What happened.
+    #[serde(flatten)]
+    pub kind: EventKind,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn record_round_trips_with_flat_kind() {
+        let r = Record {
+            seq: 7,
+            wall_us: 1,
+            mono_us: 2,
+            from: StateName::Running,
+            to: StateName::Backoff,
+            pid: Some(42),
+            cause: "policy".into(),
+            kind: EventKind::Died {
+                exit: Exit::Killed { signal: 9, core: false },
+                uptime: 0.5,
+            },
+        };
+        let text = serde_json::to_string(&r).expect("serialise");
+        assert!(text.contains(r#""kind":"died""#), "{text}");
+        let back: Record = serde_json::from_str(&text).expect("parse");
+        assert_eq!(back, r);
+    }
+}

@@ -1,0 +1,27 @@
+//! upkeeper's shared contracts.
+//!
+//! # Theory of operation
+//!
+//! Every upkeeper program (the buddy, the controller, the clients) agrees on a few things and
+//! nothing else; those things live here and nowhere else:
+//!
+//! * [`config`]: the configuration dialect (JSON with comments, trailing commas and `Null`,
+//!   case-insensitive keys), its validation with file/line/column errors, and the typed model
+//!   of a service after layering built-in defaults, `ServiceDefaults` and the service entry.
+//! * [`rundir`]: the on-disk API of one service, `SvcRunPath/<id>/`, and the `settings.json`
+//!   the buddy reads from it.
+//! * [`event`] and [`status`]: what a buddy records (sequence-numbered event records) and the
+//!   status file it rewrites atomically on every transition.
+//! * [`proto`]: the newline-delimited JSON framing and message types spoken on every socket.
+//! * [`fsutil`] and [`exit`]: atomic file writes and the documented exit codes.
+//!
+//! This crate holds no daemon logic and starts no processes.
+
+pub mod config;
+pub mod event;
+pub mod exit;
+pub mod fsutil;
+pub mod proto;
+pub mod rundir;
+pub mod status;
+pub mod time;

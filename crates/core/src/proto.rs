@@ -1,0 +1,256 @@
+//! The wire protocol: newline-delimited JSON over unix stream sockets.
+//!
+//! One JSON object per line, each with a `type`. Requests may carry an `id` that the reply
+//! echoes. A line longer than [`MAX_LINE`] or one that does not parse gets an `error` reply and
+//! the connection is closed; the daemon itself is never harmed. `docs/protocol.md` is the
+//! reference for writing a client in any language (or with `socat`).
+//!
+//! This module holds the framing ([`LineBuf`], [`encode`]) and the buddy's message set. On the
+//! buddy's socket a client sends [`BuddyRequest`]s and receives [`BuddyReply`]s. When a buddy
+//! phones home it dials the controller's socket and speaks the same messages with the roles
+//! reversed: it sends `hello` and `event` (replies), the controller answers with `ack`.
+
+use crate::event::{Exit, Record};
+use crate::status::Status;
+use serde::{Deserialize, Serialize};
+
+/// Version announced in `hello`; bumped on incompatible changes.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// Longest accepted line, newline excluded.
+pub const MAX_LINE: usize = 1 << 20;
+
+/// A message with an optional correlation id.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Envelope<T> {
+    /// Echoed in the reply to a request; absent on pushed messages.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<u64>,
+    /// The message.
+    #[serde(flatten)]
+    pub body: T,
+}
+
+/// Who opens a connection to a buddy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// An operator tool or test: may act and read, does not take over event delivery.
+    #[default]
+    Client,
+    /// The controller: its `subscribe` makes it the event sink that acknowledges records.
+    Controller,
+}
+
+/// A signal by name (`HUP`, `SIGHUP`) or number.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum SignalSpec {
+    /// A number such as 1.
+    Number(i32),
+    /// A name such as `HUP` or `SIGHUP` (case-insensitive).
+    Name(String),
+}
+
+impl SignalSpec {
+    /// Resolves to a signal, or one sentence saying why not.
+    pub fn resolve(&self) -> Result<nix::sys::signal::Signal, String> {
+        use nix::sys::signal::Signal;
+        match self {
+            SignalSpec::Number(n) => {
+                Signal::try_from(*n).map_err(|_| format!("{n} is not a signal number"))
+            }
+            SignalSpec::Name(name) => {
+                let upper = name.to_ascii_uppercase();
+                let full = if upper.starts_with("SIG") { upper } else { format!("SIG{upper}") };
+                full.parse::<Signal>()
+                    .map_err(|_| format!("{name:?} is not a signal name"))
+            }
+        }
+    }
+}
+
+/// Requests a buddy accepts on `buddy.sock`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum BuddyRequest {
+    /// Opening exchange; the buddy answers with its own `hello`.
+    Hello {
+        /// The client's protocol version.
+        version: u32,
+        /// Who is calling.
+        #[serde(default)]
+        role: Role,
+    },
+    /// The current status record.
+    Status,
+    /// Want up: start now if stopped, failed or waiting.
+    Start,
+    /// Want down: stop (stop script, SIGTERM, SIGKILL to the group).
+    Stop,
+    /// Stop if running, then start.
+    Restart,
+    /// Start if stopped, and do not restart when it ends.
+    Once,
+    /// Run `actions/reload` with the pid; the reply carries its exit.
+    Reload,
+    /// Send a signal to the running service.
+    Signal {
+        /// Which signal.
+        signal: SignalSpec,
+        /// To the whole process group rather than the main process.
+        #[serde(default)]
+        group: bool,
+    },
+    /// Run a custom action by name or number (`01`..`32`); the reply carries its exit.
+    Action {
+        /// Name or number.
+        name: String,
+    },
+    /// Unacknowledged records with a sequence number above `after`.
+    Events {
+        /// Cursor.
+        #[serde(default)]
+        after: u64,
+    },
+    /// Push every record as it is made (after sending the backlog). A controller's
+    /// subscription also stops the buddy from phoning home.
+    Subscribe,
+    /// Records up to `seq` are committed and may be forgotten.
+    Ack {
+        /// Highest committed sequence number.
+        seq: u64,
+    },
+    /// Stop the service, deliver pending records, exit.
+    Shutdown,
+}
+
+/// What a buddy sends.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum BuddyReply {
+    /// Answer to `hello`, and the first line of a phone-home connection.
+    Hello {
+        /// The buddy's protocol version.
+        version: u32,
+        /// The service id.
+        service: String,
+        /// The buddy's pid.
+        buddy_pid: i32,
+    },
+    /// The request was carried out; the status after it.
+    Ok {
+        /// Status after the request took effect.
+        status: Status,
+        /// Extra detail ("already running").
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        message: Option<String>,
+    },
+    /// An action script ran to its end.
+    ActionDone {
+        /// Action name.
+        action: String,
+        /// How it ended.
+        exit: Exit,
+    },
+    /// Backlog for `events`.
+    Records {
+        /// Records in sequence order.
+        records: Vec<Record>,
+    },
+    /// A pushed record (subscription or phone home).
+    Event {
+        /// The record.
+        record: Record,
+    },
+    /// The request failed; one sentence.
+    Error {
+        /// What went wrong.
+        message: String,
+    },
+}
+
+/// Serialises one message as a line.
+pub fn encode<T: Serialize>(msg: &T) -> Vec<u8> {
+    // Serialising our own message types cannot fail (no maps with non-string keys).
+    let mut line = serde_json::to_vec(msg).unwrap_or_default();
+    line.push(b'\n');
+    line
+}
+
+/// Why a connection's input is unusable.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum FrameError {
+    /// A line exceeded [`MAX_LINE`].
+    #[error("line longer than {MAX_LINE} bytes")]
+    TooLong,
+}
+
+/// Splits a byte stream into lines, refusing lines longer than [`MAX_LINE`].
+#[derive(Debug, Default)]
+pub struct LineBuf {
+    buf: Vec<u8>,
+}
+
+impl LineBuf {
+    /// Appends bytes read from the socket.
+    pub fn push(&mut self, bytes: &[u8]) {
+        self.buf.extend_from_slice(bytes);
+    }
+
+    /// Bytes buffered and not yet returned as lines.
+    pub fn pending(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// The next complete line (without its newline), if any.
+    pub fn next_line(&mut self) -> Result<Option<Vec<u8>>, FrameError> {
+        match self.buf.iter().position(|&b| b == b'\n') {
+            Some(n) if n > MAX_LINE => Err(FrameError::TooLong),
+            Some(n) => {
+                let mut line: Vec<u8> = self.buf.drain(..=n).collect();
+                line.pop();
+                Ok(Some(line))
+            }
+            None if self.buf.len() > MAX_LINE => Err(FrameError::TooLong),
+            None => Ok(None),
+        }
+    }
+}
+
+/// Parses one line as a message with an envelope; the error is one sentence for the peer.
+pub fn decode<T: for<'de> Deserialize<'de>>(line: &[u8]) -> Result<Envelope<T>, String> {
+    serde_json::from_slice(line).map_err(|e| format!("malformed message: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lines_split_and_oversize_refused() {
+        let mut b = LineBuf::default();
+        b.push(b"{\"type\":\"status\"}\n{\"type\":");
+        assert_eq!(b.next_line().expect("ok").expect("line"), b"{\"type\":\"status\"}");
+        assert_eq!(b.next_line().expect("ok"), None);
+        b.push(&vec![b'x'; MAX_LINE + 1]);
+        assert_eq!(b.next_line(), Err(FrameError::TooLong));
+    }
+
+    #[test]
+    fn requests_parse_with_ids_and_signal_names() {
+        let r: Envelope<BuddyRequest> =
+            decode(br#"{"type":"signal","id":3,"signal":"hup"}"#).expect("parse");
+        assert_eq!(r.id, Some(3));
+        match r.body {
+            BuddyRequest::Signal { signal, group } => {
+                assert!(!group);
+                assert_eq!(signal.resolve(), Ok(nix::sys::signal::Signal::SIGHUP));
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        assert!(decode::<BuddyRequest>(br#"{"type":"explode"}"#).is_err());
+        assert_eq!(SignalSpec::Number(15).resolve(), Ok(nix::sys::signal::Signal::SIGTERM));
+        assert!(SignalSpec::Name("NOPE".into()).resolve().is_err());
+    }
+}

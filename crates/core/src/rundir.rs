@@ -1,0 +1,111 @@
+//! The run directory, `SvcRunPath/<id>/`: the on-disk API of one service.
+//!
+//! ```text
+//! <id>/actions/{start,stop,reload,01..32}  symlinks to ../scripts/<name>
+//! <id>/scripts/                            rendered scripts, mode 0755
+//! <id>/settings.json                       the effective settings the buddy runs by
+//! <id>/log/{stdout,stderr,buddy}           output files (never deleted by rendering)
+//! <id>/log/{stdout_pipe,stderr_pipe}       FIFOs feeding PipeStdoutScript/PipeStderrScript
+//! <id>/buddy.sock                          the buddy's socket (mode 0600)
+//! <id>/lock                                flock: one buddy per directory
+//! <id>/status                              status record, replaced atomically
+//! ```
+//!
+//! `docs/servicedir.md` is the long form. Everything here is path arithmetic; nothing touches
+//! the file system except [`Settings::read`].
+
+use crate::config::Service;
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+/// File name of the settings inside a run directory.
+pub const SETTINGS: &str = "settings.json";
+
+/// Names of the scripts the renderer always writes (custom actions may not take them).
+pub const RESERVED_SCRIPTS: &[&str] = &["start", "stop", "reload", "pipe_stdout", "pipe_stderr"];
+
+/// Paths inside one run directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunDir {
+    root: PathBuf,
+}
+
+impl RunDir {
+    /// The run directory at `root`.
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        RunDir { root: root.into() }
+    }
+    /// The run directory of `id` under `svc_run_path`.
+    pub fn of(svc_run_path: &Path, id: &crate::config::ServiceId) -> Self {
+        RunDir::new(svc_run_path.join(id.to_string()))
+    }
+    /// The directory itself.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+    /// `actions/`.
+    pub fn actions(&self) -> PathBuf {
+        self.root.join("actions")
+    }
+    /// `actions/<name>`: `start`, `stop`, `reload` or a two-digit custom action number.
+    pub fn action(&self, name: &str) -> PathBuf {
+        self.actions().join(name)
+    }
+    /// `scripts/`.
+    pub fn scripts(&self) -> PathBuf {
+        self.root.join("scripts")
+    }
+    /// `scripts/<name>`.
+    pub fn script(&self, name: &str) -> PathBuf {
+        self.scripts().join(name)
+    }
+    /// `log/`.
+    pub fn log(&self) -> PathBuf {
+        self.root.join("log")
+    }
+    /// `log/<name>`.
+    pub fn log_file(&self, name: &str) -> PathBuf {
+        self.log().join(name)
+    }
+    /// `buddy.sock`.
+    pub fn socket(&self) -> PathBuf {
+        self.root.join("buddy.sock")
+    }
+    /// `lock`.
+    pub fn lock(&self) -> PathBuf {
+        self.root.join("lock")
+    }
+    /// `status`.
+    pub fn status(&self) -> PathBuf {
+        self.root.join("status")
+    }
+    /// `settings.json`.
+    pub fn settings(&self) -> PathBuf {
+        self.root.join(SETTINGS)
+    }
+}
+
+/// The two-digit name of custom action number `n` (1-based): `actions/01`.
+pub fn action_number(n: usize) -> String {
+    format!("{n:02}")
+}
+
+/// What the buddy runs by: the resolved service plus where its controller listens.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Settings {
+    /// The resolved service.
+    pub service: Service,
+    /// The controller's socket, dialled when the buddy must phone home.
+    pub controller_socket: PathBuf,
+    /// The controller's polling interval in seconds (for reference and phone-home pacing).
+    pub polling_interval: f64,
+}
+
+impl Settings {
+    /// Reads `settings.json`; the error is one sentence naming the file.
+    pub fn read(path: &Path) -> Result<Settings, String> {
+        let bytes =
+            std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        serde_json::from_slice(&bytes).map_err(|e| format!("{} is invalid: {e}", path.display()))
+    }
+}

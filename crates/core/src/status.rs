@@ -1,0 +1,107 @@
+//! The status file: `SvcRunPath/<id>/status`, one JSON object, replaced atomically by the buddy
+//! on every transition.
+//!
+//! It answers "what is this service doing" with no daemon running (a reader never sees a torn
+//! file), and it is how a new buddy recognises a service left running by a killed predecessor:
+//! `pid` plus `pid_start` (the process start time from `/proc/PID/stat`, field 22) identify the
+//! process even if the pid was recycled. `seq`/`acked` let the new buddy report records that
+//! died unacknowledged with its predecessor.
+
+use crate::event::{Exit, StateName};
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+
+/// What the buddy is trying to achieve.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Want {
+    /// Keep it running (restart by policy).
+    Up,
+    /// Keep it stopped.
+    Down,
+    /// Run it once; do not restart when it ends.
+    Once,
+}
+
+/// The status record.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Status {
+    /// The service id.
+    pub service: String,
+    /// Current state.
+    pub state: StateName,
+    /// Desired state.
+    pub want: Want,
+    /// The main process, when there is one (running or stopping).
+    #[serde(default)]
+    pub pid: Option<i32>,
+    /// Start time of `pid` in clock ticks since boot (`/proc/PID/stat` field 22).
+    #[serde(default)]
+    pub pid_start: Option<u64>,
+    /// Wall microseconds when the current state was entered.
+    pub since_us: i64,
+    /// The buddy's pid.
+    pub buddy_pid: i32,
+    /// Automatic restarts since the buddy started.
+    pub restarts: u64,
+    /// Consecutive failures counted by the restart policy.
+    pub failures: u32,
+    /// How the last run ended.
+    #[serde(default)]
+    pub last_exit: Option<Exit>,
+    /// When the next start is due (backoff, paused), wall microseconds.
+    #[serde(default)]
+    pub next_start_us: Option<i64>,
+    /// Last sequence number assigned.
+    pub seq: u64,
+    /// Highest sequence number acknowledged by a controller.
+    pub acked: u64,
+}
+
+impl Status {
+    /// Reads a status file; `Ok(None)` if there is none.
+    pub fn read(path: &Path) -> std::io::Result<Option<Status>> {
+        match std::fs::read(path) {
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .map(Some)
+                .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Writes the status file atomically (mode 0644: anyone may read a service's state).
+    pub fn write(&self, path: &Path) -> std::io::Result<()> {
+        let mut text = serde_json::to_vec(self).map_err(std::io::Error::other)?;
+        text.push(b'\n');
+        crate::fsutil::write_atomic(path, &text, 0o644, false)
+    }
+}
+
+/// The start time of a process (`/proc/PID/stat` field 22), or `None` if it is gone.
+pub fn process_start_time(pid: i32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) is in parentheses and may contain spaces: split after it.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    // rest starts at field 3 (state); field 22 is index 19 from here.
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// The one-letter state of a process (`/proc/PID/stat` field 3), or `None` if it is gone.
+pub fn process_state(pid: i32) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat[stat.rfind(')')? + 2..].chars().next()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn own_start_time_is_readable_and_stable() {
+        let me = std::process::id() as i32;
+        let a = process_start_time(me).expect("own start time");
+        assert_eq!(Some(a), process_start_time(me));
+        assert_eq!(process_state(me), Some('R'));
+    }
+}
