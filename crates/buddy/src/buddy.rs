@@ -48,10 +48,16 @@ pub struct Fatal {
 }
 
 fn permanent(message: String) -> Fatal {
-    Fatal { code: upk_core::exit::PERMANENT, message }
+    Fatal {
+        code: upk_core::exit::PERMANENT,
+        message,
+    }
 }
 fn temporary(what: &str, e: impl std::fmt::Display) -> Fatal {
-    Fatal { code: upk_core::exit::TEMPORARY, message: format!("{what}: {e}") }
+    Fatal {
+        code: upk_core::exit::TEMPORARY,
+        message: format!("{what}: {e}"),
+    }
 }
 
 /// An action script in flight, and who waits for its result.
@@ -100,15 +106,22 @@ impl Buddy {
         let mut log = BuddyLog::open(dir.log_file("buddy"));
 
         let mut mask = SigSet::empty();
-        for s in [Signal::SIGCHLD, Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP] {
+        for s in [
+            Signal::SIGCHLD,
+            Signal::SIGTERM,
+            Signal::SIGINT,
+            Signal::SIGHUP,
+        ] {
             mask.add(s);
         }
-        mask.thread_block().map_err(|e| temporary("sigprocmask", e))?;
+        mask.thread_block()
+            .map_err(|e| temporary("sigprocmask", e))?;
         let signals = SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
             .map_err(|e| temporary("signalfd", e))?;
         // Orphans of the service (double forks, leftovers) are re-parented to us and reaped
         // here, so "the group is empty" can be known and no zombie outlives a stop.
-        nix::sys::prctl::set_child_subreaper(true).map_err(|e| temporary("PR_SET_CHILD_SUBREAPER", e))?;
+        nix::sys::prctl::set_child_subreaper(true)
+            .map_err(|e| temporary("PR_SET_CHILD_SUBREAPER", e))?;
 
         let listener = bind(&dir)?;
         let previous = Status::read(&dir.status()).unwrap_or_else(|e| {
@@ -125,7 +138,10 @@ impl Buddy {
         let seed = u64::from(std::process::id()) ^ upk_core::time::mono_us() as u64;
         let machine = Machine::new(Policy::of(svc), want, seed);
         let creds = Creds::resolve(svc, nix::unistd::geteuid(), nix::unistd::getegid());
-        let streams = [Stream::new(&dir, "stdout", svc), Stream::new(&dir, "stderr", svc)];
+        let streams = [
+            Stream::new(&dir, "stdout", svc),
+            Stream::new(&dir, "stderr", svc),
+        ];
         let tries_left = svc.reconnect_retries;
         let mut buddy = Buddy {
             ring: Ring::new(svc.ringbuffer_size as usize, last_seq, acked),
@@ -140,7 +156,10 @@ impl Buddy {
             pid_start: None,
             actions: Vec::new(),
             streams,
-            phone: PhoneHome { tries_left, next_try: None },
+            phone: PhoneHome {
+                tries_left,
+                next_try: None,
+            },
             log,
             exit_by: None,
             since_us: upk_core::time::wall_us(),
@@ -156,7 +175,8 @@ impl Buddy {
 
     fn start_up(&mut self, previous: Option<Status>) {
         let blank = self.blank_record(EventKind::Started);
-        self.ring.account_unacked(blank, "previous buddy ended with records unacknowledged");
+        self.ring
+            .account_unacked(blank, "previous buddy ended with records unacknowledged");
         let buddy_pid = std::process::id() as i32;
         self.record(Note {
             from: self.machine.state().name(),
@@ -173,7 +193,8 @@ impl Buddy {
             if let Some(fd) = still_running(pid, start) {
                 self.adopted = Some(fd);
                 self.pid_start = Some(start);
-                self.log.line(&format!("adopting running service pid {pid}"));
+                self.log
+                    .line(&format!("adopting running service pid {pid}"));
                 self.drive(Input::Adopted { pid });
                 if self.machine.want() == Want::Down {
                     self.drive(Input::Command(Command::Stop, "startup: wanted down".into()));
@@ -240,11 +261,16 @@ impl Buddy {
         let timeout = match timeout {
             None => PollTimeout::NONE,
             // Round up so a timer never fires a hair early and spins.
-            Some(d) => PollTimeout::try_from(d.as_millis().saturating_add(1).min(i32::MAX as u128) as i32)
-                .unwrap_or(PollTimeout::MAX),
+            Some(d) => {
+                PollTimeout::try_from(d.as_millis().saturating_add(1).min(i32::MAX as u128) as i32)
+                    .unwrap_or(PollTimeout::MAX)
+            }
         };
         nix::poll::poll(&mut fds, timeout)?;
-        Ok(fds.iter().map(|f| f.revents().unwrap_or(PollFlags::empty())).collect())
+        Ok(fds
+            .iter()
+            .map(|f| f.revents().unwrap_or(PollFlags::empty()))
+            .collect())
     }
 
     fn dispatch(&mut self, revents: Vec<PollFlags>) {
@@ -259,8 +285,13 @@ impl Buddy {
         if self.adopted.is_some() && ready(it.next()) {
             self.adopted_died();
         }
-        let tokens: Vec<(u64, PollFlags)> =
-            self.conns.iter().map(|c| c.token).zip(it).filter(|(_, f)| !f.is_empty()).collect();
+        let tokens: Vec<(u64, PollFlags)> = self
+            .conns
+            .iter()
+            .map(|c| c.token)
+            .zip(it)
+            .filter(|(_, f)| !f.is_empty())
+            .collect();
         for (token, flags) in tokens {
             self.on_conn(token, flags);
         }
@@ -273,11 +304,9 @@ impl Buddy {
         while let Ok(Some(info)) = self.signals.read_signal() {
             match Signal::try_from(info.ssi_signo as i32) {
                 Ok(Signal::SIGCHLD) => chld = true,
-                Ok(Signal::SIGTERM | Signal::SIGINT) => {
-                    if self.exit_by.is_none() {
-                        self.log.line("terminating: stopping the service first");
-                        self.drive(Input::Terminate);
-                    }
+                Ok(Signal::SIGTERM | Signal::SIGINT) if self.exit_by.is_none() => {
+                    self.log.line("terminating: stopping the service first");
+                    self.drive(Input::Terminate);
                 }
                 Ok(Signal::SIGHUP) => self.reload_settings(),
                 _ => {}
@@ -292,13 +321,22 @@ impl Buddy {
         loop {
             let (pid, exit) = match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
                 Ok(WaitStatus::Exited(pid, code)) => (pid.as_raw(), Exit::Exited { code }),
-                Ok(WaitStatus::Signaled(pid, sig, core)) => (pid.as_raw(), Exit::Killed { signal: sig as i32, core }),
+                Ok(WaitStatus::Signaled(pid, sig, core)) => (
+                    pid.as_raw(),
+                    Exit::Killed {
+                        signal: sig as i32,
+                        core,
+                    },
+                ),
                 Ok(WaitStatus::StillAlive) | Err(_) => break,
                 Ok(_) => continue,
             };
             self.child_ended(pid, exit);
         }
-        if let State::Stopping { pid: None, pgid, .. } = *self.machine.state() {
+        if let State::Stopping {
+            pid: None, pgid, ..
+        } = *self.machine.state()
+        {
             if !group_alive(pgid) {
                 self.drive(Input::GroupGone);
             }
@@ -308,12 +346,30 @@ impl Buddy {
     fn child_ended(&mut self, pid: i32, exit: Exit) {
         if self.machine.state().pid() == Some(pid) && self.adopted.is_none() {
             let pgid = pid;
-            self.drive(Input::Died { pid, exit, group_alive: group_alive(pgid) });
+            self.drive(Input::Died {
+                pid,
+                exit,
+                group_alive: group_alive(pgid),
+            });
         } else if let Some(i) = self.actions.iter().position(|a| a.pid == pid) {
             let run = self.actions.swap_remove(i);
-            self.note(Some(pid), "action", EventKind::ActionRun { action: run.action.clone(), exit });
+            self.note(
+                Some(pid),
+                "action",
+                EventKind::ActionRun {
+                    action: run.action.clone(),
+                    exit,
+                },
+            );
             if let Some((token, id)) = run.reply_to {
-                self.reply(token, id, BuddyReply::ActionDone { action: run.action, exit });
+                self.reply(
+                    token,
+                    id,
+                    BuddyReply::ActionDone {
+                        action: run.action,
+                        exit,
+                    },
+                );
             }
             self.write_status();
         } else if let Some(i) = self.streams.iter().position(|s| s.logger == Some(pid)) {
@@ -323,7 +379,11 @@ impl Buddy {
             if stream.script.is_some() {
                 stream.restart_at = Some(Instant::now() + LOGGER_RESTART);
             }
-            self.note(Some(pid), "exit", EventKind::LoggerDied { stream: name, exit });
+            self.note(
+                Some(pid),
+                "exit",
+                EventKind::LoggerDied { stream: name, exit },
+            );
             self.write_status();
         }
         // Anything else was an orphan of the service re-parented to us: reaping it is enough.
@@ -332,7 +392,11 @@ impl Buddy {
     fn adopted_died(&mut self) {
         self.adopted = None;
         if let Some(pid) = self.machine.state().pid() {
-            self.drive(Input::Died { pid, exit: Exit::Unknown, group_alive: group_alive(pid) });
+            self.drive(Input::Died {
+                pid,
+                exit: Exit::Unknown,
+                group_alive: group_alive(pid),
+            });
         }
     }
 
@@ -355,7 +419,8 @@ impl Buddy {
             Ok(s) => {
                 self.machine.set_policy(Policy::of(&s.service));
                 self.ring.resize(s.service.ringbuffer_size as usize);
-                self.creds = Creds::resolve(&s.service, nix::unistd::geteuid(), nix::unistd::getegid());
+                self.creds =
+                    Creds::resolve(&s.service, nix::unistd::geteuid(), nix::unistd::getegid());
                 for i in 0..self.streams.len() {
                     self.streams[i].configure(&self.dir, &s.service);
                     let stream = &self.streams[i];
@@ -409,9 +474,13 @@ impl Buddy {
 
     fn spawn_service(&mut self) -> Result<i32, String> {
         let creds = self.creds.clone()?;
-        let mut out = redirect_files(&self.dir, &self.settings.service).map_err(|e| e.to_string())?;
+        let mut out =
+            redirect_files(&self.dir, &self.settings.service).map_err(|e| e.to_string())?;
         for (i, s) in self.streams.iter().enumerate() {
-            if let Some(end) = s.service_end().map_err(|e| format!("{}: {e}", s.fifo.display()))? {
+            if let Some(end) = s
+                .service_end()
+                .map_err(|e| format!("{}: {e}", s.fifo.display()))?
+            {
                 if i == 0 {
                     out.stdout = end;
                 } else {
@@ -430,36 +499,73 @@ impl Buddy {
     }
 
     /// Runs `actions/<file>` with the service's pid as `$1` (when it runs).
-    fn run_action(&mut self, file: &str, action: &str, pid: Option<i32>, reply_to: Option<(u64, Option<u64>)>) -> Result<(), String> {
+    fn run_action(
+        &mut self,
+        file: &str,
+        action: &str,
+        pid: Option<i32>,
+        reply_to: Option<(u64, Option<u64>)>,
+    ) -> Result<(), String> {
         let creds = self.creds.clone()?;
         let out = redirect_files(&self.dir, &self.settings.service).map_err(|e| e.to_string())?;
         let args: Vec<String> = pid.map(|p| p.to_string()).into_iter().collect();
         let id = self.settings.service.id.to_string();
         let path = self.dir.action(file);
-        let child = spawn::spawn(&path, &args, self.dir.root(), &creds, None, out, &[("UPK_SERVICE", &id)])
-            .map_err(|e| format!("cannot execute {}: {e}", path.display()))?;
-        self.actions.push(ActionRun { pid: child, action: action.to_owned(), reply_to });
+        let child = spawn::spawn(
+            &path,
+            &args,
+            self.dir.root(),
+            &creds,
+            None,
+            out,
+            &[("UPK_SERVICE", &id)],
+        )
+        .map_err(|e| format!("cannot execute {}: {e}", path.display()))?;
+        self.actions.push(ActionRun {
+            pid: child,
+            action: action.to_owned(),
+            reply_to,
+        });
         Ok(())
     }
 
     fn start_logger(&mut self, i: usize) {
         let result = (|| -> Result<i32, String> {
             let stream = &mut self.streams[i];
-            let Some(script) = stream.script.clone() else { return Ok(0) };
-            stream.hold().map_err(|e| format!("{}: {e}", stream.fifo.display()))?;
+            let Some(script) = stream.script.clone() else {
+                return Ok(0);
+            };
+            stream
+                .hold()
+                .map_err(|e| format!("{}: {e}", stream.fifo.display()))?;
             let stdin = stream.logger_end().map_err(|e| e.to_string())?;
             let creds = self.creds.clone()?;
-            let out = redirect_files(&self.dir, &self.settings.service).map_err(|e| e.to_string())?;
+            let out =
+                redirect_files(&self.dir, &self.settings.service).map_err(|e| e.to_string())?;
             let id = self.settings.service.id.to_string();
-            spawn::spawn(&script, &[], self.dir.root(), &creds, Some(stdin), out, &[("UPK_SERVICE", &id)])
-                .map_err(|e| format!("cannot execute {}: {e}", script.display()))
+            spawn::spawn(
+                &script,
+                &[],
+                self.dir.root(),
+                &creds,
+                Some(stdin),
+                out,
+                &[("UPK_SERVICE", &id)],
+            )
+            .map_err(|e| format!("cannot execute {}: {e}", script.display()))
         })();
         let name = self.streams[i].name;
         match result {
             Ok(0) => {}
             Ok(pid) => {
                 self.streams[i].logger = Some(pid);
-                self.note(Some(pid), "logger", EventKind::LoggerStarted { stream: name.into() });
+                self.note(
+                    Some(pid),
+                    "logger",
+                    EventKind::LoggerStarted {
+                        stream: name.into(),
+                    },
+                );
             }
             Err(e) => {
                 self.log.line(&format!("{name} logger: {e}; retrying"));
@@ -487,7 +593,13 @@ impl Buddy {
     /// A record that changes no state.
     fn note(&mut self, pid: Option<i32>, cause: &str, kind: EventKind) {
         let s = self.machine.state().name();
-        self.record(Note { from: s, to: s, pid, cause: cause.into(), kind });
+        self.record(Note {
+            from: s,
+            to: s,
+            pid,
+            cause: cause.into(),
+            kind,
+        });
     }
 
     fn record(&mut self, note: Note) {
@@ -497,7 +609,12 @@ impl Buddy {
             self.since_us = r.wall_us;
         }
         let stored = self.ring.push(r);
-        let line = proto::encode(&Envelope { id: None, body: BuddyReply::Event { record: stored.clone() } });
+        let line = proto::encode(&Envelope {
+            id: None,
+            body: BuddyReply::Event {
+                record: stored.clone(),
+            },
+        });
         let mut dead = Vec::new();
         for c in self.conns.iter_mut().filter(|c| c.subscribed) {
             if c.send(&line).is_err() {
@@ -543,7 +660,9 @@ impl Buddy {
     // ---- phone home ------------------------------------------------------------------------
 
     fn controller_listening(&self) -> bool {
-        self.conns.iter().any(|c| c.subscribed && c.role == Role::Controller)
+        self.conns
+            .iter()
+            .any(|c| c.subscribed && c.role == Role::Controller)
     }
 
     fn must_phone_home(&self) -> bool {
@@ -566,17 +685,30 @@ impl Buddy {
                     Ok(mut c) => {
                         c.role = Role::Controller;
                         c.subscribed = true;
-                        self.phone = PhoneHome { tries_left: self.settings.service.reconnect_retries, next_try: None };
+                        self.phone = PhoneHome {
+                            tries_left: self.settings.service.reconnect_retries,
+                            next_try: None,
+                        };
                         let hello = BuddyReply::Hello {
                             version: PROTOCOL_VERSION,
                             service: self.settings.service.id.to_string(),
                             buddy_pid: std::process::id() as i32,
                         };
-                        let mut bytes = proto::encode(&Envelope { id: None, body: hello });
+                        let mut bytes = proto::encode(&Envelope {
+                            id: None,
+                            body: hello,
+                        });
                         for r in self.ring.after(0) {
-                            bytes.extend(proto::encode(&Envelope { id: None, body: BuddyReply::Event { record: r.clone() } }));
+                            bytes.extend(proto::encode(&Envelope {
+                                id: None,
+                                body: BuddyReply::Event { record: r.clone() },
+                            }));
                         }
-                        self.log.line(&format!("phoned home to {}: {} records", path.display(), self.ring.len()));
+                        self.log.line(&format!(
+                            "phoned home to {}: {} records",
+                            path.display(),
+                            self.ring.len()
+                        ));
                         if c.send(&bytes).is_ok() {
                             self.conns.push(c);
                         }
@@ -588,7 +720,11 @@ impl Buddy {
                 if self.phone.tries_left > 0 {
                     self.phone.tries_left -= 1;
                 }
-                let pause = if self.exit_by.is_some() { RETRY_EXITING } else { RETRY };
+                let pause = if self.exit_by.is_some() {
+                    RETRY_EXITING
+                } else {
+                    RETRY
+                };
                 self.phone.next_try = Some(now + pause);
                 if self.phone.tries_left == 0 {
                     self.log.line(&format!(
@@ -610,16 +746,30 @@ impl Buddy {
 
     fn accept(&mut self) {
         while let Ok((stream, _)) = self.listener.accept() {
-            let peer = nix::sys::socket::getsockopt(&stream, nix::sys::socket::sockopt::PeerCredentials)
-                .map(|c| (c.uid(), c.pid()))
-                .unwrap_or((u32::MAX, 0));
+            let peer =
+                nix::sys::socket::getsockopt(&stream, nix::sys::socket::sockopt::PeerCredentials)
+                    .map(|c| (c.uid(), c.pid()))
+                    .unwrap_or((u32::MAX, 0));
             let token = self.token();
-            let Ok(mut c) = Conn::new(token, stream, peer, false) else { continue };
+            let Ok(mut c) = Conn::new(token, stream, peer, false) else {
+                continue;
+            };
             let me = nix::unistd::geteuid().as_raw();
             if peer.0 != 0 && peer.0 != me {
-                let refusal = BuddyReply::Error { message: format!("permission denied: uid {} may not talk to this buddy", peer.0) };
-                let _ = c.send(&proto::encode(&Envelope { id: None, body: refusal }));
-                self.log.line(&format!("refused a connection from uid {} pid {}", peer.0, peer.1));
+                let refusal = BuddyReply::Error {
+                    message: format!(
+                        "permission denied: uid {} may not talk to this buddy",
+                        peer.0
+                    ),
+                };
+                let _ = c.send(&proto::encode(&Envelope {
+                    id: None,
+                    body: refusal,
+                }));
+                self.log.line(&format!(
+                    "refused a connection from uid {} pid {}",
+                    peer.0, peer.1
+                ));
                 continue;
             }
             self.conns.push(c);
@@ -627,7 +777,9 @@ impl Buddy {
     }
 
     fn on_conn(&mut self, token: u64, flags: PollFlags) {
-        let Some(i) = self.conns.iter().position(|c| c.token == token) else { return };
+        let Some(i) = self.conns.iter().position(|c| c.token == token) else {
+            return;
+        };
         if flags.contains(PollFlags::POLLOUT) && self.conns[i].flush().is_err() {
             self.drop_conn(token);
             return;
@@ -639,7 +791,11 @@ impl Buddy {
             Ok(conn::Input::Lines(l)) => (l, false),
             Ok(conn::Input::Closed(l)) => (l, true),
             Ok(conn::Input::TooLong) => {
-                self.refuse(token, None, format!("line longer than {} bytes", proto::MAX_LINE));
+                self.refuse(
+                    token,
+                    None,
+                    format!("line longer than {} bytes", proto::MAX_LINE),
+                );
                 return;
             }
             Err(_) => (Vec::new(), true),
@@ -666,7 +822,9 @@ impl Buddy {
     }
 
     fn reply(&mut self, token: u64, id: Option<u64>, body: BuddyReply) {
-        let Some(c) = self.conns.iter_mut().find(|c| c.token == token) else { return };
+        let Some(c) = self.conns.iter_mut().find(|c| c.token == token) else {
+            return;
+        };
         let line = proto::encode(&Envelope { id, body });
         let failed = c.send(&line).is_err();
         // Best effort to get an error out before closing; a full socket simply loses it.
@@ -685,13 +843,17 @@ impl Buddy {
             Ok(r) => r,
             Err(message) => return self.refuse(token, None, message),
         };
-        let Some(c) = self.conns.iter().find(|c| c.token == token) else { return };
+        let Some(c) = self.conns.iter().find(|c| c.token == token) else {
+            return;
+        };
         let cause = format!("command from uid {} pid {}", c.peer.0, c.peer.1);
         let id = req.id;
         match req.body {
             BuddyRequest::Hello { version, role } => {
                 if version > PROTOCOL_VERSION {
-                    let msg = format!("protocol version {version} is newer than this buddy's {PROTOCOL_VERSION}");
+                    let msg = format!(
+                        "protocol version {version} is newer than this buddy's {PROTOCOL_VERSION}"
+                    );
                     return self.refuse(token, id, msg);
                 }
                 if let Some(c) = self.conns.iter_mut().find(|c| c.token == token) {
@@ -710,10 +872,12 @@ impl Buddy {
             BuddyRequest::Restart => self.command(token, id, Command::Restart, cause),
             BuddyRequest::Once => self.command(token, id, Command::Once, cause),
             BuddyRequest::Reload => match self.machine.state().pid() {
-                Some(pid) => match self.run_action("reload", "reload", Some(pid), Some((token, id))) {
-                    Ok(()) => {}
-                    Err(e) => self.reply(token, id, BuddyReply::Error { message: e }),
-                },
+                Some(pid) => {
+                    match self.run_action("reload", "reload", Some(pid), Some((token, id))) {
+                        Ok(()) => {}
+                        Err(e) => self.reply(token, id, BuddyReply::Error { message: e }),
+                    }
+                }
                 None => self.reply(token, id, not_running("reload")),
             },
             BuddyRequest::Signal { signal, group } => self.signal(token, id, signal, group, cause),
@@ -727,12 +891,20 @@ impl Buddy {
                 let backlog: Vec<u8> = self
                     .ring
                     .after(0)
-                    .flat_map(|r| proto::encode(&Envelope { id: None, body: BuddyReply::Event { record: r.clone() } }))
+                    .flat_map(|r| {
+                        proto::encode(&Envelope {
+                            id: None,
+                            body: BuddyReply::Event { record: r.clone() },
+                        })
+                    })
                     .collect();
                 if let Some(c) = self.conns.iter_mut().find(|c| c.token == token) {
                     c.subscribed = true;
                     if c.role == Role::Controller {
-                        self.phone = PhoneHome { tries_left: self.settings.service.reconnect_retries, next_try: None };
+                        self.phone = PhoneHome {
+                            tries_left: self.settings.service.reconnect_retries,
+                            next_try: None,
+                        };
                     }
                     if c.send(&backlog).is_err() {
                         self.drop_conn(token);
@@ -752,8 +924,22 @@ impl Buddy {
     }
 
     fn command(&mut self, token: u64, id: Option<u64>, cmd: Command, cause: String) {
-        if self.exit_by.is_some() || matches!(self.machine.state(), State::Stopping { then: crate::machine::After::Exit, .. }) {
-            return self.reply(token, id, BuddyReply::Error { message: "the buddy is exiting".into() });
+        if self.exit_by.is_some()
+            || matches!(
+                self.machine.state(),
+                State::Stopping {
+                    then: crate::machine::After::Exit,
+                    ..
+                }
+            )
+        {
+            return self.reply(
+                token,
+                id,
+                BuddyReply::Error {
+                    message: "the buddy is exiting".into(),
+                },
+            );
         }
         let before = (self.machine.state().name(), self.machine.want());
         self.drive(Input::Command(cmd, cause));
@@ -762,7 +948,14 @@ impl Buddy {
         self.ok(token, id, message);
     }
 
-    fn signal(&mut self, token: u64, id: Option<u64>, spec: proto::SignalSpec, group: bool, cause: String) {
+    fn signal(
+        &mut self,
+        token: u64,
+        id: Option<u64>,
+        spec: proto::SignalSpec,
+        group: bool,
+        cause: String,
+    ) {
         let sig = match spec.resolve() {
             Ok(s) => s,
             Err(message) => return self.reply(token, id, BuddyReply::Error { message }),
@@ -775,11 +968,24 @@ impl Buddy {
         let target = if group { -pid } else { pid };
         match signal::kill(Pid::from_raw(target), sig) {
             Ok(()) => {
-                self.note(Some(pid), &cause, EventKind::Signaled { signal: sig as i32, group });
+                self.note(
+                    Some(pid),
+                    &cause,
+                    EventKind::Signaled {
+                        signal: sig as i32,
+                        group,
+                    },
+                );
                 self.write_status();
                 self.ok(token, id, None);
             }
-            Err(e) => self.reply(token, id, BuddyReply::Error { message: format!("kill {}: {e}", sig.as_str()) }),
+            Err(e) => self.reply(
+                token,
+                id,
+                BuddyReply::Error {
+                    message: format!("kill {}: {e}", sig.as_str()),
+                },
+            ),
         }
     }
 
@@ -821,7 +1027,9 @@ impl Buddy {
 }
 
 fn not_running(what: &str) -> BuddyReply {
-    BuddyReply::Error { message: format!("cannot {what}: the service is not running") }
+    BuddyReply::Error {
+        message: format!("cannot {what}: the service is not running"),
+    }
 }
 
 fn take_lock(dir: &RunDir) -> Result<Flock<File>, Fatal> {
@@ -832,10 +1040,19 @@ fn take_lock(dir: &RunDir) -> Result<Flock<File>, Fatal> {
         .open(dir.lock())
         .map_err(|e| permanent(format!("cannot open {}: {e}", dir.lock().display())))?;
     Flock::lock(file, FlockArg::LockExclusiveNonblock).map_err(|(_, e)| {
-        let holder = Status::read(&dir.status()).ok().flatten().map(|s| s.buddy_pid);
+        let holder = Status::read(&dir.status())
+            .ok()
+            .flatten()
+            .map(|s| s.buddy_pid);
         match (e, holder) {
-            (Errno::EWOULDBLOCK, Some(pid)) => permanent(format!("{} is already supervised by buddy pid {pid}", dir.root().display())),
-            (Errno::EWOULDBLOCK, None) => permanent(format!("{} is already supervised by another buddy", dir.root().display())),
+            (Errno::EWOULDBLOCK, Some(pid)) => permanent(format!(
+                "{} is already supervised by buddy pid {pid}",
+                dir.root().display()
+            )),
+            (Errno::EWOULDBLOCK, None) => permanent(format!(
+                "{} is already supervised by another buddy",
+                dir.root().display()
+            )),
             (e, _) => temporary("flock", e),
         }
     })
@@ -844,19 +1061,29 @@ fn take_lock(dir: &RunDir) -> Result<Flock<File>, Fatal> {
 fn bind(dir: &RunDir) -> Result<UnixListener, Fatal> {
     let path = dir.socket();
     if path.as_os_str().len() >= 108 {
-        return Err(permanent(format!("socket path {} is longer than 107 bytes", path.display())));
+        return Err(permanent(format!(
+            "socket path {} is longer than 107 bytes",
+            path.display()
+        )));
     }
     // We hold the lock, so any socket file left here belongs to a dead buddy.
     let _ = std::fs::remove_file(&path);
-    let listener = UnixListener::bind(&path).map_err(|e| temporary(&format!("bind {}", path.display()), e))?;
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).map_err(|e| temporary("chmod buddy.sock", e))?;
-    listener.set_nonblocking(true).map_err(|e| temporary("socket", e))?;
+    let listener =
+        UnixListener::bind(&path).map_err(|e| temporary(&format!("bind {}", path.display()), e))?;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+        .map_err(|e| temporary("chmod buddy.sock", e))?;
+    listener
+        .set_nonblocking(true)
+        .map_err(|e| temporary("socket", e))?;
     Ok(listener)
 }
 
 /// A pidfd for `pid` if it is still the process that started at `start` and is not a zombie.
 fn still_running(pid: i32, start: u64) -> Option<OwnedFd> {
-    if pid <= 1 || status::process_start_time(pid) != Some(start) || status::process_state(pid) == Some('Z') {
+    if pid <= 1
+        || status::process_start_time(pid) != Some(start)
+        || status::process_state(pid) == Some('Z')
+    {
         return None;
     }
     // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.

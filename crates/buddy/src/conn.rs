@@ -44,7 +44,12 @@ pub struct Conn {
 
 impl Conn {
     /// Wraps a connected stream.
-    pub fn new(token: u64, stream: UnixStream, peer: (u32, i32), outgoing: bool) -> io::Result<Conn> {
+    pub fn new(
+        token: u64,
+        stream: UnixStream,
+        peer: (u32, i32),
+        outgoing: bool,
+    ) -> io::Result<Conn> {
         stream.set_nonblocking(true)?;
         Ok(Conn {
             token,
@@ -86,7 +91,11 @@ impl Conn {
                 Err(FrameError::TooLong) => return Ok(Input::TooLong),
             }
         }
-        Ok(if closed { Input::Closed(lines) } else { Input::Lines(lines) })
+        Ok(if closed {
+            Input::Closed(lines)
+        } else {
+            Input::Lines(lines)
+        })
     }
 
     /// Stops reading once a line's worth is buffered: a flood cannot grow memory unbounded.

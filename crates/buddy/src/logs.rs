@@ -93,7 +93,10 @@ impl Stream {
         }
         ensure_fifo(&self.fifo)?;
         // Read end first and non-blocking, so the write end's open finds a reader at once.
-        let r = OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK).open(&self.fifo)?;
+        let r = OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(&self.fifo)?;
         let w = OpenOptions::new().write(true).open(&self.fifo)?;
         self.held = Some((r, w));
         Ok(())
@@ -125,7 +128,9 @@ fn ensure_fifo(path: &Path) -> io::Result<()> {
 /// `log/stdout` and `log/stderr` by default. Opened per spawn, so a rotated file is picked up.
 pub fn redirect_files(dir: &RunDir, svc: &Service) -> io::Result<Output> {
     let open = |p: &Option<PathBuf>, default: &str| {
-        let path = p.as_ref().map_or_else(|| dir.log_file(default), |p| dir.root().join(p));
+        let path = p
+            .as_ref()
+            .map_or_else(|| dir.log_file(default), |p| dir.root().join(p));
         upk_core::fsutil::open_append(&path, 0o640)
             .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))
     };

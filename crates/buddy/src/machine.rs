@@ -296,7 +296,12 @@ impl Machine {
     pub fn deadline(&self) -> Option<Instant> {
         match &self.state {
             State::Backoff { until } | State::Paused { until } => Some(*until),
-            State::Stopping { since, termed, killed, .. } => {
+            State::Stopping {
+                since,
+                termed,
+                killed,
+                ..
+            } => {
                 let t = self.policy.kill_timeout?;
                 if !termed {
                     Some(*since + t / 2)
@@ -320,11 +325,24 @@ impl Machine {
             Input::SpawnFailed { error } => self.spawn_failed(now, error, &mut out),
             Input::Adopted { pid } => {
                 self.last_start = Some(now);
-                self.go(State::Running { pid, since: now }, Some(pid), "adoption", EventKind::Adopted, &mut out);
+                self.go(
+                    State::Running { pid, since: now },
+                    Some(pid),
+                    "adoption",
+                    EventKind::Adopted,
+                    &mut out,
+                );
             }
-            Input::Died { pid, exit, group_alive } => self.died(now, pid, exit, group_alive, &mut out),
+            Input::Died {
+                pid,
+                exit,
+                group_alive,
+            } => self.died(now, pid, exit, group_alive, &mut out),
             Input::GroupGone => {
-                if let State::Stopping { pid: None, then, .. } = self.state {
+                if let State::Stopping {
+                    pid: None, then, ..
+                } = self.state
+                {
                     self.stopped(then, &mut out);
                 }
             }
@@ -333,21 +351,44 @@ impl Machine {
         out
     }
 
-    fn go(&mut self, to: State, pid: Option<i32>, cause: &str, kind: EventKind, out: &mut Vec<Output>) {
+    fn go(
+        &mut self,
+        to: State,
+        pid: Option<i32>,
+        cause: &str,
+        kind: EventKind,
+        out: &mut Vec<Output>,
+    ) {
         let from = self.state.name();
-        out.push(Output::Record(Note { from, to: to.name(), pid, cause: cause.to_owned(), kind }));
+        out.push(Output::Record(Note {
+            from,
+            to: to.name(),
+            pid,
+            cause: cause.to_owned(),
+            kind,
+        }));
         self.state = to;
     }
 
     fn note(&self, pid: Option<i32>, cause: &str, kind: EventKind, out: &mut Vec<Output>) {
         let s = self.state.name();
-        out.push(Output::Record(Note { from: s, to: s, pid, cause: cause.to_owned(), kind }));
+        out.push(Output::Record(Note {
+            from: s,
+            to: s,
+            pid,
+            cause: cause.to_owned(),
+            kind,
+        }));
     }
 
     fn command(&mut self, now: Instant, cmd: Command, cause: String, out: &mut Vec<Output>) {
         match cmd {
             Command::Start | Command::Once | Command::Restart => {
-                self.want = if cmd == Command::Once { Want::Once } else { Want::Up };
+                self.want = if cmd == Command::Once {
+                    Want::Once
+                } else {
+                    Want::Up
+                };
                 match &mut self.state {
                     State::Running { pid, .. } if cmd == Command::Restart => {
                         let pid = *pid;
@@ -355,7 +396,10 @@ impl Machine {
                     }
                     State::Running { .. } => {}
                     State::Stopping { then, .. } => *then = After::Start,
-                    State::Stopped | State::Backoff { .. } | State::Paused { .. } | State::Failed => {
+                    State::Stopped
+                    | State::Backoff { .. }
+                    | State::Paused { .. }
+                    | State::Failed => {
                         self.failures = 0;
                         self.window.clear();
                         self.spawn(cause, out);
@@ -390,8 +434,22 @@ impl Machine {
         }
     }
 
-    fn begin_stop(&mut self, now: Instant, pid: i32, then: After, cause: &str, out: &mut Vec<Output>) {
-        let to = State::Stopping { pid: Some(pid), pgid: pid, since: now, termed: false, killed: false, then };
+    fn begin_stop(
+        &mut self,
+        now: Instant,
+        pid: i32,
+        then: After,
+        cause: &str,
+        out: &mut Vec<Output>,
+    ) {
+        let to = State::Stopping {
+            pid: Some(pid),
+            pgid: pid,
+            since: now,
+            termed: false,
+            killed: false,
+            then,
+        };
         self.go(to, Some(pid), cause, EventKind::Stopping, out);
         out.push(Output::RunStop { pid });
     }
@@ -404,7 +462,13 @@ impl Machine {
     fn spawned(&mut self, now: Instant, pid: i32, out: &mut Vec<Output>) {
         let cause = self.spawning.take().unwrap_or_default();
         self.last_start = Some(now);
-        self.go(State::Running { pid, since: now }, Some(pid), &cause, EventKind::Started, out);
+        self.go(
+            State::Running { pid, since: now },
+            Some(pid),
+            &cause,
+            EventKind::Started,
+            out,
+        );
     }
 
     fn spawn_failed(&mut self, now: Instant, error: String, out: &mut Vec<Output>) {
@@ -414,12 +478,22 @@ impl Machine {
         self.after_death(now, Duration::ZERO, out);
     }
 
-    fn died(&mut self, now: Instant, dead: i32, exit: Exit, group_alive: bool, out: &mut Vec<Output>) {
+    fn died(
+        &mut self,
+        now: Instant,
+        dead: i32,
+        exit: Exit,
+        group_alive: bool,
+        out: &mut Vec<Output>,
+    ) {
         match self.state.clone() {
             State::Running { pid, since } if pid == dead => {
                 self.last_exit = Some(exit);
                 let uptime = now.saturating_duration_since(since);
-                let kind = EventKind::Died { exit, uptime: uptime.as_secs_f64() };
+                let kind = EventKind::Died {
+                    exit,
+                    uptime: uptime.as_secs_f64(),
+                };
                 // The record's `to` is fixed below by the policy; note it as a death first.
                 self.note(Some(pid), "exit", kind, out);
                 if group_alive {
@@ -428,7 +502,12 @@ impl Machine {
                 }
                 self.after_death(now, uptime, out);
             }
-            State::Stopping { pid: Some(pid), termed, then, .. } if pid == dead => {
+            State::Stopping {
+                pid: Some(pid),
+                termed,
+                then,
+                ..
+            } if pid == dead => {
                 self.last_exit = Some(exit);
                 let uptime = self.last_start.map_or(0.0, |s| secs(now, s));
                 self.note(Some(pid), "stop", EventKind::Died { exit, uptime }, out);
@@ -459,7 +538,9 @@ impl Machine {
         self.failures = self.failures.saturating_add(1);
         if let Some(max) = self.policy.max_failures {
             if self.failures >= max {
-                let kind = EventKind::GaveUp { failures: self.failures };
+                let kind = EventKind::GaveUp {
+                    failures: self.failures,
+                };
                 self.go(State::Failed, None, "policy", kind, out);
                 return;
             }
@@ -471,7 +552,11 @@ impl Machine {
                 self.last_start.map_or(now, |s| (s + spacing).max(now))
             }
         };
-        while self.window.front().is_some_and(|&t| now.saturating_duration_since(t) >= self.policy.window) {
+        while self
+            .window
+            .front()
+            .is_some_and(|&t| now.saturating_duration_since(t) >= self.policy.window)
+        {
             self.window.pop_front();
         }
         if let (Some(max), Some(&oldest)) = (self.policy.max_restarts, self.window.front()) {
@@ -479,12 +564,18 @@ impl Machine {
             let resume = oldest + self.policy.window;
             if used >= max && resume > at {
                 at = resume;
-                let kind = EventKind::RestartsPaused { delay: secs(at, now), restarts: used };
+                let kind = EventKind::RestartsPaused {
+                    delay: secs(at, now),
+                    restarts: used,
+                };
                 self.go(State::Paused { until: at }, None, "policy", kind, out);
                 return;
             }
         }
-        let kind = EventKind::RestartScheduled { delay: secs(at, now), failures: self.failures };
+        let kind = EventKind::RestartScheduled {
+            delay: secs(at, now),
+            failures: self.failures,
+        };
         self.go(State::Backoff { until: at }, None, "policy", kind, out);
     }
 
@@ -497,7 +588,9 @@ impl Machine {
     }
 
     fn timer(&mut self, now: Instant, out: &mut Vec<Output>) {
-        let Some(deadline) = self.deadline() else { return };
+        let Some(deadline) = self.deadline() else {
+            return;
+        };
         if now < deadline {
             return;
         }
@@ -507,14 +600,24 @@ impl Machine {
                 self.window.push_back(now);
                 self.spawn("policy".to_owned(), out);
             }
-            State::Stopping { termed: false, .. } => self.escalate(Signal::SIGTERM, "stop timeout", out),
-            State::Stopping { killed: false, .. } => self.escalate(Signal::SIGKILL, "stop timeout", out),
+            State::Stopping { termed: false, .. } => {
+                self.escalate(Signal::SIGTERM, "stop timeout", out)
+            }
+            State::Stopping { killed: false, .. } => {
+                self.escalate(Signal::SIGKILL, "stop timeout", out)
+            }
             _ => {}
         }
     }
 
     fn escalate(&mut self, signal: Signal, cause: &str, out: &mut Vec<Output>) {
-        if let State::Stopping { pgid, termed, killed, .. } = &mut self.state {
+        if let State::Stopping {
+            pgid,
+            termed,
+            killed,
+            ..
+        } = &mut self.state
+        {
             let pgid = *pgid;
             match signal {
                 Signal::SIGKILL => *killed = true,
@@ -525,7 +628,15 @@ impl Machine {
     }
 
     fn kill_group(&self, pgid: i32, signal: Signal, cause: &str, out: &mut Vec<Output>) {
-        self.note(Some(pgid), cause, EventKind::Signaled { signal: signal as i32, group: true }, out);
+        self.note(
+            Some(pgid),
+            cause,
+            EventKind::Signaled {
+                signal: signal as i32,
+                group: true,
+            },
+            out,
+        );
         out.push(Output::KillGroup { pgid, signal });
     }
 

@@ -22,7 +22,12 @@ impl Ring {
     /// An empty ring of `cap` slots (at least 2) continuing after sequence number `last_seq`,
     /// of which everything up to `acked` was acknowledged.
     pub fn new(cap: usize, last_seq: u64, acked: u64) -> Ring {
-        Ring { cap: cap.max(2), records: VecDeque::new(), last_seq, acked: acked.min(last_seq) }
+        Ring {
+            cap: cap.max(2),
+            records: VecDeque::new(),
+            last_seq,
+            acked: acked.min(last_seq),
+        }
     }
 
     /// Stamps `record` with the next sequence number, stores it and returns the stored copy.
@@ -39,8 +44,14 @@ impl Ring {
     /// Drops the oldest record into the `lost` record at the front (creating it from the
     /// oldest one when there is none; it then needs a slot, so a second record folds in).
     fn fold_oldest(&mut self, reason: &str) {
-        let Some(first) = self.records.pop_front() else { return };
-        let mut marker = if is_lost(&first) { first } else { into_lost(first, reason) };
+        let Some(first) = self.records.pop_front() else {
+            return;
+        };
+        let mut marker = if is_lost(&first) {
+            first
+        } else {
+            into_lost(first, reason)
+        };
         if let Some(next) = self.records.pop_front() {
             absorb(&mut marker, next, reason);
         }
@@ -55,7 +66,10 @@ impl Ring {
             return;
         }
         record.seq = self.last_seq;
-        record.kind = EventKind::Lost { count, reason: reason.to_owned() };
+        record.kind = EventKind::Lost {
+            count,
+            reason: reason.to_owned(),
+        };
         self.records.push_front(record);
     }
 
@@ -110,7 +124,14 @@ fn is_lost(r: &Record) -> bool {
 }
 
 fn into_lost(r: Record, reason: &str) -> Record {
-    Record { kind: EventKind::Lost { count: 1, reason: reason.to_owned() }, cause: reason.to_owned(), ..r }
+    Record {
+        kind: EventKind::Lost {
+            count: 1,
+            reason: reason.to_owned(),
+        },
+        cause: reason.to_owned(),
+        ..r
+    }
 }
 
 fn absorb(marker: &mut Record, r: Record, reason: &str) {
@@ -180,7 +201,11 @@ mod tests {
             let count = lost(marker).expect("lost record first");
             let kept = (cap - 1) as u64;
             assert_eq!(count, pushed - kept, "cap {cap} pushed {pushed}");
-            assert_eq!(marker.seq, pushed - kept, "the marker stands for seqs 1..=count");
+            assert_eq!(
+                marker.seq,
+                pushed - kept,
+                "the marker stands for seqs 1..=count"
+            );
             let seqs: Vec<u64> = held[1..].iter().map(|r| r.seq).collect();
             assert_eq!(seqs, ((pushed - kept + 1)..=pushed).collect::<Vec<_>>());
         }

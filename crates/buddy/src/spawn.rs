@@ -1,6 +1,6 @@
 //! Starting processes: the service, its action scripts and its loggers.
 //!
-//! Every child gets its own session (so the service's process group is its own, and a signal
+//! Every child gets an empty signal mask, its own session (so the service's process group is its own, and a signal
 //! to that group can never reach the buddy), stdin from `/dev/null`, and the service's
 //! credentials: supplementary groups, then gid, then uid, each checked after the fact in the
 //! child, which refuses to exec if any id is not what was asked or root can be regained.
@@ -49,7 +49,11 @@ impl Creds {
         let gid = match &svc.set_gid {
             IdSpec::Id(0) if !uid.is_root() => match &user {
                 Some(u) => u.gid,
-                None => return Err(format!("SetGID must be given: uid {uid} has no passwd entry")),
+                None => {
+                    return Err(format!(
+                        "SetGID must be given: uid {uid} has no passwd entry"
+                    ))
+                }
             },
             IdSpec::Id(n) => Gid::from_raw(*n),
             IdSpec::Name(name) => {
@@ -87,7 +91,12 @@ impl Creds {
             ],
             _ => Vec::new(),
         };
-        Ok(Creds { uid: Some(uid), gid: Some(gid), groups, env })
+        Ok(Creds {
+            uid: Some(uid),
+            gid: Some(gid),
+            groups,
+            env,
+        })
     }
 }
 
@@ -102,7 +111,10 @@ pub struct Output {
 impl Output {
     /// Duplicates both descriptors (the same files for another child).
     pub fn try_clone(&self) -> io::Result<Output> {
-        Ok(Output { stdout: self.stdout.try_clone()?, stderr: self.stderr.try_clone()? })
+        Ok(Output {
+            stdout: self.stdout.try_clone()?,
+            stderr: self.stderr.try_clone()?,
+        })
     }
 }
 
@@ -133,9 +145,12 @@ pub fn spawn(
     }
     let (uid, gid, groups) = (creds.uid, creds.gid, creds.groups.clone());
     // SAFETY: the closure runs between fork and exec and only makes async-signal-safe system
-    // calls (setsid, setgroups, setgid, setuid and the get*id family); it allocates nothing.
+    // calls (sigprocmask, setsid, setgroups, setgid, setuid and the get*id family); it allocates nothing.
     unsafe {
         cmd.pre_exec(move || {
+            // The buddy blocks the signals it reads from its signalfd; the mask survives
+            // fork and exec, and a service with SIGTERM blocked could never be stopped.
+            nix::sys::signal::SigSet::empty().thread_set_mask()?;
             nix::unistd::setsid()?;
             if let (Some(uid), Some(gid)) = (uid, gid) {
                 nix::unistd::setgroups(&groups)?;

@@ -75,7 +75,11 @@ impl std::fmt::Display for Exit {
                 let name = nix::sys::signal::Signal::try_from(*signal)
                     .map(|s| s.as_str().to_owned())
                     .unwrap_or_else(|_| format!("signal {signal}"));
-                write!(f, "killed by {name}{}", if *core { " (core dumped)" } else { "" })
+                write!(
+                    f,
+                    "killed by {name}{}",
+                    if *core { " (core dumped)" } else { "" }
+                )
             }
             Exit::Unknown => f.write_str("ended (status unknown: adopted process)"),
         }
@@ -205,7 +209,10 @@ mod tests {
             pid: Some(42),
             cause: "policy".into(),
             kind: EventKind::Died {
-                exit: Exit::Killed { signal: 9, core: false },
+                exit: Exit::Killed {
+                    signal: 9,
+                    core: false,
+                },
                 uptime: 0.5,
             },
         };

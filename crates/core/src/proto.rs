@@ -62,7 +62,11 @@ impl SignalSpec {
             }
             SignalSpec::Name(name) => {
                 let upper = name.to_ascii_uppercase();
-                let full = if upper.starts_with("SIG") { upper } else { format!("SIG{upper}") };
+                let full = if upper.starts_with("SIG") {
+                    upper
+                } else {
+                    format!("SIG{upper}")
+                };
                 full.parse::<Signal>()
                     .map_err(|_| format!("{name:?} is not a signal name"))
             }
@@ -231,7 +235,10 @@ mod tests {
     fn lines_split_and_oversize_refused() {
         let mut b = LineBuf::default();
         b.push(b"{\"type\":\"status\"}\n{\"type\":");
-        assert_eq!(b.next_line().expect("ok").expect("line"), b"{\"type\":\"status\"}");
+        assert_eq!(
+            b.next_line().expect("ok").expect("line"),
+            b"{\"type\":\"status\"}"
+        );
         assert_eq!(b.next_line().expect("ok"), None);
         b.push(&vec![b'x'; MAX_LINE + 1]);
         assert_eq!(b.next_line(), Err(FrameError::TooLong));
@@ -250,7 +257,10 @@ mod tests {
             other => panic!("unexpected {other:?}"),
         }
         assert!(decode::<BuddyRequest>(br#"{"type":"explode"}"#).is_err());
-        assert_eq!(SignalSpec::Number(15).resolve(), Ok(nix::sys::signal::Signal::SIGTERM));
+        assert_eq!(
+            SignalSpec::Number(15).resolve(),
+            Ok(nix::sys::signal::Signal::SIGTERM)
+        );
         assert!(SignalSpec::Name("NOPE".into()).resolve().is_err());
     }
 }

@@ -102,6 +102,6 @@ mod tests {
         let me = std::process::id() as i32;
         let a = process_start_time(me).expect("own start time");
         assert_eq!(Some(a), process_start_time(me));
-        assert_eq!(process_state(me), Some('R'));
+        assert!(matches!(process_state(me), Some('R' | 'S')));
     }
 }

@@ -50,7 +50,13 @@ mod tests {
     #[test]
     fn formats_known_instants() {
         assert_eq!(super::format_utc(0), "1970-01-01T00:00:00.000000Z");
-        assert_eq!(super::format_utc(1_795_263_845_123_456), "2026-11-21T12:24:05.123456Z");
-        assert_eq!(super::format_utc(951_782_400_000_000), "2000-02-29T00:00:00.000000Z");
+        assert_eq!(
+            super::format_utc(1_795_263_845_123_456),
+            "2026-11-21T12:24:05.123456Z"
+        );
+        assert_eq!(
+            super::format_utc(951_782_400_000_000),
+            "2000-02-29T00:00:00.000000Z"
+        );
     }
 }

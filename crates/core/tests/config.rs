@@ -265,7 +265,8 @@ fn uuid_must_parse_and_be_unique() {
         "{e}"
     );
     let u = "6ba7b810-9dad-11d1-80b4-00c04fd430c8";
-    let e = errors(&format!("{{\"a\": {{\"ExecStart\": \"x\", \"UUID\": \"{u}\"}},\n \"b\": {{\"ExecStart\": \"x\", \"UUID\": \"{u}\"}}}}"));
+    let entry = format!(r#"{{"ExecStart": "x", "UUID": "{u}"}}"#);
+    let e = errors(&format!("{{\"a\": {entry},\n \"b\": {entry}}}"));
     assert!(
         e.0[0].message.contains("also the UUID of service `a`"),
         "{e}"
@@ -305,7 +306,11 @@ fn at_most_32_custom_actions_with_valid_names() {
     assert_eq!(e.0[0].line, 2);
     assert!(e.0[0].message.contains("at most 32 custom actions"), "{e}");
 
-    let e = errors("{\"web\": {\"ExecStart\": \"x\", \"CustomActions\": {\n \"42\": \"true\",\n \"../x\": \"true\"}}}");
+    let e = errors(
+        r#"{"web": {"ExecStart": "x", "CustomActions": {
+ "42": "true",
+ "../x": "true"}}}"#,
+    );
     let p = positions(&e);
     assert_eq!(p.len(), 2, "{e}");
     assert_eq!((p[0].0, p[1].0), (2, 3));
@@ -327,7 +332,14 @@ fn null_on_a_non_nullable_key_means_not_given() {
 
 #[test]
 fn controller_errors_are_positioned_in_the_controller_file() {
-    let src = "{\n  \"KillTimeout\": 5,\n  \"ServiceDefaults\": {\n    \"RingbufferSize\": 1,\n    \"StateDir\": \"/x\",\n  },\n  \"BuddyPollingInterval\": 0,\n}";
+    let src = r#"{
+  "KillTimeout": 5,
+  "ServiceDefaults": {
+    "RingbufferSize": 1,
+    "StateDir": "/x",
+  },
+  "BuddyPollingInterval": 0,
+}"#;
     let e = parse_controller(src, Path::new("/etc/upkeeper.conf")).expect_err("invalid");
     let p = positions(&e);
     assert_eq!(

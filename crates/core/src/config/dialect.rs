@@ -300,7 +300,8 @@ fn check_word(
         _ if unsigned.starts_with(|c: char| c.is_ascii_digit() || c == '.')
             && word.len() - unsigned.len() <= 1 => {}
         _ => {
-            return Err((pos, format!("`{word}` is not a value: strings need quotes; literals are numbers, true, false and null")));
+            let msg = "strings need quotes; literals are numbers, true, false and null";
+            return Err((pos, format!("`{word}` is not a value: {msg}")));
         }
     }
     Ok(())
@@ -319,6 +320,10 @@ pub fn lex(src: &str) -> Lexed {
     let mut text = src.to_owned();
     for (range, lower) in rewrites {
         text.replace_range(range, lower);
+    }
+    if text.starts_with('\u{feff}') {
+        // json5 does not skip a byte-order mark; one space keeps every line and column.
+        text.replace_range(..'\u{feff}'.len_utf8(), " ");
     }
     out.text = text;
     out

@@ -8,6 +8,7 @@
 //! explicit `Null` that resets the key to unset, `None` means "not given here".
 
 use super::model::{CustomAction, IdSpec, InitialState, Service, ServiceId, MAX_CUSTOM_ACTIONS};
+use crate::rundir::RESERVED_SCRIPTS;
 use serde_json::Value;
 use std::path::PathBuf;
 
@@ -201,12 +202,20 @@ fn id_spec(v: &Value) -> Parsed<IdSpec> {
     }
 }
 
-fn absolute_path(v: &Value) -> Parsed<PathBuf> {
-    let s = non_empty(v)?;
-    if s.starts_with('/') {
-        Ok(PathBuf::from(s))
+/// A redirect target: absolute, or relative to the service's run directory without `..`
+/// (a relative path never leaves the run directory).
+fn redirect_path(v: &Value) -> Parsed<PathBuf> {
+    let path = PathBuf::from(non_empty(v)?);
+    let escapes = path
+        .components()
+        .any(|c| c == std::path::Component::ParentDir);
+    if path.is_relative() && escapes {
+        problem(format!(
+            "{} is relative and leaves the run directory; use an absolute path",
+            path.display()
+        ))
     } else {
-        problem(format!("must be an absolute path, found {s:?}"))
+        Ok(path)
     }
 }
 
@@ -217,9 +226,6 @@ fn initial_state(v: &Value) -> Parsed<InitialState> {
         _ => problem("must be \"stopped\" or \"running\""),
     }
 }
-
-/// Names of the fixed actions; a custom action may not take them (they share `scripts/`).
-pub const RESERVED_ACTIONS: &[&str] = &["start", "stop", "reload"];
 
 /// Checks a custom action's name; the message says what is wrong.
 pub fn check_action_name(name: &str) -> Result<(), String> {
@@ -236,12 +242,12 @@ pub fn check_action_name(name: &str) -> Result<(), String> {
         Err(format!(
             "action name {name:?} must not be all digits (numbers address actions by position)"
         ))
-    } else if RESERVED_ACTIONS
+    } else if RESERVED_SCRIPTS
         .iter()
         .any(|r| r.eq_ignore_ascii_case(name))
     {
         Err(format!(
-            "action name {name:?} is reserved for the built-in action"
+            "action name {name:?} is reserved for a built-in script"
         ))
     } else {
         Ok(())
@@ -332,6 +338,10 @@ macro_rules! service_keys {
     };
 }
 
+const START_SCRIPT: &str = "#!/bin/sh\nexec %(EXEC_START)\n";
+const STOP_SCRIPT: &str = "#!/bin/sh\nexec %(EXEC_STOP) $1\n";
+const RELOAD_SCRIPT: &str = "#!/bin/sh\nexec %(EXEC_RELOAD) $1\n";
+
 service_keys! {
     Provides => provides: Vec<String> = Vec::new(), plain(strings);
     UUID => uuid: Option<String> = None, nullable(uuid);
@@ -350,16 +360,16 @@ service_keys! {
     RingbufferSize => ringbuffer_size: u32 = 64, plain(ringbuffer_size);
     ReconnectRetries => reconnect_retries: i64 = 10, plain(integer);
     ExecStart => exec_start: Option<String> = None, nullable(non_empty);
-    StartScript => start_script: String = "#!/bin/sh\nexec %(EXEC_START)\n".to_owned(), plain(script);
+    StartScript => start_script: String = START_SCRIPT.to_owned(), plain(script);
     ExecStop => exec_stop: Option<String> = Some("kill".to_owned()), nullable(non_empty);
-    StopScript => stop_script: String = "#!/bin/sh\nexec %(EXEC_STOP) $1\n".to_owned(), plain(script);
+    StopScript => stop_script: String = STOP_SCRIPT.to_owned(), plain(script);
     ExecReload => exec_reload: Option<String> = Some("kill -HUP".to_owned()), nullable(non_empty);
-    ReloadScript => reload_script: String = "#!/bin/sh\nexec %(EXEC_RELOAD) $1\n".to_owned(), plain(script);
+    ReloadScript => reload_script: String = RELOAD_SCRIPT.to_owned(), plain(script);
     CustomActions => custom_actions: Vec<CustomAction> = Vec::new(), plain(custom_actions);
     PipeStdoutScript => pipe_stdout_script: Option<String> = None, nullable(script);
     PipeStderrScript => pipe_stderr_script: Option<String> = None, nullable(script);
-    RedirectStdout => redirect_stdout: Option<PathBuf> = None, nullable(absolute_path);
-    RedirectStderr => redirect_stderr: Option<PathBuf> = None, nullable(absolute_path);
+    RedirectStdout => redirect_stdout: Option<PathBuf> = None, nullable(redirect_path);
+    RedirectStderr => redirect_stderr: Option<PathBuf> = None, nullable(redirect_path);
     InitialState => initial_state: InitialState = InitialState::Stopped, plain(initial_state);
     UnconfigureOnFileRemoval => unconfigure_on_file_removal: bool = false, plain(boolean);
     PreferBuddyStateForStopped => prefer_buddy_state_for_stopped: bool = false, plain(boolean);
@@ -430,7 +440,11 @@ mod tests {
         assert!(msg(l.set("StartPriority", &json!(1.5))).contains("integer"));
         assert!(msg(l.set("UserRestartWindow", &json!(0))).contains("greater than 0"));
         assert!(msg(l.set("InitialState", &json!("up"))).contains("stopped"));
-        assert!(msg(l.set("RedirectStdout", &json!("log/x"))).contains("absolute"));
+        assert!(msg(l.set("RedirectStdout", &json!("../x"))).contains("leaves the run directory"));
+        l.set("RedirectStdout", &json!("log/out"))
+            .expect("relative");
+        l.set("RedirectStderr", &json!("/var/log/x/../y"))
+            .expect("absolute");
         l.set("SetUID", &json!("1000")).expect("digits");
         assert_eq!(l.set_uid, Some(IdSpec::Id(1000)));
         l.set("SetGID", &json!("www-data")).expect("name");
@@ -451,7 +465,16 @@ mod tests {
     #[test]
     fn action_names() {
         assert!(check_action_name("backup-db.v2").is_ok());
-        for bad in ["", "07", "..", "-x", "a/b", "Start", &"x".repeat(33)] {
+        for bad in [
+            "",
+            "07",
+            "..",
+            "-x",
+            "a/b",
+            "Start",
+            "pipe_stdout",
+            &"x".repeat(33),
+        ] {
             assert!(check_action_name(bad).is_err(), "{bad}");
         }
     }

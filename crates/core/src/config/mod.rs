@@ -3,7 +3,7 @@
 //! This module owns everything between a configuration file on disk and the typed
 //! [`Controller`] and [`Service`] values: the refusal of files that others could have written,
 //! the dialect (JSON with comments, trailing commas and the seed's `Null`/`True`/`False`,
-//! keys matched case-insensitively; [`dialect`] lexes, json5 parses), the key table and its
+//! keys matched case-insensitively; the `dialect` pass lexes, json5 parses), the key table and its
 //! layering (built-in <- controller `ServiceDefaults` <- service entry, see [`ServiceLayer`]),
 //! `%(EXEC_START)`-style substitution, and errors that carry file, line and column. Every error
 //! in a file is reported at once, and a file with any error yields no result at all, so that a
@@ -14,9 +14,11 @@ mod keys;
 mod model;
 mod validate;
 
-pub use keys::{check_action_name, ServiceLayer, MAX_RINGBUFFER_SIZE, RESERVED_ACTIONS, SERVICE_KEYS};
+pub use keys::{check_action_name, ServiceLayer, MAX_RINGBUFFER_SIZE, SERVICE_KEYS};
 pub use model::*;
-pub use validate::{load_controller, load_services, parse_controller, parse_services, CONTROLLER_KEYS};
+pub use validate::{
+    load_controller, load_services, parse_controller, parse_services, CONTROLLER_KEYS,
+};
 
 use std::fmt;
 use std::path::PathBuf;
@@ -40,7 +42,8 @@ impl fmt::Display for ConfigError {
         if self.line == 0 {
             write!(f, "{}: {}", self.file.display(), self.message)
         } else {
-            write!(f, "{}:{}:{}: {}", self.file.display(), self.line, self.column, self.message)
+            let (file, line, column) = (self.file.display(), self.line, self.column);
+            write!(f, "{file}:{line}:{column}: {}", self.message)
         }
     }
 }

@@ -57,7 +57,9 @@ fn check_part(part: &str, what: &str) -> Result<(), String> {
         ));
     }
     if part.starts_with('.') || part.starts_with('-') {
-        return Err(format!("the {what} {part:?} must not start with '.' or '-'"));
+        return Err(format!(
+            "the {what} {part:?} must not start with '.' or '-'"
+        ));
     }
     Ok(())
 }

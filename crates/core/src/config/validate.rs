@@ -27,6 +27,8 @@ pub const CONTROLLER_KEYS: &[&str] = &[
     "ServiceDefaults",
 ];
 
+const UUID_IN_DEFAULTS: &str =
+    "UUID: cannot be set in ServiceDefaults: every service needs its own";
 const LIBEXEC_BUDDY: &str = "/usr/libexec/upkeeper/upk_buddy";
 
 /// One file being validated: its positions and the errors found so far.
@@ -273,25 +275,23 @@ fn parse_controller_for(src: &str, file: &Path, euid: u32) -> Result<Controller,
                     format!("{canon}: expected a number, found {}", kind(value)),
                 ),
             },
-            _ => {
-                match value {
-                    Value::Object(m) => {
-                        let hint = "it belongs at the top level of the controller file, not in ServiceDefaults";
-                        let layer = doc.layer(&kpath, m, hint);
-                        if let Some(Some(_)) = layer.uuid {
-                            doc.at_value(&child(&kpath, "UUID"), "UUID: cannot be set in ServiceDefaults: every service needs its own");
-                        }
-                        c.service_defaults = layer;
+            _ => match value {
+                Value::Object(m) => {
+                    let hint = "it belongs at the top level, not in ServiceDefaults";
+                    let layer = doc.layer(&kpath, m, hint);
+                    if let Some(Some(_)) = layer.uuid {
+                        doc.at_value(&child(&kpath, "UUID"), UUID_IN_DEFAULTS);
                     }
-                    _ => doc.at_value(
-                        &kpath,
-                        format!(
-                            "{canon}: expected an object of service keys, found {}",
-                            kind(value)
-                        ),
-                    ),
+                    c.service_defaults = layer;
                 }
-            }
+                _ => doc.at_value(
+                    &kpath,
+                    format!(
+                        "{canon}: expected an object of service keys, found {}",
+                        kind(value)
+                    ),
+                ),
+            },
         }
     }
     if state_dir_set && !run_path_set {
@@ -391,8 +391,8 @@ const PLACEHOLDERS: [(&str, &str); 3] = [
     ("%(EXEC_RELOAD)", "ExecReload"),
 ];
 
-/// Substitutes the `%(EXEC_*)` placeholders in every script and checks what needs more than
-/// one key; the messages name the keys involved.
+/// Substitutes the `%(EXEC_*)` placeholders in every script; a placeholder whose `Exec*` key
+/// is unset is an error naming both keys.
 fn resolve(mut s: Service) -> Result<Service, Vec<String>> {
     let values = [
         s.exec_start.clone(),
@@ -421,9 +421,6 @@ fn resolve(mut s: Service) -> Result<Service, Vec<String>> {
     }
     if let Some(p) = &mut s.pipe_stderr_script {
         subst("PipeStderrScript", p);
-    }
-    if s.user_max_restarts.is_some() && s.user_restart_window.is_none() {
-        errs.push("UserMaxRestarts is set but UserRestartWindow is not".to_owned());
     }
     if errs.is_empty() {
         Ok(s)

@@ -1,0 +1,68 @@
+//! A buddy started where a killed buddy's service still runs adopts it.
+
+use super::*;
+use upk_core::event::StateName;
+use upk_testkit::{is_dead, Sandbox};
+
+#[test]
+fn after_sigkill_of_the_buddy_a_new_buddy_adopts_the_service() {
+    let sb = Sandbox::new();
+    let dir = sb.service(
+        "web",
+        r#"{ ExecStart: "sleep 1000", InitialState: "running", UserRateLimit: 0 }"#,
+    );
+    let mut old = sb.buddy(&dir);
+    let pid = old
+        .wait_status("running", |s| s.state == StateName::Running)
+        .pid
+        .expect("pid");
+    old.child.kill().expect("SIGKILL the buddy");
+    old.child.wait().expect("reap");
+    // The status file answers with no buddy running.
+    let left = upk_testkit::read_status(&dir);
+    assert_eq!((left.state, left.pid), (StateName::Running, Some(pid)));
+    assert!(!is_dead(pid), "the service outlives its buddy");
+
+    let b = sb.buddy(&dir);
+    let st = b.wait_status("adopted", |s| {
+        s.buddy_pid == b.pid() && s.state == StateName::Running
+    });
+    assert_eq!(st.pid, Some(pid), "the same process, not a second copy");
+    assert_eq!(sb.processes("sleep 1000"), [pid]);
+    let recs = b.records();
+    let lost = of_kind(&recs, "lost");
+    assert_eq!(
+        lost.len(),
+        1,
+        "the predecessor's unacknowledged records are accounted for"
+    );
+    assert_eq!(lost[0]["count"].as_u64(), Some(left.seq - left.acked));
+    assert_eq!(lost[0]["seq"].as_u64(), Some(left.seq));
+    assert_eq!(of_kind(&recs, "adopted")[0]["pid"], pid);
+
+    // The adopted process is watched by pidfd: its death is seen and it is replaced once.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .expect("kill");
+    let died = b.wait_record("died", |r| r["pid"] == pid);
+    assert_eq!(
+        died["exit"]["how"], "unknown",
+        "not our child: no wait status"
+    );
+    let new = b
+        .wait_status("restarted", |s| {
+            s.state == StateName::Running && s.pid != Some(pid)
+        })
+        .pid
+        .expect("pid");
+    wait_until(Duration::from_secs(5), "one service process", || {
+        let p = sb.processes("sleep 1000");
+        if p == [new] {
+            Ok(())
+        } else {
+            Err(format!("{p:?}"))
+        }
+    });
+}

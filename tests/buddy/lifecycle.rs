@@ -1,0 +1,203 @@
+//! Start, kill -9 and restart, commands, run-once, SIGTERM, the lock.
+
+use super::*;
+use serde_json::json;
+use upk_core::event::StateName;
+use upk_testkit::{is_dead, Sandbox};
+
+#[test]
+fn starts_the_service_in_its_own_session() {
+    let sb = Sandbox::new();
+    let dir = sb.service(
+        "web",
+        r#"{ ExecStart: "sleep 1000", InitialState: "running" }"#,
+    );
+    let b = sb.buddy(&dir);
+    let st = b.wait_status("running", |s| s.state == StateName::Running);
+    let pid = st.pid.expect("pid");
+    wait_until(
+        Duration::from_secs(5),
+        "the start script to exec sleep",
+        || {
+            let cmd = upk_testkit::cmdline(pid);
+            if cmd.starts_with("sleep 1000") {
+                Ok(())
+            } else {
+                Err(cmd)
+            }
+        },
+    );
+    // A clean signal state: no standard signal (1-31) blocked or ignored is inherited from
+    // the buddy, which blocks CHLD, TERM, INT and HUP for its signalfd. (Bits 32 and up are
+    // glibc's internal real-time signals, outside the buddy's control.)
+    let proc_status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    for field in ["SigBlk:", "SigIgn:"] {
+        let line = proc_status
+            .lines()
+            .find(|l| l.starts_with(field))
+            .expect(field);
+        let mask = u64::from_str_radix(line[field.len()..].trim(), 16).expect("hex mask");
+        assert_eq!(mask & 0x7fff_ffff, 0, "{line}");
+    }
+    let sid = nix::unistd::getsid(Some(nix::unistd::Pid::from_raw(pid)))
+        .expect("sid")
+        .as_raw();
+    let buddy_sid = nix::unistd::getsid(Some(nix::unistd::Pid::from_raw(b.pid())))
+        .expect("sid")
+        .as_raw();
+    assert_eq!(sid, pid, "the service leads its own session");
+    assert_ne!(sid, buddy_sid);
+    assert_eq!(st.buddy_pid, b.pid());
+    let stdin = std::fs::read_link(format!("/proc/{pid}/fd/0")).expect("fd 0");
+    assert_eq!(stdin, std::path::Path::new("/dev/null"));
+}
+
+#[test]
+fn kill_9_is_recorded_with_the_signal_and_the_service_restarts() {
+    let sb = Sandbox::new();
+    let dir = sb.service(
+        "web",
+        r#"{ ExecStart: "sleep 1000", InitialState: "running", UserRateLimit: 0 }"#,
+    );
+    let b = sb.buddy(&dir);
+    let first = b
+        .wait_status("running", |s| s.state == StateName::Running)
+        .pid
+        .expect("pid");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(first),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .expect("kill");
+    let died = b.wait_record("died", |r| r["pid"] == first);
+    assert_eq!(died["exit"]["how"], "killed", "{died}");
+    assert_eq!(died["exit"]["signal"], 9, "{died}");
+    let st = b.wait_status("a new pid", |s| {
+        s.state == StateName::Running && s.pid != Some(first)
+    });
+    assert_eq!(st.restarts, 1);
+    let recs = b.records();
+    let kinds: Vec<&str> = recs
+        .iter()
+        .map(|r| r["kind"].as_str().unwrap_or(""))
+        .collect();
+    let at = kinds.iter().position(|k| *k == "died").expect("died");
+    assert_eq!(
+        kinds[at..at + 3],
+        ["died", "restart_scheduled", "started"],
+        "{kinds:?}"
+    );
+    let seqs: Vec<u64> = recs
+        .iter()
+        .map(|r| r["seq"].as_u64().expect("seq"))
+        .collect();
+    assert!(
+        seqs.windows(2).all(|w| w[1] == w[0] + 1),
+        "contiguous: {seqs:?}"
+    );
+}
+
+#[test]
+fn commands_start_stop_restart_and_once() {
+    let sb = Sandbox::new();
+    let dir = sb.service("web", r#"{ ExecStart: "sleep 1000" }"#);
+    let b = sb.buddy(&dir);
+    assert_eq!(b.status().state, StateName::Stopped, "InitialState stopped");
+    let r = b.call(json!({"type": "start", "id": 1}));
+    assert_eq!(
+        (r["type"].as_str(), r["id"].as_u64()),
+        (Some("ok"), Some(1)),
+        "{r}"
+    );
+    assert_eq!(r["status"]["state"], "running");
+    let pid = r["status"]["pid"].as_i64().expect("pid") as i32;
+    let again = b.call(json!({"type": "start"}));
+    assert_eq!(again["message"], "already running");
+
+    let r = b.call(json!({"type": "restart"}));
+    assert_eq!(r["status"]["state"], "stopping", "{r}");
+    let st = b.wait_status("restarted", |s| {
+        s.state == StateName::Running && s.pid != Some(pid)
+    });
+    wait_until(Duration::from_secs(5), "the old process gone", || {
+        if is_dead(pid) {
+            Ok(())
+        } else {
+            Err("alive".into())
+        }
+    });
+
+    b.call(json!({"type": "stop"}));
+    b.wait_status("stopped", |s| s.state == StateName::Stopped);
+    let old = st.pid.expect("pid");
+    wait_until(Duration::from_secs(5), "the process gone", || {
+        if is_dead(old) {
+            Ok(())
+        } else {
+            Err("alive".into())
+        }
+    });
+
+    // Once: runs, ends, and is not restarted.
+    let script = format!("#!/bin/sh\necho ran >> {}\n", sb.file("job").display());
+    let oneshot = sb.service("job", &format!("{{ StartScript: {script:?} }}"));
+    let j = sb.buddy(&oneshot);
+    let r = j.call(json!({"type": "once"}));
+    assert_eq!(r["type"], "ok", "{r}");
+    let st = j.wait_status("stopped after one run", |s| {
+        s.state == StateName::Stopped && s.last_exit.is_some()
+    });
+    assert_eq!(
+        st.last_exit,
+        Some(upk_core::event::Exit::Exited { code: 0 })
+    );
+    assert_eq!((st.want, st.restarts), (upk_core::status::Want::Down, 0));
+    assert_eq!(super::lines(&sb, "job"), ["ran"]);
+}
+
+#[test]
+fn sigterm_stops_the_service_and_exits_zero() {
+    let sb = Sandbox::new();
+    let dir = sb.service(
+        "web",
+        r#"{ ExecStart: "sleep 1000", InitialState: "running" }"#,
+    );
+    let mut b = sb.buddy(&dir);
+    let pid = b
+        .wait_status("running", |s| s.state == StateName::Running)
+        .pid
+        .expect("pid");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(b.pid()),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .expect("term");
+    assert_eq!(b.wait_exit(Duration::from_secs(10)), 0);
+    assert!(is_dead(pid), "the service is stopped with its buddy");
+    let st = upk_testkit::read_status(&dir);
+    assert_eq!(st.state, StateName::Stopped);
+    assert!(!dir.socket().exists(), "the socket is removed on exit");
+}
+
+#[test]
+fn a_second_buddy_on_the_same_directory_exits_at_once() {
+    let sb = Sandbox::new();
+    let dir = sb.service(
+        "web",
+        r#"{ ExecStart: "sleep 1000", InitialState: "running" }"#,
+    );
+    let b = sb.buddy(&dir);
+    b.wait_status("running", |s| s.state == StateName::Running);
+    let out = std::process::Command::new(upk_testkit::bin("upk_buddy"))
+        .arg(dir.root())
+        .env(upk_testkit::MARKER, sb.path())
+        .output()
+        .expect("second buddy");
+    assert_eq!(out.status.code(), Some(100));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!("already supervised by buddy pid {}", b.pid())),
+        "{err}"
+    );
+    assert_eq!(sb.processes("sleep 1000").len(), 1);
+}

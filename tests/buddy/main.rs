@@ -1,0 +1,56 @@
+//! Black-box tests of `upk_buddy`: the real binary, real `sh` services, a private sandbox each,
+//! and bounded waits. One module per capability.
+
+mod adopt;
+mod lifecycle;
+mod output;
+mod policy;
+mod protocol;
+mod ring;
+mod stop;
+
+use serde_json::Value;
+use std::time::Duration;
+use upk_testkit::{wait_until, Buddy, Sandbox};
+
+/// A service entry for `sh` one-liners: `ExecStart` is `sh -c '<cmd>'` via the start script.
+pub fn sh_service(extra: &str, script: &str) -> String {
+    let start = format!("#!/bin/sh\n{script}\n");
+    format!("{{ StartScript: {start:?}, InitialState: \"running\", {extra} }}")
+}
+
+/// Records of `kind` among the buddy's held records.
+pub fn of_kind(records: &[Value], kind: &str) -> Vec<Value> {
+    records
+        .iter()
+        .filter(|r| r["kind"] == kind)
+        .cloned()
+        .collect()
+}
+
+/// Waits until at least `n` records of `kind` are held, returns all held records.
+pub fn wait_count(b: &Buddy, kind: &str, n: usize, timeout: Duration) -> Vec<Value> {
+    wait_until(timeout, &format!("{n} {kind} records"), || {
+        let recs = b.records();
+        let have = of_kind(&recs, kind).len();
+        if have >= n {
+            Ok(recs)
+        } else {
+            Err(format!("{have} so far"))
+        }
+    })
+}
+
+/// Monotonic seconds of a record.
+pub fn mono(r: &Value) -> f64 {
+    r["mono_us"].as_i64().expect("mono_us") as f64 / 1e6
+}
+
+/// Lines of a file in the sandbox's files, empty if missing.
+pub fn lines(sb: &Sandbox, name: &str) -> Vec<String> {
+    std::fs::read_to_string(sb.file(name))
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
