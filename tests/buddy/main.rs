@@ -6,6 +6,7 @@ mod lifecycle;
 mod output;
 mod policy;
 mod protocol;
+mod render;
 mod ring;
 mod stop;
 

@@ -214,7 +214,10 @@ impl Buddy {
         loop {
             let now = Instant::now();
             if let Some(by) = self.exit_by {
-                if self.ring.is_empty() || now >= by {
+                // Done when everything is delivered, the grace is over, or nobody can be
+                // reached any more (no controller connected and phone-home tries used up).
+                let unreachable = !self.controller_listening() && self.phone.tries_left == 0;
+                if self.ring.is_empty() || now >= by || unreachable {
                     return self.finish();
                 }
             }

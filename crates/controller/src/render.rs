@@ -145,9 +145,12 @@ impl Renderer {
         ctx.insert("name", name);
         ctx.insert("shebang", shebang);
         ctx.insert("body", rest);
-        self.tera
+        let text = self
+            .tera
             .render("script.tera", &ctx)
-            .map_err(|e| template_err("script.tera", &e))
+            .map_err(|e| template_err("script.tera", &e))?;
+        // Exactly one final newline, whatever the template and the body end with.
+        Ok(format!("{}\n", text.trim_end_matches('\n')))
     }
 }
 

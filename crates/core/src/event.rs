@@ -194,6 +194,49 @@ pub struct Record {
     pub kind: EventKind,
 }
 
+impl Record {
+    /// One human line: `state change, what happened, pid, cause`, without the time.
+    pub fn summary(&self) -> String {
+        let what = match &self.kind {
+            EventKind::BuddyStarted { .. } => "buddy started".into(),
+            EventKind::BuddyExiting => "buddy exiting".into(),
+            EventKind::Started => "started".into(),
+            EventKind::SpawnFailed { error } => format!("could not start: {error}"),
+            EventKind::Adopted => "adopted a running service".into(),
+            EventKind::Died { exit, uptime } => format!("{exit} after {uptime:.3}s"),
+            EventKind::Stopping => "stopping".into(),
+            EventKind::Signaled { signal, group } => {
+                let name = nix::sys::signal::Signal::try_from(*signal).map_or("?", |s| s.as_str());
+                format!(
+                    "sent {name}{}",
+                    if *group { " to the process group" } else { "" }
+                )
+            }
+            EventKind::Stopped => "stopped".into(),
+            EventKind::RestartScheduled { delay, failures } => {
+                format!("restart in {delay:.3}s ({failures} consecutive failures)")
+            }
+            EventKind::RestartsPaused { delay, restarts } => {
+                format!("{restarts} restarts in the window: paused for {delay:.3}s")
+            }
+            EventKind::GaveUp { failures } => {
+                format!("gave up after {failures} consecutive failures")
+            }
+            EventKind::ActionRun { action, exit } => format!("action {action}: {exit}"),
+            EventKind::LoggerStarted { stream } => format!("{stream} logger started"),
+            EventKind::LoggerDied { stream, exit } => format!("{stream} logger {exit}"),
+            EventKind::Lost { count, reason } => format!("{count} events lost ({reason})"),
+        };
+        let pid = self.pid.map(|p| format!(" pid {p}")).unwrap_or_default();
+        let arrow = if self.from == self.to {
+            self.to.as_str().to_owned()
+        } else {
+            format!("{}->{}", self.from.as_str(), self.to.as_str())
+        };
+        format!("[{arrow}] {what}{pid} ({})", self.cause)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -509,21 +509,23 @@ impl Controller {
                 buddy_polling_interval: 0.5,
                 service_defaults: ServiceLayer::default(),
             };
-        if euid == 0 {
-            return common(
-                "/var/lib/upkeeper".into(),
-                "/etc/upkeeper/upkeeper.d".into(),
-                "/run/upkeeper/buddies".into(),
-                LIBEXEC_BUDDY.into(),
-            );
-        }
-        let home = home_dir(euid);
-        let state_dir = xdg_dir("XDG_STATE_HOME", &home, ".local/state").join("upkeeper");
+        // A buddy next to the running binary (a build tree, a tarball) wins over the
+        // installed location, for root and users alike.
         let buddy = std::env::current_exe()
             .ok()
             .and_then(|exe| Some(exe.parent()?.join("upk_buddy")))
             .filter(|p| p.is_file())
             .unwrap_or_else(|| LIBEXEC_BUDDY.into());
+        if euid == 0 {
+            return common(
+                "/var/lib/upkeeper".into(),
+                "/etc/upkeeper/upkeeper.d".into(),
+                "/run/upkeeper/buddies".into(),
+                buddy,
+            );
+        }
+        let home = home_dir(euid);
+        let state_dir = xdg_dir("XDG_STATE_HOME", &home, ".local/state").join("upkeeper");
         common(
             state_dir.clone(),
             xdg_dir("XDG_CONFIG_HOME", &home, ".config").join("upkeeper/upkeeper.d"),

@@ -1,0 +1,88 @@
+//! Finding and loading the configuration: the controller file and every service file.
+//!
+//! A bad service file is reported with all its errors and skipped; the others load. An id
+//! defined in two files keeps its first definition (files in name order) and the second is
+//! reported. Nothing here touches running services.
+
+use std::path::{Path, PathBuf};
+use upk_core::config::{self, ConfigErrors, Controller, Service};
+
+/// The controller file used when `--config` is not given: `/etc/upkeeper/upkeeper.conf` for
+/// root, `$XDG_CONFIG_HOME/upkeeper/upkeeper.conf` otherwise.
+pub fn default_config_path(euid: u32) -> PathBuf {
+    if euid == 0 {
+        return PathBuf::from("/etc/upkeeper/upkeeper.conf");
+    }
+    let defaults = Controller::defaults(euid);
+    defaults.svc_config_path.parent().map_or_else(
+        || PathBuf::from("upkeeper.conf"),
+        |p| p.join("upkeeper.conf"),
+    )
+}
+
+/// Loads the controller file; a missing default file means built-in defaults.
+pub fn controller(path: Option<&Path>) -> Result<Controller, ConfigErrors> {
+    let euid = nix::unistd::geteuid().as_raw();
+    match path {
+        Some(p) => config::load_controller(p),
+        None => {
+            let p = default_config_path(euid);
+            if p.exists() {
+                config::load_controller(&p)
+            } else {
+                Ok(Controller::defaults(euid))
+            }
+        }
+    }
+}
+
+/// The service files in `dir` (`*.conf`, `*.json5`), in name order.
+pub fn service_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)?
+        .filter_map(|e| Some(e.ok()?.path()))
+        .filter(|p| {
+            matches!(
+                p.extension().and_then(|e| e.to_str()),
+                Some("conf" | "json5")
+            )
+        })
+        .filter(|p| {
+            !p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with('.'))
+        })
+        .collect();
+    files.sort();
+    Ok(files)
+}
+
+/// Every valid service, plus the errors of the files (or entries) that were skipped.
+pub fn services(ctl: &Controller) -> (Vec<Service>, Vec<String>) {
+    let mut ok: Vec<Service> = Vec::new();
+    let mut errors = Vec::new();
+    let files = match service_files(&ctl.svc_config_path) {
+        Ok(f) => f,
+        Err(e) => {
+            errors.push(format!("{}: {e}", ctl.svc_config_path.display()));
+            return (ok, errors);
+        }
+    };
+    for file in files {
+        match config::load_services(&file, &ctl.service_defaults) {
+            Ok(list) => {
+                for svc in list {
+                    if ok.iter().any(|s| s.id == svc.id) {
+                        errors.push(format!(
+                            "{}: service {} is already defined in an earlier file; ignored here",
+                            file.display(),
+                            svc.id
+                        ));
+                    } else {
+                        ok.push(svc);
+                    }
+                }
+            }
+            Err(e) => errors.push(e.to_string()),
+        }
+    }
+    (ok, errors)
+}

@@ -1,0 +1,116 @@
+//! Rendering: the run directory's layout, atomic re-rendering that keeps logs, and the
+//! `upkeeper check`/`render` commands.
+
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use upk_testkit::Sandbox;
+
+#[test]
+fn renders_the_layout_and_rerendering_keeps_logs() {
+    let sb = Sandbox::new();
+    let body = r##"{ ExecStart: "sleep 1", CustomActions: { rotate: "echo rotate", flush: "#!/bin/bash\necho %(EXEC_START)" } }"##;
+    let dir = sb.service("pkg::web", body);
+    assert!(dir.root().ends_with("run/pkg::web"));
+    for (action, script) in [
+        ("start", "start"),
+        ("stop", "stop"),
+        ("reload", "reload"),
+        ("01", "rotate"),
+        ("02", "flush"),
+    ] {
+        let link = std::fs::read_link(dir.action(action)).expect("symlink");
+        assert_eq!(link, std::path::Path::new("../scripts").join(script));
+        let meta = std::fs::metadata(dir.action(action)).expect("resolves");
+        assert_eq!(meta.permissions().mode() & 0o777, 0o755, "{action}");
+    }
+    let start = std::fs::read_to_string(dir.script("start")).expect("start");
+    assert!(
+        start.starts_with("#!/bin/sh\n# pkg::web: the start script"),
+        "{start}"
+    );
+    assert!(start.ends_with("exec sleep 1\n"), "{start}");
+    let flush = std::fs::read_to_string(dir.script("flush")).expect("flush");
+    assert!(
+        flush.starts_with("#!/bin/bash\n") && flush.contains("echo sleep 1"),
+        "{flush}"
+    );
+    for fifo in ["stdout_pipe", "stderr_pipe"] {
+        assert!(std::fs::metadata(dir.log_file(fifo))
+            .expect("fifo")
+            .file_type()
+            .is_fifo());
+    }
+
+    std::fs::write(dir.log_file("stdout"), "precious\n").expect("log");
+    let dir = sb.service("pkg::web", r#"{ ExecStart: "sleep 2" }"#);
+    assert_eq!(
+        std::fs::read_to_string(dir.log_file("stdout")).expect("log"),
+        "precious\n"
+    );
+    assert!(std::fs::read_to_string(dir.script("start"))
+        .expect("start")
+        .ends_with("exec sleep 2\n"));
+    assert!(
+        !dir.action("01").exists() && !dir.script("rotate").exists(),
+        "removed actions are gone"
+    );
+    let settings = upk_core::rundir::Settings::read(&dir.settings()).expect("settings");
+    assert_eq!(settings.service.exec_start.as_deref(), Some("sleep 2"));
+    let names: Vec<String> = std::fs::read_dir(dir.root())
+        .expect("ls")
+        .map(|e| e.expect("e").file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        !names.iter().any(|n| n.starts_with('.')),
+        "no scratch left behind: {names:?}"
+    );
+}
+
+#[test]
+fn upkeeper_check_and_render_commands() {
+    let sb = Sandbox::new();
+    let conf = sb.path().join("conf");
+    let ctl = sb.path().join("upkeeper.conf");
+    let text = format!(
+        "{{ StateDir: {:?}, SvcConfigPath: {:?}, SvcRunPath: {:?} }}",
+        sb.path().join("state"),
+        conf,
+        sb.run_path()
+    );
+    std::fs::write(&ctl, text).expect("controller file");
+    std::fs::write(
+        conf.join("good.conf"),
+        r#"{ "a": { ExecStart: "sleep 1" }, "b": { ExecStart: "sleep 2" } }"#,
+    )
+    .expect("good");
+    std::fs::write(conf.join("bad.json5"), "{ \"c\": {\n  KillTimout: 3,\n} }").expect("bad");
+    let upkeeper = |args: &[&str]| {
+        std::process::Command::new(upk_testkit::bin("upkeeper"))
+            .arg("--config")
+            .arg(&ctl)
+            .args(args)
+            .output()
+            .expect("upkeeper")
+    };
+    let out = upkeeper(&["check", conf.join("good.conf").to_str().expect("utf8")]);
+    assert_eq!(out.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("ok, 2 services"));
+    let out = upkeeper(&["check", conf.join("bad.json5").to_str().expect("utf8")]);
+    assert_eq!(out.status.code(), Some(100));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("bad.json5:2:3:") && err.contains("did you mean `KillTimeout`"),
+        "{err}"
+    );
+
+    // The bad file is reported and skipped; the good services render.
+    let out = upkeeper(&["render"]);
+    assert_eq!(out.status.code(), Some(100));
+    let printed = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(printed.lines().count(), 2, "{printed}");
+    assert!(
+        sb.run_path().join("a/actions/start").exists()
+            && sb.run_path().join("b/settings.json").exists()
+    );
+    let out = upkeeper(&["render", "nope"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no service \"nope\""));
+}
