@@ -12,10 +12,7 @@ fn after_sigkill_of_the_buddy_a_new_buddy_adopts_the_service() {
         r#"{ ExecStart: "sleep 1000", InitialState: "running", UserRateLimit: 0 }"#,
     );
     let mut old = sb.buddy(&dir);
-    let pid = old
-        .wait_status("running", |s| s.state == StateName::Running)
-        .pid
-        .expect("pid");
+    let pid = running(&old);
     old.child.kill().expect("SIGKILL the buddy");
     old.child.wait().expect("reap");
     // The status file answers with no buddy running.

@@ -8,10 +8,7 @@ use upk_testkit::{is_dead, Sandbox};
 #[test]
 fn starts_the_service_in_its_own_session() {
     let sb = Sandbox::new();
-    let dir = sb.service(
-        "web",
-        r#"{ ExecStart: "sleep 1000", InitialState: "running" }"#,
-    );
+    let dir = sb.service("web", SLEEPER);
     let b = sb.buddy(&dir);
     let st = b.wait_status("running", |s| s.state == StateName::Running);
     let pid = st.pid.expect("pid");
@@ -60,10 +57,7 @@ fn kill_9_is_recorded_with_the_signal_and_the_service_restarts() {
         r#"{ ExecStart: "sleep 1000", InitialState: "running", UserRateLimit: 0 }"#,
     );
     let b = sb.buddy(&dir);
-    let first = b
-        .wait_status("running", |s| s.state == StateName::Running)
-        .pid
-        .expect("pid");
+    let first = running(&b);
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(first),
         nix::sys::signal::Signal::SIGKILL,
@@ -158,15 +152,9 @@ fn commands_start_stop_restart_and_once() {
 #[test]
 fn sigterm_stops_the_service_and_exits_zero() {
     let sb = Sandbox::new();
-    let dir = sb.service(
-        "web",
-        r#"{ ExecStart: "sleep 1000", InitialState: "running" }"#,
-    );
+    let dir = sb.service("web", SLEEPER);
     let mut b = sb.buddy(&dir);
-    let pid = b
-        .wait_status("running", |s| s.state == StateName::Running)
-        .pid
-        .expect("pid");
+    let pid = running(&b);
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(b.pid()),
         nix::sys::signal::Signal::SIGTERM,
@@ -182,12 +170,9 @@ fn sigterm_stops_the_service_and_exits_zero() {
 #[test]
 fn a_second_buddy_on_the_same_directory_exits_at_once() {
     let sb = Sandbox::new();
-    let dir = sb.service(
-        "web",
-        r#"{ ExecStart: "sleep 1000", InitialState: "running" }"#,
-    );
+    let dir = sb.service("web", SLEEPER);
     let b = sb.buddy(&dir);
-    b.wait_status("running", |s| s.state == StateName::Running);
+    running(&b);
     let out = std::process::Command::new(upk_testkit::bin("upk_buddy"))
         .arg(dir.root())
         .env(upk_testkit::MARKER, sb.path())

@@ -55,3 +55,14 @@ pub fn lines(sb: &Sandbox, name: &str) -> Vec<String> {
         .map(str::to_owned)
         .collect()
 }
+
+/// The plainest service: a `sleep` that is wanted up.
+pub const SLEEPER: &str = r#"{ ExecStart: "sleep 1000", InitialState: "running" }"#;
+
+/// Waits until the buddy reports its service running; returns the pid.
+pub fn running(b: &Buddy) -> i32 {
+    let st = b.wait_status("running", |s| {
+        s.state == upk_core::event::StateName::Running
+    });
+    st.pid.expect("a running service has a pid")
+}

@@ -13,7 +13,7 @@ fn output_goes_to_log_files_by_default_and_to_redirects_when_set() {
         &sh_service("", "echo out; echo err >&2; exec sleep 1000"),
     );
     let b = sb.buddy(&dir);
-    b.wait_status("running", |s| s.state == StateName::Running);
+    running(&b);
     wait_until(Duration::from_secs(5), "log/stdout and log/stderr", || {
         let out = std::fs::read_to_string(dir.log_file("stdout")).unwrap_or_default();
         let err = std::fs::read_to_string(dir.log_file("stderr")).unwrap_or_default();
@@ -61,10 +61,7 @@ fn a_logger_reads_the_pipe_survives_service_restarts_and_is_restarted_when_it_di
         &sh_service(&extra, "echo \"run $$\"; exec sleep 1000"),
     );
     let b = sb.buddy(&dir);
-    let first = b
-        .wait_status("running", |s| s.state == StateName::Running)
-        .pid
-        .expect("pid");
+    let first = running(&b);
     let has = |line: String| {
         let logged = logged.clone();
         move || {

@@ -9,10 +9,7 @@ use upk_testkit::{Client, Sandbox};
 #[test]
 fn garbage_and_oversized_lines_get_an_error_and_a_closed_connection() {
     let sb = Sandbox::new();
-    let dir = sb.service(
-        "web",
-        r#"{ ExecStart: "sleep 1000", InitialState: "running" }"#,
-    );
+    let dir = sb.service("web", SLEEPER);
     let b = sb.buddy(&dir);
     let mut c = Client::raw(&dir.socket());
     c.send_raw(b"this is not json\n");
@@ -151,12 +148,9 @@ fn signals_reload_and_custom_actions() {
 #[test]
 fn sighup_rereads_settings() {
     let sb = Sandbox::new();
-    let dir = sb.service(
-        "web",
-        r#"{ ExecStart: "sleep 1000", InitialState: "running" }"#,
-    );
+    let dir = sb.service("web", SLEEPER);
     let b = sb.buddy(&dir);
-    b.wait_status("running", |s| s.state == StateName::Running);
+    running(&b);
     assert_eq!(
         b.call(json!({"type": "action", "name": "hi"}))["type"],
         "error"
@@ -198,10 +192,7 @@ fn privileges_are_dropped_as_root() {
         ),
     );
     let b = sb.buddy(&dir);
-    let pid = b
-        .wait_status("running", |s| s.state == StateName::Running)
-        .pid
-        .expect("pid");
+    let pid = running(&b);
     let out = wait_until(Duration::from_secs(5), "id's output", || {
         let t = std::fs::read_to_string(dir.log_file("stdout")).unwrap_or_default();
         if t.is_empty() {

@@ -111,12 +111,9 @@ fn at_three_quarters_full_the_buddy_phones_home_and_delivers_everything() {
 fn a_terminating_buddy_delivers_pending_records_before_it_exits() {
     let sb = Sandbox::new();
     let listener = UnixListener::bind(sb.controller_socket()).expect("bind");
-    let dir = sb.service(
-        "crash",
-        r#"{ ExecStart: "sleep 1000", InitialState: "running" }"#,
-    );
+    let dir = sb.service("crash", SLEEPER);
     let mut b = sb.buddy(&dir);
-    b.wait_status("running", |s| s.state == StateName::Running);
+    running(&b);
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(b.pid()),
         nix::sys::signal::Signal::SIGTERM,

@@ -29,10 +29,7 @@ fn a_grandchild_that_ignores_sigterm_is_killed_with_its_group() {
     );
     let dir = sb.service("web", &sh_service("KillTimeout: 1", &script));
     let b = sb.buddy(&dir);
-    let pid = b
-        .wait_status("running", |s| s.state == StateName::Running)
-        .pid
-        .expect("pid");
+    let pid = running(&b);
     let grandchild: i32 = wait_until(Duration::from_secs(5), "the grandchild's pid", || {
         std::fs::read_to_string(&gc)
             .map_err(|e| e.to_string())?
@@ -82,10 +79,7 @@ fn stop_script_gets_the_pid_and_a_clean_exit_needs_no_signal() {
         &format!(r#"{{ ExecStart: "sleep 1000", InitialState: "running", StopScript: {stop:?} }}"#),
     );
     let b = sb.buddy(&dir);
-    let pid = b
-        .wait_status("running", |s| s.state == StateName::Running)
-        .pid
-        .expect("pid");
+    let pid = running(&b);
     b.call(json!({"type": "stop"}));
     b.wait_status("stopped", |s| s.state == StateName::Stopped);
     assert_eq!(
@@ -109,10 +103,7 @@ fn a_negative_kill_timeout_never_sends_sigkill() {
         &sh_service("KillTimeout: -1", "trap '' TERM\nexec sleep 1000"),
     );
     let b = sb.buddy(&dir);
-    let pid = b
-        .wait_status("running", |s| s.state == StateName::Running)
-        .pid
-        .expect("pid");
+    let pid = running(&b);
     b.call(json!({"type": "stop"}));
     b.wait_record("action_run", |r| r["action"] == "stop");
     // Nothing is expected to happen: give escalation a generous window to (wrongly) occur.

@@ -467,8 +467,9 @@ impl Buddy {
                 Output::KillGroup { pgid, signal } => kill_group(pgid, signal),
                 Output::Record(note) => self.record(note),
                 Output::Exit => {
+                    // A fresh set of tries: the controller may be back since the last ones.
                     self.exit_by = Some(now + EXIT_GRACE);
-                    self.phone.next_try = None;
+                    self.phone = self.fresh_phone();
                 }
             }
         }
@@ -662,6 +663,13 @@ impl Buddy {
 
     // ---- phone home ------------------------------------------------------------------------
 
+    fn fresh_phone(&self) -> PhoneHome {
+        PhoneHome {
+            tries_left: self.settings.service.reconnect_retries,
+            next_try: None,
+        }
+    }
+
     fn controller_listening(&self) -> bool {
         self.conns
             .iter()
@@ -688,10 +696,7 @@ impl Buddy {
                     Ok(mut c) => {
                         c.role = Role::Controller;
                         c.subscribed = true;
-                        self.phone = PhoneHome {
-                            tries_left: self.settings.service.reconnect_retries,
-                            next_try: None,
-                        };
+                        self.phone = self.fresh_phone();
                         let hello = BuddyReply::Hello {
                             version: PROTOCOL_VERSION,
                             service: self.settings.service.id.to_string(),
@@ -901,13 +906,11 @@ impl Buddy {
                         })
                     })
                     .collect();
+                let fresh = self.fresh_phone();
                 if let Some(c) = self.conns.iter_mut().find(|c| c.token == token) {
                     c.subscribed = true;
                     if c.role == Role::Controller {
-                        self.phone = PhoneHome {
-                            tries_left: self.settings.service.reconnect_retries,
-                            next_try: None,
-                        };
+                        self.phone = fresh;
                     }
                     if c.send(&backlog).is_err() {
                         self.drop_conn(token);
