@@ -25,7 +25,7 @@ fn after_sigkill_of_the_buddy_a_new_buddy_adopts_the_service() {
         s.buddy_pid == b.pid() && s.state == StateName::Running
     });
     assert_eq!(st.pid, Some(pid), "the same process, not a second copy");
-    assert_eq!(sb.processes("sleep 1000"), [pid]);
+    wait_processes(&sb, "sleep 1000", &[pid]);
     let recs = b.records();
     let lost = of_kind(&recs, "lost");
     assert_eq!(
@@ -54,12 +54,5 @@ fn after_sigkill_of_the_buddy_a_new_buddy_adopts_the_service() {
         })
         .pid
         .expect("pid");
-    wait_until(Duration::from_secs(5), "one service process", || {
-        let p = sb.processes("sleep 1000");
-        if p == [new] {
-            Ok(())
-        } else {
-            Err(format!("{p:?}"))
-        }
-    });
+    wait_processes(&sb, "sleep 1000", &[new]);
 }

@@ -184,5 +184,6 @@ fn a_second_buddy_on_the_same_directory_exits_at_once() {
         err.contains(&format!("already supervised by buddy pid {}", b.pid())),
         "{err}"
     );
-    assert_eq!(sb.processes("sleep 1000").len(), 1);
+    let pid = b.status().pid.expect("pid");
+    wait_processes(&sb, "sleep 1000", &[pid]);
 }

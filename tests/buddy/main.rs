@@ -66,3 +66,20 @@ pub fn running(b: &Buddy) -> i32 {
     });
     st.pid.expect("a running service has a pid")
 }
+
+/// Waits until the sandbox's live processes matching `needle` are exactly `pids` (a start
+/// script may not have exec'd its program yet when the buddy reports the pid).
+pub fn wait_processes(sb: &Sandbox, needle: &str, pids: &[i32]) {
+    wait_until(
+        Duration::from_secs(5),
+        &format!("exactly {pids:?} running {needle}"),
+        || {
+            let p = sb.processes(needle);
+            if p == pids {
+                Ok(())
+            } else {
+                Err(format!("{p:?}"))
+            }
+        },
+    );
+}

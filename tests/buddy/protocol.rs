@@ -58,16 +58,17 @@ fn garbage_and_oversized_lines_get_an_error_and_a_closed_connection() {
 #[test]
 fn signals_reload_and_custom_actions() {
     let sb = Sandbox::new();
-    let (hup, act) = (sb.file("hup"), sb.file("act"));
+    let (hup, act, ready) = (sb.file("hup"), sb.file("act"), sb.file("ready"));
+    // The trap must be in place before the first HUP, or the shell dies of it.
     let script = format!(
-        "trap 'echo hup >> {}' HUP\nwhile :; do sleep 0.05; done",
-        hup.display()
+        "trap 'echo hup >> {}' HUP\ntouch {}\nwhile :; do sleep 0.05; done",
+        hup.display(),
+        ready.display()
     );
     let action = format!(
         "#!/bin/sh\necho \"greet $1\" >> {}\nexit 4\n",
         act.display()
     );
-    let extra = format!("CustomActions: {{ greet: {action:?} }}");
     let dir = sb.service(
         "web",
         &format!(
@@ -75,7 +76,6 @@ fn signals_reload_and_custom_actions() {
             format!("#!/bin/sh\n{script}\n")
         ),
     );
-    let _ = extra;
     let b = sb.buddy(&dir);
     let r = b.call(json!({"type": "signal", "signal": "HUP"}));
     assert_eq!(
@@ -88,6 +88,12 @@ fn signals_reload_and_custom_actions() {
     let pid = b.call(json!({"type": "start"}))["status"]["pid"]
         .as_i64()
         .expect("pid");
+    wait_until(Duration::from_secs(5), "the trap in place", || {
+        ready
+            .exists()
+            .then_some(())
+            .ok_or_else(|| "not yet".to_string())
+    });
     let r = b.call(json!({"type": "signal", "signal": "SIGHUP", "id": 5}));
     assert_eq!(
         (r["type"].as_str(), r["id"].as_u64()),
