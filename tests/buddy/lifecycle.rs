@@ -187,3 +187,22 @@ fn a_second_buddy_on_the_same_directory_exits_at_once() {
     let pid = b.status().pid.expect("pid");
     wait_processes(&sb, "sleep 1000", &[pid]);
 }
+
+#[test]
+fn a_directory_without_settings_is_refused_with_one_sentence() {
+    let sb = Sandbox::new();
+    let dir = sb.path().join("run/empty");
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    let out = std::process::Command::new(upk_testkit::bin("upk_buddy"))
+        .arg(&dir)
+        .env(upk_testkit::MARKER, sb.path())
+        .output()
+        .expect("buddy");
+    assert_eq!(out.status.code(), Some(100));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.starts_with("upk_buddy: cannot read ") && err.contains("settings.json"),
+        "{err}"
+    );
+    assert_eq!(err.lines().count(), 1, "{err}");
+}

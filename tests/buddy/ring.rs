@@ -127,6 +127,7 @@ fn a_terminating_buddy_delivers_pending_records_before_it_exits() {
         .collect();
     assert_eq!(kinds.first(), Some(&"buddy_started"));
     assert!(kinds.contains(&"stopped"), "{kinds:?}");
+    assert_eq!(kinds.last(), Some(&"buddy_exiting"), "{kinds:?}");
     assert_eq!(b.wait_exit(Duration::from_secs(10)), 0);
     let st = upk_testkit::read_status(&dir);
     assert_eq!(st.acked, st.seq, "everything was acknowledged before exit");

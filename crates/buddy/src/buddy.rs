@@ -470,6 +470,7 @@ impl Buddy {
                     // A fresh set of tries: the controller may be back since the last ones.
                     self.exit_by = Some(now + EXIT_GRACE);
                     self.phone = self.fresh_phone();
+                    self.note(None, "terminate", EventKind::BuddyExiting);
                 }
             }
         }
