@@ -56,3 +56,61 @@ fn after_sigkill_of_the_buddy_a_new_buddy_adopts_the_service() {
         .expect("pid");
     wait_processes(&sb, "sleep 1000", &[new]);
 }
+
+/// Starts a buddy on `dir`, waits for its service, SIGKILLs the buddy, starts a second one
+/// and waits until it has adopted the same process; returns the new buddy and the pid.
+fn replace_buddy(sb: &Sandbox, dir: &upk_core::rundir::RunDir) -> (upk_testkit::Buddy, i32) {
+    let mut old = sb.buddy(dir);
+    let pid = running(&old);
+    old.child.kill().expect("SIGKILL the buddy");
+    old.child.wait().expect("reap");
+    let b = sb.buddy(dir);
+    let st = b.wait_status("adopted", |s| {
+        s.buddy_pid == b.pid() && s.state == StateName::Running
+    });
+    assert_eq!(st.pid, Some(pid));
+    (b, pid)
+}
+
+#[test]
+fn stopping_an_adopted_service_completes_and_leaves_nothing() {
+    let sb = Sandbox::new();
+    let gc = sb.file("grandchild.pid");
+    let script = format!("sleep 1001 &\necho $! > {}\nexec sleep 1000", gc.display());
+    let dir = sb.service("web", &sh_service("KillTimeout: 1", &script));
+    let (b, pid) = replace_buddy(&sb, &dir);
+    let grandchild: i32 = std::fs::read_to_string(&gc)
+        .expect("pid file")
+        .trim()
+        .parse()
+        .expect("pid");
+    let r = b.call(serde_json::json!({"type": "stop"}));
+    assert_eq!(r["type"], "ok", "{r}");
+    b.wait_status("stopped", |s| s.state == StateName::Stopped);
+    assert!(
+        is_dead(pid) && is_dead(grandchild),
+        "the adopted group is gone"
+    );
+}
+
+#[test]
+fn a_killed_buddys_logger_is_retired_by_its_successor() {
+    let sb = Sandbox::new();
+    let logged = sb.file("logged");
+    let extra = format!(
+        "PipeStdoutScript: {:?}, RedirectStdout: {:?}",
+        "#!/bin/sh\nexec sed -u 's/^/LOG: /'\n",
+        logged.display().to_string()
+    );
+    let dir = sb.service("talker", &sh_service(&extra, "exec sleep 1000"));
+    let (b, _) = replace_buddy(&sb, &dir);
+    let mine = b.wait_record("logger_started", |_| true)["pid"]
+        .as_i64()
+        .expect("pid") as i32;
+    wait_processes(&sb, "sed -u", &[mine]);
+    assert_eq!(
+        b.status().loggers.len(),
+        1,
+        "the status names the logger for the next buddy"
+    );
+}

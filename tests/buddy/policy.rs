@@ -4,6 +4,10 @@ use super::*;
 use upk_core::event::StateName;
 use upk_testkit::Sandbox;
 
+/// Records are stamped a little after the instant the policy computed from (the spawn
+/// itself takes time, more on a loaded machine): the tolerance for timing assertions.
+const SPAWN_SLACK: f64 = 0.05;
+
 /// Monotonic start times of the `started` records.
 fn starts(recs: &[Value]) -> Vec<f64> {
     of_kind(recs, "started").iter().map(mono).collect()
@@ -20,14 +24,14 @@ fn max_consecutive_failures_gives_up_until_told_otherwise() {
         "crash",
         &sh_service("MaxConsecutiveFailures: 3, UserRateLimit: 0.2", "exit 3"),
     );
-    let b = sb.buddy(&dir);
-    let st = b.wait_status("failed", |s| s.state == StateName::Failed);
+    let mut first = sb.buddy(&dir);
+    let st = first.wait_status("failed", |s| s.state == StateName::Failed);
     assert_eq!(st.failures, 3);
-    let recs = b.records();
+    let recs = first.records();
     let t = starts(&recs);
-    assert_eq!(t.len(), 3, "three runs, no fourth");
+    assert_eq!(t.len(), 3, "three runs, no fourth: {recs:#?}");
     assert!(
-        gaps(&t).iter().all(|&g| g >= 0.2),
+        gaps(&t).iter().all(|&g| g >= 0.2 - SPAWN_SLACK),
         "UserRateLimit respected: {:?}",
         gaps(&t)
     );
@@ -35,10 +39,17 @@ fn max_consecutive_failures_gives_up_until_told_otherwise() {
     assert_eq!(gave_up.len(), 1);
     assert_eq!(gave_up[0]["to"], "failed");
     assert_eq!(of_kind(&recs, "died")[0]["exit"]["code"], 3);
+    // Failed survives the buddy: a successor does not start the service again by itself.
+    first.child.kill().expect("SIGKILL the buddy");
+    first.child.wait().expect("reap");
+    let b = sb.buddy(&dir);
+    let st = b.wait_status("failed again", |s| s.buddy_pid == b.pid());
+    assert_eq!((st.state, st.failures), (StateName::Failed, 3));
+    assert!(of_kind(&b.records(), "started").is_empty());
     // Failed stays failed (no deadline) until a command.
     let r = b.call(serde_json::json!({"type": "start"}));
     assert_eq!(r["type"], "ok", "{r}");
-    wait_count(&b, "started", 4, Duration::from_secs(5));
+    wait_count(&b, "started", 1, Duration::from_secs(5));
 }
 
 #[test]
@@ -49,7 +60,10 @@ fn without_a_rate_limit_starts_are_a_second_apart() {
     b.wait_status("failed", |s| s.state == StateName::Failed);
     let g = gaps(&starts(&b.records()));
     assert_eq!(g.len(), 2);
-    assert!(g.iter().all(|&g| (1.0..3.0).contains(&g)), "{g:?}");
+    assert!(
+        g.iter().all(|&g| (1.0 - SPAWN_SLACK..3.0).contains(&g)),
+        "{g:?}"
+    );
 }
 
 #[test]
@@ -70,7 +84,7 @@ fn max_restarts_in_a_window_pauses_then_resumes() {
         gaps(&t)
     );
     assert!(
-        t[3] - t[1] >= 2.0 - 1e-3,
+        t[3] - t[1] >= 2.0 - SPAWN_SLACK,
         "paused for the window: {:?}",
         gaps(&t)
     );
@@ -97,7 +111,11 @@ fn randomized_rate_limit_adds_bounded_jitter() {
         "jitter is applied: {delays:?}"
     );
     let t = starts(&recs);
-    assert!(gaps(&t).iter().all(|&g| g >= 0.3), "{:?}", gaps(&t));
+    assert!(
+        gaps(&t).iter().all(|&g| g >= 0.3 - SPAWN_SLACK),
+        "{:?}",
+        gaps(&t)
+    );
 }
 
 #[test]

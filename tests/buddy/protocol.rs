@@ -240,3 +240,35 @@ fn privileges_are_dropped_as_root() {
     );
     g.wait_status("failed", |s| s.state == StateName::Failed);
 }
+
+#[test]
+fn a_peer_that_closes_its_end_still_gets_its_action_reply_and_shutdown_is_idempotent() {
+    use std::io::{Read, Write};
+    let sb = Sandbox::new();
+    let body = r##"{ ExecStart: "sleep 1000", InitialState: "running", CustomActions: { slow: "#!/bin/sh\nsleep 0.3\nexit 7\n" } }"##;
+    let dir = sb.service("web", body);
+    let mut b = sb.buddy(&dir);
+    running(&b);
+    // What `echo '{...}' | socat - UNIX-CONNECT:buddy.sock` does: write, shut down, read.
+    let mut s = std::os::unix::net::UnixStream::connect(dir.socket()).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    s.write_all(b"{\"type\":\"action\",\"name\":\"slow\"}\n")
+        .expect("write");
+    s.shutdown(std::net::Shutdown::Write).expect("shutdown");
+    let mut reply = String::new();
+    s.read_to_string(&mut reply)
+        .expect("read until the buddy closes");
+    let v: Value = serde_json::from_str(reply.trim()).expect("one reply");
+    assert_eq!(
+        (v["type"].as_str(), v["exit"]["code"].as_i64()),
+        (Some("action_done"), Some(7)),
+        "{v}"
+    );
+
+    let first = b.call(json!({"type": "shutdown"}));
+    assert_eq!(first["type"], "ok", "{first}");
+    let mut c = Client::raw(&dir.socket());
+    c.send(&json!({"type": "shutdown"}));
+    assert_eq!(b.wait_exit(Duration::from_secs(10)), 0);
+}

@@ -9,7 +9,7 @@
 
 use crate::conn::{self, Conn};
 use crate::logs::{redirect_files, BuddyLog, Stream};
-use crate::machine::{Command, Input, Machine, Note, Output, Policy, State};
+use crate::machine::{After, Command, Input, Machine, Note, Output, Policy, State};
 use crate::ring::Ring;
 use crate::spawn::{self, Creds};
 use nix::errno::Errno;
@@ -25,7 +25,7 @@ use std::os::fd::{AsFd, FromRawFd, OwnedFd};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::time::{Duration, Instant};
-use upk_core::event::{EventKind, Exit, Record};
+use upk_core::event::{EventKind, Exit, Record, StateName};
 use upk_core::proto::{self, BuddyReply, BuddyRequest, Envelope, Role, PROTOCOL_VERSION};
 use upk_core::rundir::{RunDir, Settings};
 use upk_core::status::{self, Status, Want};
@@ -35,8 +35,9 @@ const EXIT_GRACE: Duration = Duration::from_secs(3);
 /// Pause between phone-home attempts (shorter while exiting).
 const RETRY: Duration = Duration::from_secs(1);
 const RETRY_EXITING: Duration = Duration::from_millis(100);
-/// Pause before a dead logger is started again.
-const LOGGER_RESTART: Duration = Duration::from_secs(1);
+/// While a stop waits for the rest of the group, how often to look whether it is gone
+/// (needed when the members are not our children, as with an adopted service).
+const DRAIN_CHECK: Duration = Duration::from_millis(100);
 
 /// A start-up failure: the buddy exits with `code` after printing `message`.
 #[derive(Debug)]
@@ -73,6 +74,14 @@ struct PhoneHome {
     next_try: Option<Instant>,
 }
 
+/// What one `poll` found ready, fixed at poll time (handling one source may change the set).
+struct Ready {
+    signals: bool,
+    listener: bool,
+    adopted: bool,
+    conns: Vec<(u64, PollFlags)>,
+}
+
 /// One supervised run directory.
 pub struct Buddy {
     dir: RunDir,
@@ -92,6 +101,8 @@ pub struct Buddy {
     phone: PhoneHome,
     log: BuddyLog,
     exit_by: Option<Instant>,
+    /// Last look at a draining group (see [`DRAIN_CHECK`]).
+    drain_checked: Instant,
     since_us: i64,
     _lock: Flock<File>,
 }
@@ -162,6 +173,7 @@ impl Buddy {
             },
             log,
             exit_by: None,
+            drain_checked: Instant::now(),
             since_us: upk_core::time::wall_us(),
             settings,
             _lock: lock,
@@ -185,6 +197,19 @@ impl Buddy {
             cause: "startup".into(),
             kind: EventKind::BuddyStarted { buddy_pid },
         });
+        // Loggers of a killed predecessor still read our FIFOs: retire them before starting
+        // ours (what they had not read yet stays in the pipe for the new ones).
+        for old in previous
+            .iter()
+            .flat_map(|p| &p.loggers)
+            .filter(|l| l.alive())
+        {
+            self.log.line(&format!(
+                "stopping pid {}, a logger left by the previous buddy",
+                old.pid
+            ));
+            let _ = signal::kill(Pid::from_raw(old.pid), Signal::SIGTERM);
+        }
         for i in 0..self.streams.len() {
             self.start_logger(i);
         }
@@ -202,7 +227,10 @@ impl Buddy {
                 return;
             }
         }
-        if self.machine.want() == Want::Up {
+        if let Some(p) = previous.as_ref().filter(|p| p.state == StateName::Failed) {
+            self.machine.resume_failed(p.failures);
+            self.write_status();
+        } else if self.machine.want() == Want::Up {
             self.drive(Input::Command(Command::Start, "startup: wanted up".into()));
         } else {
             self.write_status();
@@ -222,7 +250,7 @@ impl Buddy {
                 }
             }
             let timeout = self.deadline().map(|d| d.saturating_duration_since(now));
-            let revents = match self.wait(timeout) {
+            let ready = match self.wait(timeout) {
                 Ok(r) => r,
                 Err(Errno::EINTR) => continue,
                 Err(e) => {
@@ -230,7 +258,7 @@ impl Buddy {
                     return upk_core::exit::TEMPORARY;
                 }
             };
-            self.dispatch(revents);
+            self.dispatch(ready);
             self.on_timers(Instant::now());
         }
     }
@@ -239,14 +267,16 @@ impl Buddy {
     fn deadline(&self) -> Option<Instant> {
         let loggers = self.streams.iter().filter_map(|s| s.restart_at);
         let phone = self.phone.next_try.filter(|_| self.must_phone_home());
-        [self.machine.deadline(), phone, self.exit_by]
+        let drain = self.draining().then(|| self.drain_checked + DRAIN_CHECK);
+        [self.machine.deadline(), phone, self.exit_by, drain]
             .into_iter()
             .flatten()
             .chain(loggers)
             .min()
     }
 
-    fn wait(&self, timeout: Option<Duration>) -> Result<Vec<PollFlags>, Errno> {
+    /// Blocks until a descriptor is ready or the timeout passes.
+    fn wait(&self, timeout: Option<Duration>) -> Result<Ready, Errno> {
         let mut fds = vec![
             PollFd::new(self.signals.as_fd(), PollFlags::POLLIN),
             PollFd::new(self.listener.as_fd(), PollFlags::POLLIN),
@@ -254,12 +284,22 @@ impl Buddy {
         if let Some(fd) = &self.adopted {
             fds.push(PollFd::new(fd.as_fd(), PollFlags::POLLIN));
         }
+        // A peer that closed its end is only polled while output waits: its POLLHUP would
+        // otherwise wake the loop for nothing until its last reply is ready.
+        let mut tokens = Vec::new();
         for c in &self.conns {
-            let mut flags = PollFlags::POLLIN;
+            let mut flags = if c.closing {
+                PollFlags::empty()
+            } else {
+                PollFlags::POLLIN
+            };
             if c.wants_write() {
                 flags |= PollFlags::POLLOUT;
             }
-            fds.push(PollFd::new(c.stream.as_fd(), flags));
+            if !flags.is_empty() {
+                fds.push(PollFd::new(c.stream.as_fd(), flags));
+                tokens.push(c.token);
+            }
         }
         let timeout = match timeout {
             None => PollTimeout::NONE,
@@ -270,32 +310,36 @@ impl Buddy {
             }
         };
         nix::poll::poll(&mut fds, timeout)?;
-        Ok(fds
+        let mut flags = fds
             .iter()
-            .map(|f| f.revents().unwrap_or(PollFlags::empty()))
-            .collect())
-    }
-
-    fn dispatch(&mut self, revents: Vec<PollFlags>) {
-        let mut it = revents.into_iter();
-        let ready = |f: Option<PollFlags>| f.is_some_and(|f| !f.is_empty());
-        if ready(it.next()) {
-            self.on_signals();
-        }
-        if ready(it.next()) {
-            self.accept();
-        }
-        if self.adopted.is_some() && ready(it.next()) {
-            self.adopted_died();
-        }
-        let tokens: Vec<(u64, PollFlags)> = self
-            .conns
-            .iter()
-            .map(|c| c.token)
-            .zip(it)
+            .map(|f| f.revents().unwrap_or(PollFlags::empty()));
+        let mut next = || flags.next().is_some_and(|f| !f.is_empty());
+        let (signals, listener) = (next(), next());
+        let adopted = self.adopted.is_some() && next();
+        let conns = tokens
+            .into_iter()
+            .zip(flags)
             .filter(|(_, f)| !f.is_empty())
             .collect();
-        for (token, flags) in tokens {
+        Ok(Ready {
+            signals,
+            listener,
+            adopted,
+            conns,
+        })
+    }
+
+    fn dispatch(&mut self, ready: Ready) {
+        if ready.signals {
+            self.on_signals();
+        }
+        if ready.listener {
+            self.accept();
+        }
+        if ready.adopted {
+            self.adopted_died();
+        }
+        for (token, flags) in ready.conns {
             self.on_conn(token, flags);
         }
     }
@@ -307,10 +351,7 @@ impl Buddy {
         while let Ok(Some(info)) = self.signals.read_signal() {
             match Signal::try_from(info.ssi_signo as i32) {
                 Ok(Signal::SIGCHLD) => chld = true,
-                Ok(Signal::SIGTERM | Signal::SIGINT) if self.exit_by.is_none() => {
-                    self.log.line("terminating: stopping the service first");
-                    self.drive(Input::Terminate);
-                }
+                Ok(Signal::SIGTERM | Signal::SIGINT) => self.terminate("signal"),
                 Ok(Signal::SIGHUP) => self.reload_settings(),
                 _ => {}
             }
@@ -373,15 +414,13 @@ impl Buddy {
                         exit,
                     },
                 );
+                self.close_if_done(token);
             }
             self.write_status();
         } else if let Some(i) = self.streams.iter().position(|s| s.logger == Some(pid)) {
             let stream = &mut self.streams[i];
-            stream.logger = None;
             let name = stream.name.to_owned();
-            if stream.script.is_some() {
-                stream.restart_at = Some(Instant::now() + LOGGER_RESTART);
-            }
+            stream.schedule_restart(Instant::now());
             self.note(
                 Some(pid),
                 "exit",
@@ -403,7 +442,20 @@ impl Buddy {
         }
     }
 
+    /// The main process is gone but a stop waits for the rest of its group.
+    fn draining(&self) -> bool {
+        matches!(self.machine.state(), State::Stopping { pid: None, .. })
+    }
+
     fn on_timers(&mut self, now: Instant) {
+        if self.draining() && now >= self.drain_checked + DRAIN_CHECK {
+            self.drain_checked = now;
+            if let State::Stopping { pgid, .. } = *self.machine.state() {
+                if !group_alive(pgid) {
+                    self.drive(Input::GroupGone);
+                }
+            }
+        }
         if self.machine.deadline().is_some_and(|d| d <= now) {
             self.drive(Input::Timer);
         }
@@ -563,7 +615,10 @@ impl Buddy {
         match result {
             Ok(0) => {}
             Ok(pid) => {
-                self.streams[i].logger = Some(pid);
+                let stream = &mut self.streams[i];
+                stream.logger = Some(pid);
+                stream.logger_start = status::process_start_time(pid);
+                stream.started = Some(Instant::now());
                 self.note(
                     Some(pid),
                     "logger",
@@ -573,8 +628,13 @@ impl Buddy {
                 );
             }
             Err(e) => {
-                self.log.line(&format!("{name} logger: {e}; retrying"));
-                self.streams[i].restart_at = Some(Instant::now() + LOGGER_RESTART);
+                let stream = &mut self.streams[i];
+                stream.schedule_restart(Instant::now());
+                let delay = stream
+                    .restart_at
+                    .map_or(0, |t| t.saturating_duration_since(Instant::now()).as_secs());
+                self.log
+                    .line(&format!("{name} logger: {e}; retrying in {delay}s"));
             }
         }
     }
@@ -653,6 +713,16 @@ impl Buddy {
             next_start_us,
             seq: self.ring.last_seq(),
             acked: self.ring.acked(),
+            loggers: self
+                .streams
+                .iter()
+                .filter_map(|s| {
+                    Some(status::Proc {
+                        pid: s.logger?,
+                        start: s.logger_start?,
+                    })
+                })
+                .collect(),
         }
     }
 
@@ -789,9 +859,12 @@ impl Buddy {
         let Some(i) = self.conns.iter().position(|c| c.token == token) else {
             return;
         };
-        if flags.contains(PollFlags::POLLOUT) && self.conns[i].flush().is_err() {
-            self.drop_conn(token);
-            return;
+        if flags.contains(PollFlags::POLLOUT) {
+            if self.conns[i].flush().is_err() {
+                self.drop_conn(token);
+                return;
+            }
+            self.close_if_done(token);
         }
         if !flags.intersects(PollFlags::POLLIN | PollFlags::POLLHUP | PollFlags::POLLERR) {
             return;
@@ -810,12 +883,32 @@ impl Buddy {
             Err(_) => (Vec::new(), true),
         };
         for line in lines {
-            if !self.conns.iter().any(|c| c.token == token && !c.closing) {
+            if !self.conns.iter().any(|c| c.token == token) {
                 break;
             }
             self.on_line(token, &line);
         }
         if closed {
+            // `echo request | socat - UNIX-CONNECT:...` closes its end at once and still reads:
+            // keep the connection until its pending action replies are out.
+            if let Some(c) = self.conns.iter_mut().find(|c| c.token == token) {
+                c.closing = true;
+            }
+            self.close_if_done(token);
+        }
+    }
+
+    /// Drops a peer that closed its end once nothing is owed to it.
+    fn close_if_done(&mut self, token: u64) {
+        let owed = self
+            .actions
+            .iter()
+            .any(|a| a.reply_to.is_some_and(|(t, _)| t == token));
+        let done = self
+            .conns
+            .iter()
+            .any(|c| c.token == token && c.closing && !c.wants_write());
+        if done && !owed {
             self.drop_conn(token);
         }
     }
@@ -923,23 +1016,35 @@ impl Buddy {
                 self.write_status();
             }
             BuddyRequest::Shutdown => {
-                self.log.line(&format!("shutdown requested ({cause})"));
-                self.drive(Input::Terminate);
+                self.terminate(&cause);
                 self.ok(token, id, None);
             }
         }
     }
 
+    /// Stops the service and exits once; a second request changes nothing.
+    fn terminate(&mut self, cause: &str) {
+        if self.exit_by.is_none() && !self.exit_pending() {
+            self.log.line(&format!(
+                "terminating ({cause}): stopping the service first"
+            ));
+            self.drive(Input::Terminate);
+        }
+    }
+
+    /// A stop is under way that ends with the buddy's exit.
+    fn exit_pending(&self) -> bool {
+        matches!(
+            self.machine.state(),
+            State::Stopping {
+                then: After::Exit,
+                ..
+            }
+        )
+    }
+
     fn command(&mut self, token: u64, id: Option<u64>, cmd: Command, cause: String) {
-        if self.exit_by.is_some()
-            || matches!(
-                self.machine.state(),
-                State::Stopping {
-                    then: crate::machine::After::Exit,
-                    ..
-                }
-            )
-        {
+        if self.exit_by.is_some() || self.exit_pending() {
             return self.reply(
                 token,
                 id,
@@ -1105,8 +1210,29 @@ fn still_running(pid: i32, start: u64) -> Option<OwnedFd> {
 }
 
 /// True while any process of group `pgid` exists.
+///
+/// `killpg(pgid, 0)` answers most cases at no cost; when it says "yes", members may be
+/// zombies that somebody else reaps late (an adopted service's belong to init), so a scan of
+/// `/proc` decides.
 fn group_alive(pgid: i32) -> bool {
-    pgid > 1 && signal::killpg(Pid::from_raw(pgid), None).is_ok()
+    if pgid <= 1 || signal::killpg(Pid::from_raw(pgid), None).is_err() {
+        return false;
+    }
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return true;
+    };
+    entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .any(|pid| {
+            let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+                return false;
+            };
+            // Fields after the parenthesised command: state (3), ppid (4), pgrp (5).
+            let mut fields = stat[stat.rfind(')').map_or(0, |i| i + 2)..].split_whitespace();
+            let state = fields.next();
+            let pgrp = fields.nth(1).and_then(|f| f.parse::<i32>().ok());
+            pgrp == Some(pgid) && state != Some("Z") && state != Some("X")
+        })
 }
 
 fn kill_group(pgid: i32, sig: Signal) {

@@ -12,7 +12,9 @@
 //! The design is s6's: a single thread, one `poll` over descriptors (signalfd, sockets, a pidfd
 //! for an adopted process) and one deadline, and a pure transition function
 //! ([`machine::Machine::step`]) that the loop ([`buddy::Buddy`]) feeds and obeys. Start-up may
-//! fail (exit 100 or 111, see `docs/exit-codes.md`); the loop never does.
+//! fail (exit 100 or 111, see `docs/exit-codes.md`); in the loop, failures become records or
+//! log lines, and only `poll` itself failing (EINVAL, ENOMEM: nothing a retry mends) ends it
+//! with 111.
 //!
 //! `docs/state-machine.md`, `docs/servicedir.md` and `docs/protocol.md` are the long form.
 

@@ -12,7 +12,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use upk_core::config::Service;
 use upk_core::rundir::RunDir;
 
@@ -53,6 +53,12 @@ pub struct Stream {
     pub script: Option<PathBuf>,
     /// The running logger.
     pub logger: Option<i32>,
+    /// Its start time in clock ticks (with the pid, it identifies the process in `status`).
+    pub logger_start: Option<u64>,
+    /// When it started, to tell a logger that ran a while from one that dies at once.
+    pub started: Option<Instant>,
+    /// Consecutive quick deaths or failed starts; the restart delay doubles with each.
+    pub failures: u32,
     /// When to start the logger again after it died.
     pub restart_at: Option<Instant>,
     /// Held ends of the FIFO (read, write) while a logger is configured.
@@ -67,6 +73,9 @@ impl Stream {
             fifo: dir.log_file(&format!("{name}_pipe")),
             script: None,
             logger: None,
+            logger_start: None,
+            started: None,
+            failures: 0,
             restart_at: None,
             held: None,
         };
@@ -113,6 +122,27 @@ impl Stream {
     /// A fresh blocking descriptor for the logger to read from.
     pub fn logger_end(&self) -> io::Result<File> {
         OpenOptions::new().read(true).open(&self.fifo)
+    }
+}
+
+impl Stream {
+    /// Schedules the next start after a death or a failed start: 1 s, doubling for each quick
+    /// failure in a row, at most 60 s; a logger that ran 10 s or more starts the count afresh.
+    pub fn schedule_restart(&mut self, now: Instant) {
+        let ran_long = self
+            .started
+            .is_some_and(|t| now.duration_since(t) >= Duration::from_secs(10));
+        self.failures = if ran_long {
+            0
+        } else {
+            self.failures.saturating_add(1)
+        };
+        let delay = Duration::from_secs(1u64 << self.failures.saturating_sub(1).min(6))
+            .min(Duration::from_secs(60));
+        self.logger = None;
+        self.logger_start = None;
+        self.started = None;
+        self.restart_at = self.script.is_some().then_some(now + delay);
     }
 }
 

@@ -287,7 +287,15 @@ impl Machine {
     pub fn last_exit(&self) -> Option<Exit> {
         self.last_exit
     }
-    /// Replaces the policy (settings re-read on SIGHUP); running timers keep their deadline.
+    /// Takes up the `failed` state a previous buddy left: the restart policy gave up, and that
+    /// holds until a command, whoever supervises the directory.
+    pub fn resume_failed(&mut self, failures: u32) {
+        self.state = State::Failed;
+        self.failures = failures;
+    }
+
+    /// Replaces the policy (settings re-read on SIGHUP). Deadlines derive from the policy, so
+    /// a stop in progress escalates on the new KillTimeout; a scheduled restart keeps its time.
     pub fn set_policy(&mut self, policy: Policy) {
         self.policy = policy;
     }

@@ -41,7 +41,18 @@ enum Cmd {
 }
 
 fn main() -> ExitCode {
-    let args = Args::parse();
+    // Usage errors are permanent failures (100), like everywhere in upkeeper; help is not.
+    let args = match Args::try_parse() {
+        Ok(a) => a,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() {
+                exit::PERMANENT as u8
+            } else {
+                0
+            });
+        }
+    };
     let code = match run(args) {
         Ok(code) => code,
         Err(e) => {

@@ -97,7 +97,8 @@ pub struct Settings {
     pub service: Service,
     /// The controller's socket, dialled when the buddy must phone home.
     pub controller_socket: PathBuf,
-    /// The controller's polling interval in seconds (for reference and phone-home pacing).
+    /// The controller's BuddyPollingInterval in seconds, recorded for operators reading the
+    /// directory; the buddy paces nothing by it (it pushes records as they happen).
     pub polling_interval: f64,
 }
 

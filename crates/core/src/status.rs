@@ -56,6 +56,25 @@ pub struct Status {
     pub seq: u64,
     /// Highest sequence number acknowledged by a controller.
     pub acked: u64,
+    /// The running Pipe*Script loggers, so a buddy replacing a killed one can retire them.
+    #[serde(default)]
+    pub loggers: Vec<Proc>,
+}
+
+/// A process identified beyond its (recyclable) pid.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Proc {
+    /// The pid.
+    pub pid: i32,
+    /// Its start time (`/proc/PID/stat` field 22).
+    pub start: u64,
+}
+
+impl Proc {
+    /// True while this very process (same pid, same start time) lives and is not a zombie.
+    pub fn alive(&self) -> bool {
+        process_start_time(self.pid) == Some(self.start) && process_state(self.pid) != Some('Z')
+    }
 }
 
 impl Status {

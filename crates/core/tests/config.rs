@@ -369,3 +369,17 @@ fn files_others_could_write_are_refused() {
     assert_eq!(e.0[0].line, 0);
     assert!(e.0[0].message.starts_with("cannot read"), "{e}");
 }
+
+#[test]
+fn user_max_restarts_of_zero_points_to_the_right_key() {
+    let e = errors("{ \"w\": { ExecStart: \"x\", UserMaxRestarts: 0 } }");
+    let text = e.to_string();
+    assert!(
+        text.contains("UserMaxRestarts") && text.contains("MaxConsecutiveFailures: 0"),
+        "{text}"
+    );
+    assert_eq!(
+        services("{ \"w\": { ExecStart: \"x\", UserMaxRestarts: 1 } }")[0].user_max_restarts,
+        Some(1)
+    );
+}

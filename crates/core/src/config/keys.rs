@@ -105,8 +105,12 @@ fn bounded_u32(v: &Value, min: i64, max: i64) -> Parsed<u32> {
     }
 }
 
-fn count(v: &Value) -> Parsed<u32> {
-    bounded_u32(v, 0, i64::from(u32::MAX))
+/// UserMaxRestarts: 0 would mean "never restart", which is MaxConsecutiveFailures' job.
+fn max_restarts(v: &Value) -> Parsed<u32> {
+    match integer(v)? {
+        0 => problem("must be at least 1 (to never restart, set MaxConsecutiveFailures: 0)"),
+        _ => bounded_u32(v, 1, i64::from(u32::MAX)),
+    }
 }
 
 /// Large enough for any sane burst, small enough that a typo cannot make a buddy allocate
@@ -351,7 +355,7 @@ service_keys! {
     StartPriority => start_priority: i64 = 0, plain(integer);
     KillTimeout => kill_timeout: f64 = 60.0, plain(number);
     MaxConsecutiveFailures => max_consecutive_failures: i64 = -1, plain(integer);
-    UserMaxRestarts => user_max_restarts: Option<u32> = None, nullable(count);
+    UserMaxRestarts => user_max_restarts: Option<u32> = None, nullable(max_restarts);
     UserRestartWindow => user_restart_window: Option<f64> = None, nullable(positive);
     UserRateLimit => user_rate_limit: Option<f64> = None, nullable(non_negative);
     RandomizeRateLimit => randomize_rate_limit: bool = false, plain(boolean);
