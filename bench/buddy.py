@@ -26,6 +26,7 @@ to it) and the tmpfs directory is removed, also on Ctrl-C or an error. See bench
 import argparse
 import ctypes
 import datetime
+import hashlib
 import json
 import math
 import os
@@ -267,12 +268,25 @@ class Bench:
 
     def prepare(self):
         a = self.args
+        # The buddy is measured as it ships: musl and non-PIE (.cargo/config.toml) when the
+        # target is installed, else the host's glibc build.
+        musl = "x86_64-unknown-linux-musl"
+        have_musl = musl in subprocess.run(["rustup", "target", "list", "--installed"],
+                                           capture_output=True, text=True).stdout.split()
         if not a.no_build and not a.buddy:
             print("building: cargo build --release -p upk-buddy -p upkeeper", file=sys.stderr)
             subprocess.run(["cargo", "build", "--release", "-p", "upk-buddy", "-p", "upkeeper"],
                            cwd=REPO, check=True, stdin=subprocess.DEVNULL)
+            if have_musl:
+                print("building: cargo build --release -p upk-buddy --target " + musl, file=sys.stderr)
+                subprocess.run(["cargo", "build", "--release", "-p", "upk-buddy", "--target", musl],
+                               cwd=REPO, check=True, stdin=subprocess.DEVNULL)
         release = REPO / "target" / "release"
-        self.bins["upk_buddy"] = Path(a.buddy).resolve() if a.buddy else release / "upk_buddy"
+        shipped = REPO / "target" / musl / "release" / "upk_buddy"
+        default_buddy = shipped if have_musl and shipped.exists() else release / "upk_buddy"
+        self.bins["upk_buddy"] = Path(a.buddy).resolve() if a.buddy else default_buddy
+        self.facts["buddy_build"] = ("musl, non-PIE" if self.bins["upk_buddy"] == shipped
+                                     else "given with --buddy" if a.buddy else "glibc (host default)")
         self.bins["upkeeper"] = Path(a.upkeeper).resolve() if a.upkeeper else release / "upkeeper"
         for kind in ("runsv", "s6-supervise", "supervise"):
             found = shutil.which(kind)
@@ -293,6 +307,8 @@ class Bench:
         self.script = "#!/bin/sh\nexec %s\n" % self.stamp
         # Everything started from here on inherits this soft limit.
         _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if hard != resource.RLIM_INFINITY and hard < NOFILE:
+            raise BenchError("RLIMIT_NOFILE hard limit %d is below %d" % (hard, NOFILE))
         resource.setrlimit(resource.RLIMIT_NOFILE, (NOFILE, hard))
 
     def env(self, stamp_file, lifetime_ms):
@@ -301,7 +317,7 @@ class Bench:
              "NOTIFY_FD": str(NOTIFY_FD)}
         return e
 
-    def render_upk(self, phase, names, lifetime_ms):
+    def render_upk(self, phase, names):
         """Renders run directories for `names` with `upkeeper render`; returns {name: dir}."""
         base = self.root / ("upk-" + phase)
         conf, run, state = base / "conf", base / "run", base / "state"
@@ -375,7 +391,7 @@ class Bench:
     def memory(self):
         a = self.args
         names = ["m%03d" % i for i in range(a.services)]
-        upk = self.render_upk("mem", names, -1)
+        upk = self.render_upk("mem", names)
         samples = {k: [] for k in a.kinds}
         rounds = []
         breakdown = {}
@@ -446,6 +462,7 @@ class Bench:
         result = {"services": a.services, "rounds": rounds, "breakdown": breakdown,
                   "service_fds": service_fds,
                   "samples": samples, "summary": {}}
+
         def summarise(figs):
             out = {k: summary([f[k] for f in figs]) for k in ("Rss", "Pss")}
             out["Private"] = summary([f["Private_Clean"] + f["Private_Dirty"] for f in figs])
@@ -473,7 +490,7 @@ class Bench:
 
     def latency(self):
         a = self.args
-        upk = self.render_upk("lat", ["lat"], a.lifetime)
+        upk = self.render_upk("lat", ["lat"])
         self.upk_dirs = upk
         stamps, started, order = {}, {}, []
         sdir = self.root / "stamps" / "lat"
@@ -587,7 +604,9 @@ def machine_facts(bench):
         "git": cmd(["git", "rev-parse", "--short", "HEAD"]),
         "git_dirty": bool(cmd(["git", "status", "--porcelain", "--untracked-files=no"])),
         "packages": pkgs,
-        "binaries": {k: {"path": str(p), "bytes": p.stat().st_size} for k, p in bench.bins.items()},
+        "binaries": {k: {"path": str(p), "bytes": p.stat().st_size,
+                         "sha256": hashlib.sha256(p.read_bytes()).hexdigest()}
+                     for k, p in bench.bins.items()},
         "stamp_static": bench.facts.get("stamp_static"),
         "nofile_soft": NOFILE,
         "tmpfs": "/dev/shm",
@@ -614,9 +633,9 @@ def report(res):
                                              f["nofile_soft"]))
     if a.get("buddy_env"):
         lines.append("**Observation run: upk_buddy had extra environment %s.**" % a["buddy_env"])
-    if a.get("buddy"):
-        lines.append("upk_buddy binary: `%s` (%d bytes)." % (
-            f["binaries"]["upk_buddy"]["path"], f["binaries"]["upk_buddy"]["bytes"]))
+    ub = f["binaries"]["upk_buddy"]
+    lines.append("upk_buddy binary: `%s` (%d bytes, sha256 %s...)." % (
+        ub["path"], ub["bytes"], ub["sha256"][:12]))
     lines.append("")
     mem = res.get("memory")
     if mem:
@@ -655,14 +674,14 @@ def report(res):
                 "round %d: " % (i + 1) + ", ".join("%s %s" % (k, fmt(v["pss_median"]))
                                                    for k, v in r.items())
                 for i, r in enumerate(mem["rounds"])) + "."]
-        shown = [(k, mem["breakdown"].get(k)) for k in a["kinds"]]
+        shown = [(k, "", mem["breakdown"].get(k)) for k in a["kinds"]]
         if h:
-            shown.insert(1, ("upk_buddy, after one client hello,", h["breakdown"]))
-        for kind, b in shown:
+            shown.insert(1, ("upk_buddy", " after one client `hello`", h["breakdown"]))
+        for kind, when, b in shown:
             if not b:
                 continue
-            lines += ["", "Where one %s's memory goes (pid %d, kB, /proc/PID/smaps by "
-                      "pathname; `<exe>` is the supervisor's binary):" % (kind, b["pid"]), "",
+            lines += ["", "Where one %s's memory goes%s (pid %d, kB, /proc/PID/smaps by "
+                      "pathname; `<exe>` is the supervisor's binary):" % (kind, when, b["pid"]), "",
                       "| mapping | Rss | Pss | Private_Dirty | Private_Clean | Anonymous |",
                       "| --- | ---: | ---: | ---: | ---: | ---: |"]
             rows = sorted(b["by_path"], key=lambda r: -r["Pss"])
@@ -698,6 +717,22 @@ def report(res):
             ratios = ["upk_buddy gap = %.2f x %s" % (s["upk_buddy"]["median"] / s[k]["median"], k)
                       for k in a["kinds"] if k != "upk_buddy"]
             lines.append("Ratios of medians: " + "; ".join(ratios) + ".")
+            # The four loops restart about once per lifetime each, so gap i of every kind falls
+            # in the same 1.1 s window: pairing them cancels the machine's slow drifts.
+            g = lat["gaps_ms"]
+            u = g["upk_buddy"][: lat["restarts"]]
+            paired = []
+            for k in a["kinds"]:
+                if k == "upk_buddy":
+                    continue
+                pk = g[k][: lat["restarts"]]
+                paired.append("%s %+.3f ms (ratio %.2f)" % (
+                    k, statistics.median([x - y for x, y in zip(u, pk)]),
+                    statistics.median([x / y for x, y in zip(u, pk)])))
+            lines.append("")
+            lines.append("Paired by restart number (gap i of upk_buddy against gap i of the "
+                         "peer, same 1.1 s window), median of upk_buddy - peer: "
+                         + "; ".join(paired) + ".")
         cpu = lat.get("supervisor_cpu_ms") or {}
         if cpu:
             lines.append("")
@@ -707,12 +742,28 @@ def report(res):
         after = lat.get("memory_after") or {}
         if after:
             lines.append("")
-            lines.append("Private memory (Private_Clean+Private_Dirty, kB) of each supervisor at "
-                         "the end of the latency run: " + ", ".join(
-                             "%s %d" % (k, v["Private_Clean"] + v["Private_Dirty"])
-                             for k, v in after.items()) + ".")
+            lines.append("Private_Dirty (kB) of each supervisor at the end of the latency run, "
+                         "one instance each (for the buddy: a full ring, no controller): "
+                         + ", ".join("%s %d" % (k, v["Private_Dirty"]) for k, v in after.items())
+                         + ".")
     lines.append("")
     return "\n".join(lines)
+
+
+def to_json(value, indent=0):
+    """JSON with one line per flat object or list of numbers (samples, mappings), so the
+    results file stays readable and short."""
+    pad = " " * indent
+    flat = lambda v: not isinstance(v, (dict, list)) or not v or all(
+        not isinstance(x, (dict, list)) for x in (v.values() if isinstance(v, dict) else v))
+    if flat(value):
+        return json.dumps(value)
+    if isinstance(value, dict):
+        items = ["%s %s: %s" % (pad, json.dumps(str(k)), to_json(v, indent + 1))
+                 for k, v in value.items()]
+        return "{\n" + ",\n".join(items) + "\n" + pad + "}"
+    items = ["%s %s" % (pad, to_json(v, indent + 1)) for v in value]
+    return "[\n" + ",\n".join(items) + "\n" + pad + "]"
 
 
 def results_path(label):
@@ -745,7 +796,12 @@ def main():
     p.add_argument("--buddy-env", action="append", default=[], metavar="K=V",
                    help="extra environment for upk_buddy only (an observation, not a fair run)")
     p.add_argument("--label", default="", help="suffix of the results file name")
+    p.add_argument("--report", metavar="JSON", help="only print the markdown of a results file")
     args = p.parse_args()
+    if args.report:
+        res = json.loads(Path(args.report).read_text())
+        print(report(res))
+        return 0
     args.kinds = [k for k in args.kinds.split(",") if k]
     bad = [k for k in args.kinds if k not in KINDS]
     if bad:
@@ -754,15 +810,17 @@ def main():
     if os.geteuid() != 0:
         p.error("run as root (the peers and the buddy are compared as root)")
 
-    # Ctrl-C and SIGTERM both unwind through the finally below.
+    # Ctrl-C, SIGTERM and SIGHUP all unwind through the finally below (SIGINT explicitly:
+    # a shell's background job inherits it ignored).
     def on_term(signum, frame):
         raise KeyboardInterrupt
 
-    signal.signal(signal.SIGTERM, on_term)
-    signal.signal(signal.SIGHUP, on_term)
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, on_term)
     become_subreaper()
     bench = Bench(args)
-    res = {"args": {k: v for k, v in vars(args).items()}}
+    res = {"args": {k: v for k, v in vars(args).items()},
+           "loadavg_start": open("/proc/loadavg").read().split()[:3]}
     try:
         bench.prepare()
         if not args.skip_memory:
@@ -779,7 +837,7 @@ def main():
     print(text)
     path = results_path(args.label)
     res["markdown"] = text
-    path.write_text(json.dumps(res, indent=1) + "\n")
+    path.write_text(to_json(res) + "\n")
     print("raw figures: %s" % path.relative_to(REPO), file=sys.stderr)
     return 0
 

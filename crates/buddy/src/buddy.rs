@@ -113,6 +113,9 @@ impl Buddy {
     pub fn open(dir: RunDir) -> Result<Buddy, Fatal> {
         let settings = Settings::read(&dir.settings()).map_err(permanent)?;
         let lock = take_lock(&dir)?;
+        // Every child (service, scripts, loggers) inherits it; set once here, no child's
+        // spawn has to build an environment of its own.
+        std::env::set_var("UPK_SERVICE", settings.service.id.to_string());
         std::fs::create_dir_all(dir.log()).map_err(|e| temporary("cannot create log/", e))?;
         let mut log = BuddyLog::open(dir.log_file("buddy"));
 
@@ -498,32 +501,41 @@ impl Buddy {
 
     /// Feeds one input and carries out what the machine asks, then rewrites the status.
     fn drive(&mut self, input: Input) {
-        let now = Instant::now();
-        let mut queue: VecDeque<Output> = self.machine.step(now, input).into();
-        while let Some(out) = queue.pop_front() {
-            match out {
-                Output::Spawn => {
-                    let answer = match self.spawn_service() {
-                        Ok(pid) => Input::Spawned { pid },
-                        Err(error) => Input::SpawnFailed { error },
-                    };
-                    for o in self.machine.step(now, answer).into_iter().rev() {
-                        queue.push_front(o);
+        let mut next = Some(input);
+        while let Some(input) = next.take() {
+            let now = Instant::now();
+            let mut queue: VecDeque<Output> = self.machine.step(now, input).into();
+            while let Some(out) = queue.pop_front() {
+                match out {
+                    Output::Spawn => {
+                        let answer = match self.spawn_service() {
+                            Ok(pid) => Input::Spawned { pid },
+                            Err(error) => Input::SpawnFailed { error },
+                        };
+                        for o in self.machine.step(now, answer).into_iter().rev() {
+                            queue.push_front(o);
+                        }
+                    }
+                    Output::RunStop { pid } => {
+                        if let Err(e) = self.run_action("stop", "stop", Some(pid), None) {
+                            self.log.line(&format!("cannot run the stop script: {e}"));
+                        }
+                    }
+                    Output::KillGroup { pgid, signal } => kill_group(pgid, signal),
+                    Output::Record(note) => self.record(note),
+                    Output::Exit => {
+                        // A fresh set of tries: the controller may be back since the last ones.
+                        self.exit_by = Some(now + EXIT_GRACE);
+                        self.phone = self.fresh_phone();
+                        self.note(None, "terminate", EventKind::BuddyExiting);
                     }
                 }
-                Output::RunStop { pid } => {
-                    if let Err(e) = self.run_action("stop", "stop", Some(pid), None) {
-                        self.log.line(&format!("cannot run the stop script: {e}"));
-                    }
-                }
-                Output::KillGroup { pgid, signal } => kill_group(pgid, signal),
-                Output::Record(note) => self.record(note),
-                Output::Exit => {
-                    // A fresh set of tries: the controller may be back since the last ones.
-                    self.exit_by = Some(now + EXIT_GRACE);
-                    self.phone = self.fresh_phone();
-                    self.note(None, "terminate", EventKind::BuddyExiting);
-                }
+            }
+            // A timer already due (a restart with UserRateLimit 0) is carried out now, so that
+            // nothing but the records stands between reaping the old process and forking the
+            // new one; the status file is written once, after.
+            if self.machine.deadline().is_some_and(|d| d <= Instant::now()) {
+                next = Some(Input::Timer);
             }
         }
         self.write_status();
@@ -545,10 +557,8 @@ impl Buddy {
                 }
             }
         }
-        let id = self.settings.service.id.to_string();
-        let env = [("UPK_SERVICE", id.as_str())];
         let start = self.dir.action("start");
-        let pid = spawn::spawn(&start, &[], self.dir.root(), &creds, None, out, &env)
+        let pid = spawn::spawn(&start, &[], self.dir.root(), &creds, None, out)
             .map_err(|e| format!("cannot execute {}: {e}", start.display()))?;
         self.adopted = None;
         self.pid_start = status::process_start_time(pid);
@@ -566,18 +576,9 @@ impl Buddy {
         let creds = self.creds.clone()?;
         let out = redirect_files(&self.dir, &self.settings.service).map_err(|e| e.to_string())?;
         let args: Vec<String> = pid.map(|p| p.to_string()).into_iter().collect();
-        let id = self.settings.service.id.to_string();
         let path = self.dir.action(file);
-        let child = spawn::spawn(
-            &path,
-            &args,
-            self.dir.root(),
-            &creds,
-            None,
-            out,
-            &[("UPK_SERVICE", &id)],
-        )
-        .map_err(|e| format!("cannot execute {}: {e}", path.display()))?;
+        let child = spawn::spawn(&path, &args, self.dir.root(), &creds, None, out)
+            .map_err(|e| format!("cannot execute {}: {e}", path.display()))?;
         self.actions.push(ActionRun {
             pid: child,
             action: action.to_owned(),
@@ -599,17 +600,8 @@ impl Buddy {
             let creds = self.creds.clone()?;
             let out =
                 redirect_files(&self.dir, &self.settings.service).map_err(|e| e.to_string())?;
-            let id = self.settings.service.id.to_string();
-            spawn::spawn(
-                &script,
-                &[],
-                self.dir.root(),
-                &creds,
-                Some(stdin),
-                out,
-                &[("UPK_SERVICE", &id)],
-            )
-            .map_err(|e| format!("cannot execute {}: {e}", script.display()))
+            spawn::spawn(&script, &[], self.dir.root(), &creds, Some(stdin), out)
+                .map_err(|e| format!("cannot execute {}: {e}", script.display()))
         })();
         let name = self.streams[i].name;
         match result {
@@ -674,19 +666,22 @@ impl Buddy {
             self.since_us = r.wall_us;
         }
         let stored = self.ring.push(r);
-        let line = proto::encode(&Envelope {
-            id: None,
-            body: BuddyReply::Event {
-                record: stored.clone(),
-            },
-        });
-        let mut dead = Vec::new();
-        for c in self.conns.iter_mut().filter(|c| c.subscribed) {
-            if c.send(&line).is_err() {
-                dead.push(c.token);
+        // Encoded only when someone listens: records sit on the restart path.
+        if self.conns.iter().any(|c| c.subscribed) {
+            let line = proto::encode(&Envelope {
+                id: None,
+                body: BuddyReply::Event {
+                    record: stored.clone(),
+                },
+            });
+            let mut dead = Vec::new();
+            for c in self.conns.iter_mut().filter(|c| c.subscribed) {
+                if c.send(&line).is_err() {
+                    dead.push(c.token);
+                }
             }
+            self.conns.retain(|c| !dead.contains(&c.token));
         }
-        self.conns.retain(|c| !dead.contains(&c.token));
         self.phone_home(Instant::now());
     }
 

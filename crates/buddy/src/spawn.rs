@@ -118,7 +118,9 @@ impl Output {
     }
 }
 
-/// Starts `program args...` in `cwd` in a new session with `creds`; returns its pid.
+/// Starts `program args...` in `cwd` in a new session with `creds`; returns its pid. The child
+/// inherits the buddy's environment (which carries `UPK_SERVICE`), plus the new user's HOME,
+/// USER and LOGNAME when credentials change.
 ///
 /// `stdin` defaults to `/dev/null`. Exec failures are reported here (std's exec-error pipe),
 /// not as a mysterious exit 127 later.
@@ -129,7 +131,6 @@ pub fn spawn(
     creds: &Creds,
     stdin: Option<File>,
     out: Output,
-    env: &[(&str, &str)],
 ) -> io::Result<i32> {
     let mut cmd = Command::new(program);
     cmd.args(args)
@@ -137,9 +138,6 @@ pub fn spawn(
         .stdin(stdin.map_or_else(Stdio::null, Stdio::from))
         .stdout(out.stdout)
         .stderr(out.stderr);
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
     for (k, v) in &creds.env {
         cmd.env(k, v);
     }

@@ -49,8 +49,12 @@ pub fn wait_until<T>(
     }
 }
 
-/// Path of a workspace binary built next to the test executable.
+/// Path of a workspace binary built next to the test executable. `UPK_TEST_BUDDY` names another
+/// `upk_buddy` to test (the musl build that ships: `bench/README.md`).
 pub fn bin(name: &str) -> PathBuf {
+    if let Some(p) = std::env::var_os("UPK_TEST_BUDDY").filter(|_| name == "upk_buddy") {
+        return PathBuf::from(p);
+    }
     let exe = std::env::current_exe().expect("current_exe");
     let dir = exe.parent().and_then(Path::parent).expect("target dir");
     let path = dir.join(name);
