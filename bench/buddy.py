@@ -608,6 +608,7 @@ def machine_facts(bench):
                          "sha256": hashlib.sha256(p.read_bytes()).hexdigest()}
                      for k, p in bench.bins.items()},
         "stamp_static": bench.facts.get("stamp_static"),
+        "buddy_build": bench.facts.get("buddy_build"),
         "nofile_soft": NOFILE,
         "tmpfs": "/dev/shm",
         "loadavg_end": open("/proc/loadavg").read().split()[:3],
