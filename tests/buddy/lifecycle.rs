@@ -206,3 +206,21 @@ fn a_directory_without_settings_is_refused_with_one_sentence() {
     );
     assert_eq!(err.lines().count(), 1, "{err}");
 }
+
+#[test]
+fn a_start_script_that_cannot_be_executed_is_a_spawn_failure() {
+    let sb = Sandbox::new();
+    let body = r#"{ ExecStart: "sleep 1000", MaxConsecutiveFailures: 2, UserRateLimit: 0 }"#;
+    let dir = sb.service("broken", body);
+    std::fs::remove_file(dir.script("start")).expect("remove the script behind actions/start");
+    let b = sb.buddy(&dir);
+    let r = b.call(json!({"type": "start"}));
+    assert_eq!(r["type"], "ok", "{r}");
+    let failed = b.wait_record("spawn_failed", |_| true);
+    let error = failed["error"].as_str().expect("error");
+    assert!(
+        error.contains("cannot execute") && error.contains("actions/start"),
+        "{error}"
+    );
+    b.wait_status("failed", |s| s.state == StateName::Failed);
+}

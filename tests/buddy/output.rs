@@ -125,3 +125,57 @@ fn a_logger_reads_the_pipe_survives_service_restarts_and_is_restarted_when_it_di
         has(format!("LOG: run {third}")),
     );
 }
+
+#[test]
+fn logs_rotate_by_moving_the_file_and_sending_sighup() {
+    let sb = Sandbox::new();
+    let dir = sb.service(
+        "talker",
+        &sh_service("UserRateLimit: 0", "echo \"run $$\"; exec sleep 1000"),
+    );
+    let b = sb.buddy(&dir);
+    let first = running(&b);
+    let read = |p: &std::path::Path| std::fs::read_to_string(p).unwrap_or_default();
+    wait_until(Duration::from_secs(5), "the first line", || {
+        let t = read(&dir.log_file("stdout"));
+        if t.contains(&format!("run {first}")) {
+            Ok(())
+        } else {
+            Err(t)
+        }
+    });
+    let rotated = dir.log_file("stdout.1");
+    std::fs::rename(dir.log_file("stdout"), &rotated).expect("rotate");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(b.pid()),
+        nix::sys::signal::Signal::SIGHUP,
+    )
+    .expect("hup");
+    // The HUP is queued before the request below is sent, and the buddy handles signals
+    // before sockets in a poll round, so the restart sees the reopened files.
+    let r = b.call(json!({"type": "restart"}));
+    assert_eq!(r["type"], "ok", "{r}");
+    let second = b
+        .wait_status("restarted", |s| {
+            s.state == StateName::Running && s.pid != Some(first)
+        })
+        .pid
+        .expect("pid");
+    wait_until(
+        Duration::from_secs(5),
+        "the second run in a new log/stdout",
+        || {
+            let t = read(&dir.log_file("stdout"));
+            if t == format!("run {second}\n") {
+                Ok(())
+            } else {
+                Err(t)
+            }
+        },
+    );
+    assert_eq!(
+        read(&rotated),
+        format!("run {first}\n"),
+        "the old file kept only the old run"
+    );
+}

@@ -8,10 +8,10 @@
 //! log lines and the loop goes on ("from now on, we must not die").
 
 use crate::conn::{self, Conn};
-use crate::logs::{redirect_files, BuddyLog, Stream};
+use crate::logs::{open_redirects, BuddyLog, Redirects, Stream};
 use crate::machine::{After, Command, Input, Machine, Note, Output, Policy, State};
 use crate::ring::Ring;
-use crate::spawn::{self, Creds};
+use crate::spawn::{self, Creds, Stdio};
 use nix::errno::Errno;
 use nix::fcntl::{Flock, FlockArg};
 use nix::poll::{PollFd, PollFlags, PollTimeout};
@@ -101,6 +101,10 @@ pub struct Buddy {
     phone: PhoneHome,
     log: BuddyLog,
     exit_by: Option<Instant>,
+    /// stdin of every child.
+    devnull: File,
+    /// The redirect files, kept open between spawns (see [`Buddy::open_redirects`]).
+    redirects: Option<Redirects>,
     /// Last look at a draining group (see [`DRAIN_CHECK`]).
     drain_checked: Instant,
     since_us: i64,
@@ -111,6 +115,16 @@ impl Buddy {
     /// Start-up: take the lock, read settings and the previous status, bind the socket, start
     /// the loggers, adopt a still-running service or start it if it is wanted up.
     pub fn open(dir: RunDir) -> Result<Buddy, Fatal> {
+        // Descriptors 0-2 must be taken: a file opened later would otherwise land there and be
+        // handed to children under the wrong number (or dup'ed onto itself, keeping CLOEXEC).
+        for fd in 0..3 {
+            if nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_GETFD) == Err(Errno::EBADF) {
+                let null = OpenOptions::new().read(true).write(true).open("/dev/null");
+                // The lowest free descriptor is `fd` itself; keep it open for good.
+                null.map(std::os::fd::IntoRawFd::into_raw_fd)
+                    .map_err(|e| temporary("/dev/null", e))?;
+            }
+        }
         let settings = Settings::read(&dir.settings()).map_err(permanent)?;
         let lock = take_lock(&dir)?;
         // Every child (service, scripts, loggers) inherits it; set once here, no child's
@@ -138,6 +152,7 @@ impl Buddy {
             .map_err(|e| temporary("PR_SET_CHILD_SUBREAPER", e))?;
 
         let listener = bind(&dir)?;
+        let devnull = File::open("/dev/null").map_err(|e| temporary("/dev/null", e))?;
         let previous = Status::read(&dir.status()).unwrap_or_else(|e| {
             log.line(&format!("ignoring unreadable status file: {e}"));
             None
@@ -176,6 +191,8 @@ impl Buddy {
             },
             log,
             exit_by: None,
+            devnull,
+            redirects: None,
             drain_checked: Instant::now(),
             since_us: upk_core::time::wall_us(),
             settings,
@@ -473,6 +490,7 @@ impl Buddy {
 
     fn reload_settings(&mut self) {
         self.log.reopen();
+        self.redirects = None;
         match Settings::read(&self.dir.settings()) {
             Ok(s) => {
                 self.machine.set_policy(Policy::of(&s.service));
@@ -541,24 +559,29 @@ impl Buddy {
         self.write_status();
     }
 
-    fn spawn_service(&mut self) -> Result<i32, String> {
-        let creds = self.creds.clone()?;
-        let mut out =
-            redirect_files(&self.dir, &self.settings.service).map_err(|e| e.to_string())?;
-        for (i, s) in self.streams.iter().enumerate() {
-            if let Some(end) = s
-                .service_end()
-                .map_err(|e| format!("{}: {e}", s.fifo.display()))?
-            {
-                if i == 0 {
-                    out.stdout = end;
-                } else {
-                    out.stderr = end;
-                }
-            }
+    /// The redirect files, opened at first use and kept until SIGHUP.
+    fn open_redirects(&mut self) -> Result<&Redirects, String> {
+        if self.redirects.is_none() {
+            let r = open_redirects(&self.dir, &self.settings.service).map_err(|e| e.to_string())?;
+            self.redirects = Some(r);
         }
+        self.redirects
+            .as_ref()
+            .ok_or_else(|| "no redirect files".to_owned())
+    }
+
+    fn spawn_service(&mut self) -> Result<i32, String> {
+        self.open_redirects()?;
+        let (Ok(creds), Some(r)) = (&self.creds, &self.redirects) else {
+            return Err(self.creds.clone().err().unwrap_or_default());
+        };
+        let stdio = Stdio {
+            stdin: self.devnull.as_fd(),
+            stdout: self.streams[0].write_end().unwrap_or(r.stdout.as_fd()),
+            stderr: self.streams[1].write_end().unwrap_or(r.stderr.as_fd()),
+        };
         let start = self.dir.action("start");
-        let pid = spawn::spawn(&start, &[], self.dir.root(), &creds, None, out)
+        let pid = spawn::spawn(&start, &[], self.dir.root(), creds, stdio)
             .map_err(|e| format!("cannot execute {}: {e}", start.display()))?;
         self.adopted = None;
         self.pid_start = status::process_start_time(pid);
@@ -573,11 +596,18 @@ impl Buddy {
         pid: Option<i32>,
         reply_to: Option<(u64, Option<u64>)>,
     ) -> Result<(), String> {
-        let creds = self.creds.clone()?;
-        let out = redirect_files(&self.dir, &self.settings.service).map_err(|e| e.to_string())?;
+        self.open_redirects()?;
+        let (Ok(creds), Some(r)) = (&self.creds, &self.redirects) else {
+            return Err(self.creds.clone().err().unwrap_or_default());
+        };
+        let stdio = Stdio {
+            stdin: self.devnull.as_fd(),
+            stdout: r.stdout.as_fd(),
+            stderr: r.stderr.as_fd(),
+        };
         let args: Vec<String> = pid.map(|p| p.to_string()).into_iter().collect();
         let path = self.dir.action(file);
-        let child = spawn::spawn(&path, &args, self.dir.root(), &creds, None, out)
+        let child = spawn::spawn(&path, &args, self.dir.root(), creds, stdio)
             .map_err(|e| format!("cannot execute {}: {e}", path.display()))?;
         self.actions.push(ActionRun {
             pid: child,
@@ -589,18 +619,24 @@ impl Buddy {
 
     fn start_logger(&mut self, i: usize) {
         let result = (|| -> Result<i32, String> {
-            let stream = &mut self.streams[i];
-            let Some(script) = stream.script.clone() else {
+            let Some(script) = self.streams[i].script.clone() else {
                 return Ok(0);
             };
+            let stream = &mut self.streams[i];
             stream
                 .hold()
                 .map_err(|e| format!("{}: {e}", stream.fifo.display()))?;
             let stdin = stream.logger_end().map_err(|e| e.to_string())?;
-            let creds = self.creds.clone()?;
-            let out =
-                redirect_files(&self.dir, &self.settings.service).map_err(|e| e.to_string())?;
-            spawn::spawn(&script, &[], self.dir.root(), &creds, Some(stdin), out)
+            self.open_redirects()?;
+            let (Ok(creds), Some(r)) = (&self.creds, &self.redirects) else {
+                return Err(self.creds.clone().err().unwrap_or_default());
+            };
+            let stdio = Stdio {
+                stdin: stdin.as_fd(),
+                stdout: r.stdout.as_fd(),
+                stderr: r.stderr.as_fd(),
+            };
+            spawn::spawn(&script, &[], self.dir.root(), creds, stdio)
                 .map_err(|e| format!("cannot execute {}: {e}", script.display()))
         })();
         let name = self.streams[i].name;

@@ -7,9 +7,9 @@
 //! logger restarts (output waits in the pipe for the next logger). The loggers themselves
 //! write to the same redirect files the service would have used.
 
-use crate::spawn::Output;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
+use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -111,12 +111,9 @@ impl Stream {
         Ok(())
     }
 
-    /// A fresh blocking descriptor for the service to write to, if this stream is piped.
-    pub fn service_end(&self) -> io::Result<Option<File>> {
-        match self.held {
-            Some(_) => OpenOptions::new().write(true).open(&self.fifo).map(Some),
-            None => Ok(None),
-        }
+    /// The held write end, for the service, if this stream is piped.
+    pub fn write_end(&self) -> Option<BorrowedFd<'_>> {
+        self.held.as_ref().map(|(_, w)| w.as_fd())
     }
 
     /// A fresh blocking descriptor for the logger to read from.
@@ -154,9 +151,18 @@ fn ensure_fifo(path: &Path) -> io::Result<()> {
     }
 }
 
-/// The redirect files: RedirectStdout/RedirectStderr, relative to the run directory, or
-/// `log/stdout` and `log/stderr` by default. Opened per spawn, so a rotated file is picked up.
-pub fn redirect_files(dir: &RunDir, svc: &Service) -> io::Result<Output> {
+/// The redirect files, held open by the buddy for every child it starts.
+pub struct Redirects {
+    /// Standard output.
+    pub stdout: File,
+    /// Standard error.
+    pub stderr: File,
+}
+
+/// Opens RedirectStdout/RedirectStderr, relative to the run directory, or `log/stdout` and
+/// `log/stderr` by default. The buddy keeps them open and reopens them on SIGHUP (rotation:
+/// move the file, then send SIGHUP; a running service keeps writing where it started).
+pub fn open_redirects(dir: &RunDir, svc: &Service) -> io::Result<Redirects> {
     let open = |p: &Option<PathBuf>, default: &str| {
         let path = p
             .as_ref()
@@ -164,7 +170,7 @@ pub fn redirect_files(dir: &RunDir, svc: &Service) -> io::Result<Output> {
         upk_core::fsutil::open_append(&path, 0o640)
             .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))
     };
-    Ok(Output {
+    Ok(Redirects {
         stdout: open(&svc.redirect_stdout, "stdout")?,
         stderr: open(&svc.redirect_stderr, "stderr")?,
     })
