@@ -2,7 +2,7 @@
 //! `upkeeper check`/`render` commands.
 
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
-use upk_testkit::Sandbox;
+use upk_testkit::{wait_until, Sandbox};
 
 #[test]
 fn renders_the_layout_and_rerendering_keeps_logs() {
@@ -113,4 +113,71 @@ fn upkeeper_check_and_render_commands() {
     );
     let out = upkeeper(&["render", "nope"]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("no service \"nope\""));
+}
+
+#[test]
+fn upkeeper_run_starts_what_it_can_and_says_what_it_cannot() {
+    use std::io::BufRead;
+    let sb = Sandbox::new();
+    let conf = sb.path().join("conf");
+    let ctl = sb.path().join("upkeeper.conf");
+    let text = format!(
+        "{{ StateDir: {:?}, SvcConfigPath: {:?}, SvcRunPath: {:?}, UpkBuddyPath: {:?} }}",
+        sb.path().join("state"),
+        conf,
+        sb.run_path(),
+        upk_testkit::bin("upk_buddy")
+    );
+    std::fs::write(&ctl, text).expect("controller file");
+    let services = r#"{
+        "db": { ExecStart: "sleep 1000", InitialState: "running" },
+        "web": { ExecStart: "sleep 1001", InitialState: "running", Prerequisites: ["db"] },
+        "a": { ExecStart: "sleep 1002", InitialState: "running", Prerequisites: ["b"] },
+        "b": { ExecStart: "sleep 1003", InitialState: "running", Prerequisites: ["a"] },
+        "lonely": { ExecStart: "sleep 1004", InitialState: "running", Prerequisites: ["nobody"] },
+    }"#;
+    std::fs::write(conf.join("all.conf"), services).expect("services");
+    let mut child = std::process::Command::new(upk_testkit::bin("upkeeper"))
+        .args(["--config", ctl.to_str().expect("utf8"), "run"])
+        .env(upk_testkit::MARKER, sb.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("upkeeper run");
+    let mut stderr = std::io::BufReader::new(child.stderr.take().expect("stderr"));
+    let mut said = Vec::new();
+    while said.len() < 4 {
+        let mut line = String::new();
+        if stderr.read_line(&mut line).expect("stderr") == 0 {
+            break;
+        }
+        said.push(line.trim().to_owned());
+    }
+    assert_eq!(
+        said[..3],
+        [
+            "upkeeper: not starting a: prerequisites form a cycle: a -> b",
+            "upkeeper: not starting b: prerequisites form a cycle: a -> b",
+            "upkeeper: not starting lonely: prerequisite \"nobody\" is provided by no configured service",
+        ],
+        "{said:#?}"
+    );
+    for (id, cmd) in [("db", "sleep 1000"), ("web", "sleep 1001")] {
+        let dir = upk_core::rundir::RunDir::new(sb.run_path().join(id));
+        wait_until(
+            std::time::Duration::from_secs(10),
+            &format!("{id} running"),
+            || {
+                let pids = sb.processes(cmd);
+                let st = upk_core::status::Status::read(&dir.status()).ok().flatten();
+                match st {
+                    Some(s) if s.pid.is_some() && pids.len() == 1 => Ok(()),
+                    other => Err(format!("{other:?} {pids:?}")),
+                }
+            },
+        );
+    }
+    assert!(!sb.run_path().join("a").exists() && !sb.run_path().join("lonely").exists());
+    let _ = child.kill();
+    let _ = child.wait();
 }

@@ -61,8 +61,18 @@ pub fn run(
         UnixListener::bind(&sock).with_context(|| format!("binding {}", sock.display()))?;
     listener.set_nonblocking(true)?;
 
+    // Buddies start in dependency order; a service whose prerequisites cannot be met (missing,
+    // cyclic) is neither rendered nor started, and the operator is told why. Waiting for each
+    // prerequisite to be *running* before its dependants start comes with the controller.
+    let plan = crate::order::plan(services);
+    for (id, why) in &plan.blocked {
+        eprintln!("upkeeper: not starting {id}: {why}");
+    }
+    let rank = |svc: &Service| plan.order.iter().position(|id| *id == svc.id);
+    let mut ordered: Vec<&Service> = services.iter().filter(|s| rank(s).is_some()).collect();
+    ordered.sort_by_key(|s| rank(s));
     let mut members = Vec::new();
-    for svc in services {
+    for svc in ordered {
         let settings = Settings {
             service: svc.clone(),
             controller_socket: sock.clone(),

@@ -12,4 +12,5 @@
 
 pub mod foreground;
 pub mod load;
+pub mod order;
 pub mod render;
