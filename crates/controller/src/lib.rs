@@ -10,6 +10,7 @@
 //! Today the foreground mode prints events; the audit store, client socket, ordering and
 //! inotify watching come with the controller issue.
 
+pub mod diff;
 pub mod foreground;
 pub mod load;
 pub mod order;
