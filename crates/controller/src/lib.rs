@@ -15,3 +15,4 @@ pub mod foreground;
 pub mod load;
 pub mod order;
 pub mod render;
+pub mod watch;
