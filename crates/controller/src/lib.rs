@@ -15,4 +15,5 @@ pub mod foreground;
 pub mod load;
 pub mod order;
 pub mod render;
+pub mod store;
 pub mod watch;

@@ -1,0 +1,247 @@
+//! The audit store: every buddy event, every operator command and every configuration change,
+//! in SQLite (`StateDir/upkeeper.db`, WAL), described in `docs/audit.md`.
+//!
+//! Invariants: a (service, seq) pair is stored at most once, whatever is re-sent
+//! ([`Store::insert_events`] skips what is there, and what retention deleted); every write
+//! happens in one transaction per call or batch, so a crash or a full disk leaves either all of
+//! a batch or none of it; a service keeps its UUID forever once it has one. In the controller
+//! one [`StoreWriter`] thread owns the only read-write connection; queries use connections
+//! opened with [`Store::open_read_only`]. Errors that mean "cannot write now" (full, read-only,
+//! I/O, busy) are told apart ([`StoreError::is_unwritable`]) so that the caller keeps its events
+//! unacknowledged and retries.
+
+mod query;
+mod schema;
+mod write;
+mod writer;
+
+use std::fs::OpenOptions;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::Path;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use rusqlite::{ffi, Connection, OpenFlags, OptionalExtension};
+
+pub use query::{CommandRow, ConfigChangeRow, EventRow, HistoryFilter, HourBucket, Stats};
+pub use schema::{current_version, MIGRATIONS};
+pub use write::{Batch, CommandEntry, Committed, ConfigChange, Pruned, Retention};
+pub use writer::{Outcome, StoreWriter};
+
+/// What can go wrong with the store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// SQLITE_FULL.
+    #[error("the store is full: no room left on the disk or under the store's size limit ({0})")]
+    Full(rusqlite::Error),
+    /// SQLITE_READONLY.
+    #[error("the store is read-only: the database cannot be written ({0})")]
+    ReadOnly(rusqlite::Error),
+    /// SQLITE_IOERR, SQLITE_CANTOPEN.
+    #[error("the store could not read or write its files ({0})")]
+    Io(rusqlite::Error),
+    /// SQLITE_BUSY, SQLITE_LOCKED after the busy timeout.
+    #[error("the store is locked by another connection ({0})")]
+    Busy(rusqlite::Error),
+    /// Any other SQLite error.
+    #[error("the store failed: {0}")]
+    Sqlite(rusqlite::Error),
+    /// Creating the database file failed.
+    #[error("cannot create the store at {path}: {source}")]
+    Create {
+        /// The database path.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The database was written by a newer upkeeper.
+    #[error("the store has schema version {found}, newer than the {known} this upkeeper knows")]
+    SchemaTooNew {
+        /// `user_version` found.
+        found: i64,
+        /// The newest version this binary has.
+        known: i64,
+    },
+    /// A detail or request could not be encoded or decoded as JSON.
+    #[error("the store could not encode or decode JSON: {0}")]
+    Json(#[from] serde_json::Error),
+    /// A value does not fit (a sequence number above `i64::MAX`).
+    #[error("the store cannot hold this value: {0}")]
+    Invalid(String),
+    /// The named service has no row.
+    #[error("the store knows no service {0:?}")]
+    UnknownService(String),
+    /// The writer thread has stopped (it panicked, or was shut down).
+    #[error("the store writer has stopped")]
+    WriterGone,
+}
+
+impl StoreError {
+    /// True when the store cannot be written now but may be later: keep the data and retry.
+    pub fn is_unwritable(&self) -> bool {
+        matches!(
+            self,
+            StoreError::Full(_) | StoreError::ReadOnly(_) | StoreError::Io(_) | StoreError::Busy(_)
+        )
+    }
+}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        use ffi::ErrorCode as C;
+        match e.sqlite_error_code() {
+            Some(C::DiskFull) => StoreError::Full(e),
+            Some(C::ReadOnly) => StoreError::ReadOnly(e),
+            Some(C::SystemIoFailure | C::CannotOpen) => StoreError::Io(e),
+            Some(C::DatabaseBusy | C::DatabaseLocked) => StoreError::Busy(e),
+            _ => StoreError::Sqlite(e),
+        }
+    }
+}
+
+/// Shorthand.
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// How long a connection waits for another one's lock before reporting [`StoreError::Busy`].
+pub const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Microseconds since the epoch, now.
+pub fn now_us() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
+}
+
+/// One connection to the store.
+#[derive(Debug)]
+pub struct Store {
+    conn: Connection,
+    migrated: usize,
+}
+
+impl Store {
+    /// Opens the store at `path` read-write, creating it (mode 0640) and migrating its schema.
+    pub fn open(path: &Path) -> Result<Store> {
+        if !path.exists() {
+            OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .mode(0o640)
+                .open(path)
+                // The umask could make it narrower: 0640 exactly, for the read group.
+                .and_then(|f| f.set_permissions(std::fs::Permissions::from_mode(0o640)))
+                .map_err(|source| StoreError::Create {
+                    path: path.display().to_string(),
+                    source,
+                })?;
+        }
+        let mut conn = Connection::open(path)?;
+        conn.busy_timeout(BUSY_TIMEOUT)?;
+        let mode: String =
+            conn.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(StoreError::Invalid(format!(
+                "journal mode {mode} instead of WAL"
+            )));
+        }
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        let migrated = schema::migrate(&mut conn)?;
+        Ok(Store { conn, migrated })
+    }
+
+    /// Opens an existing store for queries only (any number of these may run beside the writer).
+    pub fn open_read_only(path: &Path) -> Result<Store> {
+        let flags = OpenFlags::SQLITE_OPEN_READ_ONLY
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX
+            | OpenFlags::SQLITE_OPEN_URI;
+        let conn = Connection::open_with_flags(path, flags)?;
+        conn.busy_timeout(BUSY_TIMEOUT)?;
+        let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+        if version > current_version() {
+            return Err(StoreError::SchemaTooNew {
+                found: version,
+                known: current_version(),
+            });
+        }
+        Ok(Store { conn, migrated: 0 })
+    }
+
+    /// How many migrations this open applied (0 when the schema was already current).
+    pub fn migrated(&self) -> usize {
+        self.migrated
+    }
+
+    /// The schema version (`PRAGMA user_version`).
+    pub fn schema_version(&self) -> Result<i64> {
+        Ok(self
+            .conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))?)
+    }
+
+    /// Caps the database at about `bytes` (rounded to whole pages, never below its current
+    /// size); `None` lifts the cap. A store at its cap fails writes with [`StoreError::Full`],
+    /// exactly like a full disk. Applies to this connection only.
+    pub fn set_size_limit(&mut self, bytes: Option<u64>) -> Result<u64> {
+        let page: u64 = self
+            .conn
+            .pragma_query_value(None, "page_size", |r| r.get(0))?;
+        let pages = bytes.map_or(u64::from(u32::MAX - 1), |b| (b / page.max(1)).max(1));
+        let now: u64 = self
+            .conn
+            .pragma_update_and_check(None, "max_page_count", pages, |r| r.get(0))?;
+        Ok(now.saturating_mul(page))
+    }
+
+    /// The row id and UUID of `service` (`name` or `package::name`), creating the row if needed.
+    ///
+    /// A configured `uuid` is stored (lowercase) and wins over a stored one; without one, the
+    /// stored UUID is kept, or a v4 UUID is generated once. A removed service that comes back
+    /// gets its old row, history and UUID back.
+    pub fn ensure_service(&mut self, service: &str, uuid: Option<&str>) -> Result<(i64, String)> {
+        let tx = self.conn.transaction()?;
+        let r = write::ensure_service(&tx, service, uuid)?;
+        tx.commit()?;
+        Ok(r)
+    }
+
+    /// Records the desired state (`up`, `down`, ...) of a known service.
+    pub fn set_desired(&mut self, service: &str, desired: &str) -> Result<()> {
+        self.update_service(service, "desired = ?2", desired)
+    }
+
+    /// Records the hash of a known service's rendered definition.
+    pub fn set_config_hash(&mut self, service: &str, hash: &str) -> Result<()> {
+        self.update_service(service, "config_hash = ?2", hash)
+    }
+
+    /// Marks a service unconfigured (its rows stay, for history).
+    pub fn mark_removed(&mut self, service: &str) -> Result<()> {
+        self.update_service(service, "removed_us = ?2", now_us())
+    }
+
+    fn update_service(
+        &mut self,
+        service: &str,
+        set: &str,
+        value: impl rusqlite::ToSql,
+    ) -> Result<()> {
+        let sql = format!("UPDATE services SET {set} WHERE service = ?1");
+        match self.conn.execute(&sql, rusqlite::params![service, value])? {
+            0 => Err(StoreError::UnknownService(service.to_owned())),
+            _ => Ok(()),
+        }
+    }
+
+    /// The UUID stored for `service`, if it has a row.
+    pub fn service_uuid(&self, service: &str) -> Result<Option<String>> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT uuid FROM services WHERE service = ?1",
+                [service],
+                |r| r.get(0),
+            )
+            .optional()?)
+    }
+}

@@ -1,0 +1,417 @@
+//! Queries: history, commands, configuration changes, statistics, the last stored seq.
+//!
+//! Read-only: everything here works on a connection from [`Store::open_read_only`] as well as
+//! on the writer's. Rows come back oldest first (by row id, the order they were stored in)
+//! unless a filter asks for the newest first. Time bounds are `since <= wall_us < until`.
+
+use rusqlite::types::Value as Sql;
+use rusqlite::{params, params_from_iter, OptionalExtension};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use upk_core::event::{EventKind, Record, StateName};
+
+use super::write::{CommandEntry, ConfigChange};
+use super::{Result, Store, StoreError};
+
+/// One hour in microseconds.
+const HOUR_US: i64 = 3_600_000_000;
+
+/// The flapping score's half-point: this many recent restarts give a score of 0.5.
+const FLAP_HALF: f64 = 3.0;
+
+/// Which events [`Store::history`] returns.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HistoryFilter {
+    /// Only this service (`name` or `package::name`); all when `None`.
+    pub service: Option<String>,
+    /// Only events with `wall_us >= since_us`.
+    pub since_us: Option<i64>,
+    /// Only events with `wall_us < until_us`.
+    pub until_us: Option<i64>,
+    /// Only these kinds (`died`, `started`, ...); all when empty.
+    pub kinds: Vec<String>,
+    /// Only rows with a larger id (a cursor: the last id already seen).
+    pub after_id: Option<i64>,
+    /// Only rows with a smaller id (a cursor when paging newest first).
+    pub before_id: Option<i64>,
+    /// At most this many rows.
+    pub limit: Option<usize>,
+    /// The newest rows first (with `limit`: the last N).
+    pub newest_first: bool,
+}
+
+/// One stored event.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EventRow {
+    /// Row id: a cursor across all services.
+    pub id: i64,
+    /// The service id.
+    pub service: String,
+    /// The record as the buddy made it.
+    #[serde(flatten)]
+    pub record: Record,
+}
+
+/// One audited command.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CommandRow {
+    /// Row id.
+    pub id: i64,
+    /// The command.
+    #[serde(flatten)]
+    pub entry: CommandEntry,
+}
+
+/// One configuration change.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ConfigChangeRow {
+    /// Row id.
+    pub id: i64,
+    /// The change.
+    #[serde(flatten)]
+    pub change: ConfigChange,
+}
+
+/// Automatic restarts within one clock hour (UTC).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HourBucket {
+    /// Start of the hour, microseconds since the epoch (a multiple of 3,600,000,000).
+    pub start_us: i64,
+    /// Automatic restarts (`started` with cause `policy`) in it.
+    pub restarts: u64,
+}
+
+/// A service's figures over a window (see docs/audit.md for the formulas).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Stats {
+    /// The service.
+    pub service: String,
+    /// Window start.
+    pub since_us: i64,
+    /// Window end ("now").
+    pub until_us: i64,
+    /// Automatic restarts in the window.
+    pub restarts: u64,
+    /// Hours of the window with at least one restart, oldest first.
+    pub restarts_per_hour: Vec<HourBucket>,
+    /// Failures (deaths on its own, failed starts) in the window.
+    pub failures: u64,
+    /// Fraction of the observed part of the window spent `running`; `None` if nothing is known.
+    pub uptime: Option<f64>,
+    /// Microseconds from the last failure ever (before `until_us`) to `until_us`.
+    pub since_last_failure_us: Option<i64>,
+    /// 0 (steady) to 1 (restarting all the time): `S / (S + 3)`, S = restarts in the window
+    /// each weighted `2^-(age / 1 h)`.
+    pub flapping: f64,
+    /// The state after the last event before `until_us`.
+    pub state: Option<String>,
+}
+
+const FAILURE: &str = "((kind = 'died' AND cause = 'exit') OR kind = 'spawn_failed')";
+
+fn state_name(s: String) -> Result<StateName> {
+    Ok(serde_json::from_value(Value::String(s))?)
+}
+
+type RawEvent = (
+    i64,
+    String,
+    i64,
+    i64,
+    i64,
+    String,
+    String,
+    String,
+    Option<i32>,
+    String,
+    Option<String>,
+);
+
+fn event_row(raw: RawEvent) -> Result<EventRow> {
+    let (id, service, seq, wall_us, mono_us, kind, from, to, pid, cause, detail) = raw;
+    let mut obj: Map<String, Value> = match detail {
+        Some(d) => serde_json::from_str(&d)?,
+        None => Map::new(),
+    };
+    obj.insert("kind".into(), Value::String(kind));
+    let kind: EventKind = serde_json::from_value(Value::Object(obj))?;
+    Ok(EventRow {
+        id,
+        service,
+        record: Record {
+            seq: u64::try_from(seq).unwrap_or(0),
+            wall_us,
+            mono_us,
+            from: state_name(from)?,
+            to: state_name(to)?,
+            pid,
+            cause,
+            kind,
+        },
+    })
+}
+
+fn limit(n: Option<usize>) -> i64 {
+    n.map_or(-1, |n| i64::try_from(n).unwrap_or(i64::MAX))
+}
+
+impl Store {
+    fn service_id(&self, service: &str) -> Result<Option<(i64, i64)>> {
+        Ok(self
+            .conn
+            .prepare_cached("SELECT id, pruned_seq FROM services WHERE service = ?1")?
+            .query_row([service], |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()?)
+    }
+
+    /// The highest seq stored (or pruned) for `service`; 0 when none or unknown. The controller
+    /// resumes a buddy's backlog after this.
+    pub fn last_seq(&self, service: &str) -> Result<u64> {
+        let Some((sid, pruned)) = self.service_id(service)? else {
+            return Ok(0);
+        };
+        let max: Option<i64> = self.conn.query_row(
+            "SELECT MAX(seq) FROM events WHERE service_id = ?1",
+            [sid],
+            |r| r.get(0),
+        )?;
+        Ok(u64::try_from(max.unwrap_or(0).max(pruned)).unwrap_or(0))
+    }
+
+    /// Events matching `filter`.
+    pub fn history(&self, filter: &HistoryFilter) -> Result<Vec<EventRow>> {
+        let mut sql = String::from(
+            "SELECT e.id, s.service, e.seq, e.wall_us, e.mono_us, e.kind, e.from_state, \
+             e.to_state, e.pid, e.cause, e.detail FROM events e JOIN services s \
+             ON s.id = e.service_id WHERE 1",
+        );
+        let mut args: Vec<Sql> = Vec::new();
+        if let Some(service) = &filter.service {
+            sql.push_str(" AND e.service_id = (SELECT id FROM services WHERE service = ?)");
+            args.push(Sql::Text(service.clone()));
+        }
+        for (col, op, v) in [
+            ("e.wall_us", ">=", filter.since_us),
+            ("e.wall_us", "<", filter.until_us),
+            ("e.id", ">", filter.after_id),
+            ("e.id", "<", filter.before_id),
+        ] {
+            if let Some(v) = v {
+                sql.push_str(&format!(" AND {col} {op} ?"));
+                args.push(Sql::Integer(v));
+            }
+        }
+        if !filter.kinds.is_empty() {
+            let marks = vec!["?"; filter.kinds.len()].join(", ");
+            sql.push_str(&format!(" AND e.kind IN ({marks})"));
+            args.extend(filter.kinds.iter().map(|k| Sql::Text(k.clone())));
+        }
+        let order = if filter.newest_first { "DESC" } else { "ASC" };
+        sql.push_str(&format!(" ORDER BY e.id {order} LIMIT ?"));
+        args.push(Sql::Integer(limit(filter.limit)));
+        let mut stmt = self.conn.prepare_cached(&sql)?;
+        let raw = stmt
+            .query_map(params_from_iter(args), |r| {
+                Ok((
+                    r.get(0)?,
+                    r.get(1)?,
+                    r.get(2)?,
+                    r.get(3)?,
+                    r.get(4)?,
+                    r.get(5)?,
+                    r.get(6)?,
+                    r.get(7)?,
+                    r.get(8)?,
+                    r.get(9)?,
+                    r.get(10)?,
+                ))
+            })?
+            .collect::<rusqlite::Result<Vec<RawEvent>>>()?;
+        raw.into_iter().map(event_row).collect()
+    }
+
+    /// Audited commands with `since <= wall_us < until`, of `uid` if given, oldest first.
+    pub fn commands(
+        &self,
+        since_us: Option<i64>,
+        until_us: Option<i64>,
+        uid: Option<u32>,
+        max: Option<usize>,
+    ) -> Result<Vec<CommandRow>> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT id, wall_us, uid, gid, pid, cmdline, request, service, result, ok \
+             FROM commands WHERE wall_us >= ?1 AND wall_us < ?2 AND (?3 IS NULL OR uid = ?3) \
+             ORDER BY id LIMIT ?4",
+        )?;
+        let raw = stmt
+            .query_map(
+                params![
+                    since_us.unwrap_or(i64::MIN),
+                    until_us.unwrap_or(i64::MAX),
+                    uid,
+                    limit(max)
+                ],
+                |r| {
+                    Ok((
+                        r.get::<_, i64>(0)?,
+                        r.get::<_, String>(6)?,
+                        CommandEntry {
+                            wall_us: r.get(1)?,
+                            uid: r.get(2)?,
+                            gid: r.get(3)?,
+                            pid: r.get(4)?,
+                            cmdline: r.get(5)?,
+                            request: Value::Null,
+                            service: r.get(7)?,
+                            result: r.get(8)?,
+                            ok: r.get(9)?,
+                        },
+                    ))
+                },
+            )?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        raw.into_iter()
+            .map(|(id, request, mut entry)| {
+                entry.request = serde_json::from_str(&request)?;
+                Ok(CommandRow { id, entry })
+            })
+            .collect()
+    }
+
+    /// Configuration changes with `since <= wall_us < until`, oldest first.
+    pub fn config_changes(
+        &self,
+        since_us: Option<i64>,
+        until_us: Option<i64>,
+        max: Option<usize>,
+    ) -> Result<Vec<ConfigChangeRow>> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT id, wall_us, file, hash, services FROM config_changes \
+             WHERE wall_us >= ?1 AND wall_us < ?2 ORDER BY id LIMIT ?3",
+        )?;
+        let raw = stmt
+            .query_map(
+                params![
+                    since_us.unwrap_or(i64::MIN),
+                    until_us.unwrap_or(i64::MAX),
+                    limit(max)
+                ],
+                |r| {
+                    Ok((
+                        r.get::<_, i64>(0)?,
+                        r.get::<_, i64>(1)?,
+                        r.get::<_, String>(2)?,
+                        r.get::<_, String>(3)?,
+                        r.get::<_, String>(4)?,
+                    ))
+                },
+            )?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        raw.into_iter()
+            .map(|(id, wall_us, file, hash, services)| {
+                Ok(ConfigChangeRow {
+                    id,
+                    change: ConfigChange {
+                        wall_us,
+                        file,
+                        hash,
+                        services: serde_json::from_str(&services)?,
+                    },
+                })
+            })
+            .collect()
+    }
+
+    /// Restarts per hour, failures, uptime, time since the last failure and the flapping score
+    /// of `service` over `since_us <= wall_us < until_us` (pass the current time as `until_us`).
+    pub fn stats(&self, service: &str, since_us: i64, until_us: i64) -> Result<Stats> {
+        let (sid, _) = self
+            .service_id(service)?
+            .ok_or_else(|| StoreError::UnknownService(service.to_owned()))?;
+        let mut state: Option<String> = self
+            .conn
+            .query_row(
+                "SELECT to_state FROM events WHERE service_id = ?1 AND wall_us < ?2 \
+                 ORDER BY wall_us DESC, seq DESC LIMIT 1",
+                params![sid, since_us],
+                |r| r.get(0),
+            )
+            .optional()?;
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT wall_us, kind, to_state, cause FROM events \
+             WHERE service_id = ?1 AND wall_us >= ?2 AND wall_us < ?3 ORDER BY seq",
+        )?;
+        let events = stmt
+            .query_map(params![sid, since_us, until_us], |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get::<_, String>(3)?,
+                ))
+            })?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        let (mut t, mut up, mut observed) = (since_us, 0i64, 0i64);
+        let (mut restarts, mut failures, mut decayed) = (0u64, 0u64, 0f64);
+        let mut buckets: Vec<HourBucket> = Vec::new();
+        let mut advance = |to: i64, state: &Option<String>, t: &mut i64| {
+            let to = to.clamp(*t, until_us);
+            if let Some(s) = state {
+                observed += to - *t;
+                if s == "running" {
+                    up += to - *t;
+                }
+            }
+            *t = to;
+        };
+        for (wall, kind, to_state, cause) in events {
+            advance(wall, &state, &mut t);
+            state = Some(to_state);
+            if kind == "started" && cause == "policy" {
+                restarts += 1;
+                let age_h = (until_us - wall) as f64 / HOUR_US as f64;
+                decayed += (-age_h).exp2();
+                let hour = wall.div_euclid(HOUR_US) * HOUR_US;
+                match buckets.last_mut() {
+                    Some(b) if b.start_us == hour => b.restarts += 1,
+                    _ => buckets.push(HourBucket {
+                        start_us: hour,
+                        restarts: 1,
+                    }),
+                }
+            }
+            if (kind == "died" && cause == "exit") || kind == "spawn_failed" {
+                failures += 1;
+            }
+        }
+        advance(until_us, &state, &mut t);
+        // Wall clocks can step back: keep the buckets in time order whatever the seq order.
+        buckets.sort_by_key(|b| b.start_us);
+        buckets.dedup_by(|b, a| {
+            let same = a.start_us == b.start_us;
+            if same {
+                a.restarts += b.restarts;
+            }
+            same
+        });
+        let last_failure: Option<i64> = self.conn.query_row(
+            &format!(
+                "SELECT MAX(wall_us) FROM events WHERE service_id = ?1 AND wall_us < ?2 AND {FAILURE}"
+            ),
+            params![sid, until_us],
+            |r| r.get(0),
+        )?;
+        Ok(Stats {
+            service: service.to_owned(),
+            since_us,
+            until_us,
+            restarts,
+            restarts_per_hour: buckets,
+            failures,
+            uptime: (observed > 0).then(|| up as f64 / observed as f64),
+            since_last_failure_us: last_failure.map(|w| until_us - w),
+            flapping: decayed / (decayed + FLAP_HALF),
+            state,
+        })
+    }
+}
