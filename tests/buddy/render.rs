@@ -181,3 +181,109 @@ fn upkeeper_run_starts_what_it_can_and_says_what_it_cannot() {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+/// Starts `upkeeper run` on a controller file; its stdout and stderr are discarded.
+fn upkeeper_run(sb: &Sandbox, ctl: &std::path::Path) -> std::process::Child {
+    std::process::Command::new(upk_testkit::bin("upkeeper"))
+        .args(["--config", ctl.to_str().expect("utf8"), "run"])
+        .env(upk_testkit::MARKER, sb.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("upkeeper run")
+}
+
+/// The stored seqs of `service`, in row order.
+fn stored_seqs(db: &std::path::Path, service: &str) -> Vec<u64> {
+    let Ok(store) = upkeeper::store::Store::open_read_only(db) else {
+        return Vec::new();
+    };
+    let filter = upkeeper::store::HistoryFilter {
+        service: Some(service.into()),
+        ..Default::default()
+    };
+    store
+        .history(&filter)
+        .map(|rows| rows.iter().map(|r| r.record.seq).collect())
+        .unwrap_or_default()
+}
+
+#[test]
+fn events_are_stored_once_acknowledged_after_commit_and_a_backlog_survives_a_controller_kill() {
+    let sb = Sandbox::new();
+    let conf = sb.path().join("conf");
+    let state = sb.path().join("state");
+    let ctl = sb.path().join("upkeeper.conf");
+    let text = format!(
+        "{{ StateDir: {:?}, SvcConfigPath: {:?}, SvcRunPath: {:?}, UpkBuddyPath: {:?} }}",
+        state,
+        conf,
+        sb.run_path(),
+        upk_testkit::bin("upk_buddy")
+    );
+    std::fs::write(&ctl, text).expect("controller file");
+    let crash = r##"{ "crash": { StartScript: "#!/bin/sh\nexit 1\n", InitialState: "running", UserRateLimit: 0.05, MaxConsecutiveFailures: 6 } }"##;
+    std::fs::write(conf.join("crash.conf"), crash).expect("service file");
+    let dir = upk_core::rundir::RunDir::new(sb.run_path().join("crash"));
+    let db = state.join("upkeeper.db");
+    // Everything stored, each seq once and in order, and acknowledged only once committed.
+    let all_stored = |want_state: upk_core::event::StateName| {
+        wait_until(
+            std::time::Duration::from_secs(15),
+            "every record stored and acknowledged",
+            || {
+                let st = upk_core::status::Status::read(&dir.status())
+                    .ok()
+                    .flatten()
+                    .ok_or("no status")?;
+                let seqs = stored_seqs(&db, "crash");
+                let expected: Vec<u64> = (1..=st.seq).collect();
+                if st.state == want_state && st.acked == st.seq && seqs == expected {
+                    Ok(st)
+                } else {
+                    Err(format!(
+                        "{:?} seq {} acked {} stored {seqs:?}",
+                        st.state, st.seq, st.acked
+                    ))
+                }
+            },
+        )
+    };
+
+    let mut controller = upkeeper_run(&sb, &ctl);
+    let first = all_stored(upk_core::event::StateName::Failed);
+    // 1 buddy_started + 6 x (started, died) + 5 restart_scheduled + 1 gave_up.
+    assert_eq!(first.seq, 19);
+
+    // Kill the controller; the buddy goes on recording, unacknowledged, into its ring.
+    controller.kill().expect("SIGKILL the controller");
+    controller.wait().expect("reap");
+    let mut c = upk_testkit::Client::connect(&dir.socket());
+    assert_eq!(c.call(serde_json::json!({"type": "start"}))["type"], "ok");
+    let st = wait_until(
+        std::time::Duration::from_secs(15),
+        "the second crash loop",
+        || {
+            let st = upk_core::status::Status::read(&dir.status())
+                .ok()
+                .flatten()
+                .ok_or("no status")?;
+            if st.state == upk_core::event::StateName::Failed && st.seq > first.seq {
+                Ok(st)
+            } else {
+                Err(format!("{st:?}"))
+            }
+        },
+    );
+    assert_eq!(
+        st.acked, first.seq,
+        "nothing acknowledged while no controller listens"
+    );
+
+    // A new controller takes the backlog: stored exactly once, then acknowledged.
+    let mut controller = upkeeper_run(&sb, &ctl);
+    let second = all_stored(upk_core::event::StateName::Failed);
+    assert_eq!(second.seq, st.seq);
+    let _ = controller.kill();
+    let _ = controller.wait();
+}

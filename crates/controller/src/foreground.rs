@@ -1,13 +1,18 @@
 //! The interim foreground mode: render every service, keep one buddy per service alive, and
 //! take their events.
 //!
-//! This is the controller's skeleton ahead of the audit store (issue 3): one poll loop over a
-//! signalfd, the controller socket (for buddies that phone home) and one subscription per
-//! buddy. Each record is printed as one line on stdout and acknowledged at once. A buddy that
+//! This is the controller's skeleton (issue 3 replaces it): one poll loop over a signalfd, the
+//! controller socket (for buddies that phone home), one subscription per buddy, and a wake-up
+//! from the audit store's writer thread. Each record is printed as one line on stdout and
+//! written to the store (`StateDir/upkeeper.db`); a buddy is acknowledged only up to what the
+//! store has *committed*. When the store cannot be written, the links are dropped and
+//! re-subscribed a second later, so the buddies send their unacknowledged backlog again (the
+//! store skips what it already has): nothing is lost within the buddies' rings. A buddy that
 //! cannot be reached is (re)spawned at most once a second; its lock makes a duplicate exit at
 //! once, and a new buddy adopts a service left running. SIGTERM/SIGINT end the controller and
 //! leave buddies and services running: they belong to the buddies.
 
+use crate::store::{Batch, StoreWriter};
 use anyhow::Context;
 use nix::poll::{PollFd, PollFlags, PollTimeout};
 use nix::sys::signal::{SigSet, Signal};
@@ -71,8 +76,21 @@ pub fn run(
     let rank = |svc: &Service| plan.order.iter().position(|id| *id == svc.id);
     let mut ordered: Vec<&Service> = services.iter().filter(|s| rank(s).is_some()).collect();
     ordered.sort_by_key(|s| rank(s));
+    let db = ctl.state_dir.join("upkeeper.db");
+    let (wake_rx, wake_tx) = UnixStream::pair().context("socketpair")?;
+    wake_rx.set_nonblocking(true)?;
+    wake_tx.set_nonblocking(true)?;
+    let (outcomes_tx, outcomes) = std::sync::mpsc::channel();
+    let writer = StoreWriter::spawn(&db, move |o| {
+        // Runs on the writer thread: hand over and wake the loop, nothing else.
+        let _ = outcomes_tx.send(o);
+        let _ = (&wake_tx).write(&[1]);
+    })
+    .with_context(|| format!("opening the audit store {}", db.display()))?;
     let mut members = Vec::new();
     for svc in ordered {
+        let (id, uuid) = (svc.id.to_string(), svc.uuid.clone());
+        writer.with_store(move |s| s.ensure_service(&id, uuid.as_deref()))??;
         let settings = Settings {
             service: svc.clone(),
             controller_socket: sock.clone(),
@@ -112,6 +130,7 @@ pub fn run(
         let mut fds = vec![
             PollFd::new(signals.as_fd(), PollFlags::POLLIN),
             PollFd::new(listener.as_fd(), PollFlags::POLLIN),
+            PollFd::new(wake_rx.as_fd(), PollFlags::POLLIN),
         ];
         fds.extend(
             links
@@ -154,11 +173,45 @@ pub fn run(
                 });
             }
         }
+        if ready[2] {
+            let mut drain = [0u8; 64];
+            while matches!((&wake_rx).read(&mut drain), Ok(n) if n > 0) {}
+            while let Ok(outcome) = outcomes.try_recv() {
+                match outcome.result {
+                    Ok(committed) => {
+                        for link in links.iter_mut() {
+                            if let Some(&seq) = committed.seqs.get(&link.service) {
+                                let ack = BuddyRequest::Ack { seq };
+                                let _ = link.stream.write_all(&proto::encode(&Envelope {
+                                    id: None,
+                                    body: ack,
+                                }));
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        eprintln!("upkeeper: cannot write the audit store ({e}); events stay with the buddies and are sent again in a second");
+                        if e.is_unwritable() {
+                            links.clear();
+                            members
+                                .iter_mut()
+                                .for_each(|m| m.retry_at = Instant::now() + RETRY);
+                        }
+                    }
+                }
+            }
+        }
         let mut dead = Vec::new();
+        let mut batch = Batch::default();
         for (i, link) in links.iter_mut().enumerate() {
-            if ready[i + 2] && pump(link).is_err() {
+            if ready.get(i + 3) == Some(&true) && pump(link, &mut batch).is_err() {
                 dead.push(i);
             }
+        }
+        if !batch.is_empty() {
+            writer
+                .submit(batch)
+                .context("the audit store's writer stopped")?;
         }
         for i in dead.into_iter().rev() {
             let gone = links.swap_remove(i);
@@ -192,8 +245,8 @@ fn subscribe(dir: &RunDir, id: &str) -> std::io::Result<Link> {
     })
 }
 
-/// Reads what a buddy sent: prints and acknowledges each record.
-fn pump(link: &mut Link) -> std::io::Result<()> {
+/// Reads what a buddy sent: prints each record and adds it to `batch` for the store.
+fn pump(link: &mut Link, batch: &mut Batch) -> std::io::Result<()> {
     let mut buf = [0u8; 16 * 1024];
     let closed = loop {
         match link.stream.read(&mut buf) {
@@ -216,11 +269,10 @@ fn pump(link: &mut Link) -> std::io::Result<()> {
                     record.seq,
                     record.summary()
                 );
-                let ack = BuddyRequest::Ack { seq: record.seq };
-                link.stream.write_all(&proto::encode(&Envelope {
-                    id: None,
-                    body: ack,
-                }))?;
+                match batch.events.iter_mut().find(|(s, _)| *s == link.service) {
+                    Some((_, records)) => records.push(record),
+                    None => batch.events.push((link.service.clone(), vec![record])),
+                }
             }
             Ok(BuddyReply::Error { message }) => eprintln!("upkeeper: {}: {message}", link.service),
             Ok(_) => {}
