@@ -287,3 +287,152 @@ fn events_are_stored_once_acknowledged_after_commit_and_a_backlog_survives_a_con
     let _ = controller.kill();
     let _ = controller.wait();
 }
+
+/// `upkeeper run` with its stderr lines delivered on a channel.
+struct Running {
+    child: std::process::Child,
+    lines: std::sync::mpsc::Receiver<String>,
+}
+
+impl Running {
+    fn start(sb: &Sandbox, ctl: &std::path::Path) -> Running {
+        use std::io::BufRead;
+        let mut child = std::process::Command::new(upk_testkit::bin("upkeeper"))
+            .args(["--config", ctl.to_str().expect("utf8"), "run"])
+            .env(upk_testkit::MARKER, sb.path())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("upkeeper run");
+        let stderr = std::io::BufReader::new(child.stderr.take().expect("stderr"));
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in stderr.lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        Running { child, lines }
+    }
+
+    /// The next stderr line containing `needle`, within 10 s.
+    fn said(&self, needle: &str) -> String {
+        let end = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let mut seen = Vec::new();
+        while let Some(left) = end.checked_duration_since(std::time::Instant::now()) {
+            match self.lines.recv_timeout(left) {
+                Ok(line) if line.contains(needle) => return line,
+                Ok(line) => seen.push(line),
+                Err(_) => break,
+            }
+        }
+        panic!("upkeeper never said {needle:?}; it said {seen:#?}");
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn service_files_added_changed_and_removed_are_applied_live() {
+    let sb = Sandbox::new();
+    let conf = sb.path().join("conf");
+    let ctl = sb.path().join("upkeeper.conf");
+    let text = format!(
+        "{{ StateDir: {:?}, SvcConfigPath: {:?}, SvcRunPath: {:?}, UpkBuddyPath: {:?} }}",
+        sb.path().join("state"),
+        conf,
+        sb.run_path(),
+        upk_testkit::bin("upk_buddy")
+    );
+    std::fs::write(&ctl, text).expect("controller file");
+    let ctlr = Running::start(&sb, &ctl);
+    ctlr.said("configuration applied: 0 added");
+    let status = |id: &str| {
+        upk_core::status::Status::read(&sb.run_path().join(id).join("status"))
+            .ok()
+            .flatten()
+    };
+    let running_cmd = |id: &str, cmd: &str| {
+        wait_until(
+            std::time::Duration::from_secs(10),
+            &format!("{id} running {cmd}"),
+            || match status(id) {
+                Some(s)
+                    if s.pid
+                        .is_some_and(|p| upk_testkit::cmdline(p).starts_with(cmd)) =>
+                {
+                    Ok(s.pid.unwrap_or(0))
+                }
+                other => Err(format!("{other:?}")),
+            },
+        )
+    };
+
+    // A new file configures its services.
+    let web =
+        |cmd: &str| format!(r#"{{ "web": {{ ExecStart: "{cmd}", InitialState: "running" }} }}"#);
+    std::fs::write(conf.join("web.conf"), web("sleep 1000")).expect("write");
+    ctlr.said("configuration applied: 1 added, 0 changed, 0 removed, 0 unchanged");
+    let first = running_cmd("web", "sleep 1000");
+
+    // A changed definition re-renders and restarts only that service.
+    std::fs::write(
+        conf.join("other.conf"),
+        r#"{ "other": { ExecStart: "sleep 1002", InitialState: "running" } }"#,
+    )
+    .expect("write");
+    ctlr.said("1 added, 0 changed, 0 removed, 1 unchanged");
+    let other = running_cmd("other", "sleep 1002");
+    std::fs::write(conf.join("web.conf"), web("sleep 1001")).expect("write");
+    ctlr.said("0 added, 1 changed, 0 removed, 1 unchanged");
+    let second = running_cmd("web", "sleep 1001");
+    assert_ne!(first, second);
+    assert_eq!(
+        status("other").and_then(|s| s.pid),
+        Some(other),
+        "the unchanged service was left alone"
+    );
+
+    // An edit that does not validate changes nothing.
+    std::fs::write(
+        conf.join("web.conf"),
+        "{ \"web\": { ExecStart: \"sleep 1\", KillTimout: 1 } }",
+    )
+    .expect("write");
+    ctlr.said("did you mean `KillTimeout`");
+    ctlr.said("0 added, 0 changed, 0 removed, 2 unchanged");
+    assert_eq!(status("web").and_then(|s| s.pid), Some(second));
+
+    // Removing a file unconfigures only with UnconfigureOnFileRemoval.
+    std::fs::remove_file(conf.join("web.conf")).expect("remove");
+    ctlr.said("keeping web: its definition is gone");
+    assert_eq!(status("web").and_then(|s| s.pid), Some(second));
+    std::fs::write(
+        conf.join("other.conf"),
+        r#"{ "other": { ExecStart: "sleep 1002", InitialState: "running", UnconfigureOnFileRemoval: true } }"#,
+    )
+    .expect("write");
+    ctlr.said("0 added, 1 changed");
+    std::fs::remove_file(conf.join("other.conf")).expect("remove");
+    ctlr.said("0 added, 0 changed, 1 removed");
+    wait_until(
+        std::time::Duration::from_secs(10),
+        "other's service and buddy gone",
+        || {
+            let left = sb.processes("sleep 1002").len() + sb.processes("run/other").len();
+            if left == 0 {
+                Ok(())
+            } else {
+                Err(format!("{left} left"))
+            }
+        },
+    );
+    assert!(
+        sb.run_path().join("other/log").exists(),
+        "its logs are kept"
+    );
+}

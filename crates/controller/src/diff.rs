@@ -14,8 +14,12 @@ use upk_core::config::{Service, ServiceId};
 /// Hex SHA-256 of the resolved definition of `svc`.
 pub fn config_hash(svc: &Service) -> String {
     // Serialising a resolved service cannot fail: it holds no maps with non-string keys.
-    let json = serde_json::to_vec(svc).unwrap_or_default();
-    Sha256::digest(&json)
+    content_hash(&serde_json::to_vec(svc).unwrap_or_default())
+}
+
+/// Hex SHA-256 of `bytes` (a file's content, for the audit store's `config_changes`).
+pub fn content_hash(bytes: &[u8]) -> String {
+    Sha256::digest(bytes)
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect()

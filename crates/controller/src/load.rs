@@ -55,34 +55,58 @@ pub fn service_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
     Ok(files)
 }
 
-/// Every valid service, plus the errors of the files (or entries) that were skipped.
-pub fn services(ctl: &Controller) -> (Vec<Service>, Vec<String>) {
-    let mut ok: Vec<Service> = Vec::new();
-    let mut errors = Vec::new();
+/// The result of scanning `SvcConfigPath`.
+#[derive(Debug, Default)]
+pub struct Scan {
+    /// Every valid service, with the file that defines it.
+    pub services: Vec<(Service, PathBuf)>,
+    /// Files that failed validation: the services they defined before stay as they were.
+    pub bad_files: Vec<PathBuf>,
+    /// One line per problem (file:line:col: message).
+    pub errors: Vec<String>,
+}
+
+/// Loads every service file in `SvcConfigPath`. A bad file is reported and skipped; an id
+/// defined twice keeps its first definition (files in name order).
+pub fn scan(ctl: &Controller) -> Scan {
+    let mut scan = Scan::default();
     let files = match service_files(&ctl.svc_config_path) {
         Ok(f) => f,
         Err(e) => {
-            errors.push(format!("{}: {e}", ctl.svc_config_path.display()));
-            return (ok, errors);
+            scan.errors
+                .push(format!("{}: {e}", ctl.svc_config_path.display()));
+            return scan;
         }
     };
     for file in files {
         match config::load_services(&file, &ctl.service_defaults) {
             Ok(list) => {
                 for svc in list {
-                    if ok.iter().any(|s| s.id == svc.id) {
-                        errors.push(format!(
+                    if scan.services.iter().any(|(s, _)| s.id == svc.id) {
+                        scan.errors.push(format!(
                             "{}: service {} is already defined in an earlier file; ignored here",
                             file.display(),
                             svc.id
                         ));
                     } else {
-                        ok.push(svc);
+                        scan.services.push((svc, file.clone()));
                     }
                 }
             }
-            Err(e) => errors.push(e.to_string()),
+            Err(e) => {
+                scan.errors.push(e.to_string());
+                scan.bad_files.push(file);
+            }
         }
     }
-    (ok, errors)
+    scan
+}
+
+/// Every valid service, plus the errors of the files (or entries) that were skipped.
+pub fn services(ctl: &Controller) -> (Vec<Service>, Vec<String>) {
+    let scan = scan(ctl);
+    (
+        scan.services.into_iter().map(|(s, _)| s).collect(),
+        scan.errors,
+    )
 }

@@ -109,9 +109,7 @@ fn run(args: Args) -> anyhow::Result<i32> {
             Ok(code)
         }
         Cmd::Run => {
-            let (all, errors) = load::services(&ctl);
-            errors.iter().for_each(|e| eprintln!("{e}"));
-            upkeeper::foreground::run(&ctl, &all, &renderer)?;
+            upkeeper::foreground::run(&ctl, &renderer)?;
             Ok(exit::OK)
         }
     }
