@@ -436,3 +436,68 @@ fn service_files_added_changed_and_removed_are_applied_live() {
         "its logs are kept"
     );
 }
+
+#[test]
+fn a_killed_buddy_is_respawned_by_the_controller_and_adopts_its_service() {
+    let sb = Sandbox::new();
+    let conf = sb.path().join("conf");
+    let ctl = sb.path().join("upkeeper.conf");
+    let text = format!(
+        "{{ StateDir: {:?}, SvcConfigPath: {:?}, SvcRunPath: {:?}, UpkBuddyPath: {:?} }}",
+        sb.path().join("state"),
+        conf,
+        sb.run_path(),
+        upk_testkit::bin("upk_buddy")
+    );
+    std::fs::write(&ctl, text).expect("controller file");
+    std::fs::write(
+        conf.join("web.conf"),
+        r#"{ "web": { ExecStart: "sleep 1000", InitialState: "running" } }"#,
+    )
+    .expect("write");
+    let _ctlr = Running::start(&sb, &ctl);
+    let status = || {
+        upk_core::status::Status::read(&sb.run_path().join("web/status"))
+            .ok()
+            .flatten()
+    };
+    let first = wait_until(
+        std::time::Duration::from_secs(10),
+        "web running",
+        || match status() {
+            Some(s) if s.pid.is_some() => Ok(s),
+            other => Err(format!("{other:?}")),
+        },
+    );
+    let pid = first.pid.expect("pid");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(first.buddy_pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .expect("kill");
+    let second = wait_until(
+        std::time::Duration::from_secs(10),
+        "a new buddy",
+        || match status() {
+            Some(s) if s.buddy_pid != first.buddy_pid && s.pid.is_some() => Ok(s),
+            other => Err(format!("{other:?}")),
+        },
+    );
+    assert_eq!(
+        second.pid,
+        Some(pid),
+        "the service was adopted, not started again"
+    );
+    wait_until(
+        std::time::Duration::from_secs(5),
+        "one service process",
+        || {
+            let p = sb.processes("sleep 1000");
+            if p == [pid] {
+                Ok(())
+            } else {
+                Err(format!("{p:?}"))
+            }
+        },
+    );
+}
