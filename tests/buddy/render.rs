@@ -69,14 +69,7 @@ fn renders_the_layout_and_rerendering_keeps_logs() {
 fn upkeeper_check_and_render_commands() {
     let sb = Sandbox::new();
     let conf = sb.path().join("conf");
-    let ctl = sb.path().join("upkeeper.conf");
-    let text = format!(
-        "{{ StateDir: {:?}, SvcConfigPath: {:?}, SvcRunPath: {:?} }}",
-        sb.path().join("state"),
-        conf,
-        sb.run_path()
-    );
-    std::fs::write(&ctl, text).expect("controller file");
+    let ctl = sb.controller_file();
     std::fs::write(
         conf.join("good.conf"),
         r#"{ "a": { ExecStart: "sleep 1" }, "b": { ExecStart: "sleep 2" } }"#,
@@ -120,15 +113,7 @@ fn upkeeper_run_starts_what_it_can_and_says_what_it_cannot() {
     use std::io::BufRead;
     let sb = Sandbox::new();
     let conf = sb.path().join("conf");
-    let ctl = sb.path().join("upkeeper.conf");
-    let text = format!(
-        "{{ StateDir: {:?}, SvcConfigPath: {:?}, SvcRunPath: {:?}, UpkBuddyPath: {:?} }}",
-        sb.path().join("state"),
-        conf,
-        sb.run_path(),
-        upk_testkit::bin("upk_buddy")
-    );
-    std::fs::write(&ctl, text).expect("controller file");
+    let ctl = sb.controller_file();
     let services = r#"{
         "db": { ExecStart: "sleep 1000", InitialState: "running" },
         "web": { ExecStart: "sleep 1001", InitialState: "running", Prerequisites: ["db"] },
@@ -213,15 +198,7 @@ fn events_are_stored_once_acknowledged_after_commit_and_a_backlog_survives_a_con
     let sb = Sandbox::new();
     let conf = sb.path().join("conf");
     let state = sb.path().join("state");
-    let ctl = sb.path().join("upkeeper.conf");
-    let text = format!(
-        "{{ StateDir: {:?}, SvcConfigPath: {:?}, SvcRunPath: {:?}, UpkBuddyPath: {:?} }}",
-        state,
-        conf,
-        sb.run_path(),
-        upk_testkit::bin("upk_buddy")
-    );
-    std::fs::write(&ctl, text).expect("controller file");
+    let ctl = sb.controller_file();
     let crash = r##"{ "crash": { StartScript: "#!/bin/sh\nexit 1\n", InitialState: "running", UserRateLimit: 0.05, MaxConsecutiveFailures: 6 } }"##;
     std::fs::write(conf.join("crash.conf"), crash).expect("service file");
     let dir = upk_core::rundir::RunDir::new(sb.run_path().join("crash"));
@@ -340,15 +317,7 @@ impl Drop for Running {
 fn service_files_added_changed_and_removed_are_applied_live() {
     let sb = Sandbox::new();
     let conf = sb.path().join("conf");
-    let ctl = sb.path().join("upkeeper.conf");
-    let text = format!(
-        "{{ StateDir: {:?}, SvcConfigPath: {:?}, SvcRunPath: {:?}, UpkBuddyPath: {:?} }}",
-        sb.path().join("state"),
-        conf,
-        sb.run_path(),
-        upk_testkit::bin("upk_buddy")
-    );
-    std::fs::write(&ctl, text).expect("controller file");
+    let ctl = sb.controller_file();
     let ctlr = Running::start(&sb, &ctl);
     ctlr.said("configuration applied: 0 added");
     let status = |id: &str| {
@@ -441,15 +410,7 @@ fn service_files_added_changed_and_removed_are_applied_live() {
 fn a_killed_buddy_is_respawned_by_the_controller_and_adopts_its_service() {
     let sb = Sandbox::new();
     let conf = sb.path().join("conf");
-    let ctl = sb.path().join("upkeeper.conf");
-    let text = format!(
-        "{{ StateDir: {:?}, SvcConfigPath: {:?}, SvcRunPath: {:?}, UpkBuddyPath: {:?} }}",
-        sb.path().join("state"),
-        conf,
-        sb.run_path(),
-        upk_testkit::bin("upk_buddy")
-    );
-    std::fs::write(&ctl, text).expect("controller file");
+    let ctl = sb.controller_file();
     std::fs::write(
         conf.join("web.conf"),
         r#"{ "web": { ExecStart: "sleep 1000", InitialState: "running" } }"#,

@@ -625,7 +625,7 @@ fn the_writer_reports_every_ticket_once_and_merges_queued_batches() {
 /// Insert rate in batches of 1000 through the writer thread (not a test of speed: run with
 /// `cargo test --release -p upkeeper --test store -- --ignored --nocapture`).
 #[test]
-#[ignore]
+#[ignore = "a measurement, not a test: run it by hand with --release -- --ignored --nocapture"]
 fn measure_insert_rate() {
     let (_dir, path) = db();
     let (writer, outcomes) = StoreWriter::spawn_with_channel(&path).expect("spawn");

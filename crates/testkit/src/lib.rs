@@ -112,6 +112,22 @@ impl Sandbox {
     pub fn file(&self, name: &str) -> PathBuf {
         self.path().join("files").join(name)
     }
+    /// Writes `upkeeper.conf` for a controller living in this sandbox (state in `state/`,
+    /// service files in `conf/`, run directories in `run/`, the workspace's buddy) and
+    /// returns its path.
+    pub fn controller_file(&self) -> PathBuf {
+        let path = self.path().join("upkeeper.conf");
+        let text = format!(
+            "{{ StateDir: {:?}, SvcConfigPath: {:?}, SvcRunPath: {:?}, UpkBuddyPath: {:?} }}",
+            self.path().join("state"),
+            self.path().join("conf"),
+            self.run_path(),
+            bin("upk_buddy")
+        );
+        std::fs::write(&path, text).expect("controller file");
+        path
+    }
+
     /// The socket a buddy phones home to.
     pub fn controller_socket(&self) -> PathBuf {
         self.path().join("ctl.sock")
