@@ -79,11 +79,11 @@ fn stopping_an_adopted_service_completes_and_leaves_nothing() {
     let script = format!("sleep 1001 &\necho $! > {}\nexec sleep 1000", gc.display());
     let dir = sb.service("web", &sh_service("KillTimeout: 1", &script));
     let (b, pid) = replace_buddy(&sb, &dir);
-    let grandchild: i32 = std::fs::read_to_string(&gc)
-        .expect("pid file")
-        .trim()
-        .parse()
-        .expect("pid");
+    // `echo $! > file` truncates before it writes: wait for a whole pid.
+    let grandchild: i32 = wait_until(Duration::from_secs(5), "the grandchild's pid", || {
+        let text = std::fs::read_to_string(&gc).map_err(|e| e.to_string())?;
+        text.trim().parse().map_err(|e| format!("{text:?}: {e}"))
+    });
     let r = b.call(serde_json::json!({"type": "stop"}));
     assert_eq!(r["type"], "ok", "{r}");
     b.wait_status("stopped", |s| s.state == StateName::Stopped);
