@@ -48,12 +48,7 @@ fn after_sigkill_of_the_buddy_a_new_buddy_adopts_the_service() {
         died["exit"]["how"], "unknown",
         "not our child: no wait status"
     );
-    let new = b
-        .wait_status("restarted", |s| {
-            s.state == StateName::Running && s.pid != Some(pid)
-        })
-        .pid
-        .expect("pid");
+    let new = restarted(&b, pid);
     wait_processes(&sb, "sleep 1000", &[new]);
 }
 

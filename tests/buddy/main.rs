@@ -83,3 +83,11 @@ pub fn wait_processes(sb: &Sandbox, needle: &str, pids: &[i32]) {
         },
     );
 }
+
+/// Waits until the service runs under a pid other than `old`; returns the new pid.
+pub fn restarted(b: &Buddy, old: i32) -> i32 {
+    let st = b.wait_status("restarted", |s| {
+        s.state == upk_core::event::StateName::Running && s.pid.is_some_and(|p| p != old)
+    });
+    st.pid.expect("a running service has a pid")
+}

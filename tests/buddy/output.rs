@@ -2,7 +2,6 @@
 
 use super::*;
 use serde_json::json;
-use upk_core::event::StateName;
 use upk_testkit::{is_dead, Sandbox};
 
 #[test]
@@ -87,12 +86,7 @@ fn a_logger_reads_the_pipe_survives_service_restarts_and_is_restarted_when_it_di
         nix::sys::signal::Signal::SIGKILL,
     )
     .expect("kill");
-    let second = b
-        .wait_status("restarted", |s| {
-            s.state == StateName::Running && s.pid != Some(first)
-        })
-        .pid
-        .expect("pid");
+    let second = restarted(&b, first);
     wait_until(
         Duration::from_secs(5),
         "the second run's line",
@@ -113,12 +107,7 @@ fn a_logger_reads_the_pipe_survives_service_restarts_and_is_restarted_when_it_di
     assert_ne!(again["pid"], logger_pid);
     // Output written while no logger ran waits in the pipe; the new logger carries it on.
     b.call(json!({"type": "restart"}));
-    let third = b
-        .wait_status("restarted", |s| {
-            s.state == StateName::Running && s.pid != Some(second)
-        })
-        .pid
-        .expect("pid");
+    let third = restarted(&b, second);
     wait_until(
         Duration::from_secs(5),
         "the third run's line",
@@ -155,12 +144,7 @@ fn logs_rotate_by_moving_the_file_and_sending_sighup() {
     // before sockets in a poll round, so the restart sees the reopened files.
     let r = b.call(json!({"type": "restart"}));
     assert_eq!(r["type"], "ok", "{r}");
-    let second = b
-        .wait_status("restarted", |s| {
-            s.state == StateName::Running && s.pid != Some(first)
-        })
-        .pid
-        .expect("pid");
+    let second = restarted(&b, first);
     wait_until(
         Duration::from_secs(5),
         "the second run in a new log/stdout",

@@ -570,11 +570,20 @@ impl Buddy {
             .ok_or_else(|| "no redirect files".to_owned())
     }
 
+    /// What every child is started with: the service's credentials and the redirect files
+    /// (call [`Buddy::open_redirects`] first); the error says why nothing can start.
+    fn child_context(&self) -> Result<(&Creds, &Redirects), String> {
+        let creds = self.creds.as_ref().map_err(Clone::clone)?;
+        let redirects = self
+            .redirects
+            .as_ref()
+            .ok_or_else(|| "no redirect files".to_owned())?;
+        Ok((creds, redirects))
+    }
+
     fn spawn_service(&mut self) -> Result<i32, String> {
         self.open_redirects()?;
-        let (Ok(creds), Some(r)) = (&self.creds, &self.redirects) else {
-            return Err(self.creds.clone().err().unwrap_or_default());
-        };
+        let (creds, r) = self.child_context()?;
         let stdio = Stdio {
             stdin: self.devnull.as_fd(),
             stdout: self.streams[0].write_end().unwrap_or(r.stdout.as_fd()),
@@ -597,9 +606,7 @@ impl Buddy {
         reply_to: Option<(u64, Option<u64>)>,
     ) -> Result<(), String> {
         self.open_redirects()?;
-        let (Ok(creds), Some(r)) = (&self.creds, &self.redirects) else {
-            return Err(self.creds.clone().err().unwrap_or_default());
-        };
+        let (creds, r) = self.child_context()?;
         let stdio = Stdio {
             stdin: self.devnull.as_fd(),
             stdout: r.stdout.as_fd(),
@@ -628,9 +635,7 @@ impl Buddy {
                 .map_err(|e| format!("{}: {e}", stream.fifo.display()))?;
             let stdin = stream.logger_end().map_err(|e| e.to_string())?;
             self.open_redirects()?;
-            let (Ok(creds), Some(r)) = (&self.creds, &self.redirects) else {
-                return Err(self.creds.clone().err().unwrap_or_default());
-            };
+            let (creds, r) = self.child_context()?;
             let stdio = Stdio {
                 stdin: stdin.as_fd(),
                 stdout: r.stdout.as_fd(),
