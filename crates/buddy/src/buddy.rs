@@ -985,8 +985,11 @@ impl Buddy {
             return;
         };
         let cause = format!("command from uid {} pid {}", c.peer.0, c.peer.1);
-        let id = req.id;
-        match req.body {
+        self.on_request(token, req.id, req.body, cause);
+    }
+
+    fn on_request(&mut self, token: u64, id: Option<u64>, body: BuddyRequest, cause: String) {
+        match body {
             BuddyRequest::Hello { version, role } => {
                 if version > PROTOCOL_VERSION {
                     let msg = format!(
@@ -1054,6 +1057,21 @@ impl Buddy {
             BuddyRequest::Shutdown => {
                 self.terminate(&cause);
                 self.ok(token, id, None);
+            }
+            BuddyRequest::Relay { cause, request } => {
+                let from_controller = self
+                    .conns
+                    .iter()
+                    .any(|c| c.token == token && c.role == Role::Controller);
+                if !from_controller {
+                    let msg =
+                        "relay is accepted only from the controller (hello with role controller)";
+                    return self.refuse(token, id, msg.into());
+                }
+                if matches!(*request, BuddyRequest::Relay { .. }) {
+                    return self.refuse(token, id, "a relay cannot hold a relay".into());
+                }
+                self.on_request(token, id, *request, cause);
             }
         }
     }

@@ -2,18 +2,20 @@
 //!
 //! # Theory of operation
 //!
-//! The controller turns configuration into running buddies: it loads the controller file and
-//! every service file ([`load`]), renders each service's run directory ([`render`]), and keeps
-//! one buddy per service, taking their events ([`foreground`]). Buddies own their services; the
+//! The controller turns configuration into running buddies and their events into history: it
+//! loads the controller file and every service file ([`load`]), orders start-up ([`order`]),
+//! renders each service's run directory ([`render`]), keeps one buddy per service and one event
+//! link to each ([`fleet`]), writes every event and command into the audit store ([`store`]),
+//! serves clients on its socket ([`server`]) and follows `SvcConfigPath` ([`watch`], [`diff`]).
+//! [`foreground`] is the one loop that drives all of it. Buddies own their services; the
 //! controller can die and come back without disturbing them.
-//!
-//! Today the foreground mode prints events; the audit store, client socket, ordering and
-//! inotify watching come with the controller issue.
 
 pub mod diff;
+pub mod fleet;
 pub mod foreground;
 pub mod load;
 pub mod order;
 pub mod render;
+pub mod server;
 pub mod store;
 pub mod watch;

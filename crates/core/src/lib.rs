@@ -12,15 +12,19 @@
 //!   the buddy reads from it.
 //! * [`event`] and [`status`]: what a buddy records (sequence-numbered event records) and the
 //!   status file it rewrites atomically on every transition.
-//! * [`proto`]: the newline-delimited JSON framing and message types spoken on every socket.
+//! * [`proto`]: the newline-delimited JSON framing and the buddy's message set; [`client`]:
+//!   the message set clients speak with the controller.
+//! * [`history`]: what the audit store answers (stored events, audited commands, statistics).
 //! * [`fsutil`] and [`exit`]: atomic file writes and the documented exit codes.
 //!
 //! This crate holds no daemon logic and starts no processes.
 
+pub mod client;
 pub mod config;
 pub mod event;
 pub mod exit;
 pub mod fsutil;
+pub mod history;
 pub mod proto;
 pub mod rundir;
 pub mod status;

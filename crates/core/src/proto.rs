@@ -127,6 +127,15 @@ pub enum BuddyRequest {
     },
     /// Stop the service, deliver pending records, exit.
     Shutdown,
+    /// The controller relays an operator's request: carried out like `request`, with `cause`
+    /// (who asked, as the controller authenticated them) in the records it causes. Only
+    /// accepted from a connection that said `hello` with role `controller`.
+    Relay {
+        /// Who asked, e.g. `upkctl restart api (uid 1000, pid 4242)`.
+        cause: String,
+        /// The request.
+        request: Box<BuddyRequest>,
+    },
 }
 
 /// What a buddy sends.
@@ -200,6 +209,11 @@ impl LineBuf {
     /// Appends bytes read from the socket.
     pub fn push(&mut self, bytes: &[u8]) {
         self.buf.extend_from_slice(bytes);
+    }
+
+    /// The bytes buffered and not yet returned as lines.
+    pub fn into_bytes(self) -> Vec<u8> {
+        self.buf
     }
 
     /// Bytes buffered and not yet returned as lines.

@@ -22,9 +22,12 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rusqlite::{ffi, Connection, OpenFlags, OptionalExtension};
 
-pub use query::{CommandRow, ConfigChangeRow, EventRow, HistoryFilter, HourBucket, Stats};
 pub use schema::{current_version, MIGRATIONS};
-pub use write::{Batch, CommandEntry, Committed, ConfigChange, Pruned, Retention};
+pub use upk_core::history::{
+    CommandEntry, CommandRow, ConfigChange, ConfigChangeRow, EventRow, HistoryFilter, HourBucket,
+    Stats,
+};
+pub use write::{Batch, Committed, Pruned, Retention};
 pub use writer::{Outcome, StoreWriter};
 
 /// What can go wrong with the store.
@@ -243,5 +246,26 @@ impl Store {
                 |r| r.get(0),
             )
             .optional()?)
+    }
+
+    /// The desired state stored for `service` (`up`, `down`, `once`), if any: what an
+    /// operator last asked for, or the service's `InitialState` when it was configured.
+    pub fn desired(&self, service: &str) -> Result<Option<String>> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT desired FROM services WHERE service = ?1",
+                [service],
+                |r| r.get(0),
+            )
+            .optional()?
+            .flatten())
+    }
+
+    /// The newest event's row id (0 when there is none): where a subscription starts.
+    pub fn last_event_id(&self) -> Result<i64> {
+        Ok(self
+            .conn
+            .query_row("SELECT COALESCE(MAX(id), 0) FROM events", [], |r| r.get(0))?)
     }
 }

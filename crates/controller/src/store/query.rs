@@ -6,106 +6,20 @@
 
 use rusqlite::types::Value as Sql;
 use rusqlite::{params, params_from_iter, OptionalExtension};
-use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use upk_core::event::{EventKind, Record, StateName};
 
-use super::write::{CommandEntry, ConfigChange};
 use super::{Result, Store, StoreError};
+use upk_core::history::{
+    CommandEntry, CommandRow, ConfigChange, ConfigChangeRow, EventRow, HistoryFilter, HourBucket,
+    Stats,
+};
 
 /// One hour in microseconds.
 const HOUR_US: i64 = 3_600_000_000;
 
 /// The flapping score's half-point: this many recent restarts give a score of 0.5.
 const FLAP_HALF: f64 = 3.0;
-
-/// Which events [`Store::history`] returns.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct HistoryFilter {
-    /// Only this service (`name` or `package::name`); all when `None`.
-    pub service: Option<String>,
-    /// Only events with `wall_us >= since_us`.
-    pub since_us: Option<i64>,
-    /// Only events with `wall_us < until_us`.
-    pub until_us: Option<i64>,
-    /// Only these kinds (`died`, `started`, ...); all when empty.
-    pub kinds: Vec<String>,
-    /// Only rows with a larger id (a cursor: the last id already seen).
-    pub after_id: Option<i64>,
-    /// Only rows with a smaller id (a cursor when paging newest first).
-    pub before_id: Option<i64>,
-    /// At most this many rows.
-    pub limit: Option<usize>,
-    /// The newest rows first (with `limit`: the last N).
-    pub newest_first: bool,
-}
-
-/// One stored event.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct EventRow {
-    /// Row id: a cursor across all services.
-    pub id: i64,
-    /// The service id.
-    pub service: String,
-    /// The record as the buddy made it.
-    #[serde(flatten)]
-    pub record: Record,
-}
-
-/// One audited command.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct CommandRow {
-    /// Row id.
-    pub id: i64,
-    /// The command.
-    #[serde(flatten)]
-    pub entry: CommandEntry,
-}
-
-/// One configuration change.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ConfigChangeRow {
-    /// Row id.
-    pub id: i64,
-    /// The change.
-    #[serde(flatten)]
-    pub change: ConfigChange,
-}
-
-/// Automatic restarts within one clock hour (UTC).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct HourBucket {
-    /// Start of the hour, microseconds since the epoch (a multiple of 3,600,000,000).
-    pub start_us: i64,
-    /// Automatic restarts (`started` with cause `policy`) in it.
-    pub restarts: u64,
-}
-
-/// A service's figures over a window (see docs/audit.md for the formulas).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Stats {
-    /// The service.
-    pub service: String,
-    /// Window start.
-    pub since_us: i64,
-    /// Window end ("now").
-    pub until_us: i64,
-    /// Automatic restarts in the window.
-    pub restarts: u64,
-    /// Hours of the window with at least one restart, oldest first.
-    pub restarts_per_hour: Vec<HourBucket>,
-    /// Failures (deaths on its own, failed starts) in the window.
-    pub failures: u64,
-    /// Fraction of the observed part of the window spent `running`; `None` if nothing is known.
-    pub uptime: Option<f64>,
-    /// Microseconds from the last failure ever (before `until_us`) to `until_us`.
-    pub since_last_failure_us: Option<i64>,
-    /// 0 (steady) to 1 (restarting all the time): `S / (S + 3)`, S = restarts in the window
-    /// each weighted `2^-(age / 1 h)`.
-    pub flapping: f64,
-    /// The state after the last event before `until_us`.
-    pub state: Option<String>,
-}
 
 const FAILURE: &str = "((kind = 'died' AND cause = 'exit') OR kind = 'spawn_failed')";
 

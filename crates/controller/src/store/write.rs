@@ -13,44 +13,9 @@ use std::time::Duration;
 use rusqlite::{params, OptionalExtension, Transaction};
 use serde::{Deserialize, Serialize};
 use upk_core::event::{EventKind, Exit, Record};
+use upk_core::history::{CommandEntry, ConfigChange, EventRow};
 
 use super::{now_us, Result, Store, StoreError};
-
-/// One audited operator command.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct CommandEntry {
-    /// When it was received, microseconds since the epoch.
-    pub wall_us: i64,
-    /// The caller's uid (SO_PEERCRED).
-    pub uid: u32,
-    /// The caller's gid.
-    pub gid: u32,
-    /// The caller's pid.
-    pub pid: i32,
-    /// The caller's command line (`/proc/PID/cmdline`, spaces between arguments).
-    pub cmdline: String,
-    /// The request as received.
-    pub request: serde_json::Value,
-    /// The service it names, if any.
-    pub service: Option<String>,
-    /// What happened (the buddy's answer, or the refusal).
-    pub result: String,
-    /// Whether it succeeded.
-    pub ok: bool,
-}
-
-/// One configuration change: a file (re)loaded or removed.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ConfigChange {
-    /// When, microseconds since the epoch.
-    pub wall_us: i64,
-    /// The file.
-    pub file: String,
-    /// Its content hash (empty when removed).
-    pub hash: String,
-    /// The services it configured, changed or removed.
-    pub services: Vec<String>,
-}
 
 /// What the writer thread commits in one transaction.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -87,8 +52,11 @@ impl Batch {
 }
 
 /// What one committed batch stored.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Committed {
+    /// The records newly stored, with their row ids, in the order they were stored: what
+    /// the controller pushes to its subscribers.
+    pub rows: Vec<EventRow>,
     /// Per service in the batch: the highest seq now stored (everything the buddy may drop).
     pub seqs: BTreeMap<String, u64>,
     /// Records newly stored.
@@ -225,12 +193,12 @@ fn to_i64(seq: u64) -> Result<i64> {
     i64::try_from(seq).map_err(|_| StoreError::Invalid(format!("sequence number {seq}")))
 }
 
-/// Inserts `records`; returns (highest seq stored for the service, records newly stored).
+/// Inserts `records`; returns (highest seq stored for the service, the rows newly stored).
 pub(crate) fn insert_events(
     tx: &Transaction,
     service: &str,
     records: &[Record],
-) -> Result<(u64, u64)> {
+) -> Result<(u64, Vec<EventRow>)> {
     let (sid, pruned) = service_row(tx, service)?;
     let mut stmt = tx.prepare_cached(
         "INSERT OR IGNORE INTO events (service_id, seq, wall_us, mono_us, kind, from_state, \
@@ -238,13 +206,14 @@ pub(crate) fn insert_events(
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
     )?;
     let mut inserted = 0;
+    let mut rows = Vec::new();
     for r in records {
         let seq = to_i64(r.seq)?;
         if seq <= pruned {
             continue;
         }
         let (kind, detail, code, signal, core, lost) = kind_columns(&r.kind)?;
-        inserted += stmt.execute(params![
+        let added = stmt.execute(params![
             sid,
             seq,
             r.wall_us,
@@ -259,13 +228,22 @@ pub(crate) fn insert_events(
             r.cause,
             detail,
             lost,
-        ])? as u64;
+        ])?;
+        if added == 1 {
+            inserted += 1;
+            rows.push(EventRow {
+                id: tx.last_insert_rowid(),
+                service: service.to_owned(),
+                record: r.clone(),
+            });
+        }
     }
     let max: Option<i64> = tx
         .prepare_cached("SELECT MAX(seq) FROM events WHERE service_id = ?1")?
         .query_row([sid], |r| r.get(0))?;
     let high = max.unwrap_or(0).max(pruned);
-    Ok((u64::try_from(high).unwrap_or(0), inserted))
+    debug_assert_eq!(inserted, rows.len());
+    Ok((u64::try_from(high).unwrap_or(0), rows))
 }
 
 pub(crate) fn insert_command(tx: &Transaction, c: &CommandEntry) -> Result<i64> {
@@ -303,9 +281,11 @@ pub(crate) fn insert_config_change(tx: &Transaction, c: &ConfigChange) -> Result
 pub(crate) fn apply(tx: &Transaction, batch: &Batch) -> Result<Committed> {
     let mut done = Committed::default();
     for (service, records) in &batch.events {
-        let (high, inserted) = insert_events(tx, service, records)?;
+        let (high, rows) = insert_events(tx, service, records)?;
+        let inserted = rows.len() as u64;
         done.inserted += inserted;
         done.duplicates += records.len() as u64 - inserted;
+        done.rows.extend(rows);
         done.seqs.insert(service.clone(), high);
     }
     for c in &batch.commands {

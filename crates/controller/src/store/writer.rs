@@ -121,6 +121,15 @@ impl StoreWriter {
         rrx.recv().map_err(|_| StoreError::WriterGone)
     }
 
+    /// Runs `f` on the writer's connection after the work queued before it, without waiting
+    /// for it (desired states, retention): what it returns is dropped.
+    pub fn post<F>(&self, f: F) -> Result<()>
+    where
+        F: FnOnce(&mut Store) + Send + 'static,
+    {
+        self.send(Msg::Call(Box::new(f)))
+    }
+
     /// Finishes the queued work and stops the thread.
     pub fn shutdown(mut self) -> Result<()> {
         self.stop()
@@ -148,6 +157,7 @@ fn merge(into: &mut Committed, part: Committed) {
         *e = (*e).max(seq);
     }
     into.inserted += part.inserted;
+    into.rows.extend(part.rows);
     into.duplicates += part.duplicates;
     into.commands += part.commands;
     into.config_changes += part.config_changes;

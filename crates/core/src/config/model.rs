@@ -209,6 +209,14 @@ pub struct Controller {
     pub upk_buddy_path: PathBuf,
     /// Seconds between acknowledgement batches to buddies (fractional).
     pub buddy_polling_interval: f64,
+    /// Members of this group (and root, and the controller's own user) may control services.
+    pub control_group: Option<u32>,
+    /// Members of this group may read status and history and subscribe.
+    pub read_group: Option<u32>,
+    /// Events, commands and configuration changes older than this many days are deleted.
+    pub history_max_age_days: Option<f64>,
+    /// At most this many rows are kept per history table (the newest).
+    pub history_max_events: Option<u64>,
     /// Service keys applied under every service entry.
     pub service_defaults: super::ServiceLayer,
 }

@@ -24,6 +24,10 @@ pub const CONTROLLER_KEYS: &[&str] = &[
     "SvcRunPath",
     "UpkBuddyPath",
     "BuddyPollingInterval",
+    "ControlGroup",
+    "ReadGroup",
+    "HistoryMaxAgeDays",
+    "HistoryMaxEvents",
     "ServiceDefaults",
 ];
 
@@ -275,6 +279,32 @@ fn parse_controller_for(src: &str, file: &Path, euid: u32) -> Result<Controller,
                     format!("{canon}: expected a number, found {}", kind(value)),
                 ),
             },
+            "ControlGroup" | "ReadGroup" => match group(value) {
+                Ok(gid) if canon == "ControlGroup" => c.control_group = Some(gid),
+                Ok(gid) => c.read_group = Some(gid),
+                Err(msg) => doc.at_value(&kpath, format!("{canon}: {msg}")),
+            },
+            "HistoryMaxAgeDays" | "HistoryMaxEvents" => match number(value) {
+                Ok(n) if n > 0.0 && canon == "HistoryMaxAgeDays" => {
+                    c.history_max_age_days = Some(n)
+                }
+                Ok(n) if n >= 1.0 && n.fract() == 0.0 => c.history_max_events = Some(n as u64),
+                Ok(n) => doc.at_value(
+                    &kpath,
+                    format!(
+                        "{canon}: must be a positive {}, found {n}",
+                        if canon == "HistoryMaxEvents" {
+                            "whole number"
+                        } else {
+                            "number"
+                        }
+                    ),
+                ),
+                Err(_) => doc.at_value(
+                    &kpath,
+                    format!("{canon}: expected a number, found {}", kind(value)),
+                ),
+            },
             _ => match value {
                 Value::Object(m) => {
                     let hint = "it belongs at the top level, not in ServiceDefaults";
@@ -507,6 +537,10 @@ impl Controller {
                 svc_run_path,
                 upk_buddy_path,
                 buddy_polling_interval: 0.5,
+                control_group: None,
+                read_group: None,
+                history_max_age_days: Some(90.0),
+                history_max_events: Some(10_000_000),
                 service_defaults: ServiceLayer::default(),
             };
         // A buddy next to the running binary (a build tree, a tarball) wins over the
@@ -532,6 +566,25 @@ impl Controller {
             state_dir.join("buddies"),
             buddy,
         )
+    }
+}
+
+/// A group by name (looked up now) or number.
+fn group(value: &Value) -> Result<u32, String> {
+    match value {
+        Value::Number(n) => n
+            .as_u64()
+            .and_then(|n| u32::try_from(n).ok())
+            .ok_or_else(|| format!("{n} is not a group id")),
+        Value::String(name) => match nix::unistd::Group::from_name(name) {
+            Ok(Some(g)) => Ok(g.gid.as_raw()),
+            Ok(None) => Err(format!("there is no group named {name:?}")),
+            Err(e) => Err(format!("cannot look up the group {name:?}: {e}")),
+        },
+        other => Err(format!(
+            "expected a group name or id, found {}",
+            kind(other)
+        )),
     }
 }
 

@@ -1,0 +1,595 @@
+//! The fleet: one buddy per configured service, and one event link to each.
+//!
+//! [`Fleet::apply`] brings the services in force in line with a scan of `SvcConfigPath`:
+//! new services are registered in the store and rendered, changed ones re-rendered (their
+//! buddy re-reads its settings, a running service restarts), services whose definition is gone
+//! are unconfigured only with `UnconfigureOnFileRemoval`, and a file that fails validation
+//! changes nothing. Start-up order ([`order`]) decides who comes first, and a service waits
+//! until every service it needs is running.
+//!
+//! [`Fleet::reach_buddies`] keeps one subscription ([`Link`]) per buddy, spawning a buddy (in
+//! its own session, at most once a second per service) when none answers; its lock makes a
+//! duplicate exit at once, and a new buddy adopts a service left running. The first answer of
+//! a buddy after the controller starts is reconciled with the desired state in the store
+//! (`PreferBuddyStateForStopped`/`PreferBuddyStateForRunning`). A service the store already
+//! knows is rendered with the store's desired state, so `InitialState` applies only to newly
+//! configured services.
+//!
+//! [`order`]: crate::order
+
+use crate::diff::{config_hash, diff};
+use crate::load::Scan;
+use crate::render::Renderer;
+use crate::store::{Batch, ConfigChange, StoreWriter};
+use nix::sys::signal::{SigSet, Signal};
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use upk_core::config::{Controller, InitialState, Service};
+use upk_core::event::StateName;
+use upk_core::proto::{self, BuddyReply, BuddyRequest, Envelope, LineBuf, Role, PROTOCOL_VERSION};
+use upk_core::rundir::{RunDir, Settings};
+use upk_core::status::{Status, Want};
+
+/// Least time between two attempts to reach (or spawn) one service's buddy.
+pub const RETRY: Duration = Duration::from_secs(1);
+
+/// One event stream: a subscription we opened, or a buddy that phoned home.
+pub struct Link {
+    /// The connection.
+    pub stream: UnixStream,
+    input: LineBuf,
+    /// The service (empty until a phoning buddy said `hello`).
+    pub service: String,
+}
+
+impl Link {
+    /// Wraps a connection a buddy opened to phone home.
+    pub fn incoming(stream: UnixStream) -> Link {
+        Link {
+            stream,
+            input: LineBuf::default(),
+            service: String::new(),
+        }
+    }
+
+    /// Puts back what the server read before it knew this was a buddy: the `hello` line and
+    /// whatever followed it.
+    pub fn feed(&mut self, hello: &[u8], rest: LineBuf) {
+        self.input.push(hello);
+        self.input.push(b"\n");
+        self.input.push(&rest.into_bytes());
+    }
+
+    /// Sends one request on the link; a reply with `id` comes back through [`Link::pump`].
+    pub fn request(&mut self, id: Option<u64>, body: BuddyRequest) -> std::io::Result<()> {
+        self.stream
+            .write_all(&proto::encode(&Envelope { id, body }))
+    }
+
+    /// Reads what the buddy sent: records go to `batch` (and are printed), other replies are
+    /// returned. An error means the link is finished.
+    pub fn pump(&mut self, batch: &mut Batch) -> std::io::Result<Vec<(Option<u64>, BuddyReply)>> {
+        let mut buf = [0u8; 16 * 1024];
+        let closed = loop {
+            match self.stream.read(&mut buf) {
+                Ok(0) => break true,
+                Ok(n) => self.input.push(&buf[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break false,
+                Err(e) => return Err(e),
+            }
+        };
+        let mut replies = Vec::new();
+        while let Some(line) = self.input.next_line().map_err(std::io::Error::other)? {
+            let msg = proto::decode::<BuddyReply>(&line).map_err(std::io::Error::other)?;
+            match msg.body {
+                BuddyReply::Hello { service, .. } if self.service.is_empty() => {
+                    self.service = service
+                }
+                BuddyReply::Event { record } => {
+                    let when = upk_core::time::format_utc(record.wall_us);
+                    println!(
+                        "{when} {} #{} {}",
+                        self.service,
+                        record.seq,
+                        record.summary()
+                    );
+                    match batch.events.iter_mut().find(|(s, _)| *s == self.service) {
+                        Some((_, records)) => records.push(record),
+                        None => batch.events.push((self.service.clone(), vec![record])),
+                    }
+                }
+                body => replies.push((msg.id, body)),
+            }
+        }
+        if closed {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        Ok(replies)
+    }
+}
+
+/// A configured service and its buddy.
+pub struct Member {
+    /// The resolved definition.
+    pub svc: Service,
+    hash: String,
+    /// The file that defines it.
+    pub file: PathBuf,
+    /// Its run directory.
+    pub dir: RunDir,
+    child: Option<Child>,
+    retry_at: Instant,
+    /// Its buddy has answered this controller at least once (and was reconciled then).
+    reconciled: bool,
+    /// Not started yet: waiting for these prerequisites to be running.
+    pub waiting_for: Vec<String>,
+}
+
+/// What is in force.
+pub struct Fleet<'a> {
+    ctl: &'a Controller,
+    renderer: &'a Renderer,
+    /// The audit store's writer.
+    pub writer: StoreWriter,
+    /// Configured services by id.
+    pub members: BTreeMap<String, Member>,
+    /// One per reachable buddy.
+    pub links: Vec<Link>,
+    /// Services unconfigured by a command, with the definition they had: they stay out until
+    /// their definition changes.
+    unconfigured: BTreeMap<String, String>,
+}
+
+impl<'a> Fleet<'a> {
+    /// An empty fleet.
+    pub fn new(ctl: &'a Controller, renderer: &'a Renderer, writer: StoreWriter) -> Self {
+        Fleet {
+            ctl,
+            renderer,
+            writer,
+            members: BTreeMap::new(),
+            links: Vec::new(),
+            unconfigured: BTreeMap::new(),
+        }
+    }
+
+    /// When [`Fleet::reach_buddies`] next has something to do: a linked buddy needs nothing.
+    pub fn deadline(&self) -> Option<Instant> {
+        let linked = self.linked();
+        self.members
+            .iter()
+            .filter(|(id, _)| !linked.contains(id.as_str()))
+            .map(|(_, m)| m.retry_at)
+            .min()
+    }
+
+    fn linked(&self) -> std::collections::HashSet<&str> {
+        self.links.iter().map(|l| l.service.as_str()).collect()
+    }
+
+    /// The link to the buddy of `id`, if it is up.
+    pub fn link(&mut self, id: &str) -> Option<&mut Link> {
+        self.links.iter_mut().find(|l| l.service == id)
+    }
+
+    /// Brings the fleet in line with a scan of the configuration.
+    pub fn apply(&mut self, scan: Scan) -> anyhow::Result<()> {
+        scan.errors.iter().for_each(|e| eprintln!("{e}"));
+        // Services of a file that failed validation stay as they are.
+        let kept: Vec<(Service, PathBuf)> = self
+            .members
+            .values()
+            .filter(|m| scan.bad_files.contains(&m.file))
+            .map(|m| (m.svc.clone(), m.file.clone()))
+            .collect();
+        // Services unconfigured by a command stay out while their definition is the same.
+        self.unconfigured.retain(|id, hash| {
+            scan.services
+                .iter()
+                .any(|(s, _)| s.id.to_string() == *id && config_hash(s) == *hash)
+        });
+        let all: Vec<(Service, PathBuf)> = scan
+            .services
+            .into_iter()
+            .filter(|(s, _)| !self.unconfigured.contains_key(&s.id.to_string()))
+            .chain(kept)
+            .collect();
+        let services: Vec<Service> = all.iter().map(|(s, _)| s.clone()).collect();
+        let plan = crate::order::plan(&services);
+        for (id, why) in &plan.blocked {
+            if !self.members.contains_key(&id.to_string()) {
+                eprintln!("upkeeper: not starting {id}: {why}");
+            }
+        }
+        // Startable services in start-up order; blocked ones that already run stay as they are.
+        let mut wanted: Vec<&(Service, PathBuf)> = plan
+            .order
+            .iter()
+            .filter_map(|id| all.iter().find(|(s, _)| s.id == *id))
+            .collect();
+        wanted.extend(all.iter().filter(|(s, _)| {
+            plan.blocked.contains_key(&s.id) && self.members.contains_key(&s.id.to_string())
+        }));
+        let current: BTreeMap<_, _> = self
+            .members
+            .values()
+            .map(|m| (m.svc.id.clone(), m.hash.clone()))
+            .collect();
+        let wanted_services: Vec<Service> = wanted.iter().map(|(s, _)| s.clone()).collect();
+        let changes = diff(&current, &wanted_services);
+
+        let mut touched: BTreeMap<PathBuf, Vec<String>> = BTreeMap::new();
+        for (svc, file) in wanted {
+            if changes.unchanged.contains(&svc.id) {
+                continue;
+            }
+            let id = svc.id.to_string();
+            // One service that cannot be set up is reported and skipped; the rest go on.
+            match self.configure(svc, file, plan.after.get(&svc.id)) {
+                Ok(()) => touched.entry(file.clone()).or_default().push(id),
+                Err(e) => eprintln!("upkeeper: {id}: {e:#}"),
+            }
+        }
+        let mut removed = 0;
+        for id in &changes.gone {
+            let key = id.to_string();
+            let Some(m) = self.members.get(&key) else {
+                continue;
+            };
+            if !m.svc.unconfigure_on_file_removal {
+                eprintln!(
+                    "upkeeper: keeping {id}: its definition is gone, and UnconfigureOnFileRemoval is false"
+                );
+                continue;
+            }
+            touched.entry(m.file.clone()).or_default().push(key.clone());
+            self.unconfigure(&key);
+            removed += 1;
+        }
+        for (file, services) in touched {
+            let hash = std::fs::read(&file)
+                .map(|b| crate::diff::content_hash(&b))
+                .unwrap_or_default();
+            let change = ConfigChange {
+                wall_us: upk_core::time::wall_us(),
+                file: file.display().to_string(),
+                hash,
+                services,
+            };
+            self.writer.submit(Batch {
+                config_changes: vec![change],
+                ..Batch::default()
+            })?;
+        }
+        eprintln!(
+            "upkeeper: configuration applied: {} added, {} changed, {} removed, {} unchanged",
+            changes.added.len(),
+            changes.changed.len(),
+            removed,
+            changes.unchanged.len()
+        );
+        Ok(())
+    }
+
+    /// Sets up a new service, or takes a changed definition into use.
+    fn configure(
+        &mut self,
+        svc: &Service,
+        file: &Path,
+        needs: Option<&std::collections::BTreeSet<upk_core::config::ServiceId>>,
+    ) -> anyhow::Result<()> {
+        let id = svc.id.to_string();
+        let desired = if self.members.contains_key(&id) {
+            None
+        } else {
+            let (sid, uuid) = (id.clone(), svc.uuid.clone());
+            let initial = match svc.initial_state {
+                InitialState::Running => "up",
+                InitialState::Stopped => "down",
+            };
+            // Known to the store: its desired state wins over InitialState.
+            self.writer.with_store(move |s| {
+                s.ensure_service(&sid, uuid.as_deref())?;
+                match s.desired(&sid)? {
+                    Some(d) => Ok(Some(d)),
+                    None => s.set_desired(&sid, initial).map(|()| None),
+                }
+            })??
+        };
+        let mut rendered = svc.clone();
+        match desired.as_deref() {
+            Some("up") => rendered.initial_state = InitialState::Running,
+            Some("down") => rendered.initial_state = InitialState::Stopped,
+            _ => {}
+        }
+        let dir = self.render(&rendered)?;
+        let hash = config_hash(svc);
+        if let Some(m) = self.members.get_mut(&id) {
+            // Changed: the buddy re-reads its settings, and a running service restarts.
+            (m.svc, m.hash, m.file, m.dir) = (svc.clone(), hash, file.to_owned(), dir);
+            self.refresh_buddy(&id);
+        } else {
+            let waiting_for = needs
+                .map(|n| n.iter().map(|p| p.to_string()).collect())
+                .unwrap_or_default();
+            let member = Member {
+                svc: svc.clone(),
+                hash,
+                file: file.to_owned(),
+                dir,
+                child: None,
+                retry_at: Instant::now(),
+                reconciled: false,
+                waiting_for,
+            };
+            self.members.insert(id, member);
+        }
+        Ok(())
+    }
+
+    fn render(&self, svc: &Service) -> anyhow::Result<RunDir> {
+        let settings = Settings {
+            service: svc.clone(),
+            controller_socket: self.ctl.socket_path(),
+            polling_interval: self.ctl.buddy_polling_interval,
+        };
+        let dir = self
+            .renderer
+            .render(svc, &self.ctl.svc_run_path, &settings)?;
+        let (id, hash) = (svc.id.to_string(), config_hash(svc));
+        self.writer
+            .with_store(move |s| s.set_config_hash(&id, &hash))??;
+        Ok(dir)
+    }
+
+    /// After a re-render: SIGHUP makes the buddy re-read its settings; a running service is
+    /// restarted so that it runs the new scripts.
+    fn refresh_buddy(&mut self, id: &str) {
+        let Some(m) = self.members.get(id) else {
+            return;
+        };
+        let status = Status::read(&m.dir.status()).ok().flatten();
+        if let Some(st) = &status {
+            // Only a process that is the buddy of this directory gets the signal.
+            let cmdline =
+                std::fs::read(format!("/proc/{}/cmdline", st.buddy_pid)).unwrap_or_default();
+            if String::from_utf8_lossy(&cmdline).contains("upk_buddy") {
+                let pid = nix::unistd::Pid::from_raw(st.buddy_pid);
+                let _ = nix::sys::signal::kill(pid, Signal::SIGHUP);
+            }
+        }
+        if status.is_some_and(|s| s.state == StateName::Running) {
+            self.tell(id, BuddyRequest::Restart);
+        }
+    }
+
+    /// Sends a request to the buddy of `id`: on its link if there is one, else on a
+    /// connection of its own (the reply is not awaited).
+    fn tell(&mut self, id: &str, body: BuddyRequest) {
+        if let Some(link) = self.link(id) {
+            if link.request(None, body.clone()).is_ok() {
+                return;
+            }
+        }
+        if let Some(m) = self.members.get(id) {
+            if let Ok(mut s) = UnixStream::connect(m.dir.socket()) {
+                let _ = s.write_all(&proto::encode(&Envelope { id: None, body }));
+            }
+        }
+    }
+
+    /// Shuts the buddy of `id` down (it stops the service first) and forgets the service. The
+    /// run directory and its logs stay.
+    pub fn unconfigure(&mut self, id: &str) {
+        self.tell(id, BuddyRequest::Shutdown);
+        self.forget(id);
+    }
+
+    /// Forgets `id` (its buddy was told to shut down): marked removed in the store.
+    pub fn forget(&mut self, id: &str) {
+        if self.members.remove(id).is_some() {
+            let key = id.to_owned();
+            let _ = self.writer.post(move |s| drop(s.mark_removed(&key)));
+        }
+        self.links.retain(|l| l.service != id);
+    }
+
+    /// Forgets `id` until its definition changes: an operator's `unconfigure`.
+    pub fn unconfigured_by_command(&mut self, id: &str) {
+        if let Some(m) = self.members.get(id) {
+            self.unconfigured.insert(id.to_owned(), m.hash.clone());
+        }
+        self.forget(id);
+    }
+
+    /// Subscribes to every buddy not linked yet, and spawns the ones that cannot be reached
+    /// unless their service still waits for a prerequisite.
+    pub fn reach_buddies(&mut self, now: Instant) {
+        self.release_waiting();
+        let linked: std::collections::HashSet<String> =
+            self.linked().into_iter().map(str::to_owned).collect();
+        for (id, m) in self.members.iter_mut() {
+            if m.retry_at > now || linked.contains(id) {
+                continue;
+            }
+            m.retry_at = now + RETRY;
+            match subscribe(&m.dir, id) {
+                Ok(link) => self.links.push(link),
+                Err(_) if m.waiting_for.is_empty() => spawn_buddy(&self.ctl.upk_buddy_path, id, m),
+                Err(_) => {}
+            }
+        }
+    }
+
+    /// A service's buddy is started once each of its prerequisites is running (or no longer
+    /// configured).
+    fn release_waiting(&mut self) {
+        let running = |dir: &RunDir| {
+            Status::read(&dir.status())
+                .ok()
+                .flatten()
+                .is_some_and(|s| s.state == StateName::Running)
+        };
+        let waiting: Vec<(String, Vec<String>)> = self
+            .members
+            .iter()
+            .filter(|(_, m)| !m.waiting_for.is_empty())
+            .map(|(id, m)| {
+                let still = m
+                    .waiting_for
+                    .iter()
+                    .filter(|p| self.members.get(*p).is_some_and(|pm| !running(&pm.dir)))
+                    .cloned()
+                    .collect();
+                (id.clone(), still)
+            })
+            .collect();
+        for (id, still) in waiting {
+            if let Some(m) = self.members.get_mut(&id) {
+                if still.is_empty() {
+                    m.retry_at = Instant::now();
+                }
+                m.waiting_for = still;
+            }
+        }
+    }
+
+    /// A link ended: try its buddy again a second later.
+    pub fn link_lost(&mut self, service: &str) {
+        if let Some(m) = self.members.get_mut(service) {
+            m.retry_at = Instant::now() + RETRY;
+        }
+    }
+
+    /// Reaps buddies the controller spawned that have exited.
+    pub fn reap(&mut self) {
+        for m in self.members.values_mut() {
+            if m.child
+                .as_mut()
+                .is_some_and(|c| !matches!(c.try_wait(), Ok(None)))
+            {
+                m.child = None;
+            }
+        }
+    }
+
+    /// The store could not be written: drop every link and subscribe again a second later, so
+    /// that the buddies send their unacknowledged records again.
+    pub fn resubscribe_later(&mut self) {
+        self.links.clear();
+        let later = Instant::now() + RETRY;
+        self.members.values_mut().for_each(|m| m.retry_at = later);
+    }
+
+    /// The first status a buddy gives this controller (the answer to its subscription): if
+    /// what the buddy does differs from what the store wants, the service's
+    /// `PreferBuddyState*` keys decide who is right.
+    pub fn reconcile(&mut self, id: &str, status: &Status) {
+        let Some(m) = self.members.get_mut(id) else {
+            return;
+        };
+        if std::mem::replace(&mut m.reconciled, true) {
+            return;
+        }
+        let (key, prefer_stopped, prefer_running) = (
+            id.to_owned(),
+            m.svc.prefer_buddy_state_for_stopped,
+            m.svc.prefer_buddy_state_for_running,
+        );
+        let desired = self
+            .writer
+            .with_store(move |s| s.desired(&key))
+            .ok()
+            .and_then(|r| r.ok())
+            .flatten();
+        let buddy_up = status.want != Want::Down;
+        let (tell, record) = match (desired.as_deref(), buddy_up) {
+            (Some("up"), false) if prefer_stopped => (None, "down"),
+            (Some("up"), false) => (Some(BuddyRequest::Start), "up"),
+            (Some("down"), true) if prefer_running => (None, "up"),
+            (Some("down"), true) => (Some(BuddyRequest::Stop), "down"),
+            _ => return,
+        };
+        eprintln!(
+            "upkeeper: {id}: the store wants it {}, its buddy has it {}; {}",
+            desired.as_deref().unwrap_or("?"),
+            if buddy_up { "up" } else { "down" },
+            match tell {
+                Some(_) => "following the store",
+                None => "following the buddy (PreferBuddyState*)",
+            }
+        );
+        if let Some(req) = tell {
+            let cause = "controller: reconciling with the desired state in the store".to_owned();
+            let relay = BuddyRequest::Relay {
+                cause,
+                request: Box::new(req),
+            };
+            self.tell(id, relay);
+        }
+        self.set_desired(id, record);
+    }
+
+    /// Records what an operator (or reconciliation) wants for `id`.
+    pub fn set_desired(&self, id: &str, desired: &'static str) {
+        let key = id.to_owned();
+        let _ = self
+            .writer
+            .post(move |s| drop(s.set_desired(&key, desired)));
+    }
+}
+
+/// Opens a controller subscription to the buddy of `dir`.
+fn subscribe(dir: &RunDir, id: &str) -> std::io::Result<Link> {
+    let mut stream = UnixStream::connect(dir.socket())?;
+    let hello = BuddyRequest::Hello {
+        version: PROTOCOL_VERSION,
+        role: Role::Controller,
+    };
+    let mut lines = proto::encode(&Envelope {
+        id: None,
+        body: hello,
+    });
+    lines.extend(proto::encode(&Envelope {
+        id: None,
+        body: BuddyRequest::Subscribe,
+    }));
+    stream.write_all(&lines)?;
+    stream.set_nonblocking(true)?;
+    Ok(Link {
+        stream,
+        input: LineBuf::default(),
+        service: id.to_owned(),
+    })
+}
+
+fn spawn_buddy(buddy: &PathBuf, id: &str, m: &mut Member) {
+    if m.child.is_some() {
+        return;
+    }
+    let log = upk_core::fsutil::open_append(&m.dir.log_file("buddy"), 0o640);
+    let mut cmd = Command::new(buddy);
+    cmd.arg(m.dir.root())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null());
+    if let Ok(f) = log {
+        cmd.stderr(f);
+    }
+    // SAFETY: only sigprocmask and setsid run between fork and exec; both are signal-safe.
+    unsafe {
+        cmd.pre_exec(|| {
+            SigSet::empty().thread_set_mask()?;
+            nix::unistd::setsid()?;
+            Ok(())
+        });
+    }
+    match cmd.spawn() {
+        Ok(c) => m.child = Some(c),
+        Err(e) => eprintln!("upkeeper: {id}: cannot start {}: {e}", buddy.display()),
+    }
+}

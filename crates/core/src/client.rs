@@ -1,0 +1,318 @@
+//! The client protocol's message set: what a client (upkctl, uptop, libupkeeper, `socat`)
+//! sends to the controller on `StateDir/upkeeper.sock`, and what the controller answers.
+//!
+//! Framing is [`crate::proto`]'s: one JSON object per line, each in an [`Envelope`] whose `id`
+//! the reply echoes. A client opens with `hello`; the controller's `hello` says which
+//! [`Access`] the caller's credentials (SO_PEERCRED) give. Every request gets exactly one
+//! reply, except `subscribe`, which is answered with `subscribed` and then pushes `event`
+//! messages (without an id) until the connection closes. Control requests are answered only
+//! once the service's buddy has answered, so `done` means the buddy carried the command out;
+//! anything else is an `error` with a [`ErrorCode`] and one sentence.
+//!
+//! [`Envelope`]: crate::proto::Envelope
+
+use crate::event::Exit;
+use crate::history::{CommandRow, EventRow, HistoryFilter, Stats};
+use crate::proto::SignalSpec;
+use crate::status::Status;
+use serde::{Deserialize, Serialize};
+
+/// What a client asks the controller.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ClientRequest {
+    /// Opening exchange: the controller answers with its version and the caller's access.
+    Hello {
+        /// The client's protocol version.
+        version: u32,
+    },
+    /// Every configured service, with a one-line summary each.
+    List,
+    /// The status records of some services (all when empty).
+    Status {
+        /// Service ids.
+        #[serde(default)]
+        services: Vec<String>,
+    },
+    /// Want up, start now.
+    Start {
+        /// Service id.
+        service: String,
+    },
+    /// Want down, stop now (stop script, SIGTERM, SIGKILL to the group).
+    Stop {
+        /// Service id.
+        service: String,
+    },
+    /// Stop if running, then start.
+    Restart {
+        /// Service id.
+        service: String,
+    },
+    /// Run the reload action.
+    Reload {
+        /// Service id.
+        service: String,
+    },
+    /// Start once, without restarting it when it ends.
+    Once {
+        /// Service id.
+        service: String,
+    },
+    /// Send a signal to the running service.
+    Signal {
+        /// Service id.
+        service: String,
+        /// Which signal (a name such as `HUP`, or a number).
+        signal: SignalSpec,
+        /// To the whole process group.
+        #[serde(default)]
+        group: bool,
+    },
+    /// Run a custom action by name (or number).
+    Action {
+        /// Service id.
+        service: String,
+        /// The action's name.
+        name: String,
+    },
+    /// Stop the service, shut its buddy down and forget it until its file changes.
+    Unconfigure {
+        /// Service id.
+        service: String,
+    },
+    /// Stored events after `after` (a row id), then every new one as it is stored.
+    Subscribe {
+        /// Only these services (all when empty).
+        #[serde(default)]
+        services: Vec<String>,
+        /// Resume after this row id; `None`: only events stored from now on.
+        #[serde(default)]
+        after: Option<i64>,
+    },
+    /// Stored events matching a filter.
+    History {
+        /// Which events.
+        #[serde(flatten)]
+        filter: HistoryFilter,
+    },
+    /// Audited commands.
+    Audit {
+        /// From this time (microseconds since the epoch).
+        #[serde(default)]
+        since_us: Option<i64>,
+        /// Until this time (exclusive).
+        #[serde(default)]
+        until_us: Option<i64>,
+        /// Only commands of this uid.
+        #[serde(default)]
+        uid: Option<u32>,
+        /// At most this many (the oldest first).
+        #[serde(default)]
+        limit: Option<usize>,
+    },
+    /// Per-service statistics over a window (default: the last 24 hours).
+    Stats {
+        /// Only these services (all configured ones when empty).
+        #[serde(default)]
+        services: Vec<String>,
+        /// Window start.
+        #[serde(default)]
+        since_us: Option<i64>,
+        /// Window end (default: now).
+        #[serde(default)]
+        until_us: Option<i64>,
+    },
+}
+
+impl ClientRequest {
+    /// True for requests that change something (they need [`Access::Control`] and are
+    /// audited).
+    pub fn is_control(&self) -> bool {
+        matches!(
+            self,
+            ClientRequest::Start { .. }
+                | ClientRequest::Stop { .. }
+                | ClientRequest::Restart { .. }
+                | ClientRequest::Reload { .. }
+                | ClientRequest::Once { .. }
+                | ClientRequest::Signal { .. }
+                | ClientRequest::Action { .. }
+                | ClientRequest::Unconfigure { .. }
+        )
+    }
+
+    /// The one service a control request names.
+    pub fn service(&self) -> Option<&str> {
+        match self {
+            ClientRequest::Start { service }
+            | ClientRequest::Stop { service }
+            | ClientRequest::Restart { service }
+            | ClientRequest::Reload { service }
+            | ClientRequest::Once { service }
+            | ClientRequest::Signal { service, .. }
+            | ClientRequest::Action { service, .. }
+            | ClientRequest::Unconfigure { service } => Some(service),
+            _ => None,
+        }
+    }
+}
+
+/// What a caller may do, from its credentials.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Access {
+    /// Nothing but `hello`.
+    None,
+    /// list, status, subscribe, history, audit, stats.
+    Read,
+    /// Everything.
+    Control,
+}
+
+/// Why a request failed, for programs; the message is for people.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// The message could not be parsed (the connection is closed after this reply).
+    Invalid,
+    /// The caller's access does not allow the request.
+    Refused,
+    /// No such service, or no such action.
+    NotFound,
+    /// The service's buddy cannot be reached right now.
+    Unavailable,
+    /// The buddy refused or could not carry out the request.
+    Failed,
+    /// The audit store could not answer.
+    Store,
+    /// The client speaks a newer protocol version.
+    Version,
+}
+
+/// A service in `list`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ServiceSummary {
+    /// Service id.
+    pub service: String,
+    /// Its UUID in the store, when known.
+    #[serde(default)]
+    pub uuid: Option<String>,
+    /// The file that defines it.
+    pub file: String,
+    /// Whether the controller is connected to its buddy.
+    pub linked: bool,
+    /// Its status file, when there is one.
+    #[serde(default)]
+    pub status: Option<Status>,
+}
+
+/// What the controller answers.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ClientReply {
+    /// Answer to `hello`.
+    Hello {
+        /// The controller's protocol version.
+        version: u32,
+        /// The controller's pid.
+        pid: i32,
+        /// What this caller may do.
+        access: Access,
+    },
+    /// Answer to `list` and `status`.
+    Services {
+        /// In id order.
+        services: Vec<ServiceSummary>,
+    },
+    /// A control request was carried out by the buddy.
+    Done {
+        /// The service.
+        service: String,
+        /// Its status right after the command took effect.
+        #[serde(default)]
+        status: Option<Status>,
+        /// Extra detail ("already running").
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        message: Option<String>,
+    },
+    /// A reload or custom action ran to its end.
+    ActionDone {
+        /// The service.
+        service: String,
+        /// The action.
+        action: String,
+        /// How the action's script ended.
+        exit: Exit,
+    },
+    /// `subscribe` is in place; stored events follow.
+    Subscribed {
+        /// The newest row id stored when the subscription began.
+        cursor: i64,
+    },
+    /// A stored event (pushed to subscribers).
+    Event {
+        /// The event and its row id (the resume cursor).
+        #[serde(flatten)]
+        event: EventRow,
+    },
+    /// Answer to `history`.
+    History {
+        /// Matching events.
+        events: Vec<EventRow>,
+    },
+    /// Answer to `audit`.
+    Audit {
+        /// Matching commands.
+        commands: Vec<CommandRow>,
+    },
+    /// Answer to `stats`.
+    Stats {
+        /// One per service.
+        stats: Vec<Stats>,
+    },
+    /// The request failed.
+    Error {
+        /// Why, for programs.
+        code: ErrorCode,
+        /// Why, in one sentence.
+        message: String,
+    },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::{decode, encode, Envelope};
+
+    #[test]
+    fn requests_read_like_the_docs() {
+        let r: Envelope<ClientRequest> =
+            decode(br#"{"type":"restart","id":7,"service":"api"}"#).expect("parse");
+        assert_eq!(r.id, Some(7));
+        assert!(r.body.is_control());
+        assert_eq!(r.body.service(), Some("api"));
+        let h: Envelope<ClientRequest> =
+            decode(br#"{"type":"history","service":"api","kinds":["died"],"limit":5}"#)
+                .expect("parse");
+        match h.body {
+            ClientRequest::History { filter } => {
+                assert_eq!(filter.service.as_deref(), Some("api"));
+                assert_eq!(filter.kinds, ["died"]);
+                assert_eq!(filter.limit, Some(5));
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        let e = encode(&Envelope {
+            id: Some(1),
+            body: ClientReply::Error {
+                code: ErrorCode::NotFound,
+                message: "no service \"x\"".into(),
+            },
+        });
+        assert_eq!(
+            String::from_utf8_lossy(&e),
+            "{\"id\":1,\"type\":\"error\",\"code\":\"not_found\",\"message\":\"no service \\\"x\\\"\"}\n"
+        );
+    }
+}
