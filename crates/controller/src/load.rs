@@ -5,36 +5,11 @@
 //! reported. Nothing here touches running services.
 
 use std::path::{Path, PathBuf};
-use upk_core::config::{self, ConfigErrors, Controller, Service};
+use upk_core::config::{self, Controller, Service};
 
-/// The controller file used when `--config` is not given: `/etc/upkeeper/upkeeper.conf` for
-/// root, `$XDG_CONFIG_HOME/upkeeper/upkeeper.conf` otherwise.
-pub fn default_config_path(euid: u32) -> PathBuf {
-    if euid == 0 {
-        return PathBuf::from("/etc/upkeeper/upkeeper.conf");
-    }
-    let defaults = Controller::defaults(euid);
-    defaults.svc_config_path.parent().map_or_else(
-        || PathBuf::from("upkeeper.conf"),
-        |p| p.join("upkeeper.conf"),
-    )
-}
-
-/// Loads the controller file; a missing default file means built-in defaults.
-pub fn controller(path: Option<&Path>) -> Result<Controller, ConfigErrors> {
-    let euid = nix::unistd::geteuid().as_raw();
-    match path {
-        Some(p) => config::load_controller(p),
-        None => {
-            let p = default_config_path(euid);
-            if p.exists() {
-                config::load_controller(&p)
-            } else {
-                Ok(Controller::defaults(euid))
-            }
-        }
-    }
-}
+pub use upk_core::config::{
+    controller_file as default_config_path, load_controller_or_defaults as controller,
+};
 
 /// The service files in `dir` (`*.conf`, `*.json5`), in name order.
 pub fn service_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {

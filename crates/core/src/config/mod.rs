@@ -17,7 +17,8 @@ mod validate;
 pub use keys::{check_action_name, ServiceLayer, MAX_RINGBUFFER_SIZE, SERVICE_KEYS};
 pub use model::*;
 pub use validate::{
-    load_controller, load_services, parse_controller, parse_services, CONTROLLER_KEYS,
+    controller_file, load_controller, load_controller_or_defaults, load_services, parse_controller,
+    parse_services, CONTROLLER_KEYS,
 };
 
 use std::fmt;

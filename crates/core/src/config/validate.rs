@@ -525,6 +525,35 @@ fn check_owner_and_mode(uid: u32, mode: u32, euid: u32) -> Result<(), String> {
     Ok(())
 }
 
+/// The controller file used when `--config` is not given: `/etc/upkeeper/upkeeper.conf` for
+/// root, `$XDG_CONFIG_HOME/upkeeper/upkeeper.conf` otherwise.
+pub fn controller_file(euid: u32) -> PathBuf {
+    if euid == 0 {
+        return PathBuf::from("/etc/upkeeper/upkeeper.conf");
+    }
+    let defaults = Controller::defaults(euid);
+    defaults.svc_config_path.parent().map_or_else(
+        || PathBuf::from("upkeeper.conf"),
+        |p| p.join("upkeeper.conf"),
+    )
+}
+
+/// Loads the controller file; a missing default file means built-in defaults.
+pub fn load_controller_or_defaults(path: Option<&Path>) -> Result<Controller, ConfigErrors> {
+    let euid = nix::unistd::geteuid().as_raw();
+    match path {
+        Some(p) => load_controller(p),
+        None => {
+            let p = controller_file(euid);
+            if p.exists() {
+                load_controller(&p)
+            } else {
+                Ok(Controller::defaults(euid))
+            }
+        }
+    }
+}
+
 impl Controller {
     /// The effective configuration when there is no controller file, for a controller running
     /// with effective uid `euid`: system paths for root, XDG paths for everyone else, so that a

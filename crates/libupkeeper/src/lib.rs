@@ -1,0 +1,490 @@
+//! libupkeeper: the blocking client of the upkeeper controller.
+//!
+//! # Theory of operation
+//!
+//! A [`Client`] is one connection to the controller's socket (`StateDir/upkeeper.sock`).
+//! [`Client::connect`] says `hello` and learns what the caller may do ([`Access`], decided by
+//! the controller from the caller's uid and groups). Each method sends one request and waits
+//! for its reply; control methods (start, stop, restart, ...) return once the service's buddy
+//! has carried the command out, with the status right after it ([`Outcome`]). Failures are
+//! typed ([`Error`]): the controller could not be reached, it refused the caller, there is no
+//! such service, the buddy could not do it, or the wait timed out.
+//!
+//! [`Client::subscribe`] turns the connection into a [`Subscription`], an iterator over
+//! stored events as the controller commits them. Every event carries its row id; pass the last
+//! one seen as `after` when subscribing again and nothing is missed in between.
+//!
+//! The wire protocol is newline-delimited JSON (`docs/protocol.md`); the message types are in
+//! [`upk_core::client`], re-exported here.
+//!
+//! # Examples
+//!
+//! Restart a service and say how it went:
+//!
+//! ```no_run
+//! use libupkeeper::{Client, Outcome};
+//!
+//! let mut client = Client::connect(&libupkeeper::socket_path(None)?)?;
+//! match client.restart("api")? {
+//!     Outcome::Done { status, .. } => println!("api is {:?}", status.map(|s| s.state)),
+//!     Outcome::ActionDone { exit, .. } => println!("{exit:?}"),
+//! }
+//! # Ok::<(), libupkeeper::Error>(())
+//! ```
+//!
+//! What died last night, newest first:
+//!
+//! ```no_run
+//! use libupkeeper::{Client, HistoryFilter};
+//!
+//! let mut client = Client::connect(&libupkeeper::socket_path(None)?)?;
+//! let filter = HistoryFilter {
+//!     kinds: vec!["died".into()],
+//!     newest_first: true,
+//!     limit: Some(20),
+//!     ..HistoryFilter::default()
+//! };
+//! for row in client.history(&filter)? {
+//!     println!("{} {} {}", row.id, row.service, row.record.summary());
+//! }
+//! # Ok::<(), libupkeeper::Error>(())
+//! ```
+//!
+//! Follow events, resuming where a previous subscription stopped:
+//!
+//! ```no_run
+//! use libupkeeper::Client;
+//!
+//! let last_seen: Option<i64> = None; // e.g. kept from an earlier run
+//! let client = Client::connect(&libupkeeper::socket_path(None)?)?;
+//! for event in client.subscribe(&[], last_seen)? {
+//!     let event = event?;
+//!     println!("#{} {} {}", event.id, event.service, event.record.summary());
+//! }
+//! # Ok::<(), libupkeeper::Error>(())
+//! ```
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub use upk_core::client::{Access, ClientReply, ClientRequest, ErrorCode, ServiceSummary};
+pub use upk_core::event::{EventKind, Exit, Record, StateName};
+pub use upk_core::history::{CommandRow, EventRow, HistoryFilter, HourBucket, Stats};
+use upk_core::proto::{self, Envelope};
+pub use upk_core::proto::{SignalSpec, MAX_LINE, PROTOCOL_VERSION};
+pub use upk_core::status::{Status, Want};
+
+/// Why a request did not succeed.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The controller's socket could not be reached (the controller is not running, or the
+    /// path is wrong).
+    #[error("cannot reach the controller at {path}: {source}")]
+    Unreachable {
+        /// The socket.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The controller answered with an error.
+    #[error("{message}")]
+    Controller {
+        /// What kind of failure.
+        code: ErrorCode,
+        /// One sentence from the controller.
+        message: String,
+    },
+    /// No reply within the timeout set with [`Client::set_timeout`].
+    #[error("the controller did not answer within {0:?}")]
+    TimedOut(Duration),
+    /// The connection broke or closed.
+    #[error("lost the connection to the controller: {0}")]
+    Io(#[from] std::io::Error),
+    /// The controller sent something this library does not understand.
+    #[error("unexpected answer from the controller: {0}")]
+    Protocol(String),
+    /// The controller file could not be read.
+    #[error("{0}")]
+    Config(String),
+}
+
+impl Error {
+    /// The controller's error code, if the controller answered with an error.
+    pub fn code(&self) -> Option<ErrorCode> {
+        match self {
+            Error::Controller { code, .. } => Some(*code),
+            _ => None,
+        }
+    }
+}
+
+/// A result with [`Error`].
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// What a control request did.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    /// The buddy carried the command out.
+    Done {
+        /// The service.
+        service: String,
+        /// Its status right after the command took effect.
+        status: Option<Status>,
+        /// Extra detail, such as "already running".
+        message: Option<String>,
+    },
+    /// A reload or custom action ran to its end.
+    ActionDone {
+        /// The service.
+        service: String,
+        /// The action.
+        action: String,
+        /// How its script ended.
+        exit: Exit,
+    },
+}
+
+/// Which audited commands [`Client::audit`] returns.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AuditQuery {
+    /// From this time (microseconds since the epoch).
+    pub since_us: Option<i64>,
+    /// Until this time (exclusive).
+    pub until_us: Option<i64>,
+    /// Only commands of this uid.
+    pub uid: Option<u32>,
+    /// At most this many.
+    pub limit: Option<usize>,
+}
+
+/// The controller socket to use: `UPKEEPER_SOCKET` if set; else the one of the controller
+/// file `config` (or the default controller file for this user, or built-in defaults); and for
+/// a user without a controller of their own, the system controller's socket when it exists.
+pub fn socket_path(config: Option<&Path>) -> Result<PathBuf> {
+    if let Some(p) = std::env::var_os("UPKEEPER_SOCKET") {
+        return Ok(p.into());
+    }
+    let ctl = upk_core::config::load_controller_or_defaults(config)
+        .map_err(|e| Error::Config(e.to_string()))?;
+    let own = ctl.socket_path();
+    let system = upk_core::config::Controller::defaults(0).socket_path();
+    if config.is_none() && !own.exists() && system.exists() {
+        return Ok(system);
+    }
+    Ok(own)
+}
+
+/// One connection to the controller.
+#[derive(Debug)]
+pub struct Client {
+    reader: BufReader<UnixStream>,
+    writer: UnixStream,
+    next_id: u64,
+    access: Access,
+    controller_pid: i32,
+    timeout: Option<Duration>,
+}
+
+impl Client {
+    /// Connects to the controller at `socket` and says `hello`.
+    pub fn connect(socket: &Path) -> Result<Client> {
+        let stream = UnixStream::connect(socket).map_err(|source| Error::Unreachable {
+            path: socket.to_owned(),
+            source,
+        })?;
+        let writer = stream.try_clone()?;
+        let mut client = Client {
+            reader: BufReader::new(stream),
+            writer,
+            next_id: 0,
+            access: Access::None,
+            controller_pid: 0,
+            timeout: None,
+        };
+        match client.call(ClientRequest::Hello {
+            version: PROTOCOL_VERSION,
+        })? {
+            ClientReply::Hello { access, pid, .. } => {
+                client.access = access;
+                client.controller_pid = pid;
+                Ok(client)
+            }
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// What the controller lets this caller do.
+    pub fn access(&self) -> Access {
+        self.access
+    }
+
+    /// The controller's pid.
+    pub fn controller_pid(&self) -> i32 {
+        self.controller_pid
+    }
+
+    /// Bounds every wait for a reply (`None`: wait as long as it takes, the default).
+    pub fn set_timeout(&mut self, timeout: Option<Duration>) -> Result<()> {
+        self.timeout = timeout;
+        self.writer.set_read_timeout(timeout)?;
+        Ok(())
+    }
+
+    /// Sends one request and returns its reply; an `error` reply is an [`Error::Controller`].
+    pub fn call(&mut self, request: ClientRequest) -> Result<ClientReply> {
+        self.next_id += 1;
+        let id = self.next_id;
+        self.writer.write_all(&proto::encode(&Envelope {
+            id: Some(id),
+            body: request,
+        }))?;
+        loop {
+            let msg = self.read()?;
+            if msg.id != Some(id) {
+                continue; // an event pushed before a subscription was asked for: not ours
+            }
+            return match msg.body {
+                ClientReply::Error { code, message } => Err(Error::Controller { code, message }),
+                body => Ok(body),
+            };
+        }
+    }
+
+    fn read(&mut self) -> Result<Envelope<ClientReply>> {
+        let mut line = Vec::new();
+        let n = (&mut self.reader)
+            .take(MAX_LINE as u64 + 1)
+            .read_until(b'\n', &mut line)
+            .map_err(|e| match e.kind() {
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => {
+                    Error::TimedOut(self.timeout.unwrap_or_default())
+                }
+                _ => Error::Io(e),
+            })?;
+        if n == 0 {
+            return Err(Error::Io(std::io::ErrorKind::UnexpectedEof.into()));
+        }
+        proto::decode(line.trim_ascii_end()).map_err(Error::Protocol)
+    }
+
+    /// Every configured service, with its status.
+    pub fn list(&mut self) -> Result<Vec<ServiceSummary>> {
+        match self.call(ClientRequest::List)? {
+            ClientReply::Services { services } => Ok(services),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// The status of some services (all when `services` is empty).
+    pub fn status(&mut self, services: &[&str]) -> Result<Vec<ServiceSummary>> {
+        let services = services.iter().map(|s| s.to_string()).collect();
+        match self.call(ClientRequest::Status { services })? {
+            ClientReply::Services { services } => Ok(services),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    fn control(&mut self, request: ClientRequest) -> Result<Outcome> {
+        match self.call(request)? {
+            ClientReply::Done {
+                service,
+                status,
+                message,
+            } => Ok(Outcome::Done {
+                service,
+                status,
+                message,
+            }),
+            ClientReply::ActionDone {
+                service,
+                action,
+                exit,
+            } => Ok(Outcome::ActionDone {
+                service,
+                action,
+                exit,
+            }),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Wants the service up and starts it.
+    pub fn start(&mut self, service: &str) -> Result<Outcome> {
+        let service = service.to_owned();
+        self.control(ClientRequest::Start { service })
+    }
+
+    /// Wants the service down and stops it.
+    pub fn stop(&mut self, service: &str) -> Result<Outcome> {
+        let service = service.to_owned();
+        self.control(ClientRequest::Stop { service })
+    }
+
+    /// Stops the service if it runs, then starts it.
+    pub fn restart(&mut self, service: &str) -> Result<Outcome> {
+        let service = service.to_owned();
+        self.control(ClientRequest::Restart { service })
+    }
+
+    /// Runs the service's reload action; returns when it has ended.
+    pub fn reload(&mut self, service: &str) -> Result<Outcome> {
+        let service = service.to_owned();
+        self.control(ClientRequest::Reload { service })
+    }
+
+    /// Starts the service once, without restarting it when it ends.
+    pub fn once(&mut self, service: &str) -> Result<Outcome> {
+        let service = service.to_owned();
+        self.control(ClientRequest::Once { service })
+    }
+
+    /// Sends a signal to the service (to its process group with `group`).
+    pub fn signal(&mut self, service: &str, signal: SignalSpec, group: bool) -> Result<Outcome> {
+        let service = service.to_owned();
+        self.control(ClientRequest::Signal {
+            service,
+            signal,
+            group,
+        })
+    }
+
+    /// Runs a custom action by name (or number); returns when it has ended.
+    pub fn action(&mut self, service: &str, name: &str) -> Result<Outcome> {
+        let (service, name) = (service.to_owned(), name.to_owned());
+        self.control(ClientRequest::Action { service, name })
+    }
+
+    /// Stops the service, shuts its buddy down, and forgets it until its definition changes.
+    pub fn unconfigure(&mut self, service: &str) -> Result<Outcome> {
+        let service = service.to_owned();
+        self.control(ClientRequest::Unconfigure { service })
+    }
+
+    /// Stored events matching `filter`.
+    pub fn history(&mut self, filter: &HistoryFilter) -> Result<Vec<EventRow>> {
+        let filter = filter.clone();
+        match self.call(ClientRequest::History { filter })? {
+            ClientReply::History { events } => Ok(events),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Audited commands.
+    pub fn audit(&mut self, query: &AuditQuery) -> Result<Vec<CommandRow>> {
+        let request = ClientRequest::Audit {
+            since_us: query.since_us,
+            until_us: query.until_us,
+            uid: query.uid,
+            limit: query.limit,
+        };
+        match self.call(request)? {
+            ClientReply::Audit { commands } => Ok(commands),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Statistics of some services (all when empty) over `since_us..until_us` (default: the
+    /// last 24 hours).
+    pub fn stats(
+        &mut self,
+        services: &[&str],
+        since_us: Option<i64>,
+        until_us: Option<i64>,
+    ) -> Result<Vec<Stats>> {
+        let services = services.iter().map(|s| s.to_string()).collect();
+        match self.call(ClientRequest::Stats {
+            services,
+            since_us,
+            until_us,
+        })? {
+            ClientReply::Stats { stats } => Ok(stats),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Subscribes to the events of some services (all when empty): first the stored events
+    /// after row id `after` (none when `None`), then each new one as it is stored.
+    pub fn subscribe(mut self, services: &[&str], after: Option<i64>) -> Result<Subscription> {
+        let services = services.iter().map(|s| s.to_string()).collect();
+        match self.call(ClientRequest::Subscribe { services, after })? {
+            ClientReply::Subscribed { cursor } => Ok(Subscription {
+                client: self,
+                cursor: after.unwrap_or(cursor),
+            }),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// [`Client::subscribe`] with a callback: `f` gets each event until it returns `false`
+    /// or the connection ends (an error).
+    pub fn subscribe_with<F>(self, services: &[&str], after: Option<i64>, mut f: F) -> Result<()>
+    where
+        F: FnMut(EventRow) -> bool,
+    {
+        for event in self.subscribe(services, after)? {
+            if !f(event?) {
+                return Ok(());
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Events as the controller stores them; see [`Client::subscribe`].
+#[derive(Debug)]
+pub struct Subscription {
+    client: Client,
+    cursor: i64,
+}
+
+impl Subscription {
+    /// The row id of the last event received (or where the subscription started): pass it as
+    /// `after` to a new subscription to miss nothing.
+    pub fn cursor(&self) -> i64 {
+        self.cursor
+    }
+
+    /// Bounds the wait for the next event; a wait that runs out is [`Error::TimedOut`] and
+    /// the subscription stays usable.
+    pub fn set_timeout(&mut self, timeout: Option<Duration>) -> Result<()> {
+        self.client.set_timeout(timeout)
+    }
+
+    /// The next event.
+    pub fn next_event(&mut self) -> Result<EventRow> {
+        loop {
+            match self.client.read()?.body {
+                ClientReply::Event { event } => {
+                    self.cursor = self.cursor.max(event.id);
+                    return Ok(event);
+                }
+                ClientReply::Error { code, message } => {
+                    return Err(Error::Controller { code, message })
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
+impl Iterator for Subscription {
+    type Item = Result<EventRow>;
+
+    /// The next event; `None` once the connection has ended.
+    fn next(&mut self) -> Option<Result<EventRow>> {
+        match self.next_event() {
+            Err(Error::Io(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => None,
+            other => Some(other),
+        }
+    }
+}
+
+fn unexpected(reply: &ClientReply) -> Error {
+    let kind = serde_json::to_value(reply)
+        .ok()
+        .and_then(|v| v.get("type")?.as_str().map(str::to_owned))
+        .unwrap_or_default();
+    Error::Protocol(format!("a `{kind}` reply"))
+}
