@@ -265,60 +265,12 @@ fn events_are_stored_once_acknowledged_after_commit_and_a_backlog_survives_a_con
     let _ = controller.wait();
 }
 
-/// `upkeeper run` with its stderr lines delivered on a channel.
-struct Running {
-    child: std::process::Child,
-    lines: std::sync::mpsc::Receiver<String>,
-}
-
-impl Running {
-    fn start(sb: &Sandbox, ctl: &std::path::Path) -> Running {
-        use std::io::BufRead;
-        let mut child = std::process::Command::new(upk_testkit::bin("upkeeper"))
-            .args(["--config", ctl.to_str().expect("utf8"), "run"])
-            .env(upk_testkit::MARKER, sb.path())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .expect("upkeeper run");
-        let stderr = std::io::BufReader::new(child.stderr.take().expect("stderr"));
-        let (tx, lines) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in stderr.lines().map_while(Result::ok) {
-                let _ = tx.send(line);
-            }
-        });
-        Running { child, lines }
-    }
-
-    /// The next stderr line containing `needle`, within 10 s.
-    fn said(&self, needle: &str) -> String {
-        let end = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        let mut seen = Vec::new();
-        while let Some(left) = end.checked_duration_since(std::time::Instant::now()) {
-            match self.lines.recv_timeout(left) {
-                Ok(line) if line.contains(needle) => return line,
-                Ok(line) => seen.push(line),
-                Err(_) => break,
-            }
-        }
-        panic!("upkeeper never said {needle:?}; it said {seen:#?}");
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 #[test]
 fn service_files_added_changed_and_removed_are_applied_live() {
     let sb = Sandbox::new();
     let conf = sb.path().join("conf");
     let ctl = sb.controller_file();
-    let ctlr = Running::start(&sb, &ctl);
+    let ctlr = upk_testkit::Controller::start(&sb, &ctl);
     ctlr.said("configuration applied: 0 added");
     let status = |id: &str| {
         upk_core::status::Status::read(&sb.run_path().join(id).join("status"))
@@ -416,7 +368,7 @@ fn a_killed_buddy_is_respawned_by_the_controller_and_adopts_its_service() {
         r#"{ "web": { ExecStart: "sleep 1000", InitialState: "running" } }"#,
     )
     .expect("write");
-    let _ctlr = Running::start(&sb, &ctl);
+    let _ctlr = upk_testkit::Controller::start(&sb, &ctl);
     let status = || {
         upk_core::status::Status::read(&sb.run_path().join("web/status"))
             .ok()

@@ -427,8 +427,8 @@ impl<'a> Fleet<'a> {
     }
 
     /// A service's buddy is started once each of its prerequisites is running (or no longer
-    /// configured).
-    fn release_waiting(&mut self) {
+    /// configured). Called after every round of events, and cheap when nobody waits.
+    pub fn release_waiting(&mut self) {
         let running = |dir: &RunDir| {
             Status::read(&dir.status())
                 .ok()
@@ -452,6 +452,7 @@ impl<'a> Fleet<'a> {
         for (id, still) in waiting {
             if let Some(m) = self.members.get_mut(&id) {
                 if still.is_empty() {
+                    eprintln!("upkeeper: {id}: its prerequisites run; starting it");
                     m.retry_at = Instant::now();
                 }
                 m.waiting_for = still;

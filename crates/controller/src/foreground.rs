@@ -205,6 +205,9 @@ pub fn run(ctl: &Controller, renderer: &Renderer) -> anyhow::Result<()> {
             fleet.link_lost(&gone.service);
             server.link_lost(&gone.service);
         }
+        if !batch.events.is_empty() {
+            fleet.release_waiting();
+        }
         batch.commands.append(&mut server.audit);
         if !batch.is_empty() {
             fleet

@@ -252,8 +252,8 @@ pub enum ClientReply {
     },
     /// A stored event (pushed to subscribers).
     Event {
-        /// The event and its row id (the resume cursor).
-        #[serde(flatten)]
+        /// The event and its row id (the resume cursor). Not flattened: the row id would
+        /// collide with the envelope's `id`.
         event: EventRow,
     },
     /// Answer to `history`.

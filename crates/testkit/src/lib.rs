@@ -199,6 +199,90 @@ impl Sandbox {
     }
 }
 
+/// A controller (`upkeeper run`) of a sandbox, with its stderr lines on a channel; killed
+/// (SIGKILL) when dropped.
+pub struct Controller {
+    /// The process.
+    pub child: Child,
+    /// Its client socket.
+    pub socket: PathBuf,
+    lines: std::sync::mpsc::Receiver<String>,
+}
+
+impl Controller {
+    /// Starts `upkeeper --config CTL run` and waits until it serves its socket (the socket
+    /// is `StateDir/upkeeper.sock`, `StateDir` as in [`Sandbox::controller_file`] unless
+    /// `state_dir` says otherwise).
+    pub fn start(sb: &Sandbox, ctl: &Path) -> Controller {
+        Controller::start_with_state(sb, ctl, &sb.path().join("state"))
+    }
+
+    /// [`Controller::start`] for a controller file whose `StateDir` is `state_dir`.
+    pub fn start_with_state(sb: &Sandbox, ctl: &Path, state_dir: &Path) -> Controller {
+        let socket = state_dir.join("upkeeper.sock");
+        let _ = std::fs::remove_file(&socket);
+        let mut child = Command::new(bin("upkeeper"))
+            .args(["--config", ctl.to_str().expect("utf8"), "run"])
+            .env(MARKER, sb.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("upkeeper run");
+        let stderr = BufReader::new(child.stderr.take().expect("stderr"));
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in stderr.lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        let c = Controller {
+            child,
+            socket,
+            lines,
+        };
+        wait_until(Duration::from_secs(10), "the controller's socket", || {
+            libupkeeper::Client::connect(&c.socket)
+                .map(drop)
+                .map_err(|e| e.to_string())
+        });
+        c
+    }
+
+    /// A client connection (libupkeeper), with replies bounded to 20 s.
+    pub fn client(&self) -> libupkeeper::Client {
+        let mut c = libupkeeper::Client::connect(&self.socket).expect("connect to the controller");
+        c.set_timeout(Some(Duration::from_secs(20)))
+            .expect("timeout");
+        c
+    }
+
+    /// The next stderr line containing `needle`, within 10 s.
+    pub fn said(&self, needle: &str) -> String {
+        let end = Instant::now() + Duration::from_secs(10);
+        let mut seen = Vec::new();
+        while let Some(left) = end.checked_duration_since(Instant::now()) {
+            match self.lines.recv_timeout(left) {
+                Ok(line) if line.contains(needle) => return line,
+                Ok(line) => seen.push(line),
+                Err(_) => break,
+            }
+        }
+        panic!("upkeeper never said {needle:?}; it said {seen:#?}");
+    }
+
+    /// SIGKILL and reap.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Controller {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
 impl Drop for Sandbox {
     fn drop(&mut self) {
         let victims = marked(self.path());
