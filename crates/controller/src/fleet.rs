@@ -35,8 +35,12 @@ use upk_core::proto::{self, BuddyReply, BuddyRequest, Envelope, LineBuf, Role, P
 use upk_core::rundir::{RunDir, Settings};
 use upk_core::status::{Status, Want};
 
-/// Least time between two attempts to reach (or spawn) one service's buddy.
+/// Least time between two spawns of one service's buddy, and the longest between two
+/// attempts to reach it.
 pub const RETRY: Duration = Duration::from_secs(1);
+
+/// The first delay before trying again to reach a buddy that did not answer.
+const FIRST_RETRY: Duration = Duration::from_millis(10);
 
 /// One event stream: a subscription we opened, or a buddy that phoned home.
 pub struct Link {
@@ -123,7 +127,12 @@ pub struct Member {
     /// Its run directory.
     pub dir: RunDir,
     child: Option<Child>,
+    /// When to try to reach the buddy next.
     retry_at: Instant,
+    /// Failed attempts to reach it since it was last linked (the retry delay doubles).
+    misses: u32,
+    /// When its buddy was last spawned (at most one spawn per [`RETRY`]).
+    spawned_at: Option<Instant>,
     /// Its buddy has answered this controller at least once (and was reconciled then).
     reconciled: bool,
     /// Not started yet: waiting for these prerequisites to be running.
@@ -324,6 +333,8 @@ impl<'a> Fleet<'a> {
                 dir,
                 child: None,
                 retry_at: Instant::now(),
+                misses: 0,
+                spawned_at: None,
                 reconciled: false,
                 waiting_for,
             };
@@ -417,11 +428,22 @@ impl<'a> Fleet<'a> {
             if m.retry_at > now || linked.contains(id) {
                 continue;
             }
-            m.retry_at = now + RETRY;
             match subscribe(&m.dir, id) {
-                Ok(link) => self.links.push(link),
-                Err(_) if m.waiting_for.is_empty() => spawn_buddy(&self.ctl.upk_buddy_path, id, m),
-                Err(_) => {}
+                Ok(link) => {
+                    m.misses = 0;
+                    self.links.push(link);
+                }
+                Err(_) => {
+                    // A buddy just spawned binds its socket within milliseconds: try again
+                    // soon, then less and less often.
+                    m.retry_at = now + (FIRST_RETRY * 2u32.pow(m.misses.min(7))).min(RETRY);
+                    m.misses += 1;
+                    let due = m.spawned_at.is_none_or(|t| now >= t + RETRY);
+                    if m.waiting_for.is_empty() && due && m.child.is_none() {
+                        m.spawned_at = Some(now);
+                        spawn_buddy(&self.ctl.upk_buddy_path, id, m);
+                    }
+                }
             }
         }
     }
@@ -460,10 +482,10 @@ impl<'a> Fleet<'a> {
         }
     }
 
-    /// A link ended: try its buddy again a second later.
+    /// A link ended: reach its buddy again soon (spawning a new one at most once a second).
     pub fn link_lost(&mut self, service: &str) {
         if let Some(m) = self.members.get_mut(service) {
-            m.retry_at = Instant::now() + RETRY;
+            (m.retry_at, m.misses) = (Instant::now() + FIRST_RETRY, 0);
         }
     }
 
@@ -570,9 +592,6 @@ fn subscribe(dir: &RunDir, id: &str) -> std::io::Result<Link> {
 }
 
 fn spawn_buddy(buddy: &PathBuf, id: &str, m: &mut Member) {
-    if m.child.is_some() {
-        return;
-    }
     let log = upk_core::fsutil::open_append(&m.dir.log_file("buddy"), 0o640);
     let mut cmd = Command::new(buddy);
     cmd.arg(m.dir.root())
