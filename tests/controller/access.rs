@@ -66,6 +66,7 @@ fn probe_as(user: &str, socket: &Path, lines: &[&str]) -> Vec<Value> {
     assert!(out.status.success(), "{out:?}");
     String::from_utf8_lossy(&out.stdout)
         .lines()
+        .filter(|l| *l != "closed")
         .map(|l| serde_json::from_str(l).unwrap_or_else(|_| panic!("not JSON: {l}")))
         .collect()
 }
@@ -215,4 +216,37 @@ fn garbage_on_the_socket_closes_that_connection_and_the_controller_serves_others
         c.client().status(&["svc"]).expect("a new connection").len(),
         1
     );
+}
+
+#[test]
+fn a_buddy_phoning_home_is_stored_and_acknowledged_but_only_from_the_controllers_uid() {
+    users();
+    let sb = Sandbox::new();
+    let ctl = sb.controller_file();
+    let c = Controller::start(&sb, &ctl);
+    let db = sb.path().join("state/upkeeper.db");
+    let hello = r#"!{"type":"hello","version":1,"service":"phoned","buddy_pid":4242}"#;
+    let event = |seq: u64| {
+        format!(
+            r#"{{"type":"event","record":{{"seq":{seq},"wall_us":1,"mono_us":1,"from":"stopped","to":"stopped","pid":4242,"cause":"startup","kind":"buddy_started","buddy_pid":4242}}}}"#
+        )
+    };
+    // The controller acknowledges once the store has committed.
+    let out = std::process::Command::new(upk_testkit::bin("upk_probe"))
+        .arg(&c.socket)
+        .args([hello, &event(1)])
+        .output()
+        .expect("upk_probe");
+    let ack: Value = serde_json::from_slice(&out.stdout).expect("an ack");
+    assert_eq!(
+        (ack["type"].as_str(), ack["seq"].as_u64()),
+        (Some("ack"), Some(1)),
+        "{ack}"
+    );
+    assert_eq!(stored(&db, Some("phoned")).len(), 1);
+
+    // Someone else pretending to be a buddy is dropped, and nothing is stored.
+    let r = probe_as("upkother", &c.socket, &[hello, &event(2)]);
+    assert!(r.is_empty(), "no answer: {r:?}");
+    assert_eq!(stored(&db, Some("phoned")).len(), 1);
 }
