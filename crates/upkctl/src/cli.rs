@@ -1,0 +1,197 @@
+//! The command line as clap sees it: every subcommand, flag and help text.
+//!
+//! These definitions are also the source of the shell completions and man pages
+//! (`upkctl completions`, `upkctl man`), so the help text here is the reference text.
+
+use clap::{Args as ClapArgs, Parser, Subcommand};
+use std::path::PathBuf;
+
+/// upkeeper's operator tool: status, control, history, audit and statistics of services.
+///
+/// upkctl talks to the controller through its socket (StateDir/upkeeper.sock of the controller
+/// file). `status` and `list` still answer from the status files when the controller is down.
+/// Exit codes: 0 ok, 1 failed, 2 not found, 3 refused, 4 controller unreachable, 5 timed out,
+/// 6 invalid configuration, 100 usage, 111 temporary failure (docs/exit-codes.md).
+#[derive(Debug, Parser)]
+#[command(name = "upkctl", version, propagate_version = true)]
+pub struct Args {
+    /// The controller file (default: /etc/upkeeper/upkeeper.conf for root,
+    /// $XDG_CONFIG_HOME/upkeeper/upkeeper.conf otherwise; built-in defaults if it is missing).
+    #[arg(long, global = true, value_name = "PATH")]
+    pub config: Option<PathBuf>,
+    /// The controller's socket, instead of the one the controller file names.
+    #[arg(long, global = true, value_name = "PATH")]
+    pub socket: Option<PathBuf>,
+    /// Print JSON instead of text (one document, or one object per line for event streams).
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// Give up after this many seconds: on each answer from the controller, and on --wait.
+    #[arg(long, global = true, value_name = "SECS", default_value = "30",
+          value_parser = parse_seconds)]
+    pub timeout: f64,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Cmd,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Cmd {
+    /// Show the state of services (all when none is named); from the status files when the
+    /// controller is down.
+    Status {
+        /// Service ids.
+        #[arg(value_name = "SERVICE")]
+        services: Vec<String>,
+    },
+    /// List the configured services.
+    List,
+    /// Want services up and start them.
+    Start(Targets),
+    /// Want services down and stop them (stop script, SIGTERM, SIGKILL to the group).
+    Stop(Targets),
+    /// Stop services if they run, then start them.
+    Restart(Targets),
+    /// Run the services' reload action; returns when it has ended.
+    Reload(Targets),
+    /// Send a signal to services.
+    Signal {
+        /// The signal: a name (HUP, SIGHUP) or a number.
+        #[arg(value_name = "SIG")]
+        signal: String,
+        /// Send it to the whole process group.
+        #[arg(long)]
+        group: bool,
+        #[command(flatten)]
+        targets: Targets,
+    },
+    /// Run a custom action of services; returns when it has ended.
+    Action {
+        /// The action's name (or number).
+        #[arg(value_name = "NAME")]
+        name: String,
+        #[command(flatten)]
+        targets: Targets,
+    },
+    /// Start services once, without restarting them when they end.
+    Once(Targets),
+    /// Stop services, shut their buddies down, and forget them until their files change.
+    Unconfigure(Targets),
+    /// Show stored events, oldest first.
+    History {
+        /// Only this service.
+        #[arg(value_name = "SERVICE")]
+        service: Option<String>,
+        #[command(flatten)]
+        window: Window,
+        /// Only events of these kinds (died, started, stopped, ...; repeat or separate with
+        /// commas).
+        #[arg(long, value_name = "KIND", value_delimiter = ',')]
+        kind: Vec<String>,
+        /// At most the last N events (0: no limit).
+        #[arg(short = 'n', long, value_name = "N", default_value_t = 100)]
+        lines: usize,
+        /// Then keep printing new events as they are stored.
+        #[arg(short, long, conflicts_with = "until")]
+        follow: bool,
+    },
+    /// Show audited commands: who asked what, when, and what came of it.
+    Audit {
+        #[command(flatten)]
+        window: Window,
+        /// Only commands of this user (a name or a uid).
+        #[arg(long, value_name = "NAME|UID")]
+        user: Option<String>,
+        /// At most the last N commands (0: no limit).
+        #[arg(short = 'n', long, value_name = "N", default_value_t = 100)]
+        lines: usize,
+    },
+    /// Show restarts per hour, uptime, mean time between failures and flapping.
+    Stats {
+        /// Service ids (all when none is named).
+        #[arg(value_name = "SERVICE")]
+        services: Vec<String>,
+        /// Start of the window (default: 24 hours ago); as for `history`.
+        #[arg(long, value_name = "WHEN")]
+        since: Option<String>,
+    },
+    /// Print events live as the controller stores them.
+    Watch {
+        /// Only these services.
+        #[arg(value_name = "SERVICE")]
+        services: Vec<String>,
+        /// Only events of these kinds (repeat or separate with commas).
+        #[arg(long, value_name = "KIND", value_delimiter = ',')]
+        kind: Vec<String>,
+        /// Exit after N events.
+        #[arg(long, value_name = "N")]
+        count: Option<u64>,
+    },
+    /// Validate configuration offline and print every error with its location (default: the
+    /// controller file and every service file in its SvcConfigPath).
+    Check {
+        /// Service files, or directories of them.
+        #[arg(value_name = "FILE|DIR")]
+        paths: Vec<PathBuf>,
+        /// The files are controller files.
+        #[arg(long)]
+        controller: bool,
+    },
+    /// Show the run directory the controller would render for services, without writing it.
+    Render {
+        /// Service ids.
+        #[arg(value_name = "SERVICE", required = true)]
+        services: Vec<String>,
+        /// Read the templates from this directory instead of the built-in ones.
+        #[arg(long, value_name = "DIR")]
+        templates: Option<PathBuf>,
+    },
+    /// Print a completion script for a shell.
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (or write one per subcommand into a directory).
+    Man {
+        /// Write upkctl.1 and upkctl-SUBCOMMAND.1 into this directory.
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
+}
+
+/// The services a control command acts on.
+#[derive(Debug, Clone, ClapArgs)]
+pub struct Targets {
+    /// Service ids.
+    #[arg(
+        value_name = "SERVICE",
+        required_unless_present = "all",
+        conflicts_with = "all"
+    )]
+    pub services: Vec<String>,
+    /// Every configured service.
+    #[arg(long)]
+    pub all: bool,
+    /// Block until each service has reached its new state (bounded by --timeout).
+    #[arg(long)]
+    pub wait: bool,
+}
+
+/// A time window.
+#[derive(Debug, Clone, ClapArgs)]
+pub struct Window {
+    /// From this time: a duration ago (90s, 15m, 1h, 2d, 1w, 1h30m) or a UTC date
+    /// (2026-11-21, 2026-11-21T12:00, 2026-11-21 12:00:00Z).
+    #[arg(long, value_name = "WHEN")]
+    pub since: Option<String>,
+    /// Until this time (exclusive), written as for --since.
+    #[arg(long, value_name = "WHEN")]
+    pub until: Option<String>,
+}
+
+fn parse_seconds(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v > 0.0 && v.is_finite() => Ok(v),
+        _ => Err(format!("{s:?} is not a positive number of seconds")),
+    }
+}

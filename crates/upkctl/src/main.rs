@@ -1,0 +1,28 @@
+//! `upkctl`: parse the command line, run the command, turn the outcome into an exit code.
+//! Everything else lives in the library.
+
+use clap::Parser;
+use std::process::ExitCode;
+use upkctl::exit;
+
+fn main() -> ExitCode {
+    // Usage errors are permanent failures (100), as for every upkeeper program; help is not.
+    let args = match upkctl::cli::Args::try_parse() {
+        Ok(a) => a,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() { exit::USAGE as u8 } else { 0 });
+        }
+    };
+    let mut stdout = std::io::stdout().lock();
+    let code = match upkctl::run(args, &mut stdout) {
+        Ok(code) => code,
+        Err(f) => {
+            if !f.message.is_empty() {
+                upkctl::warn(&f.message);
+            }
+            f.code
+        }
+    };
+    ExitCode::from(code as u8)
+}
