@@ -304,7 +304,12 @@ fn outcome(service: &str, answer: libupkeeper::Result<Outcome>) -> Result1 {
         }
         Err(e) => {
             (r.ok, r.code) = (false, code_of(&e));
-            r.message = Failure::from(e).message;
+            let message = Failure::from(e).message;
+            // The controller names the service in a buddy's refusal; the line names it already.
+            r.message = match message.strip_prefix(&format!("{service}: ")) {
+                Some(rest) => rest.to_owned(),
+                None => message,
+            };
         }
     }
     r

@@ -10,7 +10,7 @@
 
 use crate::cli::Window;
 use crate::exit::{self, Failure, Result};
-use crate::{print_json_line, table, when, Ctx};
+use crate::{print_json_line, table, warn, when, Ctx};
 use libupkeeper::{EventRow, HistoryFilter, Subscription};
 use std::io::Write;
 
@@ -145,6 +145,16 @@ pub fn watch(
     }
     let names: Vec<&str> = services.iter().map(String::as_str).collect();
     let sub = client.subscribe(&names, None)?;
+    // On stderr, so stdout stays events only: from here on nothing is missed.
+    let which = if services.is_empty() {
+        "every service".to_owned()
+    } else {
+        services.join(", ")
+    };
+    warn(&format!(
+        "watching {which} from event #{}; Ctrl-C to stop",
+        sub.cursor()
+    ));
     follow(ctx, sub, kinds, count, out)
 }
 

@@ -1,0 +1,252 @@
+//! `history`, `audit`, `stats` and `watch`: the audit questions, answered from the store.
+
+use super::*;
+
+const SERVICES: &str = r#"{
+    "web": { ExecStart: "sleep 1000", InitialState: "running" },
+    "db": { ExecStart: "sleep 1000", InitialState: "running" },
+}"#;
+
+/// Kills `id`'s process with SIGKILL and waits until the buddy has run it again.
+fn kill_and_wait_restart(w: &World, id: &str) -> i32 {
+    let pid = w.running(id).pid.expect("pid");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .expect("kill");
+    wait_until(
+        Duration::from_secs(10),
+        &format!("{id} restarted"),
+        || match w.status(id) {
+            Some(s) if s.state == StateName::Running && s.pid != Some(pid) => Ok(()),
+            other => Err(format!("{other:?}")),
+        },
+    );
+    pid
+}
+
+#[test]
+fn history_says_what_died_and_why() {
+    let w = World::new(&[("app.conf", SERVICES)], &["web", "db"]);
+    let killed = kill_and_wait_restart(&w, "web");
+
+    // Stored a moment after it happened: wait for the death in the history.
+    let line = wait_until(Duration::from_secs(10), "the death stored", || {
+        let out = w.upkctl(&["history", "web", "--kind", "died"]);
+        out.expect(code::OK);
+        out.lines()
+            .last()
+            .map(|l| l.to_string())
+            .filter(|l| l.contains("killed by SIGKILL"))
+            .ok_or(out.stdout)
+    });
+    // `2026-11-21T12:24:05.123Z  web  [running] killed by SIGKILL after 0.512s pid 42 (exit)`
+    let parts: Vec<&str> = line.splitn(3, "  ").collect();
+    assert_eq!(parts.len(), 3, "{line}");
+    assert!(
+        parts[0].len() == 24 && parts[0].ends_with('Z') && parts[0].contains('T'),
+        "a UTC time: {line}"
+    );
+    assert_eq!(parts[1], "web");
+    assert!(parts[2].contains(&format!("pid {killed}")), "{line}");
+
+    // Every kind, oldest first, for both services; -n keeps the newest.
+    let all = w.upkctl(&["history", "--json", "-n", "0"]);
+    all.expect(code::OK);
+    let rows = all.json_lines();
+    let ids: Vec<i64> = rows.iter().filter_map(|r| r["id"].as_i64()).collect();
+    assert!(ids.windows(2).all(|p| p[0] < p[1]), "oldest first: {ids:?}");
+    let services: std::collections::BTreeSet<&str> =
+        rows.iter().filter_map(|r| r["service"].as_str()).collect();
+    assert_eq!(services.into_iter().collect::<Vec<_>>(), ["db", "web"]);
+    assert!(rows.iter().any(|r| r["kind"] == "died"
+        && r["service"] == "web"
+        && r["exit"]["signal"] == 9
+        && r["cause"] == "exit"));
+    let last2 = w.upkctl(&["history", "--json", "-n", "2"]).json_lines();
+    assert_eq!(
+        last2.iter().map(|r| r["id"].clone()).collect::<Vec<_>>(),
+        rows[rows.len() - 2..]
+            .iter()
+            .map(|r| r["id"].clone())
+            .collect::<Vec<_>>()
+    );
+
+    // The window: everything is from the last hour, nothing from before it.
+    let kinds = |args: &[&str]| -> Vec<String> {
+        let mut a = vec!["history", "web", "--json"];
+        a.extend_from_slice(args);
+        let out = w.upkctl(&a);
+        out.expect(code::OK);
+        out.json_lines()
+            .iter()
+            .map(|r| r["kind"].as_str().unwrap_or("").to_owned())
+            .collect()
+    };
+    assert!(kinds(&["--since", "1h"]).contains(&"died".to_owned()));
+    assert_eq!(kinds(&["--until", "1h"]), Vec::<String>::new());
+    assert_eq!(
+        kinds(&["--since", "2000-01-01", "--kind", "died,stopped"]),
+        ["died"]
+    );
+
+    w.upkctl(&["history", "nope"])
+        .fails(code::NOT_FOUND, "no service \"nope\"");
+    w.upkctl(&["history", "--kind", "dead"])
+        .fails(code::USAGE, "\"dead\" is not a kind of event");
+    w.upkctl(&["history", "--since", "yesterday"])
+        .fails(code::USAGE, "neither a duration");
+    w.upkctl(&["history", "--follow", "--until", "1h"])
+        .expect(code::USAGE);
+}
+
+#[test]
+fn audit_says_who_did_what() {
+    let w = World::new(&[("app.conf", SERVICES)], &["web", "db"]);
+    w.upkctl(&["stop", "db"]).expect(code::OK);
+    w.upkctl(&["signal", "USR2", "--group", "nope"])
+        .expect(code::NOT_FOUND);
+
+    let out = wait_until(Duration::from_secs(10), "the commands audited", || {
+        let out = w.upkctl(&["audit"]);
+        out.expect(code::OK);
+        if out.lines().len() >= 2 {
+            Ok(out)
+        } else {
+            Err(out.stdout)
+        }
+    });
+    let lines = out.lines();
+    assert!(
+        lines[0].contains("  root  stop db: done: stopping (want down)")
+            && lines[0].contains("upkctl --config")
+            && lines[0].contains("stop db]"),
+        "{lines:?}"
+    );
+    assert!(
+        lines[1].contains("root  signal USR2 --group nope: failed: there is no service"),
+        "{lines:?}"
+    );
+
+    let rows = w
+        .upkctl(&["audit", "--json", "--user", "root"])
+        .json_lines();
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    assert_eq!(rows[0]["request"]["type"], "stop");
+    assert_eq!(rows[0]["service"], "db");
+    assert_eq!(rows[0]["uid"], 0);
+    assert_eq!(rows[0]["ok"], true);
+    assert_eq!(rows[1]["ok"], false);
+    assert_eq!(
+        w.upkctl(&["audit", "--json", "-n", "1"]).json_lines(),
+        rows[1..]
+    );
+    assert_eq!(w.upkctl(&["audit", "--user", "4242"]).stdout, "");
+    assert_eq!(w.upkctl(&["audit", "--until", "1h"]).stdout, "");
+    w.upkctl(&["audit", "--user", "upk-no-such-user"])
+        .fails(code::NOT_FOUND, "there is no user \"upk-no-such-user\"");
+}
+
+#[test]
+fn stats_count_restarts_failures_and_uptime() {
+    let w = World::new(&[("app.conf", SERVICES)], &["web", "db"]);
+    kill_and_wait_restart(&w, "web");
+
+    let v = wait_until(Duration::from_secs(10), "the restart counted", || {
+        let out = w.upkctl(&["stats", "web", "--json"]);
+        out.expect(code::OK);
+        let v = out.json();
+        if v[0]["restarts"] == 1 && v[0]["failures"] == 1 {
+            Ok(v)
+        } else {
+            Err(out.stdout)
+        }
+    });
+    let s = &v[0];
+    assert_eq!(s["service"], "web");
+    assert_eq!(s["state"], "running");
+    assert_eq!(s["restarts_peak_hour"], 1);
+    assert_eq!(
+        s["restarts_per_hour_mean"], 1.0,
+        "one restart, observed < 1 h"
+    );
+    assert!(
+        s["uptime"].as_f64().is_some_and(|u| u > 0.0 && u <= 1.0),
+        "{s}"
+    );
+    let observed = s["observed_s"].as_f64().expect("observed");
+    assert!(
+        observed > 0.0 && observed < 600.0,
+        "since the service's first event: {s}"
+    );
+    let mtbf = s["mtbf_s"].as_f64().expect("an MTBF");
+    assert!(mtbf > 0.0 && mtbf <= observed, "{s}");
+    assert!(s["since_last_failure_us"]
+        .as_i64()
+        .is_some_and(|us| us >= 0));
+    assert!(
+        s["flapping"].as_f64().is_some_and(|f| f > 0.0 && f < 0.5),
+        "{s}"
+    );
+    assert_eq!(s["is_flapping"], false);
+
+    let out = w.upkctl(&["stats"]);
+    out.expect(code::OK);
+    let mut lines = out.stdout.lines();
+    assert!(
+        lines.next().is_some_and(|l| l.starts_with("from ")),
+        "{out:?}"
+    );
+    let rest: String = lines.collect::<Vec<_>>().join("\n");
+    let web = row(&rest, "web");
+    assert_eq!(web[1], "running");
+    assert!(web[2].ends_with('%'), "{web:?}");
+    assert_eq!(web[3..7], ["1", "1.00", "1", "1"]);
+    assert!(web[8].ends_with(" ago"), "{web:?}");
+    let db = row(&rest, "db");
+    assert_eq!(db[3..8], ["0", "0.00", "0", "0", "-"]);
+
+    w.upkctl(&["stats", "nope"])
+        .fails(code::NOT_FOUND, "no service \"nope\"");
+    w.upkctl(&["stats", "--since", "soon"])
+        .fails(code::USAGE, "neither a duration");
+}
+
+#[test]
+fn watch_and_follow_print_events_as_they_are_stored() {
+    let mut w = World::new(&[("app.conf", SERVICES)], &["web", "db"]);
+
+    let watch = w.spawn(&[
+        "watch",
+        "web",
+        "--json",
+        "--count",
+        "2",
+        "--kind",
+        "stopping,stopped",
+    ]);
+    watch.complained("watching web from event #");
+    let follow = w.spawn(&["history", "web", "--follow", "-n", "1"]);
+    // The newest stored event is printed first, so the subscription is in place.
+    follow.said("  web  ");
+
+    w.upkctl(&["stop", "db", "web"]).expect(code::OK);
+    let stopping: Value = serde_json::from_str(&watch.said("\"stopping\"")).expect("JSON");
+    assert_eq!(stopping["service"], "web", "only web: {stopping}");
+    let stopped: Value = serde_json::from_str(&watch.said("\"stopped\"")).expect("JSON");
+    assert_eq!(stopped["kind"], "stopped");
+    assert!(stopped["id"].as_i64() > stopping["id"].as_i64());
+    let mut watch = watch;
+    assert_eq!(watch.wait_exit(), code::OK, "--count 2");
+
+    let line = follow.said("[stopping->stopped] stopped");
+    assert!(line.contains("  web  "), "{line}");
+
+    // The controller going away ends a watch with "unreachable".
+    let mut again = w.spawn(&["watch"]);
+    again.complained("watching every service");
+    w.stop_controller();
+    again.complained("the controller closed the connection");
+    assert_eq!(again.wait_exit(), code::UNREACHABLE);
+}

@@ -1,0 +1,191 @@
+//! `status` and `list`, from the controller and from the status files when it is down, and
+//! every other command with the controller down or refusing.
+
+use super::*;
+
+const SERVICES: &str = r#"{
+    "web": { ExecStart: "sleep 1000", InitialState: "running" },
+    "worker": { ExecStart: "sleep 1000", InitialState: "running" },
+    "idle": { ExecStart: "sleep 1000" },
+}"#;
+
+#[test]
+fn status_and_list_show_every_service_in_text_and_json() {
+    let w = World::new(&[("app.conf", SERVICES)], &["web", "worker"]);
+    let web = w.running("web");
+
+    let out = w.upkctl(&["status"]);
+    out.expect(code::OK);
+    assert!(out.stderr.is_empty(), "{out:?}");
+    let header = out.lines()[0]
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ");
+    assert_eq!(
+        header,
+        "SERVICE STATE WANT PID UPTIME RESTARTS LAST EXIT HEALTH"
+    );
+    let rows = table(&out.stdout);
+    let ids: Vec<&str> = rows.iter().map(|r| r[0].as_str()).collect();
+    assert_eq!(ids, ["idle", "web", "worker"]);
+    let r = row(&out.stdout, "web");
+    assert_eq!(
+        (r[1].as_str(), r[2].as_str(), r[3].clone()),
+        ("running", "up", web.pid.expect("pid").to_string())
+    );
+    assert!(r[4].ends_with('s'), "an uptime: {r:?}");
+    assert_eq!(&r[5..], ["0", "-", "-"]);
+    let r = row(&out.stdout, "idle");
+    assert_eq!(&r[1..], ["stopped", "down", "-", "-", "0", "-", "-"]);
+
+    let out = w.upkctl(&["status", "web", "--json"]);
+    out.expect(code::OK);
+    let v = out.json();
+    assert_eq!(v["controller"], true);
+    let s = &v["services"];
+    assert_eq!(s.as_array().map(Vec::len), Some(1), "{v}");
+    assert_eq!(s[0]["service"], "web");
+    assert_eq!(s[0]["state"], "running");
+    assert_eq!(s[0]["want"], "up");
+    assert_eq!(s[0]["pid"], web.pid.expect("pid"));
+    assert_eq!(s[0]["since_us"], web.since_us);
+    assert!(s[0]["uptime_s"].as_f64().is_some_and(|u| u >= 0.0), "{v}");
+    assert_eq!(s[0]["restarts"], 0);
+    assert_eq!(s[0]["linked"], true);
+    assert!(s[0]["health"].is_null());
+    assert!(s[0]["file"]
+        .as_str()
+        .is_some_and(|f| f.ends_with("conf/app.conf")));
+
+    w.upkctl(&["status", "web", "nope"])
+        .fails(code::NOT_FOUND, "no service \"nope\"");
+
+    let out = w.upkctl(&["list"]);
+    out.expect(code::OK);
+    let r = row(&out.stdout, "worker");
+    assert_eq!(r[1..4], ["running", "up", "yes"]);
+    assert!(r[4].ends_with("conf/app.conf"), "{r:?}");
+    let list = w.upkctl(&["list", "--json"]).json();
+    let ids: Vec<&str> = list
+        .as_array()
+        .expect("an array")
+        .iter()
+        .filter_map(|s| s["service"].as_str())
+        .collect();
+    assert_eq!(ids, ["idle", "web", "worker"]);
+    assert_eq!(list[0]["state"], "stopped");
+    assert_eq!(list[0]["want"], "down");
+}
+
+#[test]
+fn status_reads_the_status_files_when_the_controller_is_down_and_control_is_unreachable() {
+    let mut w = World::new(&[("app.conf", SERVICES)], &["web", "worker"]);
+    let web = w.running("web");
+    let worker = w.running("worker");
+    w.stop_controller();
+
+    let out = w.upkctl(&["status"]);
+    out.expect(code::OK);
+    assert!(
+        out.stderr.contains("cannot reach the controller")
+            && out.stderr.contains("showing the status files in"),
+        "says so on stderr: {out:?}"
+    );
+    let r = row(&out.stdout, "web");
+    assert_eq!(
+        r[1..4],
+        ["running", "up", &web.pid.expect("pid").to_string()]
+    );
+    assert_eq!(row(&out.stdout, "idle")[1], "stopped");
+
+    let v = w.upkctl(&["status", "--json", "web"]).json();
+    assert_eq!(v["controller"], false);
+    assert_eq!(v["services"][0]["pid"], web.pid.expect("pid"));
+    assert_eq!(v["services"][0]["buddy_alive"], true);
+    assert!(v["services"][0]["linked"].is_null());
+
+    let out = w.upkctl(&["list", "--json"]);
+    out.expect(code::OK);
+    assert!(
+        out.stderr.contains("cannot reach the controller"),
+        "{out:?}"
+    );
+    assert_eq!(out.json().as_array().map(Vec::len), Some(3));
+
+    w.upkctl(&["status", "nope"]).expect(code::NOT_FOUND);
+
+    // A buddy killed while the controller is away: its status may be stale, and upkctl says so.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(worker.buddy_pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .expect("kill the buddy");
+    wait_until(Duration::from_secs(10), "the buddy gone", || {
+        if upk_testkit::is_dead(worker.buddy_pid) {
+            Ok(())
+        } else {
+            Err("alive".to_owned())
+        }
+    });
+    let out = w.upkctl(&["status", "--json", "worker"]);
+    out.expect(code::OK);
+    assert!(
+        out.stderr.contains(&format!(
+            "the buddy of worker (pid {}) is not running",
+            worker.buddy_pid
+        )),
+        "{out:?}"
+    );
+    assert_eq!(out.json()["services"][0]["buddy_alive"], false);
+
+    // Everything else needs the controller: one sentence, exit 4, nothing done.
+    for args in [
+        &["start", "idle"][..],
+        &["stop", "web"],
+        &["restart", "web", "--wait"],
+        &["reload", "web"],
+        &["signal", "HUP", "web"],
+        &["action", "ping", "web"],
+        &["once", "idle"],
+        &["unconfigure", "web"],
+        &["stop", "--all"],
+        &["history"],
+        &["audit"],
+        &["stats"],
+        &["watch"],
+    ] {
+        let out = w.upkctl(args);
+        out.fails(code::UNREACHABLE, "cannot reach the controller");
+        assert!(out.stdout.is_empty(), "{args:?}: {out:?}");
+    }
+    assert_eq!(w.running("web").pid, web.pid, "nothing was stopped");
+}
+
+#[test]
+fn a_caller_without_access_is_refused() {
+    let w = World::new(&[("app.conf", SERVICES)], &["web"]);
+    let pid = w.running("web").pid;
+    w.upkctl_as_nobody(&["status"])
+        .fails(code::REFUSED, "may not status");
+    w.upkctl_as_nobody(&["stop", "web"])
+        .fails(code::REFUSED, "web: uid 65534 may not stop");
+    w.upkctl_as_nobody(&["history", "web"])
+        .fails(code::REFUSED, "may not history");
+    assert_eq!(w.running("web").pid, pid, "still the same run");
+    // The refusals are in the audit, with the caller's uid.
+    let kinds = wait_until(Duration::from_secs(10), "the refusals audited", || {
+        let out = w.upkctl(&["audit", "--user", "nobody", "--json"]);
+        out.expect(code::OK);
+        let kinds: Vec<String> = out
+            .json_lines()
+            .iter()
+            .map(|c| c["request"]["type"].as_str().unwrap_or("").to_owned())
+            .collect();
+        if kinds.len() >= 3 {
+            Ok(kinds)
+        } else {
+            Err(format!("{kinds:?}"))
+        }
+    });
+    assert_eq!(kinds, ["status", "stop", "history"]);
+}
