@@ -77,7 +77,7 @@ fn header_lines(app: &App, now_us: i64) -> Vec<Line<'static>> {
         )),
         Link::Unreachable { error, since_us } => Span::styled(
             format!(
-                "controller unreachable for {}, retrying ({error}); last known state:",
+                "controller unreachable for {}, retrying: {error}",
                 text::duration(now_us - since_us)
             ),
             alarm,
@@ -93,11 +93,11 @@ fn header_lines(app: &App, now_us: i64) -> Vec<Line<'static>> {
     if totals.unknown > 0 {
         counts.push(format!("{} unknown", totals.unknown));
     }
-    let mut second = vec![Span::raw(format!(
-        "{} services: {}",
-        totals.services,
-        counts.join(", ")
-    ))];
+    let mut second = vec![Span::raw(if counts.is_empty() {
+        format!("{} services", totals.services)
+    } else {
+        format!("{} services: {}", totals.services, counts.join(", "))
+    })];
     if totals.differing > 0 {
         second.push(Span::raw(" · "));
         second.push(Span::styled(
@@ -389,7 +389,7 @@ mod tests {
         app.update(Update::Unreachable("connection refused".into()), NOW);
         let (lines, buf) = screen(&app);
         assert!(
-            lines[0].contains("controller unreachable for 0s, retrying (connection refused)"),
+            lines[0].contains("controller unreachable for 0s, retrying: connection refused"),
             "{lines:#?}"
         );
         assert_eq!(buf[(10, 0)].fg, Color::Red);
