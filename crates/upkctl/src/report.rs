@@ -12,7 +12,7 @@ use crate::cli::Window;
 use crate::events::window;
 use crate::exit::{self, Failure, Result};
 use crate::{print_json, print_json_line, table, when, Ctx};
-use libupkeeper::{AuditQuery, CommandRow, HistoryFilter, Stats};
+use libupkeeper::{AuditQuery, CommandRow, Exit, HistoryFilter, Stats};
 use std::io::Write;
 
 /// A flapping score from this on is shown as `flapping` (three restarts just now).
@@ -94,10 +94,18 @@ pub fn audit_line(row: &CommandRow) -> String {
     if let Some(s) = &e.service {
         what.push_str(&format!(" {s}"));
     }
-    let result = if e.ok || e.result.starts_with("refused") || e.result.starts_with("failed") {
-        e.result.clone()
+    // An action's result is `name: {exit as JSON}`: say the exit in words.
+    let result = match e.result.split_once(": {") {
+        Some((action, json)) => match serde_json::from_str::<Exit>(&format!("{{{json}")) {
+            Ok(exit) => format!("{action}: {exit}"),
+            Err(_) => e.result.clone(),
+        },
+        None => e.result.clone(),
+    };
+    let result = if e.ok || result.starts_with("refused") || result.starts_with("failed") {
+        result
     } else {
-        format!("failed: {}", e.result)
+        format!("failed: {result}")
     };
     format!(
         "{}  {}  {what}: {result}  [pid {}: {}]",
@@ -250,6 +258,38 @@ fn stats_cells(s: &Stats, d: &Derived) -> Vec<String> {
 mod tests {
     use super::*;
     use libupkeeper::HourBucket;
+
+    #[test]
+    fn audit_lines_say_who_what_and_how_it_went() {
+        let row = |request: serde_json::Value, result: &str, ok: bool| CommandRow {
+            id: 1,
+            entry: upk_core::history::CommandEntry {
+                wall_us: 1_795_263_845_123_456,
+                uid: 4242,
+                gid: 0,
+                pid: 99,
+                cmdline: "upkctl action rotate web".into(),
+                request,
+                service: Some("web".into()),
+                result: result.into(),
+                ok,
+            },
+        };
+        let action = serde_json::json!({"type": "action", "service": "web", "name": "rotate"});
+        let line = audit_line(&row(action, r#"rotate: {"how":"exited","code":3}"#, false));
+        assert_eq!(
+            line,
+            "2026-11-21T12:24:05.123Z  uid 4242  action rotate web: failed: rotate: exited \
+             with code 3  [pid 99: upkctl action rotate web]"
+        );
+        let signal =
+            serde_json::json!({"type": "signal", "service": "web", "signal": 10, "group": true});
+        let line = audit_line(&row(signal, "done: running (want up)", true));
+        assert!(
+            line.contains("  signal 10 --group web: done: running (want up)  "),
+            "{line}"
+        );
+    }
 
     #[test]
     fn mtbf_is_running_time_per_failure() {
