@@ -189,3 +189,30 @@ fn a_caller_without_access_is_refused() {
     });
     assert_eq!(kinds, ["status", "stop", "history"]);
 }
+
+#[test]
+fn a_controller_that_does_not_answer_times_out() {
+    let w = World::new(&[("app.conf", SERVICES)], &["web"]);
+    let pid = w.running("web").pid;
+    let controller = w.controller.as_ref().expect("a controller").child.id() as i32;
+    let cont = |sig| {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(controller), sig).expect("signal");
+    };
+    // Stopped, it still accepts connections, but answers nothing.
+    cont(nix::sys::signal::Signal::SIGSTOP);
+    let t = Instant::now();
+    let out = w.upkctl(&["--timeout", "0.5", "status", "web"]);
+    out.expect(code::OK);
+    assert!(
+        out.stderr.contains("did not answer within 0.5s")
+            && out.stderr.contains("showing the status files"),
+        "{out:?}"
+    );
+    assert_eq!(row(&out.stdout, "web")[1], "running");
+    w.upkctl(&["--timeout", "0.5", "stop", "web"])
+        .fails(code::TIMED_OUT, "did not answer within 0.5s");
+    assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
+    cont(nix::sys::signal::Signal::SIGCONT);
+    assert_eq!(w.running("web").pid, pid, "nothing was stopped");
+    w.upkctl(&["status", "web"]).expect(code::OK);
+}

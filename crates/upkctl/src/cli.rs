@@ -25,7 +25,8 @@ pub struct Args {
     /// Print JSON instead of text (one document, or one object per line for event streams).
     #[arg(long, global = true)]
     pub json: bool,
-    /// Give up after this many seconds: on each answer from the controller, and on --wait.
+    /// Give up after this many seconds: on each answer from the controller (the first one too),
+    /// and on --wait.
     #[arg(long, global = true, value_name = "SECS", default_value = "30",
           value_parser = parse_seconds)]
     pub timeout: f64,

@@ -59,7 +59,28 @@ impl Ctx {
 
     /// A connection to the controller, every reply bounded by `--timeout`.
     pub fn connect(&self) -> Result<Client> {
-        let mut client = Client::connect(&self.socket()?)?;
+        let socket = self.socket()?;
+        // `Client::connect` waits for the controller's `hello` without a bound (a stopped or
+        // wedged controller still accepts connections): connect on a thread and stop waiting
+        // for it at the timeout. A thread left blocked ends with the process.
+        let (tx, rx) = std::sync::mpsc::channel();
+        let path = socket.clone();
+        std::thread::spawn(move || {
+            let _ = tx.send(Client::connect(&path));
+        });
+        let mut client = match rx.recv_timeout(self.timeout) {
+            Ok(connected) => connected?,
+            Err(_) => {
+                return Err(Failure::new(
+                    exit::TIMED_OUT,
+                    format!(
+                        "the controller at {} did not answer within {:.1}s (see --timeout)",
+                        socket.display(),
+                        self.timeout.as_secs_f64()
+                    ),
+                ))
+            }
+        };
         client.set_timeout(Some(self.timeout))?;
         Ok(client)
     }
