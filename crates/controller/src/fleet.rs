@@ -558,12 +558,18 @@ impl<'a> Fleet<'a> {
         self.set_desired(id, record);
     }
 
-    /// Records what an operator (or reconciliation) wants for `id`.
+    /// Records what an operator (or reconciliation) wants for `id`, and waits until it is
+    /// stored: an operator told "done" must find the same wish after a controller crash.
     pub fn set_desired(&self, id: &str, desired: &'static str) {
         let key = id.to_owned();
-        let _ = self
+        match self
             .writer
-            .post(move |s| drop(s.set_desired(&key, desired)));
+            .with_store(move |s| s.set_desired(&key, desired))
+        {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => eprintln!("upkeeper: {id}: cannot store its desired state: {e}"),
+            Err(e) => eprintln!("upkeeper: {id}: cannot store its desired state: {e}"),
+        }
     }
 }
 

@@ -555,6 +555,7 @@ impl Server {
             file: m.map(|m| m.file.display().to_string()).unwrap_or_default(),
             linked: fleet.links.iter().any(|l| l.service == id),
             status: m.and_then(|m| Status::read(&m.dir.status()).ok().flatten()),
+            desired: self.reader.desired(id).ok().flatten(),
         }
     }
 

@@ -205,6 +205,11 @@ pub struct ServiceSummary {
     /// Its status file, when there is one.
     #[serde(default)]
     pub status: Option<Status>,
+    /// What the controller's store wants for it (`up`, `down`, `once`): the operator's last
+    /// command through the controller, or its `InitialState`. The buddy's own `want` (in
+    /// `status`) differs when someone talked to the buddy directly.
+    #[serde(default)]
+    pub desired: Option<String>,
 }
 
 /// What the controller answers.

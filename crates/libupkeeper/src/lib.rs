@@ -185,6 +185,8 @@ pub struct Client {
     access: Access,
     controller_pid: i32,
     timeout: Option<Duration>,
+    /// The part of a line read before a timeout: kept for the next read.
+    partial: Vec<u8>,
 }
 
 impl Client {
@@ -202,6 +204,7 @@ impl Client {
             access: Access::None,
             controller_pid: 0,
             timeout: None,
+            partial: Vec::new(),
         };
         match client.call(ClientRequest::Hello {
             version: PROTOCOL_VERSION,
@@ -253,19 +256,21 @@ impl Client {
     }
 
     fn read(&mut self) -> Result<Envelope<ClientReply>> {
-        let mut line = Vec::new();
+        // A timeout can strike mid-line: what was read stays in `partial` for the next call.
+        let room = (MAX_LINE + 1).saturating_sub(self.partial.len()) as u64;
         let n = (&mut self.reader)
-            .take(MAX_LINE as u64 + 1)
-            .read_until(b'\n', &mut line)
+            .take(room)
+            .read_until(b'\n', &mut self.partial)
             .map_err(|e| match e.kind() {
                 std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => {
                     Error::TimedOut(self.timeout.unwrap_or_default())
                 }
                 _ => Error::Io(e),
             })?;
-        if n == 0 {
+        if n == 0 && !self.partial.ends_with(b"\n") {
             return Err(Error::Io(std::io::ErrorKind::UnexpectedEof.into()));
         }
+        let line = std::mem::take(&mut self.partial);
         proto::decode(line.trim_ascii_end()).map_err(Error::Protocol)
     }
 

@@ -337,6 +337,7 @@ pub(crate) mod tests {
             file: format!("/etc/upkeeper.d/{id}.conf"),
             linked: true,
             status: Some(status(id, state, want)),
+            desired: None,
         }
     }
 
