@@ -108,6 +108,15 @@ fn the_seed_sample_starts_services_in_order_and_answers_clients() {
         e.to_string().contains("ping"),
         "names the actions it has: {e}"
     );
+    let e = client
+        .history(&HistoryFilter {
+            service: Some("nope".into()),
+            ..HistoryFilter::default()
+        })
+        .expect_err("no history for an unknown service");
+    assert_eq!(e.code(), Some(ErrorCode::NotFound), "{e}");
+    let e = client.stats(&["nope"], None, None).expect_err("no stats");
+    assert_eq!(e.code(), Some(ErrorCode::NotFound), "{e}");
     assert!(t.elapsed() < Duration::from_secs(2));
     let e = client.signal("web", libupkeeper::SignalSpec::Name("NOSUCH".into()), false);
     assert!(

@@ -510,9 +510,14 @@ impl Server {
                     services: ids.iter().map(|id| self.summary(id, fleet)).collect(),
                 }
             }
-            ClientRequest::History { filter } => ClientReply::History {
-                events: self.reader.history(&filter).map_err(store)?,
-            },
+            ClientRequest::History { filter } => {
+                if let Some(id) = &filter.service {
+                    self.known(id, fleet)?;
+                }
+                ClientReply::History {
+                    events: self.reader.history(&filter).map_err(store)?,
+                }
+            }
             ClientRequest::Audit {
                 since_us,
                 until_us,
@@ -536,6 +541,9 @@ impl Server {
                 } else {
                     services
                 };
+                for id in &ids {
+                    self.known(id, fleet)?;
+                }
                 let stats = ids
                     .iter()
                     .map(|id| self.reader.stats(id, since, until))
@@ -545,6 +553,15 @@ impl Server {
             }
             _ => return Err((ErrorCode::Invalid, "not a read request".into())),
         })
+    }
+
+    /// A service is known when it is configured or has a history in the store.
+    fn known(&self, id: &str, fleet: &Fleet) -> Result<(), (ErrorCode, String)> {
+        if fleet.members.contains_key(id) || self.reader.service_uuid(id).ok().flatten().is_some() {
+            Ok(())
+        } else {
+            Err(not_found(id))
+        }
     }
 
     fn summary(&self, id: &str, fleet: &Fleet) -> ServiceSummary {

@@ -71,10 +71,13 @@ use std::time::Duration;
 
 pub use upk_core::client::{Access, ClientReply, ClientRequest, ErrorCode, ServiceSummary};
 pub use upk_core::event::{EventKind, Exit, Record, StateName};
-pub use upk_core::history::{CommandRow, EventRow, HistoryFilter, HourBucket, Stats};
+pub use upk_core::history::{CommandEntry, CommandRow, EventRow, HistoryFilter, HourBucket, Stats};
 use upk_core::proto::{self, Envelope};
 pub use upk_core::proto::{SignalSpec, MAX_LINE, PROTOCOL_VERSION};
 pub use upk_core::status::{Status, Want};
+
+/// How long [`Client::connect`] waits for the controller's `hello`.
+pub const HELLO_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Why a request did not succeed.
 #[derive(Debug, thiserror::Error)]
@@ -190,8 +193,15 @@ pub struct Client {
 }
 
 impl Client {
-    /// Connects to the controller at `socket` and says `hello`.
+    /// Connects to the controller at `socket` and says `hello`, waiting at most
+    /// [`HELLO_TIMEOUT`] for its answer (a stopped controller still accepts connections).
     pub fn connect(socket: &Path) -> Result<Client> {
+        Client::connect_timeout(socket, HELLO_TIMEOUT)
+    }
+
+    /// [`Client::connect`] with another bound on the wait for `hello`. Later requests wait
+    /// without a bound until [`Client::set_timeout`] sets one.
+    pub fn connect_timeout(socket: &Path, hello: Duration) -> Result<Client> {
         let stream = UnixStream::connect(socket).map_err(|source| Error::Unreachable {
             path: socket.to_owned(),
             source,
@@ -206,12 +216,14 @@ impl Client {
             timeout: None,
             partial: Vec::new(),
         };
+        client.set_timeout(Some(hello))?;
         match client.call(ClientRequest::Hello {
             version: PROTOCOL_VERSION,
         })? {
             ClientReply::Hello { access, pid, .. } => {
                 client.access = access;
                 client.controller_pid = pid;
+                client.set_timeout(None)?;
                 Ok(client)
             }
             other => Err(unexpected(&other)),
