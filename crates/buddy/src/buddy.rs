@@ -125,6 +125,9 @@ impl Buddy {
                     .map_err(|e| temporary("/dev/null", e))?;
             }
         }
+        // A session of its own (unless it leads one already), so that an init system killing
+        // its spawner's process group or session does not take the buddy with it.
+        let _ = nix::unistd::setsid();
         let settings = Settings::read(&dir.settings()).map_err(permanent)?;
         let lock = take_lock(&dir)?;
         // Every child (service, scripts, loggers) inherits it; set once here, no child's
@@ -142,7 +145,8 @@ impl Buddy {
         ] {
             mask.add(s);
         }
-        mask.thread_block()
+        // The whole mask, not an addition: whatever the spawner blocked is not ours to keep.
+        mask.thread_set_mask()
             .map_err(|e| temporary("sigprocmask", e))?;
         let signals = SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
             .map_err(|e| temporary("signalfd", e))?;

@@ -20,12 +20,11 @@
 use crate::diff::{config_hash, diff};
 use crate::load::Scan;
 use crate::render::Renderer;
-use crate::store::{Batch, ConfigChange, StoreWriter};
-use nix::sys::signal::{SigSet, Signal};
+use crate::store::{Batch, ConfigChange, Configured, StoreWriter};
+use nix::sys::signal::Signal;
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -39,8 +38,11 @@ use upk_core::status::{Status, Want};
 /// attempts to reach it.
 pub const RETRY: Duration = Duration::from_secs(1);
 
-/// The first delay before trying again to reach a buddy that did not answer.
-const FIRST_RETRY: Duration = Duration::from_millis(10);
+/// The first delay before trying again to reach a buddy that did not answer: a fresh buddy
+/// is up within milliseconds, but linking a thousand of them while they start would only
+/// compete with their start-up for the CPU. A client's command links at once
+/// ([`Fleet::link_now`]).
+const FIRST_RETRY: Duration = Duration::from_millis(250);
 
 /// One event stream: a subscription we opened, or a buddy that phoned home.
 pub struct Link {
@@ -126,6 +128,7 @@ pub struct Member {
     pub file: PathBuf,
     /// Its run directory.
     pub dir: RunDir,
+    /// The buddy this controller spawned, until it is reaped.
     child: Option<Child>,
     /// When to try to reach the buddy next.
     retry_at: Instant,
@@ -186,6 +189,15 @@ impl<'a> Fleet<'a> {
         self.links.iter_mut().find(|l| l.service == id)
     }
 
+    /// The link to the buddy of `id`, trying to connect now if there is none (a buddy spawned
+    /// a moment ago is otherwise linked at its next retry).
+    pub fn link_now(&mut self, id: &str) -> Option<&mut Link> {
+        if self.link(id).is_none() {
+            self.reach(id, Instant::now());
+        }
+        self.link(id)
+    }
+
     /// Brings the fleet in line with a scan of the configuration.
     pub fn apply(&mut self, scan: Scan) -> anyhow::Result<()> {
         scan.errors.iter().for_each(|e| eprintln!("{e}"));
@@ -232,14 +244,31 @@ impl<'a> Fleet<'a> {
         let wanted_services: Vec<Service> = wanted.iter().map(|(s, _)| s.clone()).collect();
         let changes = diff(&current, &wanted_services);
 
+        let todo: Vec<&(Service, PathBuf)> = wanted
+            .into_iter()
+            .filter(|(s, _)| !changes.unchanged.contains(&s.id))
+            .collect();
+        // One store transaction for the whole scan, then render and spawn service by service.
+        let configured: Vec<Configured> = todo
+            .iter()
+            .map(|(svc, _)| Configured {
+                service: svc.id.to_string(),
+                uuid: svc.uuid.clone(),
+                hash: config_hash(svc),
+                initial: match svc.initial_state {
+                    InitialState::Running => "up",
+                    InitialState::Stopped => "down",
+                },
+            })
+            .collect();
+        let desired = self
+            .writer
+            .with_store(move |s| s.configure(&configured))??;
         let mut touched: BTreeMap<PathBuf, Vec<String>> = BTreeMap::new();
-        for (svc, file) in wanted {
-            if changes.unchanged.contains(&svc.id) {
-                continue;
-            }
+        for ((svc, file), desired) in todo.into_iter().zip(desired) {
             let id = svc.id.to_string();
             // One service that cannot be set up is reported and skipped; the rest go on.
-            match self.configure(svc, file, plan.after.get(&svc.id)) {
+            match self.configure(svc, file, plan.after.get(&svc.id), desired.as_deref()) {
                 Ok(()) => touched.entry(file.clone()).or_default().push(id),
                 Err(e) => eprintln!("upkeeper: {id}: {e:#}"),
             }
@@ -285,39 +314,24 @@ impl<'a> Fleet<'a> {
         Ok(())
     }
 
-    /// Sets up a new service, or takes a changed definition into use.
+    /// Sets up a new service, or takes a changed definition into use. `desired` is what the
+    /// store wants for it, which wins over its `InitialState`.
     fn configure(
         &mut self,
         svc: &Service,
         file: &Path,
         needs: Option<&std::collections::BTreeSet<upk_core::config::ServiceId>>,
+        desired: Option<&str>,
     ) -> anyhow::Result<()> {
         let id = svc.id.to_string();
-        let desired = if self.members.contains_key(&id) {
-            None
-        } else {
-            let (sid, uuid) = (id.clone(), svc.uuid.clone());
-            let initial = match svc.initial_state {
-                InitialState::Running => "up",
-                InitialState::Stopped => "down",
-            };
-            // Known to the store: its desired state wins over InitialState.
-            self.writer.with_store(move |s| {
-                s.ensure_service(&sid, uuid.as_deref())?;
-                match s.desired(&sid)? {
-                    Some(d) => Ok(Some(d)),
-                    None => s.set_desired(&sid, initial).map(|()| None),
-                }
-            })??
-        };
+        let hash = config_hash(svc);
         let mut rendered = svc.clone();
-        match desired.as_deref() {
+        match desired {
             Some("up") => rendered.initial_state = InitialState::Running,
             Some("down") => rendered.initial_state = InitialState::Stopped,
             _ => {}
         }
         let dir = self.render(&rendered)?;
-        let hash = config_hash(svc);
         if let Some(m) = self.members.get_mut(&id) {
             // Changed: the buddy re-reads its settings, and a running service restarts.
             (m.svc, m.hash, m.file, m.dir) = (svc.clone(), hash, file.to_owned(), dir);
@@ -338,7 +352,9 @@ impl<'a> Fleet<'a> {
                 reconciled: false,
                 waiting_for,
             };
-            self.members.insert(id, member);
+            self.members.insert(id.clone(), member);
+            // Spawned now, not after the whole scan: buddies start while the rest renders.
+            self.reach(&id, Instant::now());
         }
         Ok(())
     }
@@ -349,13 +365,9 @@ impl<'a> Fleet<'a> {
             controller_socket: self.ctl.socket_path(),
             polling_interval: self.ctl.buddy_polling_interval,
         };
-        let dir = self
+        Ok(self
             .renderer
-            .render(svc, &self.ctl.svc_run_path, &settings)?;
-        let (id, hash) = (svc.id.to_string(), config_hash(svc));
-        self.writer
-            .with_store(move |s| s.set_config_hash(&id, &hash))??;
-        Ok(dir)
+            .render(svc, &self.ctl.svc_run_path, &settings)?)
     }
 
     /// After a re-render: SIGHUP makes the buddy re-read its settings; a running service is
@@ -418,31 +430,40 @@ impl<'a> Fleet<'a> {
         self.forget(id);
     }
 
-    /// Subscribes to every buddy not linked yet, and spawns the ones that cannot be reached
-    /// unless their service still waits for a prerequisite.
+    /// Subscribes to every buddy not linked yet whose retry is due, and spawns the ones that
+    /// cannot be reached unless their service still waits for a prerequisite.
     pub fn reach_buddies(&mut self, now: Instant) {
         self.release_waiting();
-        let linked: std::collections::HashSet<String> =
-            self.linked().into_iter().map(str::to_owned).collect();
-        for (id, m) in self.members.iter_mut() {
-            if m.retry_at > now || linked.contains(id) {
-                continue;
+        let linked = self.linked();
+        let due: Vec<String> = self
+            .members
+            .iter()
+            .filter(|(id, m)| m.retry_at <= now && !linked.contains(id.as_str()))
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in due {
+            self.reach(&id, now);
+        }
+    }
+
+    /// Subscribes to the buddy of `id`, or spawns it (at most once per [`RETRY`]) and tries
+    /// again soon: a buddy binds its socket within milliseconds.
+    fn reach(&mut self, id: &str, now: Instant) {
+        let Some(m) = self.members.get_mut(id) else {
+            return;
+        };
+        match subscribe(&m.dir, id) {
+            Ok(link) => {
+                m.misses = 0;
+                self.links.push(link);
             }
-            match subscribe(&m.dir, id) {
-                Ok(link) => {
-                    m.misses = 0;
-                    self.links.push(link);
-                }
-                Err(_) => {
-                    // A buddy just spawned binds its socket within milliseconds: try again
-                    // soon, then less and less often.
-                    m.retry_at = now + (FIRST_RETRY * 2u32.pow(m.misses.min(7))).min(RETRY);
-                    m.misses += 1;
-                    let due = m.spawned_at.is_none_or(|t| now >= t + RETRY);
-                    if m.waiting_for.is_empty() && due && m.child.is_none() {
-                        m.spawned_at = Some(now);
-                        spawn_buddy(&self.ctl.upk_buddy_path, id, m);
-                    }
+            Err(_) => {
+                m.retry_at = now + (FIRST_RETRY * 2u32.pow(m.misses.min(7))).min(RETRY);
+                m.misses += 1;
+                let due = m.spawned_at.is_none_or(|t| now >= t + RETRY);
+                if m.waiting_for.is_empty() && due && m.child.is_none() {
+                    m.spawned_at = Some(now);
+                    spawn_buddy(&self.ctl.upk_buddy_path, id, m);
                 }
             }
         }
@@ -597,24 +618,21 @@ fn subscribe(dir: &RunDir, id: &str) -> std::io::Result<Link> {
     })
 }
 
-fn spawn_buddy(buddy: &PathBuf, id: &str, m: &mut Member) {
-    let log = upk_core::fsutil::open_append(&m.dir.log_file("buddy"), 0o640);
-    let mut cmd = Command::new(buddy);
-    cmd.arg(m.dir.root())
+/// Starts `buddy RUN-DIR` with stdin and stdout on /dev/null and stderr appended to
+/// `log/buddy`. No pre_exec, so std spawns with posix_spawn (no copy of the controller's
+/// memory): the buddy itself leaves our session and clears the signal mask it inherits.
+fn spawn_buddy(buddy: &Path, id: &str, m: &mut Member) {
+    let log = match upk_core::fsutil::open_append(&m.dir.log_file("buddy"), 0o640) {
+        Ok(f) => f,
+        Err(e) => return eprintln!("upkeeper: {id}: cannot open its log/buddy: {e}"),
+    };
+    let spawned = Command::new(buddy)
+        .arg(m.dir.root())
         .stdin(Stdio::null())
-        .stdout(Stdio::null());
-    if let Ok(f) = log {
-        cmd.stderr(f);
-    }
-    // SAFETY: only sigprocmask and setsid run between fork and exec; both are signal-safe.
-    unsafe {
-        cmd.pre_exec(|| {
-            SigSet::empty().thread_set_mask()?;
-            nix::unistd::setsid()?;
-            Ok(())
-        });
-    }
-    match cmd.spawn() {
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn();
+    match spawned {
         Ok(c) => m.child = Some(c),
         Err(e) => eprintln!("upkeeper: {id}: cannot start {}: {e}", buddy.display()),
     }

@@ -459,7 +459,7 @@ impl Server {
                 format!("the buddy of {service} is not connected (it is being started); try again in a second"),
             )
         };
-        let link = fleet.link(&service).ok_or_else(unavailable)?;
+        let link = fleet.link_now(&service).ok_or_else(unavailable)?;
         link.request(Some(rid), relay).map_err(|_| unavailable())?;
         let entry = CommandEntry {
             wall_us: upk_core::time::wall_us(),

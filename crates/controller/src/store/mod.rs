@@ -114,6 +114,19 @@ pub fn now_us() -> i64 {
         .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
 }
 
+/// A service as a configuration scan hands it to [`Store::configure`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Configured {
+    /// The id.
+    pub service: String,
+    /// Its configured UUID, if any.
+    pub uuid: Option<String>,
+    /// The SHA-256 of its definition.
+    pub hash: String,
+    /// Its desired state if the store has none: from `InitialState` (`up` or `down`).
+    pub initial: &'static str,
+}
+
 /// One connection to the store.
 #[derive(Debug)]
 pub struct Store {
@@ -206,6 +219,29 @@ impl Store {
         let r = write::ensure_service(&tx, service, uuid)?;
         tx.commit()?;
         Ok(r)
+    }
+
+    /// Takes a scan's new and changed services into the store in one transaction: each is
+    /// registered ([`Store::ensure_service`]) and its definition's hash recorded. Returns,
+    /// for each, the desired state the store already had; a service without one gets its
+    /// `initial` desired state and `None` back.
+    pub fn configure(&mut self, services: &[Configured]) -> Result<Vec<Option<String>>> {
+        let tx = self.conn.transaction()?;
+        let mut out = Vec::with_capacity(services.len());
+        for c in services {
+            write::ensure_service(&tx, &c.service, c.uuid.as_deref())?;
+            let desired: Option<String> = tx
+                .prepare_cached("SELECT desired FROM services WHERE service = ?1")?
+                .query_row([&c.service], |r| r.get(0))?;
+            tx.prepare_cached(
+                "UPDATE services SET config_hash = ?2, desired = COALESCE(desired, ?3) \
+                 WHERE service = ?1",
+            )?
+            .execute(rusqlite::params![c.service, c.hash, c.initial])?;
+            out.push(desired);
+        }
+        tx.commit()?;
+        Ok(out)
     }
 
     /// Records the desired state (`up`, `down`, ...) of a known service.
