@@ -209,7 +209,7 @@ fn desired_state_is_reconciled_after_a_controller_restart() {
         .output()
         .expect("a second controller");
     let said = String::from_utf8_lossy(&out.stderr);
-    assert_ne!(out.status.code(), Some(0));
+    assert_eq!(out.status.code(), Some(100), "a permanent failure");
     assert!(
         said.contains(&format!(
             "another controller (pid {}) is running",

@@ -26,7 +26,7 @@ use crate::render::Renderer;
 use crate::server::{Policy, Server};
 use crate::store::{Batch, Retention, Store, StoreWriter};
 use crate::watch::Watcher;
-use anyhow::{bail, Context};
+use anyhow::Context;
 use nix::fcntl::{Flock, FlockArg};
 use nix::poll::{PollFd, PollFlags, PollTimeout};
 use nix::sys::signal::{SigSet, Signal};
@@ -266,6 +266,11 @@ fn committed(
     }
 }
 
+/// Another controller runs on the same `StateDir`: a permanent failure (exit 100).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct AlreadyRunning(String);
+
 /// The lock that makes this the only controller on `StateDir`.
 fn take_lock(ctl: &Controller) -> anyhow::Result<Flock<File>> {
     let path = ctl.state_dir.join("upkeeper.lock");
@@ -285,11 +290,12 @@ fn take_lock(ctl: &Controller) -> anyhow::Result<Flock<File>> {
         Err((file, nix::errno::Errno::EWOULDBLOCK)) => {
             let mut holder = String::new();
             let _ = (&file).read_to_string(&mut holder);
-            bail!(
+            Err(AlreadyRunning(format!(
                 "another controller (pid {}) is running on {}; exiting",
                 holder.trim(),
                 ctl.state_dir.display()
-            )
+            ))
+            .into())
         }
         Err((_, e)) => Err(e).with_context(|| format!("locking {}", path.display())),
     }

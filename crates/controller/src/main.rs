@@ -57,7 +57,10 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(e) => {
             eprintln!("upkeeper: {e:#}");
-            exit::TEMPORARY
+            match e.downcast_ref::<upkeeper::foreground::AlreadyRunning>() {
+                Some(_) => exit::PERMANENT,
+                None => exit::TEMPORARY,
+            }
         }
     };
     ExitCode::from(code as u8)
