@@ -1,0 +1,113 @@
+#!/bin/sh
+# Installs upkeeper: binaries, the buddy in libexec, templates, man pages, shell completions,
+# docs, the package hooks and the init scripts (docs/integration.md says where each goes).
+#
+#   sh install.sh                          # cargo build --release, then install under /usr/local
+#   PREFIX=/usr DESTDIR=/tmp/pkg sh install.sh
+#   BINDIR=target/debug DESTDIR=... sh install.sh   # take already built binaries, build nothing
+#
+# Variables (all optional):
+#   PREFIX      installation prefix (default /usr/local). PREFIX=/usr puts the buddy at
+#               /usr/libexec/upkeeper/upk_buddy, where the controller looks by default.
+#   DESTDIR     staging root prepended to every path (packages); the paths written into the
+#               installed files never contain it.
+#   SYSCONFDIR  configuration root (default /etc for PREFIX=/usr, PREFIX/etc otherwise).
+#   BINDIR      directory holding upkeeper, upk_buddy, upkctl and uptop already built; when
+#               unset, `cargo build --release --workspace --bins` builds them into target/release.
+#
+# The controller goes to PREFIX/sbin (a system daemon, run by init as root); upkctl and uptop
+# to PREFIX/bin; the buddy is not for people to run and goes to PREFIX/libexec/upkeeper.
+# An existing controller file is never overwritten.
+set -eu
+
+SRC=$(cd "$(dirname "$0")" && pwd)
+PREFIX=${PREFIX:-/usr/local}
+DESTDIR=${DESTDIR:-}
+if [ -z "${SYSCONFDIR:-}" ]; then
+	if [ "$PREFIX" = /usr ]; then SYSCONFDIR=/etc; else SYSCONFDIR=$PREFIX/etc; fi
+fi
+
+if [ -z "${BINDIR:-}" ]; then
+	(cd "$SRC" && cargo build --release --workspace --bins)
+	BINDIR=$SRC/target/release
+fi
+for b in upkeeper upk_buddy upkctl uptop; do
+	[ -x "$BINDIR/$b" ] || { echo "install.sh: $BINDIR/$b is missing or not executable" >&2; exit 1; }
+done
+
+sbin=$PREFIX/sbin
+bin=$PREFIX/bin
+libexec=$PREFIX/libexec/upkeeper
+share=$PREFIX/share/upkeeper
+D=$DESTDIR
+
+# Paths in the shipped scripts are written for PREFIX=/usr and SYSCONFDIR=/etc; rewrite them.
+subst() {
+	sed -e "s|/usr/sbin/upkeeper|$sbin/upkeeper|g" \
+	    -e "s|/usr/bin/upkctl|$bin/upkctl|g" \
+	    -e "s|/usr/libexec/upkeeper|$libexec|g" \
+	    -e "s|/etc/upkeeper|$SYSCONFDIR/upkeeper|g" \
+	    "$1" > "$2"
+	chmod "$3" "$2"
+}
+
+install -d "$D$sbin" "$D$bin" "$D$libexec" "$D$share/templates" "$D$share/hooks" \
+	"$D$PREFIX/share/man/man1" "$D$PREFIX/share/doc/upkeeper" \
+	"$D$PREFIX/share/bash-completion/completions" "$D$PREFIX/share/zsh/site-functions" \
+	"$D$PREFIX/share/fish/vendor_completions.d" "$D$SYSCONFDIR/upkeeper/upkeeper.d"
+
+install -m 0755 "$BINDIR/upkeeper" "$D$sbin/upkeeper"
+install -m 0755 "$BINDIR/upk_buddy" "$D$libexec/upk_buddy"
+install -m 0755 "$BINDIR/upkctl" "$D$bin/upkctl"
+install -m 0755 "$BINDIR/uptop" "$D$bin/uptop"
+
+# The controller embeds its templates; these copies are for reading and for --templates.
+for t in "$SRC"/templates/*; do install -m 0644 "$t" "$D$share/templates/"; done
+
+# Man pages and completions come from upkctl itself, so they always match the binary.
+"$BINDIR/upkctl" man --dir "$D$PREFIX/share/man/man1"
+"$BINDIR/upkctl" completions bash > "$D$PREFIX/share/bash-completion/completions/upkctl"
+"$BINDIR/upkctl" completions zsh > "$D$PREFIX/share/zsh/site-functions/_upkctl"
+"$BINDIR/upkctl" completions fish > "$D$PREFIX/share/fish/vendor_completions.d/upkctl.fish"
+
+install -m 0644 "$SRC/README.md" "$D$PREFIX/share/doc/upkeeper/"
+for f in "$SRC"/docs/*.md; do install -m 0644 "$f" "$D$PREFIX/share/doc/upkeeper/"; done
+
+for h in "$SRC"/packaging/hooks/*; do
+	subst "$h" "$D$share/hooks/${h##*/}" 0755
+done
+
+# Init scripts, for the init system that is there (a package installs the one it needs).
+if [ -d "$SRC/init-scripts" ]; then
+	install -d "$D$share/init-scripts"
+	for f in "$SRC"/init-scripts/*; do
+		subst "$f" "$D$share/init-scripts/${f##*/}" 0644
+	done
+	if [ -f "$SRC/init-scripts/upkeeper.openrc" ]; then
+		install -d "$D$SYSCONFDIR/init.d" "$D$SYSCONFDIR/conf.d"
+		subst "$SRC/init-scripts/upkeeper.openrc" "$D$SYSCONFDIR/init.d/upkeeper" 0755
+		[ -e "$D$SYSCONFDIR/conf.d/upkeeper" ] ||
+			subst "$SRC/init-scripts/upkeeper.confd" "$D$SYSCONFDIR/conf.d/upkeeper" 0644
+	fi
+	if [ -f "$SRC/init-scripts/upkeeper.service" ]; then
+		install -d "$D$PREFIX/lib/systemd/system"
+		subst "$SRC/init-scripts/upkeeper.service" "$D$PREFIX/lib/systemd/system/upkeeper.service" 0644
+	fi
+fi
+
+# A controller file naming this prefix's buddy, unless one exists (it is the admin's).
+conf=$D$SYSCONFDIR/upkeeper/upkeeper.conf
+if [ ! -e "$conf" ]; then
+	cat > "$conf" <<EOF
+// upkeeper's controller file (docs/configuration.md). Installed once; never overwritten.
+{
+    // Where the controller finds upk_buddy (installed by install.sh with PREFIX=$PREFIX).
+    UpkBuddyPath: "$libexec/upk_buddy",
+    // Service files: one drop-in per package (docs/integration.md, packaging hooks).
+    SvcConfigPath: "$SYSCONFDIR/upkeeper/upkeeper.d",
+}
+EOF
+	chmod 0644 "$conf"
+fi
+
+echo "upkeeper installed under ${D:-}$PREFIX (controller file $SYSCONFDIR/upkeeper/upkeeper.conf)"

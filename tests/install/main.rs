@@ -1,0 +1,254 @@
+//! `install.sh` into a DESTDIR, then the installed layout at work: the installed controller
+//! with the installed buddy runs a service, the installed `upkctl` shows it, and the installed
+//! package hooks add a service (it runs within a bounded wait) and take it away again.
+//!
+//! The installer takes the binaries already built in `target/debug` (`BINDIR`) so the test
+//! builds nothing.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
+use upk_testkit::{bin, wait_until, Sandbox, MARKER};
+
+/// The repository root (install.sh lives there).
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .expect("repo root")
+}
+
+/// Runs `install.sh` with PREFIX=/usr into `dest`, taking the built binaries.
+fn install(sb: &Sandbox, dest: &Path) -> Output {
+    let bindir = bin("upkeeper").parent().expect("bindir").to_path_buf();
+    let out = Command::new("sh")
+        .arg(repo().join("install.sh"))
+        .env("PREFIX", "/usr")
+        .env("DESTDIR", dest)
+        .env("BINDIR", bindir)
+        .env(MARKER, sb.path())
+        .output()
+        .expect("sh install.sh");
+    assert!(
+        out.status.success(),
+        "install.sh failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// The installed controller, killed (SIGKILL) when dropped.
+struct Installed(Child);
+
+impl Drop for Installed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Runs an installed program with the sandbox's marker; returns (exit code, stdout, stderr).
+fn run(sb: &Sandbox, prog: &Path, args: &[&str], env: &[(&str, &Path)]) -> (i32, String, String) {
+    let mut cmd = Command::new(prog);
+    cmd.args(args).env(MARKER, sb.path()).stdin(Stdio::null());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().expect("run installed program");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// The state column of `upkctl status SERVICE`, or what it said instead.
+fn state(sb: &Sandbox, upkctl: &Path, ctl: &Path, id: &str) -> Result<String, String> {
+    let (code, out, err) = run(
+        sb,
+        upkctl,
+        &["--config", ctl.to_str().expect("utf8"), "status", id],
+        &[],
+    );
+    if code != 0 {
+        return Err(format!("exit {code}: {out}{err}"));
+    }
+    out.lines()
+        .find(|l| l.split_whitespace().next() == Some(id))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .map(str::to_owned)
+        .ok_or(out)
+}
+
+#[test]
+fn install_lays_out_every_file_under_destdir() {
+    let sb = Sandbox::new();
+    let dest = sb.path().join("dest");
+    install(&sb, &dest);
+    for f in [
+        "usr/sbin/upkeeper",
+        "usr/bin/upkctl",
+        "usr/bin/uptop",
+        "usr/libexec/upkeeper/upk_buddy",
+        "usr/share/upkeeper/templates/script.tera",
+        "usr/share/upkeeper/hooks/upkeeper-post-install",
+        "usr/share/upkeeper/hooks/upkeeper-pre-remove",
+        "usr/share/man/man1/upkctl.1",
+        "usr/share/man/man1/upkctl-status.1",
+        "usr/share/bash-completion/completions/upkctl",
+        "usr/share/zsh/site-functions/_upkctl",
+        "usr/share/fish/vendor_completions.d/upkctl.fish",
+        "usr/share/doc/upkeeper/README.md",
+        "usr/share/doc/upkeeper/controller.md",
+        "etc/upkeeper/upkeeper.conf",
+    ] {
+        assert!(dest.join(f).is_file(), "{f} is not installed");
+    }
+    assert!(dest.join("etc/upkeeper/upkeeper.d").is_dir());
+    // PREFIX=/usr puts the buddy where the controller looks by default, and the installed
+    // controller file says so and validates.
+    let conf = std::fs::read_to_string(dest.join("etc/upkeeper/upkeeper.conf")).expect("conf");
+    assert!(
+        conf.contains("\"/usr/libexec/upkeeper/upk_buddy\""),
+        "{conf}"
+    );
+    assert!(!conf.contains(dest.to_str().expect("utf8")), "{conf}");
+    let upkctl = dest.join("usr/bin/upkctl");
+    let conf_path = dest.join("etc/upkeeper/upkeeper.conf");
+    let (code, out, err) = run(
+        &sb,
+        &upkctl,
+        &["check", "--controller", conf_path.to_str().expect("utf8")],
+        &[],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    // An existing controller file is the admin's: a second install keeps it.
+    std::fs::write(&conf_path, "{ BuddyPollingInterval: 1 }").expect("edit");
+    install(&sb, &dest);
+    assert_eq!(
+        std::fs::read_to_string(&conf_path).expect("conf"),
+        "{ BuddyPollingInterval: 1 }"
+    );
+}
+
+#[test]
+fn installed_layout_runs_services_and_the_hooks_add_and_remove_one() {
+    let sb = Sandbox::new();
+    let dest = sb.path().join("dest");
+    install(&sb, &dest);
+    let upkeeper = dest.join("usr/sbin/upkeeper");
+    let upkctl = dest.join("usr/bin/upkctl");
+    let hooks = dest.join("usr/share/upkeeper/hooks");
+    let conf_dir = sb.path().join("conf");
+
+    // A controller file for the sandbox, with the installed buddy.
+    let ctl = sb.path().join("upkeeper.conf");
+    std::fs::write(
+        &ctl,
+        format!(
+            "{{ StateDir: {:?}, SvcConfigPath: {:?}, SvcRunPath: {:?}, UpkBuddyPath: {:?} }}",
+            sb.path().join("state"),
+            conf_dir,
+            sb.run_path(),
+            dest.join("usr/libexec/upkeeper/upk_buddy"),
+        ),
+    )
+    .expect("controller file");
+    std::fs::write(
+        conf_dir.join("base.conf"),
+        r#"{ "base": { ExecStart: "sleep 1000", InitialState: "running" } }"#,
+    )
+    .expect("service file");
+
+    let controller = Installed(
+        Command::new(&upkeeper)
+            .args(["--config", ctl.to_str().expect("utf8"), "run"])
+            .env(MARKER, sb.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("installed upkeeper"),
+    );
+    let wait = Duration::from_secs(20);
+    wait_until(wait, "base running under the installed layout", || {
+        state(&sb, &upkctl, &ctl, "base").and_then(|s| (s == "running").then_some(()).ok_or(s))
+    });
+    // Its buddy is the installed one.
+    let buddies = sb.processes("upk_buddy");
+    assert!(!buddies.is_empty());
+    for pid in &buddies {
+        let exe = std::fs::read_link(format!("/proc/{pid}/exe")).expect("exe");
+        assert_eq!(exe, dest.join("usr/libexec/upkeeper/upk_buddy"));
+    }
+
+    let env: [(&str, &Path); 3] = [
+        ("UPKCTL", &upkctl),
+        ("UPKEEPER_CONFIG", &ctl),
+        ("UPKEEPER_SERVICE_DIR", &conf_dir),
+    ];
+
+    // post-install refuses an invalid file and installs nothing.
+    let bad = sb.file("bad.conf");
+    std::fs::write(&bad, r#"{ "bad": { ExecStart: 5 } }"#).expect("bad file");
+    let (code, _, err) = run(
+        &sb,
+        &hooks.join("upkeeper-post-install"),
+        &[bad.to_str().expect("utf8")],
+        &env,
+    );
+    assert_eq!(code, 6, "{err}");
+    assert!(err.contains("not installed"), "{err}");
+    assert!(!conf_dir.join("bad.conf").exists());
+
+    // post-install of a valid file: the controller picks it up and starts it.
+    let pkg = sb.file("pkg-web.conf");
+    std::fs::write(
+        &pkg,
+        r#"{ "pkg-web": { ExecStart: "sleep 1000", InitialState: "running" } }"#,
+    )
+    .expect("package file");
+    let (code, out, err) = run(
+        &sb,
+        &hooks.join("upkeeper-post-install"),
+        &[pkg.to_str().expect("utf8"), "pkg-web.conf"],
+        &env,
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(conf_dir.join("pkg-web.conf").is_file());
+    wait_until(
+        Duration::from_secs(10),
+        "the dropped-in service running",
+        || {
+            state(&sb, &upkctl, &ctl, "pkg-web")
+                .and_then(|s| (s == "running").then_some(()).ok_or(s))
+        },
+    );
+
+    // pre-remove stops it, unconfigures it and removes the file; base is untouched.
+    let (code, out, err) = run(
+        &sb,
+        &hooks.join("upkeeper-pre-remove"),
+        &["pkg-web.conf", "pkg-web"],
+        &env,
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(!conf_dir.join("pkg-web.conf").exists());
+    wait_until(Duration::from_secs(10), "pkg-web gone", || {
+        match state(&sb, &upkctl, &ctl, "pkg-web") {
+            Err(e) if e.starts_with("exit 2") => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    });
+    assert!(sb.processes("sleep 1000").len() == 1, "only base's service");
+    assert_eq!(state(&sb, &upkctl, &ctl, "base").expect("base"), "running");
+    // A second pre-remove of the same package is harmless.
+    let (code, out, err) = run(
+        &sb,
+        &hooks.join("upkeeper-pre-remove"),
+        &["pkg-web.conf", "pkg-web"],
+        &env,
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    drop(controller);
+}
