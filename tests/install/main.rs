@@ -252,3 +252,47 @@ fn installed_layout_runs_services_and_the_hooks_add_and_remove_one() {
     assert_eq!(code, 0, "{out}{err}");
     drop(controller);
 }
+
+/// The init scripts as installed: the systemd unit passes `systemd-analyze verify` (skipped,
+/// and said so, where systemd-analyze is missing), and the OpenRC scripts parse.
+#[test]
+fn installed_init_scripts_verify() {
+    let sb = Sandbox::new();
+    // No DESTDIR: the unit then names binaries that exist, which verify checks.
+    let prefix = sb.path().join("p/usr");
+    let bindir = bin("upkeeper").parent().expect("bindir").to_path_buf();
+    let out = Command::new("sh")
+        .arg(repo().join("install.sh"))
+        .env("PREFIX", &prefix)
+        .env("SYSCONFDIR", sb.path().join("p/etc"))
+        .env("BINDIR", bindir)
+        .env(MARKER, sb.path())
+        .output()
+        .expect("sh install.sh");
+    assert!(out.status.success(), "{out:?}");
+    let unit = prefix.join("lib/systemd/system/upkeeper.service");
+    let text = std::fs::read_to_string(&unit).expect("unit");
+    assert!(text.contains(&format!("ExecStart={}/sbin/upkeeper", prefix.display())));
+    assert!(text.contains("KillMode=process"));
+    for script in ["init.d/upkeeper", "conf.d/upkeeper"] {
+        let path = sb.path().join("p/etc").join(script);
+        let status = Command::new("sh")
+            .arg("-n")
+            .arg(&path)
+            .status()
+            .expect("sh -n");
+        assert!(status.success(), "{} does not parse", path.display());
+    }
+    match Command::new("systemd-analyze")
+        .args(["verify", "--man=no"])
+        .arg(&unit)
+        .output()
+    {
+        Ok(out) => assert!(
+            out.status.success() && out.stderr.is_empty(),
+            "systemd-analyze verify: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ),
+        Err(e) => eprintln!("skipped systemd-analyze verify: {e}"),
+    }
+}
