@@ -8,7 +8,7 @@
 //! that need the controller are returned to the caller, which hands them to the connection.
 
 use crate::input::Intent;
-use crate::model::{differs, Fleet, Update, Verb, HOUR_US, STATE_ORDER};
+use crate::model::{summary_differs, Fleet, Update, Verb, HOUR_US, STATE_ORDER};
 use libupkeeper::{ServiceSummary, StateName, Want};
 use std::cmp::Ordering;
 
@@ -289,7 +289,7 @@ fn state_rank(s: &ServiceSummary) -> (usize, bool) {
                 .iter()
                 .position(|&x| x == st.state)
                 .unwrap_or(STATE_ORDER.len()),
-            !differs(st),
+            !summary_differs(s),
         ),
         None => (STATE_ORDER.len() + 1, true),
     }

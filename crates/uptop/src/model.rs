@@ -176,6 +176,27 @@ pub fn differs(status: &Status) -> bool {
     }
 }
 
+/// The want that counts for a listed service: the controller's desired state when the list
+/// carries it (someone who talked to the buddy directly changed only the buddy's own want),
+/// else the buddy's.
+pub fn wanted(s: &ServiceSummary) -> Option<Want> {
+    let st = s.status.as_ref()?;
+    Some(match s.desired.as_deref() {
+        Some("up") => Want::Up,
+        Some("down") => Want::Down,
+        Some("once") => Want::Once,
+        _ => st.want,
+    })
+}
+
+/// [`differs`] for a listed service, against [`wanted`].
+pub fn summary_differs(s: &ServiceSummary) -> bool {
+    match (&s.status, wanted(s)) {
+        (Some(st), Some(want)) => differs(&Status { want, ..st.clone() }),
+        _ => false,
+    }
+}
+
 /// Everything uptop knows.
 #[derive(Debug, Clone)]
 pub struct Fleet {
@@ -301,7 +322,7 @@ impl Fleet {
                 .filter(|&(_, n)| n > 0)
                 .collect(),
             unknown: self.services.iter().filter(|s| s.status.is_none()).count(),
-            differing: states().filter(|s| differs(s)).count(),
+            differing: self.services.iter().filter(|s| summary_differs(s)).count(),
         }
     }
 }
@@ -382,6 +403,21 @@ pub(crate) mod tests {
                 "{want:?}/{state:?}"
             );
         }
+    }
+
+    #[test]
+    fn the_controllers_desired_state_wins_over_the_buddys_want() {
+        // Stopped through its buddy's socket: the buddy wants it down, the controller up.
+        let mut s = summary("x", StateName::Stopped, Want::Down);
+        assert!(
+            !summary_differs(&s),
+            "without the controller's word, the buddy's want"
+        );
+        s.desired = Some("up".into());
+        assert!(summary_differs(&s));
+        assert_eq!(wanted(&s), Some(Want::Up));
+        s.desired = Some("down".into());
+        assert!(!summary_differs(&s));
     }
 
     #[test]

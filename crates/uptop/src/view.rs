@@ -3,11 +3,11 @@
 //! time only; it keeps no state, so any frame can be redrawn from scratch.
 //!
 //! The one colour that carries meaning is red: a state that differs from the desired one
-//! ([`differs`]), and a controller that cannot be reached. While the controller is away the
+//! ([`summary_differs`]), and a controller that cannot be reached. While the controller is away the
 //! rows are the last ones known, dimmed.
 
 use crate::app::{uptime_us, App, Mode};
-use crate::model::{differs, Link, HOUR_US};
+use crate::model::{summary_differs, wanted, Link, HOUR_US};
 use crate::text;
 use libupkeeper::{Access, ServiceSummary, StateName, Stats};
 use ratatui::layout::{Constraint, Layout, Rect};
@@ -161,7 +161,7 @@ fn service_row<'a>(app: &App, s: &'a ServiceSummary, now_us: i64) -> Row<'a> {
             Cell::from("-"),
         ]);
     };
-    let state_style = if differs(st) {
+    let state_style = if summary_differs(s) {
         Style::new().fg(Color::Red).add_modifier(Modifier::BOLD)
     } else if st.state == StateName::Running {
         Style::new().fg(Color::Green)
@@ -177,7 +177,7 @@ fn service_row<'a>(app: &App, s: &'a ServiceSummary, now_us: i64) -> Row<'a> {
     Row::new([
         Cell::from(s.service.as_str()),
         Cell::from(st.state.as_str()).style(state_style),
-        Cell::from(format!("{:?}", st.want).to_lowercase()),
+        Cell::from(format!("{:?}", wanted(s).unwrap_or(st.want)).to_lowercase()),
         Cell::from(st.pid.map_or("-".into(), |p| p.to_string())),
         Cell::from(uptime_us(s, now_us).map_or("-".into(), text::duration)),
         Cell::from(restarts),
