@@ -235,3 +235,32 @@ fn a_buddy_phoning_home_is_stored_and_acknowledged_but_only_from_the_controllers
     assert!(r.is_empty(), "no answer: {r:?}");
     assert_eq!(stored(&db, Some("phoned")).len(), 1);
 }
+
+#[test]
+fn a_client_that_stops_sending_still_gets_the_answers_it_is_owed() {
+    let sb = Sandbox::new();
+    let ctl = sb.controller_file();
+    service_file(
+        &sb,
+        "svc.conf",
+        r##"{ "svc": { ExecStart: "sleep 1000", InitialState: "running",
+                      CustomActions: { "slow": "#!/bin/sh\nsleep 0.3\n" } } }"##,
+    );
+    let c = Controller::start(&sb, &ctl);
+    running(&sb, "svc");
+    // As `echo ... | socat - UNIX-CONNECT:...` does: send, then end the input at once.
+    let mut s = UnixStream::connect(&c.socket).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    s.write_all(b"{\"type\":\"hello\",\"version\":1}\n{\"type\":\"action\",\"id\":1,\"service\":\"svc\",\"name\":\"slow\"}\n")
+        .expect("requests");
+    s.shutdown(std::net::Shutdown::Write).expect("half-close");
+    let replies: Vec<Value> = BufReader::new(s)
+        .lines()
+        .map(|l| serde_json::from_str(&l.expect("a line before the close")).expect("JSON"))
+        .collect();
+    assert_eq!(replies.len(), 2, "{replies:?}");
+    assert_eq!(replies[1]["type"], "action_done", "{replies:?}");
+    // And the controller goes on serving.
+    assert_eq!(c.client().list().expect("list").len(), 1);
+}

@@ -126,6 +126,8 @@ struct Client {
     sub: Option<(BTreeSet<String>, i64)>,
     /// Flush what is queued, then close.
     closing: bool,
+    /// The peer has finished sending: close once every answer it is owed is written.
+    eof: bool,
 }
 
 /// A control request waiting for its buddy's answer.
@@ -182,6 +184,7 @@ impl Server {
                 fresh: true,
                 sub: None,
                 closing: false,
+                eof: false,
             },
         );
     }
@@ -191,30 +194,25 @@ impl Server {
         self.next
     }
 
-    /// The connections to poll, with whether each has output waiting.
+    /// The connections to poll, with whether each has output waiting. One whose peer has
+    /// finished sending is polled only for output (its end-of-file would wake us forever).
     pub fn fds(&self) -> impl Iterator<Item = (u64, &UnixStream, bool)> {
         self.clients
             .iter()
+            .filter(|(_, c)| !c.eof || !c.out.is_empty())
             .map(|(t, c)| (*t, &c.stream, !c.out.is_empty()))
     }
 
     /// The connection `token` is readable or writable: read its requests and answer them.
     pub fn ready(&mut self, token: u64, fleet: &mut Fleet) {
         let mut buf = [0u8; 16 * 1024];
-        let mut eof = false;
         if let Some(c) = self.clients.get_mut(&token) {
-            loop {
+            while !c.eof {
                 match c.stream.read(&mut buf) {
-                    Ok(0) => {
-                        eof = true;
-                        break;
-                    }
+                    Ok(0) => c.eof = true,
                     Ok(n) => c.input.push(&buf[..n]),
                     Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
-                    Err(_) => {
-                        eof = true;
-                        break;
-                    }
+                    Err(_) => c.eof = true,
                 }
             }
         }
@@ -241,11 +239,13 @@ impl Server {
                 Err(message) => self.fail(token, None, ErrorCode::Invalid, message),
             }
         }
-        self.flush(token, eof);
+        self.flush(token);
     }
 
-    /// Writes what is queued for `token`; drops the connection when it is finished.
-    fn flush(&mut self, token: u64, eof: bool) {
+    /// Writes what is queued for `token`; drops the connection when it is finished: closing
+    /// or at end-of-file, with nothing left to write and no answer still owed.
+    fn flush(&mut self, token: u64) {
+        let owed = self.pending.values().any(|p| p.client == token);
         let Some(c) = self.clients.get_mut(&token) else {
             return;
         };
@@ -261,7 +261,7 @@ impl Server {
                 }
             }
         }
-        let done = (c.closing || eof) && c.out.is_empty();
+        let done = (c.closing || (c.eof && !owed)) && c.out.is_empty();
         if done || c.out.len() > MAX_BACKLOG {
             self.clients.remove(&token);
         }
@@ -601,7 +601,7 @@ impl Server {
                 }
             }
             c.out.extend(out);
-            self.flush(token, false);
+            self.flush(token);
         }
     }
 
@@ -684,7 +684,7 @@ impl Server {
         (p.entry.result, p.entry.ok) = (result, ok);
         self.audit.push(p.entry);
         self.send(p.client, p.id, body);
-        self.flush(p.client, false);
+        self.flush(p.client);
     }
 
     /// The link to `service`'s buddy is gone: its requests in flight fail.
