@@ -10,6 +10,8 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 use upk_testkit::{bin, wait_until, Sandbox, MARKER};
 
+mod openrc;
+
 /// The repository root (install.sh lives there).
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))

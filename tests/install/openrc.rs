@@ -1,0 +1,141 @@
+//! The controller's OpenRC script under real OpenRC (`../shared/OPENRC.md` section 5): each run
+//! in its own mount and pid namespace, with a private `/run` (OpenRC's state and
+//! supervise-daemon's pidfile) and the sandbox's `etc`
+//! bound over `/usr/local/etc`, so nothing reaches the host's OpenRC state and every process
+//! dies with the namespace. Needs root, `openrc-run` and `unshare`; skipped (and said so)
+//! without them.
+
+use super::*;
+
+/// The scenario, run as pid 1 of the namespace. It prints `key=value` lines for the test to
+/// check; every wait in it is bounded (10 s).
+const SCENARIO: &str = r#"
+set -u
+U="$T/usr/bin/upkctl --config $T/etc/upkeeper/upkeeper.conf --timeout 2"
+wait_for() {
+	n=0
+	while ! sh -c "$1" >/dev/null 2>&1; do
+		n=$((n + 1))
+		[ "$n" -ge 200 ] && return 1
+		sleep 0.05
+	done
+}
+# A private /run: supervise-daemon's pidfile (/run/supervise-upkeeper.pid) and OpenRC's state.
+mount -t tmpfs -o mode=0755 tmpfs /run
+mkdir /run/openrc
+mount --bind "$T/etc" /usr/local/etc
+rc-update -u >/dev/null 2>&1 || true
+echo default > /run/openrc/softlevel
+
+rc-service dep start; echo "dep_start=$?"
+[ -e "$T/files/dep-saw-ready" ] && echo "dep_saw_ready=yes"
+rc-service upkeeper status; echo "status_started=$?"
+wait_for "$U status svc | grep -q ' running '"; echo "svc_running=$?"
+svc=$(pgrep -f 'sleep 100[0]'); echo "svc_pid=$svc"
+
+ctl=$(cat /run/openrc/options/upkeeper/child_pid); echo "ctl_pid=$ctl"
+kill -9 "$ctl"
+wait_for "[ \"\$(cat /run/openrc/options/upkeeper/child_pid)\" != $ctl ] && $U audit -n 1"
+echo "respawned=$?"
+wait_for "$U status svc | grep -q ' running '"; echo "svc_running_after=$?"
+echo "svc_pid_after=$(pgrep -f 'sleep 100[0]')"
+
+rc-service dep stop; echo "dep_stop=$?"
+rc-service upkeeper stop; echo "stop=$?"
+rc-service upkeeper status; echo "status_stopped=$?"
+wait_for "! pgrep -f usr/sbin/upkeepe[r]"; echo "controller_gone=$?"
+echo "svc_pid_stopped=$(pgrep -f 'sleep 100[0]')"
+"#;
+
+#[test]
+fn openrc_script_starts_the_controller_gates_a_dependant_and_stops_it_alone() {
+    let root = nix::unistd::geteuid().is_root();
+    let have = |p: &str| Path::new(p).exists();
+    if !root || !have("/sbin/openrc-run") && !have("/usr/sbin/openrc-run") {
+        eprintln!("skipped: needs root and openrc (apt-get install openrc; .ci/run does)");
+        return;
+    }
+    let sb = Sandbox::new();
+    let t = sb.path();
+    let etc = t.join("etc");
+    std::fs::create_dir_all(etc.join("upkeeper/upkeeper.d")).expect("mkdir");
+    std::fs::create_dir_all(etc.join("init.d")).expect("mkdir");
+    // The controller file comes first: install.sh keeps an existing one.
+    std::fs::write(
+        etc.join("upkeeper/upkeeper.conf"),
+        format!(
+            "{{ StateDir: {:?}, SvcConfigPath: {:?}, SvcRunPath: {:?}, UpkBuddyPath: {:?} }}",
+            t.join("state"),
+            etc.join("upkeeper/upkeeper.d"),
+            sb.run_path(),
+            t.join("usr/libexec/upkeeper/upk_buddy"),
+        ),
+    )
+    .expect("controller file");
+    std::fs::write(
+        etc.join("upkeeper/upkeeper.d/svc.conf"),
+        r#"{ "svc": { ExecStart: "sleep 1000", InitialState: "running" } }"#,
+    )
+    .expect("service file");
+    let bindir = bin("upkeeper").parent().expect("bindir").to_path_buf();
+    let out = Command::new("sh")
+        .arg(repo().join("install.sh"))
+        .env("PREFIX", t.join("usr"))
+        .env("SYSCONFDIR", &etc)
+        .env("BINDIR", bindir)
+        .env(MARKER, t)
+        .output()
+        .expect("sh install.sh");
+    assert!(out.status.success(), "{out:?}");
+    // A dependant that records whether the controller answered when it started.
+    let dep = etc.join("init.d/dep");
+    upk_testkit::write_script(
+        &dep,
+        &format!(
+            "#!/sbin/openrc-run\n\
+             depend() {{ need upkeeper; }}\n\
+             start() {{ {t}/usr/bin/upkctl --config {t}/etc/upkeeper/upkeeper.conf --timeout 2 \
+             audit -n 1 >/dev/null && touch {t}/files/dep-saw-ready; }}\n\
+             stop() {{ return 0; }}\n",
+            t = t.display()
+        ),
+    );
+
+    let out = Command::new("timeout")
+        .args(["120", "unshare", "--mount", "--propagation", "private"])
+        .args(["--pid", "--fork", "--mount-proc", "--kill-child"])
+        .args(["sh", "-c", SCENARIO])
+        .env("T", t)
+        .env(MARKER, t)
+        .stdin(Stdio::null())
+        .output()
+        .expect("unshare");
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    let get = |key: &str| -> String {
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("{key}=")))
+            .unwrap_or_else(|| panic!("no {key} in the scenario's output:\n{text}"))
+            .trim()
+            .to_owned()
+    };
+    for (key, want) in [
+        ("dep_start", "0"),
+        ("dep_saw_ready", "yes"),
+        ("status_started", "0"),
+        ("svc_running", "0"),
+        ("respawned", "0"),
+        ("svc_running_after", "0"),
+        ("dep_stop", "0"),
+        ("stop", "0"),
+        ("status_stopped", "3"),
+        ("controller_gone", "0"),
+    ] {
+        assert_eq!(get(key), want, "{key}:\n{text}");
+    }
+    // The service (and its buddy) outlived the controller's kill -9 and its stop.
+    let svc = get("svc_pid");
+    assert!(svc.parse::<i32>().is_ok(), "one service process:\n{text}");
+    assert_eq!(get("svc_pid_after"), svc, "{text}");
+    assert_eq!(get("svc_pid_stopped"), svc, "{text}");
+}
