@@ -44,6 +44,9 @@ pub const RETRY: Duration = Duration::from_secs(1);
 /// ([`Fleet::link_now`]).
 const FIRST_RETRY: Duration = Duration::from_millis(250);
 
+/// A buddy's reply other than a record, with the id of the request it answers.
+pub type Answer = (Option<u64>, BuddyReply);
+
 /// One event stream: a subscription we opened, or a buddy that phoned home.
 pub struct Link {
     /// The connection.
@@ -78,8 +81,13 @@ impl Link {
     }
 
     /// Reads what the buddy sent: records go to `batch` (and are printed), other replies are
-    /// returned. An error means the link is finished.
-    pub fn pump(&mut self, batch: &mut Batch) -> std::io::Result<Vec<(Option<u64>, BuddyReply)>> {
+    /// returned, with whether the buddy closed the link after them (a buddy told to shut down
+    /// answers, then closes: both can come in one read). An error means the link is finished
+    /// and unreadable.
+    pub fn pump(
+        &mut self,
+        batch: &mut Batch,
+    ) -> std::io::Result<(Vec<Answer>, bool)> {
         let mut buf = [0u8; 16 * 1024];
         let closed = loop {
             match self.stream.read(&mut buf) {
@@ -112,10 +120,7 @@ impl Link {
                 body => replies.push((msg.id, body)),
             }
         }
-        if closed {
-            return Err(std::io::ErrorKind::UnexpectedEof.into());
-        }
-        Ok(replies)
+        Ok((replies, closed))
     }
 }
 

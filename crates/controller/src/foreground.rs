@@ -185,25 +185,32 @@ pub fn run(ctl: &Controller, renderer: &Renderer) -> anyhow::Result<()> {
             }
         }
         // Links that a phoning buddy handed over just now may hold lines already: read them too.
+        // Answers are handled once every link is read and the closed ones are gone, since an
+        // answer may change the set of links (unconfigure).
         let mut batch = Batch::default();
-        let mut dead = Vec::new();
-        for i in 0..fleet.links.len() {
+        let mut replies = Vec::new();
+        let mut closed = Vec::new();
+        for (i, link) in fleet.links.iter_mut().enumerate() {
             if i >= links || ready[4 + i] {
-                match fleet.links[i].pump(&mut batch) {
-                    Ok(replies) => {
-                        let service = fleet.links[i].service.clone();
-                        for (id, reply) in replies {
-                            answer(&mut fleet, &mut server, &service, id, reply);
-                        }
-                    }
-                    Err(_) => dead.push(i),
+                // An unreadable link (I/O error, garbage) is finished like a closed one.
+                let (got, gone) = link.pump(&mut batch).unwrap_or((Vec::new(), true));
+                replies.extend(got.into_iter().map(|(id, r)| (link.service.clone(), id, r)));
+                if gone {
+                    closed.push(i);
                 }
             }
         }
-        for i in dead.into_iter().rev() {
-            let gone = fleet.links.swap_remove(i);
-            fleet.link_lost(&gone.service);
-            server.link_lost(&gone.service);
+        let closed: Vec<String> = closed
+            .into_iter()
+            .rev()
+            .map(|i| fleet.links.swap_remove(i).service)
+            .collect();
+        for (service, id, reply) in replies {
+            answer(&mut fleet, &mut server, &service, id, reply);
+        }
+        for service in closed {
+            fleet.link_lost(&service);
+            server.link_lost(&service);
         }
         if !batch.events.is_empty() {
             fleet.release_waiting();
