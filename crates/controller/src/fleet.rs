@@ -84,10 +84,7 @@ impl Link {
     /// returned, with whether the buddy closed the link after them (a buddy told to shut down
     /// answers, then closes: both can come in one read). An error means the link is finished
     /// and unreadable.
-    pub fn pump(
-        &mut self,
-        batch: &mut Batch,
-    ) -> std::io::Result<(Vec<Answer>, bool)> {
+    pub fn pump(&mut self, batch: &mut Batch) -> std::io::Result<(Vec<Answer>, bool)> {
         let mut buf = [0u8; 16 * 1024];
         let closed = loop {
             match self.stream.read(&mut buf) {
