@@ -108,6 +108,9 @@ pub struct Buddy {
     /// Last look at a draining group (see [`DRAIN_CHECK`]).
     drain_checked: Instant,
     since_us: i64,
+    /// Records made while the machine is driven, sent once the status file agrees with them
+    /// (a client that reads the status on an event must not find the state before it).
+    held: Option<Vec<u8>>,
     _lock: Flock<File>,
 }
 
@@ -200,6 +203,7 @@ impl Buddy {
             drain_checked: Instant::now(),
             since_us: upk_core::time::wall_us(),
             settings,
+            held: None,
             _lock: lock,
         };
         if let Err(e) = &buddy.creds {
@@ -523,6 +527,10 @@ impl Buddy {
 
     /// Feeds one input and carries out what the machine asks, then rewrites the status.
     fn drive(&mut self, input: Input) {
+        let outer = self.held.is_none();
+        if outer {
+            self.held = Some(Vec::new());
+        }
         let mut next = Some(input);
         while let Some(input) = next.take() {
             let now = Instant::now();
@@ -561,6 +569,11 @@ impl Buddy {
             }
         }
         self.write_status();
+        if outer {
+            if let Some(lines) = self.held.take().filter(|l| !l.is_empty()) {
+                self.publish(&lines);
+            }
+        }
     }
 
     /// The redirect files, opened at first use and kept until SIGHUP.
@@ -719,15 +732,23 @@ impl Buddy {
                     record: stored.clone(),
                 },
             });
-            let mut dead = Vec::new();
-            for c in self.conns.iter_mut().filter(|c| c.subscribed) {
-                if c.send(&line).is_err() {
-                    dead.push(c.token);
-                }
+            match &mut self.held {
+                Some(held) => held.extend(line),
+                None => self.publish(&line),
             }
-            self.conns.retain(|c| !dead.contains(&c.token));
         }
         self.phone_home(Instant::now());
+    }
+
+    /// Sends encoded records to every subscriber.
+    fn publish(&mut self, lines: &[u8]) {
+        let mut dead = Vec::new();
+        for c in self.conns.iter_mut().filter(|c| c.subscribed) {
+            if c.send(lines).is_err() {
+                dead.push(c.token);
+            }
+        }
+        self.conns.retain(|c| !dead.contains(&c.token));
     }
 
     fn status(&self) -> Status {
