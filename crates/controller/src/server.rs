@@ -491,11 +491,7 @@ impl Server {
         let store = store_error;
         Ok(match body {
             ClientRequest::List => ClientReply::Services {
-                services: fleet
-                    .members
-                    .keys()
-                    .map(|id| self.summary(id, fleet))
-                    .collect(),
+                services: self.summaries(&fleet.members.keys().cloned().collect::<Vec<_>>(), fleet),
             },
             ClientRequest::Status { services } => {
                 let ids: Vec<String> = if services.is_empty() {
@@ -507,7 +503,7 @@ impl Server {
                     return Err(not_found(unknown));
                 }
                 ClientReply::Services {
-                    services: ids.iter().map(|id| self.summary(id, fleet)).collect(),
+                    services: self.summaries(&ids, fleet),
                 }
             }
             ClientRequest::History { filter } => {
@@ -564,16 +560,26 @@ impl Server {
         }
     }
 
-    fn summary(&self, id: &str, fleet: &Fleet) -> ServiceSummary {
-        let m = fleet.members.get(id);
-        ServiceSummary {
-            service: id.to_owned(),
-            uuid: self.reader.service_uuid(id).ok().flatten(),
-            file: m.map(|m| m.file.display().to_string()).unwrap_or_default(),
-            linked: fleet.links.iter().any(|l| l.service == id),
-            status: m.and_then(|m| Status::read(&m.dir.status()).ok().flatten()),
-            desired: self.reader.desired(id).ok().flatten(),
-        }
+    /// One summary per id: the status file, and one store query each.
+    fn summaries(&self, ids: &[String], fleet: &Fleet) -> Vec<ServiceSummary> {
+        let linked: BTreeSet<&str> = fleet.links.iter().map(|l| l.service.as_str()).collect();
+        ids.iter()
+            .map(|id| {
+                let m = fleet.members.get(id);
+                let (uuid, desired) = match self.reader.service_row(id) {
+                    Ok(Some((uuid, desired))) => (Some(uuid), desired),
+                    _ => (None, None),
+                };
+                ServiceSummary {
+                    service: id.clone(),
+                    uuid,
+                    file: m.map(|m| m.file.display().to_string()).unwrap_or_default(),
+                    linked: linked.contains(id.as_str()),
+                    status: m.and_then(|m| Status::read(&m.dir.status()).ok().flatten()),
+                    desired,
+                }
+            })
+            .collect()
     }
 
     /// Events the store just committed: to every subscriber that wants them and has not had

@@ -298,6 +298,16 @@ impl Store {
             .flatten())
     }
 
+    /// The UUID and desired state of `service` in one query (for `list`, which asks for
+    /// every service); `None` when it has no row.
+    pub fn service_row(&self, service: &str) -> Result<Option<(String, Option<String>)>> {
+        Ok(self
+            .conn
+            .prepare_cached("SELECT uuid, desired FROM services WHERE service = ?1")?
+            .query_row([service], |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()?)
+    }
+
     /// The newest event's row id (0 when there is none): where a subscription starts.
     pub fn last_event_id(&self) -> Result<i64> {
         Ok(self
