@@ -18,6 +18,12 @@ fn after_sigkill_of_the_buddy_a_new_buddy_adopts_the_service() {
     // The status file answers with no buddy running.
     let left = upk_testkit::read_status(&dir);
     assert_eq!((left.state, left.pid), (StateName::Running, Some(pid)));
+    let stale = std::fs::read_to_string(dir.pidfile()).expect("buddy.pid");
+    assert_eq!(
+        stale.trim(),
+        left.buddy_pid.to_string(),
+        "a dead buddy's pid stays"
+    );
     assert!(!is_dead(pid), "the service outlives its buddy");
 
     let b = sb.buddy(&dir);

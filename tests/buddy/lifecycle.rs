@@ -45,6 +45,8 @@ fn starts_the_service_in_its_own_session() {
     assert_eq!(sid, pid, "the service leads its own session");
     assert_ne!(sid, buddy_sid);
     assert_eq!(st.buddy_pid, b.pid());
+    let pidfile = std::fs::read_to_string(dir.pidfile()).expect("buddy.pid");
+    assert_eq!(pidfile, format!("{}\n", b.pid()));
     let stdin = std::fs::read_link(format!("/proc/{pid}/fd/0")).expect("fd 0");
     assert_eq!(stdin, std::path::Path::new("/dev/null"));
 }

@@ -133,6 +133,11 @@ impl Buddy {
         let _ = nix::unistd::setsid();
         let settings = Settings::read(&dir.settings()).map_err(permanent)?;
         let lock = take_lock(&dir)?;
+        // Init systems track daemons by pidfile (OpenRC's daemon records): a buddy killed
+        // with -9 leaves it naming a dead pid, which is how they see "crashed".
+        let pid = format!("{}\n", std::process::id());
+        upk_core::fsutil::write_atomic(&dir.pidfile(), pid.as_bytes(), 0o644, false)
+            .map_err(|e| temporary("cannot write buddy.pid", e))?;
         // Every child (service, scripts, loggers) inherits it; set once here, no child's
         // spawn has to build an environment of its own.
         std::env::set_var("UPK_SERVICE", settings.service.id.to_string());
@@ -1211,6 +1216,7 @@ impl Buddy {
             ));
         }
         let _ = std::fs::remove_file(self.dir.socket());
+        let _ = std::fs::remove_file(self.dir.pidfile());
         self.write_status();
         self.log.line("exiting");
         upk_core::exit::OK

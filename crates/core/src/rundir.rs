@@ -8,6 +8,7 @@
 //! <id>/log/{stdout_pipe,stderr_pipe}       FIFOs feeding PipeStdoutScript/PipeStderrScript
 //! <id>/buddy.sock                          the buddy's socket (mode 0600)
 //! <id>/lock                                flock: one buddy per directory
+//! <id>/buddy.pid                           the buddy's pid (for init systems' daemon records)
 //! <id>/status                              status record, replaced atomically
 //! ```
 //!
@@ -74,6 +75,10 @@ impl RunDir {
     /// `lock`.
     pub fn lock(&self) -> PathBuf {
         self.root.join("lock")
+    }
+    /// `buddy.pid`: written once the lock is held, removed on a clean exit.
+    pub fn pidfile(&self) -> PathBuf {
+        self.root.join("buddy.pid")
     }
     /// `status`.
     pub fn status(&self) -> PathBuf {
