@@ -410,6 +410,9 @@ mod tests {
             seq: 1,
             acked: 1,
             loggers: Vec::new(),
+            needs_ready: false,
+            ready_timed_out: false,
+            health: None,
         }
     }
 
