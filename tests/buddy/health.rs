@@ -144,12 +144,13 @@ fn a_failed_service_is_tried_again_after_its_cool_down() {
 fn a_hook_gets_the_context_and_a_hanging_hook_delays_nothing() {
     let sb = Sandbox::new();
     let out = sb.file("hook");
-    // The hook saves its environment, and the multi-line UPK_EVENTS apart.
+    // The hook saves the multi-line UPK_EVENTS, then its whole environment (renamed into
+    // place last, so the test finds both once it finds it).
     let script = sb.file("hook.sh");
     upk_testkit::write_script(
         &script,
         &format!(
-            "#!/bin/sh\nenv | grep ^UPK_ > {out}.$UPK_EVENT\nprintf '%s\\n' \"$UPK_EVENTS\" > {out}.events\n",
+            "#!/bin/sh\nprintf '%s\\n' \"$UPK_EVENTS\" > {out}.events\nenv | grep ^UPK_ > {out}.$UPK_EVENT.tmp\nmv {out}.$UPK_EVENT.tmp {out}.$UPK_EVENT\n",
             out = out.display()
         ),
     );

@@ -7,7 +7,8 @@ use upk_testkit::{wait_until, Sandbox};
 #[test]
 fn renders_the_layout_and_rerendering_keeps_logs() {
     let sb = Sandbox::new();
-    let body = r##"{ ExecStart: "sleep 1", CustomActions: { rotate: "echo rotate", flush: "#!/bin/bash\necho %(EXEC_START)" } }"##;
+    let body = r##"{ ExecStart: "sleep 1", PipeStderrScript: "exec cat",
+                     CustomActions: { rotate: "echo rotate", flush: "#!/bin/bash\necho %(EXEC_START)" } }"##;
     let dir = sb.service("pkg::web", body);
     assert!(dir.root().ends_with("run/pkg::web"));
     for (action, script) in [
@@ -33,12 +34,19 @@ fn renders_the_layout_and_rerendering_keeps_logs() {
         flush.starts_with("#!/bin/bash\n") && flush.contains("echo sleep 1"),
         "{flush}"
     );
-    for fifo in ["stdout_pipe", "stderr_pipe"] {
-        assert!(std::fs::metadata(dir.log_file(fifo))
-            .expect("fifo")
-            .file_type()
-            .is_fifo());
-    }
+    // A FIFO for the configured logger only.
+    assert!(std::fs::metadata(dir.log_file("stderr_pipe"))
+        .expect("fifo")
+        .file_type()
+        .is_fifo());
+    assert!(!dir.log_file("stdout_pipe").exists());
+    // A new directory was made whole elsewhere and renamed: no staging left behind.
+    let hidden: Vec<_> = std::fs::read_dir(sb.run_path())
+        .expect("ls")
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().starts_with('.'))
+        .collect();
+    assert!(hidden.is_empty(), "{hidden:?}");
 
     std::fs::write(dir.log_file("stdout"), "precious\n").expect("log");
     let dir = sb.service("pkg::web", r#"{ ExecStart: "sleep 2" }"#);

@@ -3,7 +3,8 @@
 use super::*;
 
 const GOOD: &str = r#"{
-    "web": { ExecStart: "sleep 1000", CustomActions: { "ping": "echo pong" } },
+    "web": { ExecStart: "sleep 1000", PipeStdoutScript: "exec cat",
+             CustomActions: { "ping": "echo pong" } },
     "db": { ExecStart: "sleep 1000" },
 }"#;
 

@@ -5,13 +5,15 @@
 //! notification hooks are `scripts/hook@<name>`, run by the buddy directly) and
 //! `settings.json` into a scratch directory inside the run directory, then swaps each into
 //! place with `renameat2(RENAME_EXCHANGE)`: a buddy or a client always finds a whole old or a
-//! whole new file set, never a half-written one. `log/`, `status`, `lock` and `buddy.sock` are
-//! never touched, so rendering never deletes logs; the log FIFOs are created if missing.
+//! whole new file set, never a half-written one. A new run directory is made whole under a
+//! hidden name (`.<id>.new`) and renamed into place. `log/`, `status`, `lock` and `buddy.sock`
+//! are never touched, so rendering never deletes logs; the FIFOs of configured loggers are
+//! created if missing.
 
 use nix::fcntl::{renameat2, RenameFlags};
 use std::fs;
-use std::io;
-use std::os::unix::fs::{symlink, PermissionsExt};
+use std::io::{self, Write};
+use std::os::unix::fs::{symlink, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use upk_core::config::Service;
 use upk_core::rundir::{self, RunDir, Settings};
@@ -89,51 +91,72 @@ impl Renderer {
         settings: &Settings,
     ) -> Result<RunDir, RenderError> {
         let dir = RunDir::of(svc_run_path, &svc.id);
-        let id = svc.id.to_string();
         let scripts = scripts_of(svc)?;
-        for d in [dir.root().to_owned(), dir.log()] {
-            fs::create_dir_all(&d).map_err(io_err(&d))?;
-        }
-        for fifo in ["stdout_pipe", "stderr_pipe"] {
-            let p = dir.log_file(fifo);
-            match nix::unistd::mkfifo(&p, nix::sys::stat::Mode::from_bits_truncate(0o600)) {
-                Ok(()) | Err(nix::errno::Errno::EEXIST) => {}
-                Err(e) => {
-                    return Err(RenderError::Io {
-                        path: p,
-                        source: e.into(),
-                    })
-                }
+        if !dir.root().exists() {
+            // A new directory is made whole under a hidden name and renamed into place: one
+            // rename instead of three exchanges, and no scratch directory to clean up.
+            let staging = svc_run_path.join(format!(".{}.new", svc.id));
+            remove_any(&staging)?;
+            fs::create_dir_all(staging.join("log")).map_err(io_err(&staging))?;
+            make_fifos(&RunDir::new(&staging), svc)?;
+            self.fill(&staging, svc, &scripts, settings)?;
+            match fs::rename(&staging, dir.root()) {
+                Ok(()) => return Ok(dir),
+                // Someone made it meanwhile: render over it the usual way.
+                Err(_) if dir.root().exists() => remove_any(&staging)?,
+                Err(e) => return Err(io_err(dir.root())(e)),
             }
         }
-
+        let log = dir.log();
+        fs::create_dir_all(&log).map_err(io_err(&log))?;
+        make_fifos(&dir, svc)?;
         let scratch = dir.root().join(".render");
         remove_any(&scratch)?;
-        let (new_scripts, new_actions) = (scratch.join("scripts"), scratch.join("actions"));
-        for d in [&new_scripts, &new_actions] {
-            fs::create_dir_all(d).map_err(io_err(d))?;
-        }
-        for (action, script, body) in &scripts {
-            let path = new_scripts.join(script);
-            let text = self.script(&id, script, body)?;
-            fs::write(&path, text).map_err(io_err(&path))?;
-            fs::set_permissions(&path, fs::Permissions::from_mode(0o755)).map_err(io_err(&path))?;
-            if let Some(action) = action {
-                let link = new_actions.join(action);
-                symlink(Path::new("../scripts").join(script), &link).map_err(io_err(&link))?;
-            }
-        }
-        let settings_path = scratch.join(rundir::SETTINGS);
-        let json = serde_json::to_vec_pretty(settings)
-            .map_err(|e| io_err(&settings_path)(io::Error::other(e)))?;
-        fs::write(&settings_path, json).map_err(io_err(&settings_path))?;
-
+        self.fill(&scratch, svc, &scripts, settings)?;
         // Scripts first: new actions may point at scripts that only the new set has.
         for name in ["scripts", "actions", rundir::SETTINGS] {
             swap_in(&scratch.join(name), &dir.root().join(name))?;
         }
         remove_any(&scratch)?;
         Ok(dir)
+    }
+
+    /// Writes `scripts/`, `actions/` and `settings.json` under `root`.
+    fn fill(
+        &self,
+        root: &Path,
+        svc: &Service,
+        scripts: &[(Option<String>, String, String)],
+        settings: &Settings,
+    ) -> Result<(), RenderError> {
+        let id = svc.id.to_string();
+        let (new_scripts, new_actions) = (root.join("scripts"), root.join("actions"));
+        for d in [&new_scripts, &new_actions] {
+            fs::create_dir_all(d).map_err(io_err(d))?;
+        }
+        for (action, script, body) in scripts {
+            let path = new_scripts.join(script);
+            let text = self.script(&id, script, body)?;
+            let mut f = fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o755)
+                .open(&path)
+                .map_err(io_err(&path))?;
+            f.write_all(text.as_bytes()).map_err(io_err(&path))?;
+            // The umask may have taken bits away: scripts are 0755 whatever it is.
+            f.set_permissions(fs::Permissions::from_mode(0o755))
+                .map_err(io_err(&path))?;
+            if let Some(action) = action {
+                let link = new_actions.join(action);
+                symlink(Path::new("../scripts").join(script), &link).map_err(io_err(&link))?;
+            }
+        }
+        let settings_path = root.join(rundir::SETTINGS);
+        let json = serde_json::to_vec_pretty(settings)
+            .map_err(|e| io_err(&settings_path)(io::Error::other(e)))?;
+        fs::write(&settings_path, json).map_err(io_err(&settings_path))?;
+        Ok(())
     }
 
     fn script(&self, id: &str, name: &str, body: &str) -> Result<String, RenderError> {
@@ -226,6 +249,29 @@ fn scripts_of(svc: &Service) -> Result<Vec<(Option<String>, String, String)>, Re
         ));
     }
     Ok(out)
+}
+
+/// The FIFOs of the configured loggers (the buddy makes a missing one too).
+fn make_fifos(dir: &RunDir, svc: &Service) -> Result<(), RenderError> {
+    for (fifo, script) in [
+        ("stdout_pipe", &svc.pipe_stdout_script),
+        ("stderr_pipe", &svc.pipe_stderr_script),
+    ] {
+        if script.is_none() {
+            continue;
+        }
+        let p = dir.log_file(fifo);
+        match nix::unistd::mkfifo(&p, nix::sys::stat::Mode::from_bits_truncate(0o600)) {
+            Ok(()) | Err(nix::errno::Errno::EEXIST) => {}
+            Err(e) => {
+                return Err(RenderError::Io {
+                    path: p,
+                    source: e.into(),
+                })
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Moves `new` to `target`, atomically exchanging with an existing `target`; the old content
