@@ -272,11 +272,16 @@ impl Buddy {
                 let ready = previous
                     .as_ref()
                     .is_some_and(|p| p.state == StateName::Ready);
+                let ready_timed_out = previous.as_ref().is_some_and(|p| p.ready_timed_out);
                 if !ready && self.settings.service.readiness == Readiness::Notify {
                     // It still knows the socket's path: a new socket there still hears it.
                     self.open_notify_socket();
                 }
-                self.drive(Input::Adopted { pid, ready });
+                self.drive(Input::Adopted {
+                    pid,
+                    ready,
+                    ready_timed_out,
+                });
                 if self.machine.want() == Want::Down {
                     self.drive(Input::Command(Command::Stop, "startup: wanted down".into()));
                 }
@@ -692,6 +697,10 @@ impl Buddy {
     }
 
     fn spawn_service(&mut self) -> Result<i32, String> {
+        // A probe of the last run says nothing about this one: end it, unheard.
+        if let Some(p) = self.probe.take() {
+            kill_group(p.pid, Signal::SIGKILL);
+        }
         self.open_redirects()?;
         let readiness = self.settings.service.readiness;
         let mut extra = Extra::default();

@@ -124,12 +124,21 @@ pub fn notify_socket(path: &Path, owner: Option<(Uid, Gid)>) -> std::io::Result<
     }
     let _ = std::fs::remove_file(path);
     let sock = UnixDatagram::bind(path)?;
-    sock.set_nonblocking(true)?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
-    if let Some((uid, gid)) = owner {
-        nix::unistd::chown(path, Some(uid), Some(gid))?;
+    let ready = (|| {
+        sock.set_nonblocking(true)?;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+        if let Some((uid, gid)) = owner {
+            nix::unistd::chown(path, Some(uid), Some(gid))?;
+        }
+        Ok(())
+    })();
+    match ready {
+        Ok(()) => Ok(sock),
+        Err(e) => {
+            let _ = std::fs::remove_file(path);
+            Err(e)
+        }
     }
-    Ok(sock)
 }
 
 /// `notify.sock` in a run directory.

@@ -233,10 +233,12 @@ pub enum Input {
         pid: i32,
         /// The previous buddy had seen it ready.
         ready: bool,
+        /// The previous buddy had recorded its ReadyTimeout.
+        ready_timed_out: bool,
     },
     /// The service signalled readiness.
     ReadySignal {
-        /// How: `fd 3`, `notify`.
+        /// How: `notification fd`, `sd_notify READY=1`.
         via: String,
     },
     /// A health probe ended.
@@ -465,9 +467,14 @@ impl Machine {
             Input::Terminate => self.terminate(now, &mut out),
             Input::Spawned { pid } => self.spawned(now, pid, &mut out),
             Input::SpawnFailed { error } => self.spawn_failed(now, error, &mut out),
-            Input::Adopted { pid, ready } => {
+            Input::Adopted {
+                pid,
+                ready,
+                ready_timed_out,
+            } => {
                 self.last_start = Some(now);
                 self.new_run(now);
+                self.ready_timed_out = ready_timed_out;
                 let ready = ready && self.policy.needs_ready;
                 let to = State::Running {
                     pid,
@@ -512,6 +519,10 @@ impl Machine {
             cause: cause.to_owned(),
             kind,
         }));
+        if !matches!(to, State::Running { .. }) {
+            // Probes are about a running service; the next run schedules its own.
+            self.probe_at = None;
+        }
         self.state = to;
     }
 
@@ -748,7 +759,7 @@ impl Machine {
             self.window.clear();
         }
         self.failures = self.failures.saturating_add(1);
-        out.push(Output::Notify(HookEvent::Failed));
+        // Hooks run after the record of the decision, so that their context includes it.
         if let Some(max) = self.policy.max_failures {
             if self.failures >= max {
                 let retry_at = self.policy.retry_after.map(|d| now + d);
@@ -757,12 +768,15 @@ impl Machine {
                     retry_in: retry_at.map(|t| secs(t, now)),
                 };
                 self.go(State::Failed { retry_at }, None, "policy", kind, out);
+                out.push(Output::Notify(HookEvent::Failed));
                 out.push(Output::Notify(HookEvent::GaveUp));
                 return;
             }
         }
-        let delay = self.backed_off(self.policy.rate_limit.unwrap_or(DEFAULT_SPACING));
-        let delay = self.jittered(delay);
+        let base = self.policy.rate_limit.unwrap_or(DEFAULT_SPACING);
+        let delay = self.backed_off(base);
+        // Jitter spreads the delay but never past the cap (a base above the cap is kept).
+        let delay = self.jittered(delay).min(self.policy.delay_max.max(base));
         let mut at = match self.policy.rate_limit {
             Some(_) => now + delay,
             None => self.last_start.map_or(now, |s| (s + delay).max(now)),
@@ -784,6 +798,7 @@ impl Machine {
                     restarts: used,
                 };
                 self.go(State::Paused { until: at }, None, "policy", kind, out);
+                out.push(Output::Notify(HookEvent::Failed));
                 out.push(Output::Notify(HookEvent::Flapping));
                 return;
             }
@@ -793,6 +808,7 @@ impl Machine {
             failures: self.failures,
         };
         self.go(State::Backoff { until: at }, None, "policy", kind, out);
+        out.push(Output::Notify(HookEvent::Failed));
     }
 
     /// `base` times `backoff` for each failure in a row before this one, capped at
@@ -901,7 +917,8 @@ impl Machine {
         match then {
             After::Rest => {}
             After::Policy if self.want == Want::Up => self.after_death(now, Duration::ZERO, out),
-            After::Policy => {}
+            // A run-once service that was unhealthy is done, as after any end of its run.
+            After::Policy => self.want = Want::Down,
             After::Start => {
                 self.failures = 0;
                 self.window.clear();

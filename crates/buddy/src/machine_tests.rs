@@ -633,3 +633,24 @@ fn record_only_health_notifies_and_recovers_and_health_can_mean_ready() {
     assert_eq!(extras(&out), ["notify-recovered"]);
     assert_eq!(r.m.state().name(), StateName::Ready);
 }
+
+#[test]
+fn jitter_never_takes_the_delay_past_the_cap() {
+    let mut r = Rig::new(Policy {
+        rate_limit: Some(Duration::from_secs(1)),
+        jitter: true,
+        backoff: 3.0,
+        delay_max: Duration::from_secs(2),
+        ..policy()
+    });
+    r.start(0.0);
+    let mut t = 0.0;
+    for _ in 0..20 {
+        t += 0.1;
+        r.die(t);
+        let at = r.deadline_secs().expect("restart scheduled");
+        assert!(at - t <= 2.0 + 1e-9, "{}", at - t);
+        t = at;
+        r.step(t, Input::Timer);
+    }
+}

@@ -159,7 +159,7 @@ pub enum EventKind {
     },
     /// The service said it is ready (`running` -> `ready`).
     Ready {
-        /// How: `fd 3`, `notify`, `health check`.
+        /// How: `notification fd`, `sd_notify READY=1` or `health check`.
         via: String,
     },
     /// The service did not become ready within ReadyTimeout; it keeps running, and services

@@ -201,7 +201,8 @@ pub struct Service {
     pub ready_timeout: Option<f64>,
     /// Each consecutive failure multiplies the restart delay by this factor (1: constant).
     pub restart_backoff: f64,
-    /// The growing restart delay never exceeds this many seconds (unless the base delay does).
+    /// The restart delay, grown and jittered, never exceeds this many seconds (unless the base
+    /// delay does).
     pub restart_delay_max: f64,
     /// Seconds after giving up before the buddy tries again; `None`: `failed` until a command.
     pub failed_retry_after: Option<f64>,
