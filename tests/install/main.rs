@@ -11,6 +11,7 @@ use std::time::Duration;
 use upk_testkit::{bin, wait_until, Sandbox, MARKER};
 
 mod openrc;
+mod openrc_glue;
 
 /// The repository root (install.sh lives there).
 fn repo() -> PathBuf {
