@@ -1,17 +1,19 @@
 //! The buddy's poll loop: the only place that performs effects.
 //!
-//! One `poll(2)` over the signalfd, the listening socket, the adopted process's pidfd and the
-//! peers, with one timeout: the earliest of the machine's deadline, a logger restart, a
-//! phone-home retry and the exit deadline. Everything that arrives is turned into an input for
+//! One `poll(2)` over the signalfd, the listening socket, the adopted process's pidfd, the
+//! readiness channel and the peers, with one timeout: the earliest of the machine's deadline,
+//! a logger restart, a phone-home retry, a probe's or hook's timeout and the exit deadline. Everything that arrives is turned into an input for
 //! the pure [`Machine`], whose outputs are carried out here; the status file is rewritten after
 //! every step. Nothing sleeps, and after start-up nothing is fatal: errors become records or
 //! log lines and the loop goes on ("from now on, we must not die").
 
 use crate::conn::{self, Conn};
+use crate::health::{self, Channel, Heard, ProbeRun};
+use crate::hooks::{self, HookRun};
 use crate::logs::{open_redirects, BuddyLog, Redirects, Stream};
 use crate::machine::{After, Command, Input, Machine, Note, Output, Policy, State};
 use crate::ring::Ring;
-use crate::spawn::{self, Creds, Stdio};
+use crate::spawn::{self, Creds, Extra, Stdio};
 use nix::errno::Errno;
 use nix::fcntl::{Flock, FlockArg};
 use nix::poll::{PollFd, PollFlags, PollTimeout};
@@ -25,6 +27,7 @@ use std::os::fd::{AsFd, FromRawFd, OwnedFd};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::time::{Duration, Instant};
+use upk_core::config::{HookEvent, Readiness};
 use upk_core::event::{EventKind, Exit, Record, StateName};
 use upk_core::proto::{self, BuddyReply, BuddyRequest, Envelope, Role, PROTOCOL_VERSION};
 use upk_core::rundir::{RunDir, Settings};
@@ -79,6 +82,7 @@ struct Ready {
     signals: bool,
     listener: bool,
     adopted: bool,
+    channel: bool,
     conns: Vec<(u64, PollFlags)>,
 }
 
@@ -111,6 +115,14 @@ pub struct Buddy {
     /// Records made while the machine is driven, sent once the status file agrees with them
     /// (a client that reads the status on an event must not find the state before it).
     held: Option<Vec<u8>>,
+    /// The health probe in flight.
+    probe: Option<ProbeRun>,
+    /// Notification hooks in flight.
+    hooks: Vec<HookRun>,
+    /// Where this run's readiness comes from.
+    channel: Option<Channel>,
+    /// The latest records' summaries, for hooks (`UPK_EVENTS`).
+    recent: VecDeque<String>,
     _lock: Flock<File>,
 }
 
@@ -209,6 +221,10 @@ impl Buddy {
             since_us: upk_core::time::wall_us(),
             settings,
             held: None,
+            probe: None,
+            hooks: Vec::new(),
+            channel: None,
+            recent: VecDeque::new(),
             _lock: lock,
         };
         if let Err(e) = &buddy.creds {
@@ -253,7 +269,14 @@ impl Buddy {
                 self.pid_start = Some(start);
                 self.log
                     .line(&format!("adopting running service pid {pid}"));
-                self.drive(Input::Adopted { pid });
+                let ready = previous
+                    .as_ref()
+                    .is_some_and(|p| p.state == StateName::Ready);
+                if !ready && self.settings.service.readiness == Readiness::Notify {
+                    // It still knows the socket's path: a new socket there still hears it.
+                    self.open_notify_socket();
+                }
+                self.drive(Input::Adopted { pid, ready });
                 if self.machine.want() == Want::Down {
                     self.drive(Input::Command(Command::Stop, "startup: wanted down".into()));
                 }
@@ -261,7 +284,7 @@ impl Buddy {
             }
         }
         if let Some(p) = previous.as_ref().filter(|p| p.state == StateName::Failed) {
-            self.machine.resume_failed(p.failures);
+            self.machine.resume_failed(Instant::now(), p.failures);
             self.write_status();
         } else if self.machine.want() == Want::Up {
             self.drive(Input::Command(Command::Start, "startup: wanted up".into()));
@@ -301,10 +324,21 @@ impl Buddy {
         let loggers = self.streams.iter().filter_map(|s| s.restart_at);
         let phone = self.phone.next_try.filter(|_| self.must_phone_home());
         let drain = self.draining().then(|| self.drain_checked + DRAIN_CHECK);
-        [self.machine.deadline(), phone, self.exit_by, drain]
+        let probe = self
+            .probe
+            .as_ref()
+            .filter(|p| !p.timed_out)
+            .map(|p| p.deadline);
+        let hooks = self
+            .hooks
+            .iter()
+            .filter(|h| !h.timed_out)
+            .map(|h| h.deadline);
+        [self.machine.deadline(), phone, self.exit_by, drain, probe]
             .into_iter()
             .flatten()
             .chain(loggers)
+            .chain(hooks)
             .min()
     }
 
@@ -316,6 +350,9 @@ impl Buddy {
         ];
         if let Some(fd) = &self.adopted {
             fds.push(PollFd::new(fd.as_fd(), PollFlags::POLLIN));
+        }
+        if let Some(ch) = &self.channel {
+            fds.push(PollFd::new(ch.as_fd(), PollFlags::POLLIN));
         }
         // A peer that closed its end is only polled while output waits: its POLLHUP would
         // otherwise wake the loop for nothing until its last reply is ready.
@@ -349,6 +386,7 @@ impl Buddy {
         let mut next = || flags.next().is_some_and(|f| !f.is_empty());
         let (signals, listener) = (next(), next());
         let adopted = self.adopted.is_some() && next();
+        let channel = self.channel.is_some() && next();
         let conns = tokens
             .into_iter()
             .zip(flags)
@@ -358,6 +396,7 @@ impl Buddy {
             signals,
             listener,
             adopted,
+            channel,
             conns,
         })
     }
@@ -371,6 +410,9 @@ impl Buddy {
         }
         if ready.adopted {
             self.adopted_died();
+        }
+        if ready.channel {
+            self.on_channel();
         }
         for (token, flags) in ready.conns {
             self.on_conn(token, flags);
@@ -421,7 +463,24 @@ impl Buddy {
     }
 
     fn child_ended(&mut self, pid: i32, exit: Exit) {
-        if self.machine.state().pid() == Some(pid) && self.adopted.is_none() {
+        if self.probe.as_ref().is_some_and(|p| p.pid == pid) {
+            let run = self.probe.take().expect("checked");
+            let svc = &self.settings.service;
+            let output = self.dir.log_file("health");
+            let detail = health::probe_detail(exit, run.timed_out, &output, svc.health_timeout);
+            let ok = exit.success() && !run.timed_out;
+            self.drive(Input::Probe { ok, detail });
+        } else if let Some(i) = self.hooks.iter().position(|h| h.pid == pid) {
+            let run = self.hooks.swap_remove(i);
+            let kind = EventKind::HookRun {
+                hook: run.hook,
+                event: run.event.as_str().to_owned(),
+                exit,
+                timed_out: run.timed_out,
+            };
+            self.note(Some(pid), "hook", kind);
+            self.write_status();
+        } else if self.machine.state().pid() == Some(pid) && self.adopted.is_none() {
             let pgid = pid;
             self.drive(Input::Died {
                 pid,
@@ -480,7 +539,34 @@ impl Buddy {
         matches!(self.machine.state(), State::Stopping { pid: None, .. })
     }
 
+    /// The readiness channel has something (or its writers are gone).
+    fn on_channel(&mut self) {
+        let Some(ch) = &mut self.channel else { return };
+        match ch.read() {
+            Heard::Ready(via) => self.drive(Input::ReadySignal { via }),
+            Heard::Nothing => {}
+            Heard::Closed => self.channel = None,
+        }
+    }
+
     fn on_timers(&mut self, now: Instant) {
+        // Probes and hooks past their timeout: their groups are killed, the reaping records.
+        if let Some(p) = self
+            .probe
+            .as_mut()
+            .filter(|p| !p.timed_out && p.deadline <= now)
+        {
+            p.timed_out = true;
+            kill_group(p.pid, Signal::SIGKILL);
+        }
+        for h in self
+            .hooks
+            .iter_mut()
+            .filter(|h| !h.timed_out && h.deadline <= now)
+        {
+            h.timed_out = true;
+            kill_group(h.pid, Signal::SIGKILL);
+        }
         if self.draining() && now >= self.drain_checked + DRAIN_CHECK {
             self.drain_checked = now;
             if let State::Stopping { pgid, .. } = *self.machine.state() {
@@ -558,6 +644,8 @@ impl Buddy {
                     }
                     Output::KillGroup { pgid, signal } => kill_group(pgid, signal),
                     Output::Record(note) => self.record(note),
+                    Output::RunProbe => self.run_probe(),
+                    Output::Notify(event) => self.notify(event),
                     Output::Exit => {
                         // A fresh set of tries: the controller may be back since the last ones.
                         self.exit_by = Some(now + EXIT_GRACE);
@@ -605,6 +693,29 @@ impl Buddy {
 
     fn spawn_service(&mut self) -> Result<i32, String> {
         self.open_redirects()?;
+        let readiness = self.settings.service.readiness;
+        let mut extra = Extra::default();
+        // The child's end of a notification pipe; ours replaces the last run's channel.
+        let mut child_end = None;
+        match readiness {
+            Readiness::Fd(n) => {
+                let (ours, theirs) =
+                    health::pipe().map_err(|e| format!("cannot make the readiness pipe: {e}"))?;
+                self.channel = Some(Channel::Pipe(ours));
+                child_end = Some((theirs, n as i32));
+            }
+            Readiness::Notify => {
+                if !matches!(self.channel, Some(Channel::Notify(_))) {
+                    self.open_notify_socket();
+                }
+                let path = health::notify_path(self.dir.root());
+                extra
+                    .env
+                    .push(("NOTIFY_SOCKET".into(), path.display().to_string()));
+            }
+            Readiness::None | Readiness::Health => self.channel = None,
+        }
+        extra.fd = child_end.as_ref().map(|(fd, n)| (fd.as_fd(), *n));
         let (creds, r) = self.child_context()?;
         let stdio = Stdio {
             stdin: self.devnull.as_fd(),
@@ -612,11 +723,145 @@ impl Buddy {
             stderr: self.streams[1].write_end().unwrap_or(r.stderr.as_fd()),
         };
         let start = self.dir.action("start");
-        let pid = spawn::spawn(&start, &[], self.dir.root(), creds, stdio)
+        let pid = spawn::spawn(&start, &[], self.dir.root(), creds, stdio, &extra)
             .map_err(|e| format!("cannot execute {}: {e}", start.display()))?;
         self.adopted = None;
         self.pid_start = status::process_start_time(pid);
         Ok(pid)
+    }
+
+    /// Binds `notify.sock` for the service's user; a failure is logged and readiness then
+    /// comes only from ReadyTimeout.
+    fn open_notify_socket(&mut self) {
+        let owner = self.creds.as_ref().ok().and_then(|c| c.uid.zip(c.gid));
+        let path = health::notify_path(self.dir.root());
+        match health::notify_socket(&path, owner) {
+            Ok(sock) => self.channel = Some(Channel::Notify(sock)),
+            Err(e) => {
+                self.channel = None;
+                self.log
+                    .line(&format!("cannot bind {}: {e}", path.display()));
+            }
+        }
+    }
+
+    /// Starts `actions/health` unless a probe still runs; its end is a [`Input::Probe`].
+    fn run_probe(&mut self) {
+        if self.probe.is_some() {
+            return;
+        }
+        let result = (|| -> Result<i32, String> {
+            let out = self.dir.log_file("health");
+            let file = File::create(&out).map_err(|e| format!("{}: {e}", out.display()))?;
+            self.open_redirects()?;
+            let (creds, _) = self.child_context()?;
+            let stdio = Stdio {
+                stdin: self.devnull.as_fd(),
+                stdout: file.as_fd(),
+                stderr: file.as_fd(),
+            };
+            let path = self.dir.action("health");
+            spawn::spawn(&path, &[], self.dir.root(), creds, stdio, &Extra::default())
+                .map_err(|e| format!("cannot execute {}: {e}", path.display()))
+        })();
+        match result {
+            Ok(pid) => {
+                let timeout = Duration::from_secs_f64(self.settings.service.health_timeout);
+                self.probe = Some(ProbeRun {
+                    pid,
+                    deadline: Instant::now() + timeout,
+                    timed_out: false,
+                });
+            }
+            Err(detail) => self.drive(Input::Probe { ok: false, detail }),
+        }
+    }
+
+    /// Starts the hooks subscribed to `event`, with the context in their environment.
+    fn notify(&mut self, event: HookEvent) {
+        let svc = &self.settings.service;
+        let due: Vec<(String, f64)> = svc
+            .notify
+            .iter()
+            .filter(|h| h.on.contains(&event))
+            .map(|h| (h.name.clone(), h.timeout))
+            .collect();
+        for (name, timeout) in due {
+            if let Some(busy) = self.hooks.iter().find(|h| h.hook == name) {
+                let reason = format!("still running (pid {}) from an earlier event", busy.pid);
+                let kind = EventKind::HookSkipped {
+                    hook: name,
+                    event: event.as_str().to_owned(),
+                    reason,
+                };
+                self.note(None, "hook", kind);
+                continue;
+            }
+            match self.spawn_hook(&name, event) {
+                Ok(pid) => self.hooks.push(HookRun {
+                    pid,
+                    hook: name,
+                    event,
+                    deadline: Instant::now() + Duration::from_secs_f64(timeout),
+                    timed_out: false,
+                }),
+                Err(reason) => {
+                    let kind = EventKind::HookSkipped {
+                        hook: name,
+                        event: event.as_str().to_owned(),
+                        reason,
+                    };
+                    self.note(None, "hook", kind);
+                }
+            }
+        }
+    }
+
+    fn spawn_hook(&mut self, name: &str, event: HookEvent) -> Result<i32, String> {
+        let out = self.dir.log_file("hooks");
+        let log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&out)
+            .map_err(|e| format!("{}: {e}", out.display()))?;
+        let stderr = match &self.settings.service.redirect_stderr {
+            Some(p) if p.is_absolute() => p.clone(),
+            Some(p) => self.dir.root().join(p),
+            None => self.dir.log_file("stderr"),
+        };
+        let state = self.machine.state();
+        let health = self.machine.health();
+        let ctx = hooks::Context {
+            event,
+            state: state.name().as_str(),
+            pid: state.pid(),
+            last_exit: self.machine.last_exit(),
+            restarts: self.machine.restarts(),
+            failures: self.machine.failures(),
+            health: health.map(|h| h.as_str()),
+            stderr: Some(&stderr),
+            recent: &self.recent,
+        };
+        let extra = Extra {
+            env: hooks::env(name, &ctx),
+            fd: None,
+        };
+        let stdio = Stdio {
+            stdin: self.devnull.as_fd(),
+            stdout: log.as_fd(),
+            stderr: log.as_fd(),
+        };
+        let path = self.dir.script(&format!("hook@{name}"));
+        // The buddy's own credentials: a hook is the operator's code, not the service's.
+        spawn::spawn(
+            &path,
+            &[],
+            self.dir.root(),
+            &Creds::default(),
+            stdio,
+            &extra,
+        )
+        .map_err(|e| format!("cannot execute {}: {e}", path.display()))
     }
 
     /// Runs `actions/<file>` with the service's pid as `$1` (when it runs).
@@ -636,8 +881,15 @@ impl Buddy {
         };
         let args: Vec<String> = pid.map(|p| p.to_string()).into_iter().collect();
         let path = self.dir.action(file);
-        let child = spawn::spawn(&path, &args, self.dir.root(), creds, stdio)
-            .map_err(|e| format!("cannot execute {}: {e}", path.display()))?;
+        let child = spawn::spawn(
+            &path,
+            &args,
+            self.dir.root(),
+            creds,
+            stdio,
+            &Extra::default(),
+        )
+        .map_err(|e| format!("cannot execute {}: {e}", path.display()))?;
         self.actions.push(ActionRun {
             pid: child,
             action: action.to_owned(),
@@ -663,8 +915,15 @@ impl Buddy {
                 stdout: r.stdout.as_fd(),
                 stderr: r.stderr.as_fd(),
             };
-            spawn::spawn(&script, &[], self.dir.root(), creds, stdio)
-                .map_err(|e| format!("cannot execute {}: {e}", script.display()))
+            spawn::spawn(
+                &script,
+                &[],
+                self.dir.root(),
+                creds,
+                stdio,
+                &Extra::default(),
+            )
+            .map_err(|e| format!("cannot execute {}: {e}", script.display()))
         })();
         let name = self.streams[i].name;
         match result {
@@ -728,6 +987,10 @@ impl Buddy {
         if r.from != r.to {
             self.since_us = r.wall_us;
         }
+        if self.recent.len() == hooks::RECENT {
+            self.recent.pop_front();
+        }
+        self.recent.push_back(hooks::recent_line(&r));
         let stored = self.ring.push(r);
         // Encoded only when someone listens: records sit on the restart path.
         if self.conns.iter().any(|c| c.subscribed) {
@@ -759,7 +1022,11 @@ impl Buddy {
     fn status(&self) -> Status {
         let state = self.machine.state();
         let next_start_us = match state {
-            State::Backoff { until } | State::Paused { until } => {
+            State::Backoff { until }
+            | State::Paused { until }
+            | State::Failed {
+                retry_at: Some(until),
+            } => {
                 let left = until.saturating_duration_since(Instant::now());
                 Some(upk_core::time::wall_us() + left.as_micros() as i64)
             }
@@ -789,6 +1056,9 @@ impl Buddy {
                     })
                 })
                 .collect(),
+            needs_ready: self.machine.needs_ready(),
+            ready_timed_out: self.machine.ready_timed_out(),
+            health: self.machine.health(),
         }
     }
 

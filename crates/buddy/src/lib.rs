@@ -20,6 +20,8 @@
 
 pub mod buddy;
 pub mod conn;
+pub mod health;
+pub mod hooks;
 pub mod logs;
 pub mod machine;
 pub mod ring;

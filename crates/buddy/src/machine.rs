@@ -10,26 +10,33 @@
 //! | state    | leaves on                                                          |
 //! |----------|--------------------------------------------------------------------|
 //! | stopped  | start/restart/once -> running                                       |
-//! | running  | death -> backoff, paused, failed or stopped; stop/restart -> stopping |
+//! | running  | ready signal -> ready; death -> backoff, paused, failed or stopped; stop/restart/unhealthy -> stopping |
+//! | ready    | as running                                                          |
 //! | stopping | group empty -> stopped (then start again for restart); timers escalate |
 //! | backoff  | timer -> running; start -> running; stop -> stopped                  |
 //! | paused   | timer -> running; start -> running; stop -> stopped                  |
-//! | failed   | start/restart/once -> running; stop -> stopped                       |
+//! | failed   | cool-down timer, start/restart/once -> running; stop -> stopped      |
 //!
 //! Restart policy, decided here once: a death while wanted up is a *failure* whatever the exit
-//! code (a daemon is expected to stay up). A run that lasted at least the stable uptime
-//! (`UserRestartWindow`, 10 s when unset) first clears the failure count and the restart window.
-//! After `MaxConsecutiveFailures` failures in a row (>= 0) the service is `failed`. Otherwise the
-//! restart waits `UserRateLimit` seconds from the death (times 1 to 1.5 with
-//! `RandomizeRateLimit`); with no `UserRateLimit`, starts are at least 1 s apart. When
-//! `UserMaxRestarts` automatic restarts already happened within the window, restarts pause until
-//! the oldest of them leaves the window, then resume. Operator commands reset the counters.
+//! code (a daemon is expected to stay up), and so is a restart for unhealthiness. A run that
+//! lasts the stable uptime (`UserRestartWindow`, 10 s when unset) clears the failure count and
+//! the restart window (a `stable` record). After `MaxConsecutiveFailures` failures in a row
+//! (>= 0) the service is `failed`, for good or until the cool-down `FailedRetryAfter` ends.
+//! Otherwise the restart waits `UserRateLimit` seconds from the death (with no `UserRateLimit`,
+//! 1 s from the last start), times `RestartBackoff` for each earlier failure in a row, capped
+//! at `RestartDelayMax`, times 1 to 1.5 with `RandomizeRateLimit`. When `UserMaxRestarts`
+//! automatic restarts already happened within the window, restarts pause until the oldest of
+//! them leaves the window, then resume. Operator commands reset the counters.
+//!
+//! Readiness and health ride on `running`: the machine asks the loop to run a probe when one
+//! is due ([`Output::RunProbe`]) and takes the results ([`Input::Probe`]) and readiness signals
+//! ([`Input::ReadySignal`]); it asks for notification hooks with [`Output::Notify`].
 
 use nix::sys::signal::Signal;
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
-use upk_core::config::Service;
-use upk_core::event::{EventKind, Exit, StateName};
+use upk_core::config::{HealthAction, HookEvent, Readiness, Service};
+use upk_core::event::{EventKind, Exit, Health, StateName};
 use upk_core::status::Want;
 
 /// The stable uptime and restart window when `UserRestartWindow` is unset.
@@ -52,6 +59,33 @@ pub struct Policy {
     pub max_failures: Option<u32>,
     /// From the stop request to SIGKILL; `None` never SIGKILLs.
     pub kill_timeout: Option<Duration>,
+    /// The delay's factor per earlier failure in a row (1: constant).
+    pub backoff: f64,
+    /// The growing delay's cap.
+    pub delay_max: Duration,
+    /// The cool-down after giving up; `None`: failed until a command.
+    pub retry_after: Option<Duration>,
+    /// The service has a readiness protocol (it is not up for dependants until `ready`).
+    pub needs_ready: bool,
+    /// From the start to `ready_timeout`.
+    pub ready_timeout: Option<Duration>,
+    /// Health checks, when the service has one.
+    pub health: Option<HealthPolicy>,
+}
+
+/// When health probes run and what they lead to.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HealthPolicy {
+    /// From a start (or the end of the last probe) to the next probe.
+    pub interval: Duration,
+    /// After a start, failed probes do not count for this long.
+    pub start_period: Duration,
+    /// Failed probes in a row that make the service unhealthy.
+    pub retries: u32,
+    /// Restart when unhealthy (else only record and notify).
+    pub restart: bool,
+    /// The first successful probe makes the service ready.
+    pub readiness: bool,
 }
 
 impl Policy {
@@ -65,6 +99,18 @@ impl Policy {
             window: svc.user_restart_window.map(secs).unwrap_or(DEFAULT_WINDOW),
             max_failures: u32::try_from(svc.max_consecutive_failures).ok(),
             kill_timeout: (svc.kill_timeout >= 0.0).then(|| secs(svc.kill_timeout)),
+            backoff: svc.restart_backoff,
+            delay_max: secs(svc.restart_delay_max),
+            retry_after: svc.failed_retry_after.map(secs),
+            needs_ready: svc.readiness != Readiness::None,
+            ready_timeout: svc.ready_timeout.map(secs),
+            health: svc.health_check.as_ref().map(|_| HealthPolicy {
+                interval: secs(svc.health_interval),
+                start_period: secs(svc.health_start_period),
+                retries: svc.health_retries.max(1),
+                restart: svc.health_action == HealthAction::Restart,
+                readiness: svc.readiness == Readiness::Health,
+            }),
         }
     }
 }
@@ -76,6 +122,8 @@ pub enum After {
     Rest,
     /// Start again (restart).
     Start,
+    /// Decide by the restart policy, as after a death (a restart for unhealthiness).
+    Policy,
     /// The buddy exits.
     Exit,
 }
@@ -85,12 +133,14 @@ pub enum After {
 pub enum State {
     /// Nothing runs.
     Stopped,
-    /// The main process runs.
+    /// The main process runs (`running`, or `ready` once it said so).
     Running {
         /// Main pid (also the process group and session id).
         pid: i32,
         /// When it started.
         since: Instant,
+        /// It signalled readiness.
+        ready: bool,
     },
     /// A stop is in progress.
     Stopping {
@@ -118,7 +168,10 @@ pub enum State {
         until: Instant,
     },
     /// Gave up.
-    Failed,
+    Failed {
+        /// When the cool-down ends and it is tried again.
+        retry_at: Option<Instant>,
+    },
 }
 
 impl State {
@@ -126,11 +179,12 @@ impl State {
     pub fn name(&self) -> StateName {
         match self {
             State::Stopped => StateName::Stopped,
+            State::Running { ready: true, .. } => StateName::Ready,
             State::Running { .. } => StateName::Running,
             State::Stopping { .. } => StateName::Stopping,
             State::Backoff { .. } => StateName::Backoff,
             State::Paused { .. } => StateName::Paused,
-            State::Failed => StateName::Failed,
+            State::Failed { .. } => StateName::Failed,
         }
     }
     /// The live main process, if any.
@@ -177,6 +231,20 @@ pub enum Input {
     Adopted {
         /// Its pid.
         pid: i32,
+        /// The previous buddy had seen it ready.
+        ready: bool,
+    },
+    /// The service signalled readiness.
+    ReadySignal {
+        /// How: `fd 3`, `notify`.
+        via: String,
+    },
+    /// A health probe ended.
+    Probe {
+        /// Exit 0 within the timeout.
+        ok: bool,
+        /// How it ended, and the first line of its output.
+        detail: String,
     },
     /// The main process ended.
     Died {
@@ -212,6 +280,10 @@ pub enum Output {
     },
     /// Record an event.
     Record(Note),
+    /// Run the health probe (`scripts/health`) and report [`Input::Probe`].
+    RunProbe,
+    /// Run the notification hooks subscribed to this event (after the records before it).
+    Notify(HookEvent),
     /// The buddy may exit now.
     Exit,
 }
@@ -247,6 +319,14 @@ pub struct Machine {
     last_exit: Option<Exit>,
     /// Set between `Output::Spawn` and the loop's answer: the cause to record.
     spawning: Option<String>,
+    /// Health of the current run (`Unknown` until the probes decide).
+    health: Health,
+    /// Failed probes in a row.
+    probe_failures: u32,
+    /// When the next probe is due; `None` while one runs or nothing runs.
+    probe_at: Option<Instant>,
+    /// This run missed ReadyTimeout.
+    ready_timed_out: bool,
     rng: fastrand::Rng,
 }
 
@@ -263,6 +343,10 @@ impl Machine {
             last_start: None,
             last_exit: None,
             spawning: None,
+            health: Health::Unknown,
+            probe_failures: 0,
+            probe_at: None,
+            ready_timed_out: false,
             rng: fastrand::Rng::with_seed(seed),
         }
     }
@@ -287,10 +371,24 @@ impl Machine {
     pub fn last_exit(&self) -> Option<Exit> {
         self.last_exit
     }
+    /// The health of the current run, when the service has a health check and runs.
+    pub fn health(&self) -> Option<Health> {
+        (self.policy.health.is_some() && self.state.pid().is_some()).then_some(self.health)
+    }
+    /// The service has a readiness protocol.
+    pub fn needs_ready(&self) -> bool {
+        self.policy.needs_ready
+    }
+    /// This run missed ReadyTimeout.
+    pub fn ready_timed_out(&self) -> bool {
+        self.ready_timed_out
+    }
     /// Takes up the `failed` state a previous buddy left: the restart policy gave up, and that
-    /// holds until a command, whoever supervises the directory.
-    pub fn resume_failed(&mut self, failures: u32) {
-        self.state = State::Failed;
+    /// holds until a command (or the cool-down, counted again from now), whoever supervises
+    /// the directory.
+    pub fn resume_failed(&mut self, now: Instant, failures: u32) {
+        let retry_at = self.policy.retry_after.map(|d| now + d);
+        self.state = State::Failed { retry_at };
         self.failures = failures;
     }
 
@@ -302,8 +400,44 @@ impl Machine {
 
     /// When the loop must feed [`Input::Timer`], if ever.
     pub fn deadline(&self) -> Option<Instant> {
+        [
+            self.state_deadline(),
+            self.probe_at,
+            self.ready_deadline(),
+            self.stable_deadline(),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+    }
+
+    fn ready_deadline(&self) -> Option<Instant> {
+        match self.state {
+            State::Running {
+                since,
+                ready: false,
+                ..
+            } if self.policy.needs_ready && !self.ready_timed_out => {
+                Some(since + self.policy.ready_timeout?)
+            }
+            _ => None,
+        }
+    }
+
+    /// While a run after failures lasts: when it counts as stable.
+    fn stable_deadline(&self) -> Option<Instant> {
+        match self.state {
+            State::Running { since, .. } if self.failures > 0 || !self.window.is_empty() => {
+                Some(since + self.policy.window)
+            }
+            _ => None,
+        }
+    }
+
+    fn state_deadline(&self) -> Option<Instant> {
         match &self.state {
             State::Backoff { until } | State::Paused { until } => Some(*until),
+            State::Failed { retry_at } => *retry_at,
             State::Stopping {
                 since,
                 termed,
@@ -331,16 +465,19 @@ impl Machine {
             Input::Terminate => self.terminate(now, &mut out),
             Input::Spawned { pid } => self.spawned(now, pid, &mut out),
             Input::SpawnFailed { error } => self.spawn_failed(now, error, &mut out),
-            Input::Adopted { pid } => {
+            Input::Adopted { pid, ready } => {
                 self.last_start = Some(now);
-                self.go(
-                    State::Running { pid, since: now },
-                    Some(pid),
-                    "adoption",
-                    EventKind::Adopted,
-                    &mut out,
-                );
+                self.new_run(now);
+                let ready = ready && self.policy.needs_ready;
+                let to = State::Running {
+                    pid,
+                    since: now,
+                    ready,
+                };
+                self.go(to, Some(pid), "adoption", EventKind::Adopted, &mut out);
             }
+            Input::ReadySignal { via } => self.ready(via, &mut out),
+            Input::Probe { ok, detail } => self.probe(now, ok, detail, &mut out),
             Input::Died {
                 pid,
                 exit,
@@ -351,7 +488,7 @@ impl Machine {
                     pid: None, then, ..
                 } = self.state
                 {
-                    self.stopped(then, &mut out);
+                    self.stopped(now, then, &mut out);
                 }
             }
             Input::Timer => self.timer(now, &mut out),
@@ -407,7 +544,7 @@ impl Machine {
                     State::Stopped
                     | State::Backoff { .. }
                     | State::Paused { .. }
-                    | State::Failed => {
+                    | State::Failed { .. } => {
                         self.failures = 0;
                         self.window.clear();
                         self.spawn(cause, out);
@@ -422,7 +559,7 @@ impl Machine {
                         self.begin_stop(now, pid, After::Rest, &cause, out);
                     }
                     State::Stopping { then, .. } => *then = After::Rest,
-                    State::Backoff { .. } | State::Paused { .. } | State::Failed => {
+                    State::Backoff { .. } | State::Paused { .. } | State::Failed { .. } => {
                         self.go(State::Stopped, None, &cause, EventKind::Stopped, out);
                     }
                     State::Stopped => {}
@@ -470,13 +607,80 @@ impl Machine {
     fn spawned(&mut self, now: Instant, pid: i32, out: &mut Vec<Output>) {
         let cause = self.spawning.take().unwrap_or_default();
         self.last_start = Some(now);
-        self.go(
-            State::Running { pid, since: now },
-            Some(pid),
-            &cause,
-            EventKind::Started,
-            out,
-        );
+        self.new_run(now);
+        let to = State::Running {
+            pid,
+            since: now,
+            ready: false,
+        };
+        self.go(to, Some(pid), &cause, EventKind::Started, out);
+    }
+
+    /// A run begins: health unknown, not ready, first probe one interval from now.
+    fn new_run(&mut self, now: Instant) {
+        self.health = Health::Unknown;
+        self.probe_failures = 0;
+        self.ready_timed_out = false;
+        self.probe_at = self.policy.health.as_ref().map(|h| now + h.interval);
+    }
+
+    fn ready(&mut self, via: String, out: &mut Vec<Output>) {
+        if let State::Running {
+            pid,
+            since,
+            ready: false,
+        } = self.state
+        {
+            if self.policy.needs_ready {
+                let to = State::Running {
+                    pid,
+                    since,
+                    ready: true,
+                };
+                self.go(to, Some(pid), "readiness", EventKind::Ready { via }, out);
+            }
+        }
+    }
+
+    fn probe(&mut self, now: Instant, ok: bool, detail: String, out: &mut Vec<Output>) {
+        let (Some(h), State::Running { pid, since, .. }) =
+            (self.policy.health.clone(), &self.state)
+        else {
+            return;
+        };
+        let (pid, since) = (*pid, *since);
+        self.probe_at = Some(now + h.interval);
+        let before = self.health;
+        if ok {
+            self.probe_failures = 0;
+            self.health = Health::Healthy;
+        } else if now.saturating_duration_since(since) >= h.start_period {
+            self.probe_failures += 1;
+            if self.probe_failures >= h.retries {
+                self.health = Health::Unhealthy;
+            }
+        }
+        if self.health != before {
+            let kind = EventKind::Health {
+                health: self.health,
+                failures: self.probe_failures,
+                detail,
+            };
+            self.note(Some(pid), "health check", kind, out);
+            match (before, self.health) {
+                (Health::Unhealthy, Health::Healthy) => {
+                    out.push(Output::Notify(HookEvent::Recovered))
+                }
+                (_, Health::Unhealthy) => out.push(Output::Notify(HookEvent::Unhealthy)),
+                _ => {}
+            }
+        }
+        if ok && h.readiness {
+            self.ready("health check".to_owned(), out);
+        }
+        if self.health == Health::Unhealthy && before != Health::Unhealthy && h.restart {
+            self.begin_stop(now, pid, After::Policy, "unhealthy", out);
+        }
     }
 
     fn spawn_failed(&mut self, now: Instant, error: String, out: &mut Vec<Output>) {
@@ -495,7 +699,7 @@ impl Machine {
         out: &mut Vec<Output>,
     ) {
         match self.state.clone() {
-            State::Running { pid, since } if pid == dead => {
+            State::Running { pid, since, .. } if pid == dead => {
                 self.last_exit = Some(exit);
                 let uptime = now.saturating_duration_since(since);
                 let kind = EventKind::Died {
@@ -523,7 +727,7 @@ impl Machine {
                     *pid = None;
                 }
                 if !group_alive {
-                    self.stopped(then, out);
+                    self.stopped(now, then, out);
                 } else if !termed {
                     self.escalate(Signal::SIGTERM, "leftovers", out);
                 }
@@ -544,21 +748,24 @@ impl Machine {
             self.window.clear();
         }
         self.failures = self.failures.saturating_add(1);
+        out.push(Output::Notify(HookEvent::Failed));
         if let Some(max) = self.policy.max_failures {
             if self.failures >= max {
+                let retry_at = self.policy.retry_after.map(|d| now + d);
                 let kind = EventKind::GaveUp {
                     failures: self.failures,
+                    retry_in: retry_at.map(|t| secs(t, now)),
                 };
-                self.go(State::Failed, None, "policy", kind, out);
+                self.go(State::Failed { retry_at }, None, "policy", kind, out);
+                out.push(Output::Notify(HookEvent::GaveUp));
                 return;
             }
         }
+        let delay = self.backed_off(self.policy.rate_limit.unwrap_or(DEFAULT_SPACING));
+        let delay = self.jittered(delay);
         let mut at = match self.policy.rate_limit {
-            Some(d) => now + self.jittered(d),
-            None => {
-                let spacing = self.jittered(DEFAULT_SPACING);
-                self.last_start.map_or(now, |s| (s + spacing).max(now))
-            }
+            Some(_) => now + delay,
+            None => self.last_start.map_or(now, |s| (s + delay).max(now)),
         };
         while self
             .window
@@ -577,6 +784,7 @@ impl Machine {
                     restarts: used,
                 };
                 self.go(State::Paused { until: at }, None, "policy", kind, out);
+                out.push(Output::Notify(HookEvent::Flapping));
                 return;
             }
         }
@@ -585,6 +793,15 @@ impl Machine {
             failures: self.failures,
         };
         self.go(State::Backoff { until: at }, None, "policy", kind, out);
+    }
+
+    /// `base` times `backoff` for each failure in a row before this one, capped at
+    /// `delay_max` (a base above the cap is kept: the cap only bounds the growth).
+    fn backed_off(&self, base: Duration) -> Duration {
+        let steps = self.failures.saturating_sub(1).min(1000) as i32;
+        let grown = base.as_secs_f64() * self.policy.backoff.powi(steps);
+        let cap = self.policy.delay_max.max(base).as_secs_f64();
+        Duration::from_secs_f64(grown.min(cap))
     }
 
     fn jittered(&mut self, d: Duration) -> Duration {
@@ -596,10 +813,34 @@ impl Machine {
     }
 
     fn timer(&mut self, now: Instant, out: &mut Vec<Output>) {
-        let Some(deadline) = self.deadline() else {
-            return;
-        };
-        if now < deadline {
+        let due = |t: Option<Instant>| t.is_some_and(|t| t <= now);
+        if due(self.probe_at) {
+            self.probe_at = None;
+            out.push(Output::RunProbe);
+        }
+        if due(self.ready_deadline()) {
+            self.ready_timed_out = true;
+            if let State::Running { pid, since, .. } = self.state {
+                let after = now.saturating_duration_since(since).as_secs_f64();
+                self.note(
+                    Some(pid),
+                    "readiness",
+                    EventKind::ReadyTimeout { after },
+                    out,
+                );
+            }
+        }
+        if due(self.stable_deadline()) {
+            let failures = self.failures;
+            self.failures = 0;
+            self.window.clear();
+            let pid = self.state.pid();
+            self.note(pid, "policy", EventKind::Stable { failures }, out);
+            if failures > 0 {
+                out.push(Output::Notify(HookEvent::Recovered));
+            }
+        }
+        if !due(self.state_deadline()) {
             return;
         }
         match self.state {
@@ -607,6 +848,12 @@ impl Machine {
                 self.restarts += 1;
                 self.window.push_back(now);
                 self.spawn("policy".to_owned(), out);
+            }
+            State::Failed { .. } => {
+                self.failures = 0;
+                self.window.clear();
+                self.restarts += 1;
+                self.spawn("cool-down over".to_owned(), out);
             }
             State::Stopping { termed: false, .. } => {
                 self.escalate(Signal::SIGTERM, "stop timeout", out)
@@ -648,10 +895,13 @@ impl Machine {
         out.push(Output::KillGroup { pgid, signal });
     }
 
-    fn stopped(&mut self, then: After, out: &mut Vec<Output>) {
+    fn stopped(&mut self, now: Instant, then: After, out: &mut Vec<Output>) {
         self.go(State::Stopped, None, "stop", EventKind::Stopped, out);
+        self.probe_at = None;
         match then {
             After::Rest => {}
+            After::Policy if self.want == Want::Up => self.after_death(now, Duration::ZERO, out),
+            After::Policy => {}
             After::Start => {
                 self.failures = 0;
                 self.window.clear();

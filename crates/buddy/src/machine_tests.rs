@@ -10,6 +10,12 @@ fn policy() -> Policy {
         window: DEFAULT_WINDOW,
         max_failures: None,
         kill_timeout: Some(Duration::from_secs(4)),
+        backoff: 1.0,
+        delay_max: Duration::from_secs(300),
+        retry_after: None,
+        needs_ready: false,
+        ready_timeout: None,
+        health: None,
     }
 }
 
@@ -65,8 +71,10 @@ impl Rig {
     }
 }
 
+/// The outputs in order, but for probes and notifications (see [`extras`]).
 fn kinds(out: &[Output]) -> Vec<String> {
     out.iter()
+        .filter(|o| !matches!(o, Output::RunProbe | Output::Notify(_)))
         .map(|o| match o {
             Output::Record(n) => format!(
                 "{}:{}->{}",
@@ -78,6 +86,18 @@ fn kinds(out: &[Output]) -> Vec<String> {
             Output::RunStop { .. } => "run-stop".into(),
             Output::KillGroup { signal, .. } => format!("kill-{}", signal.as_str()),
             Output::Exit => "exit".into(),
+            Output::RunProbe | Output::Notify(_) => unreachable!("filtered"),
+        })
+        .collect()
+}
+
+/// The probes and notifications asked for, in order.
+fn extras(out: &[Output]) -> Vec<String> {
+    out.iter()
+        .filter_map(|o| match o {
+            Output::RunProbe => Some("probe".to_owned()),
+            Output::Notify(e) => Some(format!("notify-{}", e.as_str())),
+            _ => None,
         })
         .collect()
 }
@@ -405,4 +425,210 @@ fn leftovers_of_a_crashed_service_are_termed() {
         kinds(&out)[1..3],
         ["signaled:running->running", "kill-SIGTERM"]
     );
+}
+
+#[test]
+fn backoff_grows_by_the_factor_to_the_cap_and_resets_after_a_stable_run() {
+    let mut r = Rig::new(Policy {
+        rate_limit: Some(Duration::from_secs(1)),
+        backoff: 2.0,
+        delay_max: Duration::from_secs(5),
+        ..policy()
+    });
+    r.start(0.0);
+    let mut t = 0.0;
+    let mut delays = Vec::new();
+    for _ in 0..5 {
+        t += 0.1;
+        let out = r.die(t);
+        assert_eq!(extras(&out), ["notify-failed"]);
+        let at = r.deadline_secs().expect("restart scheduled");
+        delays.push(((at - t) * 1000.0).round() / 1000.0);
+        t = at;
+        r.step(t, Input::Timer);
+    }
+    assert_eq!(delays, [1.0, 2.0, 4.0, 5.0, 5.0]);
+    // A run as long as the window is stable: the failures are forgotten, and said so.
+    let out = r.step(t + 10.0, Input::Timer);
+    assert_eq!(kinds(&out), ["stable:running->running"]);
+    assert_eq!(extras(&out), ["notify-recovered"]);
+    assert_eq!(r.m.failures(), 0);
+    r.die(t + 10.5);
+    assert!(close(r.deadline_secs(), t + 11.5), "back to the base delay");
+}
+
+#[test]
+fn a_cool_down_retries_a_failed_service() {
+    let mut r = Rig::new(Policy {
+        rate_limit: Some(Duration::ZERO),
+        max_failures: Some(2),
+        retry_after: Some(Duration::from_secs(60)),
+        ..policy()
+    });
+    r.start(0.0);
+    r.die(0.1);
+    r.step(0.1, Input::Timer);
+    let out = r.die(0.2);
+    assert_eq!(kinds(&out)[1], "gave_up:running->failed");
+    assert_eq!(extras(&out), ["notify-failed", "notify-gave_up"]);
+    assert!(close(r.deadline_secs(), 60.2));
+    assert!(kinds(&r.step(30.0, Input::Timer)).is_empty());
+    let out = r.step(60.2, Input::Timer);
+    assert_eq!(kinds(&out), ["spawn", "started:failed->running"]);
+    assert_eq!(r.m.failures(), 0, "a fresh set of tries");
+    // Without a cool-down, failed stays failed.
+    let mut r = Rig::new(Policy {
+        max_failures: Some(1),
+        ..policy()
+    });
+    r.start(0.0);
+    r.die(0.1);
+    assert_eq!(r.m.state().name(), StateName::Failed);
+    assert_eq!(r.deadline_secs(), None);
+}
+
+#[test]
+fn readiness_moves_running_to_ready_and_a_missed_timeout_is_recorded_once() {
+    let mut r = Rig::new(Policy {
+        needs_ready: true,
+        ready_timeout: Some(Duration::from_secs(5)),
+        ..policy()
+    });
+    r.start(0.0);
+    assert_eq!(r.m.state().name(), StateName::Running);
+    let out = r.step(1.0, Input::ReadySignal { via: "fd 3".into() });
+    assert_eq!(kinds(&out), ["ready:running->ready"]);
+    assert_eq!(r.deadline_secs(), None, "no timeout once ready");
+    assert!(kinds(&r.step(
+        1.5,
+        Input::ReadySignal {
+            via: "again".into()
+        }
+    ))
+    .is_empty());
+    // A stop from ready is a stop like any other.
+    let out = r.step(2.0, Input::Command(Command::Stop, "command".into()));
+    assert_eq!(kinds(&out), ["stopping:ready->stopping", "run-stop"]);
+
+    let mut r = Rig::new(Policy {
+        needs_ready: true,
+        ready_timeout: Some(Duration::from_secs(5)),
+        ..policy()
+    });
+    r.start(0.0);
+    assert!(close(r.deadline_secs(), 5.0));
+    let out = r.step(5.0, Input::Timer);
+    assert_eq!(kinds(&out), ["ready_timeout:running->running"]);
+    assert!(r.m.ready_timed_out());
+    assert_eq!(r.deadline_secs(), None, "recorded once");
+    // Services without a readiness protocol ignore signals.
+    let mut r = Rig::new(policy());
+    r.start(0.0);
+    assert!(kinds(&r.step(1.0, Input::ReadySignal { via: "x".into() })).is_empty());
+}
+
+fn health(retries: u32, restart: bool, readiness: bool) -> Policy {
+    Policy {
+        rate_limit: Some(Duration::ZERO),
+        needs_ready: readiness,
+        health: Some(HealthPolicy {
+            interval: Duration::from_secs(1),
+            start_period: Duration::from_secs(2),
+            retries,
+            restart,
+            readiness,
+        }),
+        ..policy()
+    }
+}
+
+fn probe(r: &mut Rig, secs: f64, ok: bool) -> Vec<Output> {
+    let out = r.step(secs, Input::Timer);
+    assert_eq!(extras(&out), ["probe"], "a probe is due at {secs}");
+    r.step(
+        secs,
+        Input::Probe {
+            ok,
+            detail: if ok {
+                "exited with code 0"
+            } else {
+                "exited with code 1"
+            }
+            .into(),
+        },
+    )
+}
+
+#[test]
+fn failed_probes_after_the_start_period_make_it_unhealthy_and_restart_it() {
+    let mut r = Rig::new(health(2, true, false));
+    r.start(0.0);
+    assert!(close(r.deadline_secs(), 1.0), "first probe one interval in");
+    assert!(kinds(&probe(&mut r, 1.0, false)).is_empty(), "start period");
+    assert_eq!(r.m.health(), Some(Health::Unknown));
+    let out = probe(&mut r, 2.0, true);
+    assert_eq!(kinds(&out), ["health:running->running"]);
+    assert_eq!(r.m.health(), Some(Health::Healthy));
+    assert!(kinds(&probe(&mut r, 3.0, false)).is_empty(), "1 of 2");
+    let pid = r.pid();
+    let out = probe(&mut r, 4.0, false);
+    assert_eq!(
+        kinds(&out),
+        [
+            "health:running->running",
+            "stopping:running->stopping",
+            "run-stop"
+        ]
+    );
+    assert_eq!(extras(&out), ["notify-unhealthy"]);
+    // Once stopped, the policy decides as after a death: a failure, a restart.
+    let out = r.step(
+        4.5,
+        Input::Died {
+            pid,
+            exit: Exit::Killed {
+                signal: 15,
+                core: false,
+            },
+            group_alive: false,
+        },
+    );
+    assert_eq!(
+        kinds(&out),
+        [
+            "died:stopping->stopping",
+            "stopped:stopping->stopped",
+            "restart_scheduled:stopped->backoff"
+        ]
+    );
+    assert_eq!(extras(&out), ["notify-failed"]);
+    assert_eq!(r.m.failures(), 1);
+    r.step(4.5, Input::Timer);
+    assert_eq!(
+        r.m.health(),
+        Some(Health::Unknown),
+        "a new run starts unknown"
+    );
+}
+
+#[test]
+fn record_only_health_notifies_and_recovers_and_health_can_mean_ready() {
+    let mut r = Rig::new(health(1, false, true));
+    r.start(0.0);
+    probe(&mut r, 1.0, false);
+    let out = probe(&mut r, 2.0, true);
+    assert_eq!(
+        kinds(&out),
+        ["health:running->running", "ready:running->ready"]
+    );
+    let out = probe(&mut r, 3.0, false);
+    assert_eq!(
+        kinds(&out),
+        ["health:ready->ready"],
+        "recorded, not restarted"
+    );
+    assert_eq!(extras(&out), ["notify-unhealthy"]);
+    let out = probe(&mut r, 4.0, true);
+    assert_eq!(extras(&out), ["notify-recovered"]);
+    assert_eq!(r.m.state().name(), StateName::Ready);
 }

@@ -117,9 +117,19 @@ pub struct Stdio<'a> {
     pub stderr: BorrowedFd<'a>,
 }
 
+/// What some children get beyond the usual: environment variables (hooks' context,
+/// `NOTIFY_SOCKET`) and one more descriptor (s6's notification fd).
+#[derive(Default)]
+pub struct Extra<'a> {
+    /// Set in the child's environment, over the inherited one.
+    pub env: Vec<(String, String)>,
+    /// `(fd, n)`: the child gets `fd` as descriptor `n`.
+    pub fd: Option<(BorrowedFd<'a>, i32)>,
+}
+
 /// Starts `program args...` in `cwd` in a new session with `creds`; returns its pid. The child
 /// inherits the buddy's environment (which carries `UPK_SERVICE`), plus the new user's HOME,
-/// USER and LOGNAME when credentials change.
+/// USER and LOGNAME when credentials change, plus `extra`.
 ///
 /// Exec failures are reported here (by posix_spawn, or std's exec-error pipe), not as a
 /// mysterious exit 127 later.
@@ -129,9 +139,10 @@ pub fn spawn(
     cwd: &Path,
     creds: &Creds,
     stdio: Stdio<'_>,
+    extra: &Extra<'_>,
 ) -> io::Result<i32> {
     if creds.uid.is_none() && creds.gid.is_none() {
-        return posix_spawn(program, args, cwd, stdio);
+        return posix_spawn(program, args, cwd, stdio, extra);
     }
     let owned = |fd: BorrowedFd<'_>| fd.try_clone_to_owned().map(process::Stdio::from);
     let mut cmd = Command::new(program);
@@ -140,18 +151,33 @@ pub fn spawn(
         .stdin(owned(stdio.stdin)?)
         .stdout(owned(stdio.stdout)?)
         .stderr(owned(stdio.stderr)?);
-    for (k, v) in &creds.env {
+    for (k, v) in creds.env.iter().chain(&extra.env) {
         cmd.env(k, v);
     }
     let (uid, gid, groups) = (creds.uid, creds.gid, creds.groups.clone());
+    let extra_fd = extra
+        .fd
+        .map(|(fd, n)| (std::os::fd::AsRawFd::as_raw_fd(&fd), n));
     // SAFETY: the closure runs between fork and exec and only makes async-signal-safe system
-    // calls (sigprocmask, setsid, setgroups, setgid, setuid and the get*id family); it allocates nothing.
+    // calls (sigprocmask, setsid, dup2, fcntl, setgroups, setgid, setuid and the get*id family); it
+    // allocates nothing.
     unsafe {
         cmd.pre_exec(move || {
             // The buddy blocks the signals it reads from its signalfd; the mask survives
             // fork and exec, and a service with SIGTERM blocked could never be stopped.
             nix::sys::signal::SigSet::empty().thread_set_mask()?;
             nix::unistd::setsid()?;
+            if let Some((fd, n)) = extra_fd {
+                // dup2 leaves the copy without FD_CLOEXEC; the same number would keep it.
+                if fd == n {
+                    nix::fcntl::fcntl(
+                        fd,
+                        nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty()),
+                    )?;
+                } else if libc::dup2(fd, n) < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+            }
             if let (Some(uid), Some(gid)) = (uid, gid) {
                 nix::unistd::setgroups(&groups)?;
                 nix::unistd::setgid(gid)?;
@@ -188,11 +214,17 @@ fn check(rc: libc::c_int) -> io::Result<()> {
 
 /// `posix_spawn` in a new session, with an empty signal mask and every catchable signal at
 /// its default disposition, stdio dup'ed in and `cwd` as the working directory.
-fn posix_spawn(program: &Path, args: &[String], cwd: &Path, stdio: Stdio<'_>) -> io::Result<i32> {
+fn posix_spawn(
+    program: &Path,
+    args: &[String],
+    cwd: &Path,
+    stdio: Stdio<'_>,
+    extra: &Extra<'_>,
+) -> io::Result<i32> {
     use std::ffi::CString;
     use std::mem::MaybeUninit;
     use std::os::fd::AsRawFd;
-    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::ffi::{OsStrExt, OsStringExt};
     let cstr = |b: &[u8]| CString::new(b).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput));
     let prog = cstr(program.as_os_str().as_bytes())?;
     let dir = cstr(cwd.as_os_str().as_bytes())?;
@@ -202,6 +234,24 @@ fn posix_spawn(program: &Path, args: &[String], cwd: &Path, stdio: Stdio<'_>) ->
     }
     let mut argv: Vec<*mut libc::c_char> = owned.iter().map(|a| a.as_ptr().cast_mut()).collect();
     argv.push(std::ptr::null_mut());
+    // The inherited environment as is, unless there is something to add.
+    let mut env_owned = Vec::new();
+    if !extra.env.is_empty() {
+        for (k, v) in std::env::vars_os() {
+            if !extra.env.iter().any(|(e, _)| std::ffi::OsStr::new(e) == k) {
+                let mut kv = k.into_vec();
+                kv.push(b'=');
+                kv.extend(v.as_bytes());
+                env_owned.push(cstr(&kv)?);
+            }
+        }
+        for (k, v) in &extra.env {
+            env_owned.push(cstr(format!("{k}={v}").as_bytes())?);
+        }
+    }
+    let mut envp: Vec<*mut libc::c_char> =
+        env_owned.iter().map(|a| a.as_ptr().cast_mut()).collect();
+    envp.push(std::ptr::null_mut());
     let fds = [
         stdio.stdin.as_raw_fd(),
         stdio.stdout.as_raw_fd(),
@@ -224,6 +274,13 @@ fn posix_spawn(program: &Path, args: &[String], cwd: &Path, stdio: Stdio<'_>) ->
                     actions.as_mut_ptr(),
                     *fd,
                     target as i32,
+                ))?;
+            }
+            if let Some((fd, n)) = extra.fd {
+                check(libc::posix_spawn_file_actions_adddup2(
+                    actions.as_mut_ptr(),
+                    fd.as_raw_fd(),
+                    n,
                 ))?;
             }
             check(libc::posix_spawn_file_actions_addchdir_np(
@@ -264,7 +321,11 @@ fn posix_spawn(program: &Path, args: &[String], cwd: &Path, stdio: Stdio<'_>) ->
                 actions.as_ptr(),
                 attr.as_ptr(),
                 argv.as_ptr(),
-                environ,
+                if env_owned.is_empty() {
+                    environ
+                } else {
+                    envp.as_ptr()
+                },
             ))?;
             Ok(pid)
         })();

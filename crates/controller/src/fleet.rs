@@ -29,7 +29,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 use upk_core::config::{Controller, InitialState, Service};
-use upk_core::event::StateName;
 use upk_core::proto::{self, BuddyReply, BuddyRequest, Envelope, LineBuf, Role, PROTOCOL_VERSION};
 use upk_core::rundir::{RunDir, Settings};
 use upk_core::status::{Status, Want};
@@ -388,7 +387,7 @@ impl<'a> Fleet<'a> {
                 let _ = nix::sys::signal::kill(pid, Signal::SIGHUP);
             }
         }
-        if status.is_some_and(|s| s.state == StateName::Running) {
+        if status.is_some_and(|s| s.state.is_up()) {
             self.tell(id, BuddyRequest::Restart);
         }
     }
@@ -471,14 +470,15 @@ impl<'a> Fleet<'a> {
         }
     }
 
-    /// A service's buddy is started once each of its prerequisites is running (or no longer
-    /// configured). Called after every round of events, and cheap when nobody waits.
+    /// A service's buddy is started once each of its prerequisites serves (it is ready, or
+    /// runs without a readiness protocol, or missed its ReadyTimeout) or is no longer
+    /// configured. Called after every round of events, and cheap when nobody waits.
     pub fn release_waiting(&mut self) {
         let running = |dir: &RunDir| {
             Status::read(&dir.status())
                 .ok()
                 .flatten()
-                .is_some_and(|s| s.state == StateName::Running)
+                .is_some_and(|s| s.serves())
         };
         let waiting: Vec<(String, Vec<String>)> = self
             .members

@@ -1,7 +1,8 @@
 //! Rendering a service's run directory from its resolved configuration.
 //!
 //! The renderer writes `scripts/` (from the tera templates in `templates/`, mode 0755),
-//! `actions/` (symlinks `start`, `stop`, `reload` and `01`..`32` into `../scripts/`) and
+//! `actions/` (symlinks `start`, `stop`, `reload`, `health` and `01`..`32` into `../scripts/`;
+//! notification hooks are `scripts/hook@<name>`, run by the buddy directly) and
 //! `settings.json` into a scratch directory inside the run directory, then swaps each into
 //! place with `renameat2(RENAME_EXCHANGE)`: a buddy or a client always finds a whole old or a
 //! whole new file set, never a half-written one. `log/`, `status`, `lock` and `buddy.sock` are
@@ -187,6 +188,18 @@ fn scripts_of(svc: &Service) -> Result<Vec<(Option<String>, String, String)>, Re
             svc.reload_script.clone(),
         ),
     ];
+    if let Some(probe) = &svc.health_check {
+        out.push((
+            Some("health".to_owned()),
+            "health".to_owned(),
+            probe.clone(),
+        ));
+    }
+    for hook in &svc.notify {
+        if let Some(run) = &hook.run {
+            out.push((None, format!("hook@{}", hook.name), run.clone()));
+        }
+    }
     for (stream, script) in [
         ("stdout", &svc.pipe_stdout_script),
         ("stderr", &svc.pipe_stderr_script),

@@ -14,8 +14,12 @@ use serde::{Deserialize, Serialize};
 pub enum StateName {
     /// Not running and not wanted.
     Stopped,
-    /// Running (the main process exists).
+    /// Running (the main process exists). For a service with a readiness protocol: not yet
+    /// ready.
     Running,
+    /// Running and ready: the service said so (`Readiness`). Services without a readiness
+    /// protocol never enter it; for them `running` is up.
+    Ready,
     /// A stop is in progress: stop script, then SIGTERM, then SIGKILL of the group.
     Stopping,
     /// Dead and waiting to be restarted (rate limit, jitter).
@@ -27,11 +31,17 @@ pub enum StateName {
 }
 
 impl StateName {
+    /// True while the main process runs: `running` or `ready`.
+    pub fn is_up(self) -> bool {
+        matches!(self, StateName::Running | StateName::Ready)
+    }
+
     /// The lowercase name used in status files and on the wire.
     pub fn as_str(self) -> &'static str {
         match self {
             StateName::Stopped => "stopped",
             StateName::Running => "running",
+            StateName::Ready => "ready",
             StateName::Stopping => "stopping",
             StateName::Backoff => "backoff",
             StateName::Paused => "paused",
@@ -138,10 +148,59 @@ pub enum EventKind {
         /// Restarts counted in the window.
         restarts: u32,
     },
-    /// MaxConsecutiveFailures reached: the service is `failed` until a command.
+    /// MaxConsecutiveFailures reached: the service is `failed` until a command, or until
+    /// the cool-down (`FailedRetryAfter`) ends.
     GaveUp {
         /// Consecutive failures.
         failures: u32,
+        /// Seconds until the buddy tries again, when a cool-down is configured.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        retry_in: Option<f64>,
+    },
+    /// The service said it is ready (`running` -> `ready`).
+    Ready {
+        /// How: `fd 3`, `notify`, `health check`.
+        via: String,
+    },
+    /// The service did not become ready within ReadyTimeout; it keeps running, and services
+    /// waiting for it are started anyway.
+    ReadyTimeout {
+        /// Seconds since the start.
+        after: f64,
+    },
+    /// A health check changed the service's health.
+    Health {
+        /// `healthy` or `unhealthy`.
+        health: Health,
+        /// Failed probes in a row.
+        failures: u32,
+        /// How the last probe ended, and the first line of its output.
+        detail: String,
+    },
+    /// The service ran for the stable uptime after failures: the failure count is cleared.
+    Stable {
+        /// The failures forgotten.
+        failures: u32,
+    },
+    /// A notification hook finished (or was killed at its timeout).
+    HookRun {
+        /// The hook's name.
+        hook: String,
+        /// The event it ran for.
+        event: String,
+        /// How it ended.
+        exit: Exit,
+        /// It ran past its Timeout and its process group was killed.
+        timed_out: bool,
+    },
+    /// A notification hook could not run (still running from an earlier event, or spawn error).
+    HookSkipped {
+        /// The hook's name.
+        hook: String,
+        /// The event it was due for.
+        event: String,
+        /// Why.
+        reason: String,
     },
     /// An action script (stop, reload, custom) finished.
     ActionRun {
@@ -169,6 +228,29 @@ pub enum EventKind {
         /// Why (ring overflow, previous buddy killed with records pending).
         reason: String,
     },
+}
+
+/// A service's health, as its health checks see it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Health {
+    /// No verdict yet since the start (start period, or fewer probes than needed).
+    Unknown,
+    /// The last probe succeeded.
+    Healthy,
+    /// HealthRetries probes in a row failed.
+    Unhealthy,
+}
+
+impl Health {
+    /// The lowercase name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Health::Unknown => "unknown",
+            Health::Healthy => "healthy",
+            Health::Unhealthy => "unhealthy",
+        }
+    }
 }
 
 /// One event as recorded, delivered and stored.
@@ -219,9 +301,39 @@ impl Record {
             EventKind::RestartsPaused { delay, restarts } => {
                 format!("{restarts} restarts in the window: paused for {delay:.3}s")
             }
-            EventKind::GaveUp { failures } => {
-                format!("gave up after {failures} consecutive failures")
+            EventKind::GaveUp { failures, retry_in } => match retry_in {
+                Some(t) => {
+                    format!("gave up after {failures} consecutive failures; retry in {t:.3}s")
+                }
+                None => format!("gave up after {failures} consecutive failures"),
+            },
+            EventKind::Ready { via } => format!("ready ({via})"),
+            EventKind::ReadyTimeout { after } => format!("not ready after {after:.3}s"),
+            EventKind::Health {
+                health,
+                failures,
+                detail,
+            } => format!(
+                "{} ({failures} failed probes in a row): {detail}",
+                health.as_str()
+            ),
+            EventKind::Stable { failures } => {
+                format!("running stably: {failures} failures forgotten")
             }
+            EventKind::HookRun {
+                hook,
+                event,
+                exit,
+                timed_out,
+            } => format!(
+                "hook {hook} ({event}): {exit}{}",
+                if *timed_out { " at its timeout" } else { "" }
+            ),
+            EventKind::HookSkipped {
+                hook,
+                event,
+                reason,
+            } => format!("hook {hook} ({event}) skipped: {reason}"),
             EventKind::ActionRun { action, exit } => format!("action {action}: {exit}"),
             EventKind::LoggerStarted { stream } => format!("{stream} logger started"),
             EventKind::LoggerDied { stream, exit } => format!("{stream} logger {exit}"),

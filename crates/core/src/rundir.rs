@@ -1,8 +1,8 @@
 //! The run directory, `SvcRunPath/<id>/`: the on-disk API of one service.
 //!
 //! ```text
-//! <id>/actions/{start,stop,reload,01..32}  symlinks to ../scripts/<name>
-//! <id>/scripts/                            rendered scripts, mode 0755
+//! <id>/actions/{start,stop,reload,health,01..32}  symlinks to ../scripts/<name>
+//! <id>/scripts/                            rendered scripts, mode 0755 (hooks: hook@<name>)
 //! <id>/settings.json                       the effective settings the buddy runs by
 //! <id>/log/{stdout,stderr,buddy}           output files (never deleted by rendering)
 //! <id>/log/{stdout_pipe,stderr_pipe}       FIFOs feeding PipeStdoutScript/PipeStderrScript
@@ -23,7 +23,14 @@ use std::path::{Path, PathBuf};
 pub const SETTINGS: &str = "settings.json";
 
 /// Names of the scripts the renderer always writes (custom actions may not take them).
-pub const RESERVED_SCRIPTS: &[&str] = &["start", "stop", "reload", "pipe_stdout", "pipe_stderr"];
+pub const RESERVED_SCRIPTS: &[&str] = &[
+    "start",
+    "stop",
+    "reload",
+    "health",
+    "pipe_stdout",
+    "pipe_stderr",
+];
 
 /// Paths inside one run directory.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -7,7 +7,7 @@
 //! process even if the pid was recycled. `seq`/`acked` let the new buddy report records that
 //! died unacknowledged with its predecessor.
 
-use crate::event::{Exit, StateName};
+use crate::event::{Exit, Health, StateName};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 
@@ -59,6 +59,15 @@ pub struct Status {
     /// The running Pipe*Script loggers, so a buddy replacing a killed one can retire them.
     #[serde(default)]
     pub loggers: Vec<Proc>,
+    /// The service has a readiness protocol: it is up for its dependants once `ready`.
+    #[serde(default)]
+    pub needs_ready: bool,
+    /// This run did not become ready within ReadyTimeout (its dependants start anyway).
+    #[serde(default)]
+    pub ready_timed_out: bool,
+    /// Its health, when it has a HealthCheck and runs.
+    #[serde(default)]
+    pub health: Option<Health>,
 }
 
 /// A process identified beyond its (recyclable) pid.
@@ -78,6 +87,16 @@ impl Proc {
 }
 
 impl Status {
+    /// True when services that need this one may start: it is `ready`, or it runs and has no
+    /// readiness protocol, or it did not become ready in time (which was recorded).
+    pub fn serves(&self) -> bool {
+        match self.state {
+            StateName::Ready => true,
+            StateName::Running => !self.needs_ready || self.ready_timed_out,
+            _ => false,
+        }
+    }
+
     /// Reads a status file; `Ok(None)` if there is none.
     pub fn read(path: &Path) -> std::io::Result<Option<Status>> {
         match std::fs::read(path) {

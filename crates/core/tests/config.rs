@@ -6,8 +6,8 @@ use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use upk_core::config::{
-    load_controller, load_services, parse_controller, parse_services, ConfigErrors, IdSpec,
-    InitialState, Service, ServiceLayer, SERVICE_KEYS,
+    load_controller, load_services, parse_controller, parse_services, ConfigErrors, HealthAction,
+    HookEvent, IdSpec, InitialState, Readiness, Service, ServiceLayer, SERVICE_KEYS,
 };
 
 fn fixture(name: &str) -> PathBuf {
@@ -58,9 +58,26 @@ fn seed_sample_loads_as_a_controller_file() {
     assert_eq!(d.exec_start, Some(None));
     assert_eq!(d.set_uid, Some(IdSpec::Id(0)));
     assert_eq!(d.initial_state, Some(InitialState::Stopped));
-    // The sample sets every service key, to exactly the built-in defaults.
-    assert_eq!(*d, ServiceLayer::builtin());
-    assert_eq!(SERVICE_KEYS.len(), 31);
+    // The sample sets every key of the seed (the first 31), to exactly the built-in
+    // defaults; the keys upkeeper added later (health, readiness, backoff, hooks) it leaves out.
+    assert_eq!(d.over(&ServiceLayer::builtin()), ServiceLayer::builtin());
+    assert_eq!(SERVICE_KEYS.len(), 43);
+    assert_eq!(SERVICE_KEYS[30], "PreferBuddyStateForRunning");
+    assert_eq!((d.health_check.clone(), d.notify.clone()), (None, None));
+    let mut only_seed = ServiceLayer::builtin();
+    only_seed.health_check = None;
+    only_seed.health_interval = None;
+    only_seed.health_timeout = None;
+    only_seed.health_start_period = None;
+    only_seed.health_retries = None;
+    only_seed.health_action = None;
+    only_seed.readiness = None;
+    only_seed.ready_timeout = None;
+    only_seed.restart_backoff = None;
+    only_seed.restart_delay_max = None;
+    only_seed.failed_retry_after = None;
+    only_seed.notify = None;
+    assert_eq!(*d, only_seed);
 }
 
 #[test]
@@ -382,4 +399,61 @@ fn user_max_restarts_of_zero_points_to_the_right_key() {
         services("{ \"w\": { ExecStart: \"x\", UserMaxRestarts: 1 } }")[0].user_max_restarts,
         Some(1)
     );
+}
+
+#[test]
+fn health_readiness_backoff_and_hooks() {
+    let defaults = parse_controller(
+        r#"{ ServiceDefaults: { Notify: {
+               pager: { Run: "page-oncall", On: ["gave_up", "unhealthy"] },
+               log: { Run: "logger upkeeper" } } } }"#,
+        Path::new("/x/u.conf"),
+    )
+    .unwrap_or_else(|e| panic!("{e}"))
+    .service_defaults;
+    let s = parse_services(
+        r#"{ "db": { ExecStart: "db", HealthCheck: "test -e /tmp/ok", HealthRetries: 2,
+                     healthaction: "RECORD", Readiness: "fd:3", RestartBackoff: 2,
+                     FailedRetryAfter: 60,
+                     Notify: { log: Null, mine: { run: "echo $UPK_EVENT", timeout: 1.5 } } } }"#,
+        Path::new("s.conf"),
+        &defaults,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let db = &s[0];
+    assert_eq!(db.health_check.as_deref(), Some("test -e /tmp/ok"));
+    assert_eq!((db.health_retries, db.health_interval), (2, 30.0));
+    assert_eq!(db.health_action, HealthAction::Record);
+    assert_eq!(db.readiness, Readiness::Fd(3));
+    assert_eq!(db.ready_timeout, Some(90.0));
+    assert_eq!((db.restart_backoff, db.restart_delay_max), (2.0, 300.0));
+    assert_eq!(db.failed_retry_after, Some(60.0));
+    // Hooks merge by name: the default `pager` stays, `log` is removed, `mine` is added.
+    let names: Vec<&str> = db.notify.iter().map(|h| h.name.as_str()).collect();
+    assert_eq!(names, ["pager", "mine"]);
+    assert_eq!(db.notify[0].on, [HookEvent::GaveUp, HookEvent::Unhealthy]);
+    assert_eq!(db.notify[1].on, HookEvent::ALL);
+    assert_eq!(db.notify[1].timeout, 1.5);
+
+    for (entry, message) in [
+        (r#"Readiness: "fd:1""#, "from 3 to 1023"),
+        (r#"Readiness: "socket""#, "\"none\", \"fd:N\""),
+        (r#"Readiness: "health""#, "needs a HealthCheck"),
+        ("RestartBackoff: 0.5", "between 1 and 100"),
+        ("HealthRetries: 0", "between 1 and 1000"),
+        (r#"Notify: { x: { On: ["failed"] } }"#, "Run is missing"),
+        (
+            r#"Notify: { x: { Run: "y", On: ["died"] } }"#,
+            "unknown event \"died\"",
+        ),
+        (
+            r#"Notify: { x: { Run: "y", When: 1 } }"#,
+            "unknown key `When`",
+        ),
+    ] {
+        let text = format!(r#"{{ "a": {{ ExecStart: "a", {entry} }} }}"#);
+        let e =
+            parse_services(&text, Path::new("s.conf"), &ServiceLayer::default()).expect_err(entry);
+        assert!(e.to_string().contains(message), "{entry}: {e}");
+    }
 }

@@ -131,9 +131,20 @@ pub fn judge(goal: Goal, status: Option<&Status>, buddy_alive: bool) -> Verdict 
     let now = describe(st);
     match goal {
         Goal::Running { after_us } => match st.state {
-            StateName::Running if after_us.is_none_or(|t| st.since_us >= t) => {
+            // A service with a readiness protocol is up once it said so.
+            s if s.is_up()
+                && (s == StateName::Ready || !st.needs_ready)
+                && after_us.is_none_or(|t| st.since_us >= t) =>
+            {
                 Verdict::Reached(now)
             }
+            StateName::Running if st.needs_ready && st.ready_timed_out => Verdict::Missed(
+                "it runs but did not say it is ready within its ReadyTimeout".into(),
+            ),
+            StateName::Failed if st.next_start_us.is_some() => Verdict::Missed(format!(
+                "it failed ({}); the buddy tries again after its cool-down",
+                last_exit(st)
+            )),
             StateName::Failed => Verdict::Missed(format!(
                 "it failed ({}) and stays so until a command",
                 last_exit(st)
@@ -147,7 +158,7 @@ pub fn judge(goal: Goal, status: Option<&Status>, buddy_alive: bool) -> Verdict 
             _ => Verdict::Waiting(now),
         },
         Goal::Ran { after_us } => match st.state {
-            StateName::Running => Verdict::Reached(now),
+            StateName::Running | StateName::Ready => Verdict::Reached(now),
             StateName::Stopped if st.since_us >= after_us => match st.last_exit {
                 Some(e) if !e.success() => Verdict::Missed(format!("it ran and {e}")),
                 _ => Verdict::Reached(format!("{now} (ran and ended)")),
@@ -410,6 +421,9 @@ mod tests {
             seq: 1,
             acked: 1,
             loggers: Vec::new(),
+            needs_ready: false,
+            ready_timed_out: false,
+            health: None,
         }
     }
 

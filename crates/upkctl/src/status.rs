@@ -27,7 +27,7 @@ pub struct Row {
     pub pid: Option<i32>,
     /// When the current state was entered (wall microseconds).
     pub since_us: Option<i64>,
-    /// Seconds in `running`, when running.
+    /// Seconds since the start, while it runs (`running` or `ready`).
     pub uptime_s: Option<f64>,
     /// Automatic restarts since the buddy started.
     pub restarts: Option<u64>,
@@ -35,9 +35,9 @@ pub struct Row {
     pub failures: Option<u32>,
     /// How the last run ended.
     pub last_exit: Option<Exit>,
-    /// When the next start is due (backoff, paused).
+    /// When the next start is due (backoff, paused, failed with a cool-down).
     pub next_start_us: Option<i64>,
-    /// Health: not measured yet, always `null`.
+    /// `unknown`, `healthy` or `unhealthy` while it runs with a HealthCheck; else `null`.
     pub health: Option<String>,
     /// Whether the controller is linked to the buddy (`null` without the controller).
     pub linked: Option<bool>,
@@ -56,13 +56,13 @@ impl Row {
             pid: st.and_then(|s| s.pid),
             since_us: st.map(|s| s.since_us),
             uptime_s: st
-                .filter(|s| s.state == StateName::Running)
+                .filter(|s| s.state.is_up())
                 .map(|s| (now_us - s.since_us).max(0) as f64 / 1e6),
             restarts: st.map(|s| s.restarts),
             failures: st.map(|s| s.failures),
             last_exit: st.and_then(|s| s.last_exit),
             next_start_us: st.and_then(|s| s.next_start_us),
-            health: None,
+            health: st.and_then(|s| s.health).map(|h| h.as_str().to_owned()),
             linked: None,
             buddy_alive: None,
             file: None,

@@ -9,7 +9,7 @@
 
 use crate::input::Intent;
 use crate::model::{summary_differs, Fleet, Update, Verb, HOUR_US, STATE_ORDER};
-use libupkeeper::{ServiceSummary, StateName, Want};
+use libupkeeper::{ServiceSummary, Want};
 use std::cmp::Ordering;
 
 /// What the keys currently do.
@@ -311,7 +311,7 @@ fn pid(s: &ServiceSummary) -> Option<i32> {
 /// How long the service has been running, if it is.
 pub fn uptime_us(s: &ServiceSummary, now_us: i64) -> Option<i64> {
     let st = s.status.as_ref()?;
-    (st.state == StateName::Running).then(|| now_us - st.since_us)
+    st.state.is_up().then(|| now_us - st.since_us)
 }
 
 fn last_exit(s: &ServiceSummary) -> Option<String> {
@@ -329,7 +329,7 @@ fn last_if_none<T: Ord>(a: Option<T>, b: Option<T>) -> Ordering {
 mod tests {
     use super::*;
     use crate::model::tests::{event, summary};
-    use libupkeeper::{Access, EventKind};
+    use libupkeeper::{Access, EventKind, StateName};
 
     const NOW: i64 = 100 * HOUR_US;
 

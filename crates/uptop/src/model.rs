@@ -170,8 +170,11 @@ pub fn is_automatic_restart(record: &Record) -> bool {
 /// running service differs; run once, only `failed` differs.
 pub fn differs(status: &Status) -> bool {
     match status.want {
-        Want::Up => !matches!(status.state, StateName::Running | StateName::Stopping),
-        Want::Down => status.state == StateName::Running,
+        Want::Up => !matches!(
+            status.state,
+            StateName::Running | StateName::Ready | StateName::Stopping
+        ),
+        Want::Down => status.state.is_up(),
         Want::Once => status.state == StateName::Failed,
     }
 }
@@ -232,13 +235,14 @@ pub struct Totals {
 }
 
 /// The order states are counted and sorted in: trouble first.
-pub const STATE_ORDER: [StateName; 6] = [
+pub const STATE_ORDER: [StateName; 7] = [
     StateName::Failed,
     StateName::Paused,
     StateName::Backoff,
     StateName::Stopping,
     StateName::Stopped,
     StateName::Running,
+    StateName::Ready,
 ];
 
 impl Fleet {
@@ -348,6 +352,9 @@ pub(crate) mod tests {
             seq: 1,
             acked: 1,
             loggers: Vec::new(),
+            needs_ready: false,
+            ready_timed_out: false,
+            health: None,
         }
     }
 

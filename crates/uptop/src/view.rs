@@ -9,7 +9,7 @@
 use crate::app::{uptime_us, App, Mode};
 use crate::model::{summary_differs, wanted, Link, HOUR_US};
 use crate::text;
-use libupkeeper::{Access, ServiceSummary, StateName, Stats};
+use libupkeeper::{Access, ServiceSummary, Stats};
 use ratatui::layout::{Constraint, Layout, Rect};
 use ratatui::style::{Color, Modifier, Style};
 use ratatui::text::{Line, Span};
@@ -163,7 +163,7 @@ fn service_row<'a>(app: &App, s: &'a ServiceSummary, now_us: i64) -> Row<'a> {
     };
     let state_style = if summary_differs(s) {
         Style::new().fg(Color::Red).add_modifier(Modifier::BOLD)
-    } else if st.state == StateName::Running {
+    } else if st.state.is_up() {
         Style::new().fg(Color::Green)
     } else {
         Style::new()
@@ -297,6 +297,7 @@ mod tests {
     use super::*;
     use crate::model::tests::{event, summary};
     use crate::model::Update;
+    use libupkeeper::StateName;
     use libupkeeper::{EventKind, Exit, Want};
     use ratatui::backend::TestBackend;
     use ratatui::Terminal;

@@ -7,7 +7,10 @@
 //! `Service` field is `Option<X>` has a layer field `Option<Option<X>>`: `Some(None)` is an
 //! explicit `Null` that resets the key to unset, `None` means "not given here".
 
-use super::model::{CustomAction, IdSpec, InitialState, Service, ServiceId, MAX_CUSTOM_ACTIONS};
+use super::model::{
+    CustomAction, HealthAction, Hook, HookEvent, IdSpec, InitialState, Readiness, Service,
+    ServiceId, MAX_CUSTOM_ACTIONS,
+};
 use crate::rundir::RESERVED_SCRIPTS;
 use serde_json::Value;
 use std::path::PathBuf;
@@ -297,6 +300,152 @@ fn custom_actions(v: &Value) -> Parsed<Vec<CustomAction>> {
     }
 }
 
+fn health_retries(v: &Value) -> Parsed<u32> {
+    bounded_u32(v, 1, 1000)
+}
+
+fn health_action(v: &Value) -> Parsed<HealthAction> {
+    match string(v)?.to_ascii_lowercase().as_str() {
+        "restart" => Ok(HealthAction::Restart),
+        "record" => Ok(HealthAction::Record),
+        _ => problem("must be \"restart\" or \"record\""),
+    }
+}
+
+/// `"none"`, `"fd:N"` (N at least 3: 0-2 are the standard streams), `"notify"` or `"health"`.
+fn readiness(v: &Value) -> Parsed<Readiness> {
+    let text = string(v)?.to_ascii_lowercase();
+    match text.as_str() {
+        "none" => return Ok(Readiness::None),
+        "notify" => return Ok(Readiness::Notify),
+        "health" => return Ok(Readiness::Health),
+        _ => {}
+    }
+    match text.strip_prefix("fd:").map(str::parse::<u32>) {
+        Some(Ok(n)) if (3..=1023).contains(&n) => Ok(Readiness::Fd(n)),
+        Some(_) => problem(format!(
+            "{text:?}: the descriptor must be a number from 3 to 1023"
+        )),
+        None => problem("must be \"none\", \"fd:N\", \"notify\" or \"health\""),
+    }
+}
+
+/// A restart backoff factor: 1 keeps the delay constant, 2 doubles it per failure.
+fn backoff(v: &Value) -> Parsed<f64> {
+    match number(v)? {
+        n if (1.0..=100.0).contains(&n) => Ok(n),
+        n => problem(format!("must be between 1 and 100, found {n}")),
+    }
+}
+
+const HOOK_KEYS: [&str; 3] = ["Run", "On", "Timeout"];
+const DEFAULT_HOOK_TIMEOUT: f64 = 30.0;
+
+/// `Notify`: an object mapping hook names to `{ Run, On, Timeout }`, or to `Null` to remove a
+/// hook of that name inherited from `ServiceDefaults`.
+fn hooks(v: &Value) -> Parsed<Vec<Hook>> {
+    let Some(map) = v.as_object() else {
+        return expected("an object mapping hook names to hooks", v);
+    };
+    let mut errs = Vec::new();
+    let mut out = Vec::new();
+    for (name, body) in map {
+        let at = Some(name.clone());
+        let mut fail = |message: String| {
+            errs.push(Problem {
+                at: at.clone(),
+                message: format!("hook `{name}`: {message}"),
+            })
+        };
+        if let Err(e) = check_action_name(name) {
+            fail(e.replace("action name", "name"));
+            continue;
+        }
+        let mut hook = Hook {
+            name: name.clone(),
+            run: None,
+            on: HookEvent::ALL.to_vec(),
+            timeout: DEFAULT_HOOK_TIMEOUT,
+        };
+        let fields = match body {
+            Value::Null => {
+                out.push(hook);
+                continue;
+            }
+            Value::Object(fields) => fields,
+            other => {
+                fail(format!(
+                    "expected an object with Run, On and Timeout, found {}",
+                    kind(other)
+                ));
+                continue;
+            }
+        };
+        for (key, value) in fields {
+            let Some(key) = HOOK_KEYS.iter().find(|k| k.eq_ignore_ascii_case(key)) else {
+                fail(format!(
+                    "unknown key `{key}` (a hook has Run, On and Timeout)"
+                ));
+                continue;
+            };
+            let result = match *key {
+                "Run" => script(value).map(|s| hook.run = Some(s)),
+                "On" => hook_events(value).map(|on| hook.on = on),
+                _ => positive(value).map(|t| hook.timeout = t),
+            };
+            if let Err(problems) = result {
+                for p in problems {
+                    fail(format!("{key}: {}", p.message));
+                }
+            }
+        }
+        if hook.run.is_none() {
+            fail("Run is missing (write the hook as Null to remove an inherited one)".into());
+            continue;
+        }
+        out.push(hook);
+    }
+    if errs.is_empty() {
+        Ok(out)
+    } else {
+        Err(errs)
+    }
+}
+
+fn hook_events(v: &Value) -> Parsed<Vec<HookEvent>> {
+    let names = strings(v)?;
+    let mut out = Vec::new();
+    for name in names {
+        match HookEvent::ALL
+            .iter()
+            .find(|e| e.as_str().eq_ignore_ascii_case(&name))
+        {
+            Some(e) => out.push(*e),
+            None => {
+                let known: Vec<&str> = HookEvent::ALL.iter().map(|e| e.as_str()).collect();
+                return problem(format!(
+                    "unknown event {name:?}; events are {}",
+                    known.join(", ")
+                ));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// `lower`'s hooks with `upper`'s replacing those of the same name (and `Null` ones removing
+/// them), in the order first written.
+fn merge_hooks(upper: &[Hook], lower: &[Hook]) -> Vec<Hook> {
+    let mut out: Vec<Hook> = lower.to_vec();
+    for h in upper {
+        match out.iter_mut().find(|o| o.name == h.name) {
+            Some(o) => *o = h.clone(),
+            None => out.push(h.clone()),
+        }
+    }
+    out
+}
+
 macro_rules! service_keys {
     ($( $(#[$doc:meta])* $key:ident => $field:ident : $ty:ty = $default:expr, $parse:expr; )*) => {
         /// Service keys as given by one layer (built-in, `ServiceDefaults`, or a service
@@ -316,9 +465,16 @@ macro_rules! service_keys {
             }
 
             /// This layer over `lower`: each key comes from `self` where set, else from
-            /// `lower`. Lists and `CustomActions` replace, they do not append.
+            /// `lower`. Lists and `CustomActions` replace, they do not append; `Notify`
+            /// hooks merge by name.
             pub fn over(&self, lower: &ServiceLayer) -> ServiceLayer {
-                ServiceLayer { $( $field: self.$field.clone().or_else(|| lower.$field.clone()), )* }
+                let mut merged = ServiceLayer {
+                    $( $field: self.$field.clone().or_else(|| lower.$field.clone()), )*
+                };
+                if let (Some(upper), Some(lower)) = (&self.notify, &lower.notify) {
+                    merged.notify = Some(merge_hooks(upper, lower));
+                }
+                merged
             }
 
             /// Sets the key `key` (a canonical spelling from [`SERVICE_KEYS`]) from a raw value.
@@ -378,6 +534,18 @@ service_keys! {
     UnconfigureOnFileRemoval => unconfigure_on_file_removal: bool = false, plain(boolean);
     PreferBuddyStateForStopped => prefer_buddy_state_for_stopped: bool = false, plain(boolean);
     PreferBuddyStateForRunning => prefer_buddy_state_for_running: bool = true, plain(boolean);
+    HealthCheck => health_check: Option<String> = None, nullable(script);
+    HealthInterval => health_interval: f64 = 30.0, plain(positive);
+    HealthTimeout => health_timeout: f64 = 10.0, plain(positive);
+    HealthStartPeriod => health_start_period: f64 = 0.0, plain(non_negative);
+    HealthRetries => health_retries: u32 = 3, plain(health_retries);
+    HealthAction => health_action: HealthAction = HealthAction::Restart, plain(health_action);
+    Readiness => readiness: Readiness = Readiness::None, plain(readiness);
+    ReadyTimeout => ready_timeout: Option<f64> = Some(90.0), nullable(positive);
+    RestartBackoff => restart_backoff: f64 = 1.0, plain(backoff);
+    RestartDelayMax => restart_delay_max: f64 = 300.0, plain(positive);
+    FailedRetryAfter => failed_retry_after: Option<f64> = None, nullable(positive);
+    Notify => notify: Vec<Hook> = Vec::new(), plain(hooks);
 }
 
 /// The canonical spelling of a service key written in any case.
@@ -416,7 +584,7 @@ mod tests {
         assert_eq!(s.max_consecutive_failures, -1);
         assert_eq!(s.exec_stop.as_deref(), Some("kill"));
         assert!(s.prefer_buddy_state_for_running);
-        assert_eq!(SERVICE_KEYS.len(), 31);
+        assert_eq!(SERVICE_KEYS.len(), 43);
         assert_eq!(canonical_key("setuid"), Some("SetUID"));
     }
 

@@ -182,6 +182,107 @@ pub struct Service {
     pub prefer_buddy_state_for_stopped: bool,
     /// On controller restart, trust a buddy that says "running" over the store.
     pub prefer_buddy_state_for_running: bool,
+    /// A probe run by the buddy every `health_interval` while the service runs; exit 0 is
+    /// healthy.
+    pub health_check: Option<String>,
+    /// Seconds between the end of one probe and the start of the next.
+    pub health_interval: f64,
+    /// Seconds a probe may take; then its process group is killed and it counts as failed.
+    pub health_timeout: f64,
+    /// Seconds after a start during which failed probes do not count.
+    pub health_start_period: f64,
+    /// Failed probes in a row that make the service unhealthy.
+    pub health_retries: u32,
+    /// What an unhealthy service leads to.
+    pub health_action: HealthAction,
+    /// How the service says it is ready.
+    pub readiness: Readiness,
+    /// Seconds from the start to readiness before `ready_timeout` is recorded; `None`: never.
+    pub ready_timeout: Option<f64>,
+    /// Each consecutive failure multiplies the restart delay by this factor (1: constant).
+    pub restart_backoff: f64,
+    /// The growing restart delay never exceeds this many seconds (unless the base delay does).
+    pub restart_delay_max: f64,
+    /// Seconds after giving up before the buddy tries again; `None`: `failed` until a command.
+    pub failed_retry_after: Option<f64>,
+    /// Notification hooks (ServiceDefaults' and the entry's, merged by name).
+    pub notify: Vec<Hook>,
+}
+
+/// What an unhealthy service leads to (`HealthAction`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HealthAction {
+    /// Restart it (stop, then start; counted as a failure by the restart policy).
+    #[default]
+    Restart,
+    /// Only record it and notify.
+    Record,
+}
+
+/// How a service says it is ready (`Readiness`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Readiness {
+    /// It is ready when it runs; it never enters the `ready` state.
+    #[default]
+    None,
+    /// s6 style: it writes a newline to this file descriptor.
+    Fd(u32),
+    /// systemd style: it sends `READY=1` to the datagram socket named by `NOTIFY_SOCKET`.
+    Notify,
+    /// Its first successful health check.
+    Health,
+}
+
+/// The events a notification hook can be run on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HookEvent {
+    /// The service died (or could not start) while wanted up: a failure.
+    Failed,
+    /// The restart policy gave up (MaxConsecutiveFailures).
+    GaveUp,
+    /// Health checks failed HealthRetries times in a row.
+    Unhealthy,
+    /// Healthy again after unhealthy, or running stably again after failures.
+    Recovered,
+    /// UserMaxRestarts were used up within the window: restarts paused.
+    Flapping,
+}
+
+impl HookEvent {
+    /// Every event, in the order documented.
+    pub const ALL: [HookEvent; 5] = [
+        HookEvent::Failed,
+        HookEvent::GaveUp,
+        HookEvent::Unhealthy,
+        HookEvent::Recovered,
+        HookEvent::Flapping,
+    ];
+    /// The name used in configuration and in `UPK_EVENT`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HookEvent::Failed => "failed",
+            HookEvent::GaveUp => "gave_up",
+            HookEvent::Unhealthy => "unhealthy",
+            HookEvent::Recovered => "recovered",
+            HookEvent::Flapping => "flapping",
+        }
+    }
+}
+
+/// A notification hook (`Notify: { name: { Run, On, Timeout } }`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Hook {
+    /// The hook's name; its script is rendered as `scripts/hook@<name>`.
+    pub name: String,
+    /// The script; `None` (written `Null`) removes a hook of the same name from a lower layer.
+    pub run: Option<String>,
+    /// The events it runs on.
+    pub on: Vec<HookEvent>,
+    /// Seconds it may run; then its process group is killed.
+    pub timeout: f64,
 }
 
 /// A named custom action and its script (after substitution).

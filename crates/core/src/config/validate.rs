@@ -458,6 +458,19 @@ fn resolve(mut s: Service) -> Result<Service, Vec<String>> {
     if let Some(p) = &mut s.pipe_stderr_script {
         subst("PipeStderrScript", p);
     }
+    if let Some(p) = &mut s.health_check {
+        subst("HealthCheck", p);
+    }
+    // A `Null` hook only removes an inherited one: it is not a hook of the service.
+    s.notify.retain(|h| h.run.is_some());
+    for h in &mut s.notify {
+        if let Some(run) = &mut h.run {
+            subst(&format!("Notify `{}`", h.name), run);
+        }
+    }
+    if s.readiness == super::Readiness::Health && s.health_check.is_none() {
+        errs.push("Readiness \"health\" needs a HealthCheck".to_owned());
+    }
     if errs.is_empty() {
         Ok(s)
     } else {
