@@ -82,7 +82,10 @@ rc-service demo stop; echo "stop=$?"
 rc-service demo status; echo "status_stopped=$?"
 wait_for "[ -z \"\$(pgrep -f 'sleep 100[0]')\" ]"; echo "svc_gone=$?"
 
+# A changed conf.d changes the service file: the next start runs the new definition.
+echo 'export UPK_OPENRC_PROBE="second run"' > "$T/etc/conf.d/demo"
 rc-service demo start; echo "start_again=$?"
+tr '\0' '\n' < /proc/$(svc_pid)/environ | grep -qx 'UPK_OPENRC_PROBE=second run' && echo "env_changed=yes"
 kill -9 "$CTL"
 wait_for "[ ! -e /proc/$CTL ]"
 rc-service demo stop; echo "stop_without_controller=$?"
@@ -103,6 +106,11 @@ wait_for "[ -e /run/openrc/failed/demo ]"; echo "marked_failed=$?"
 rc-service demo status; echo "status_after_giving_up=$?"
 rc-status 2>/dev/null | grep demo
 rc-status 2>/dev/null | grep demo | grep -q failed && echo "rc_status_failed=yes"
+# As after supervise-daemon gave up, a plain start works again.
+rc-service demo start; echo "start_after_failed=$?"
+rc-service demo status; echo "status_restarted=$?"
+[ -e /run/openrc/failed/demo ] || echo "failed_cleared=yes"
+rc-service demo stop; echo "stop=$?"
 "#;
 
 /// How the service script selects upkeeper.
@@ -234,6 +242,7 @@ fn check_lifecycle(text: &str) {
         ("status_stopped", "3"),
         ("svc_gone", "0"),
         ("start_again", "0"),
+        ("env_changed", "yes"),
         ("stop_without_controller", "0"),
         ("status_stopped_again", "3"),
         ("svc_gone_again", "0"),
@@ -268,15 +277,19 @@ fn openrc_glue_rc_supervise_module_from_rc_conf_d() {
 }
 
 #[test]
-#[ignore = "needs Notify hooks (issue 6)"]
 fn openrc_glue_gives_up_stopped_and_failed() {
     if let Some(text) = run_scenario(Variant::Library, "respawn_max=2\n", EXHAUSTION) {
+        eprintln!("{text}");
         for (key, want) in [
             ("controller_up", "0"),
             ("start", "0"),
             ("marked_failed", "0"),
             ("status_after_giving_up", "3"),
             ("rc_status_failed", "yes"),
+            ("start_after_failed", "0"),
+            ("status_restarted", "0"),
+            ("failed_cleared", "yes"),
+            ("stop", "0"),
         ] {
             assert_eq!(get(&text, key), want, "{key}:\n{text}");
         }

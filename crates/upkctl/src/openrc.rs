@@ -43,11 +43,6 @@ const DEFAULT_RESPAWN_MAX: i64 = 10;
 /// schedule waits 5 s after the signal).
 const DEFAULT_STOP_WAIT: f64 = 5.0;
 
-/// Whether the generated file carries the `Notify` hook that marks the OpenRC service stopped
-/// and failed when the buddy gives up. The key comes with issue 6; until the controller's
-/// checker accepts it, a file with it would be refused, so it stays out.
-const EMIT_NOTIFY: bool = false;
-
 /// The upkeeper id of the OpenRC service `svc`: `openrc::svc`, or one sentence why not.
 pub fn service_id(svc: &str) -> Result<String> {
     let id = format!("openrc::{svc}");
@@ -354,9 +349,7 @@ pub fn service_file(opts: &OpenrcStart, around: &Surroundings) -> Result<String>
             entry.insert(key.into(), json!(path));
         }
     }
-    if EMIT_NOTIFY {
-        entry.insert("Notify".into(), notify(&opts.svc, around));
-    }
+    entry.insert("Notify".into(), notify(&opts.svc, around));
 
     let file = json!({ id: Value::Object(entry) });
     let body = serde_json::to_string_pretty(&file).map_err(std::io::Error::from)?;
@@ -768,6 +761,8 @@ mod tests {
         assert_eq!(s.user_restart_window, Some(60.0));
         assert_eq!(s.redirect_stdout, Some(PathBuf::from("/var/log/demo.out")));
         assert_eq!(s.redirect_stderr, None);
+        assert_eq!(s.notify.len(), 1);
+        assert_eq!(s.notify[0].name, "openrc");
         use upk_core::config::IdSpec;
         assert_eq!(s.set_uid, IdSpec::Name("nobody".into()));
         assert_eq!(s.set_gid, IdSpec::Name("nogroup".into()));
