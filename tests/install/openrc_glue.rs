@@ -91,6 +91,13 @@ wait_for "[ ! -e /proc/$CTL ]"
 rc-service demo stop; echo "stop_without_controller=$?"
 rc-service demo status; echo "status_stopped_again=$?"
 wait_for "[ -z \"\$(pgrep -f 'sleep 100[0]')\" ]"; echo "svc_gone_again=$?"
+# The controller comes back: OpenRC stopped the service, so it stays stopped.
+start_controller
+wait_for "grep -q 'openrc::demo: the store wants it up, its buddy has it down; following the buddy' $T/files/controller.log"
+echo "kept_stopped=$?"
+$U status "$ID"
+rc-service demo status; echo "status_after_controller_back=$?"
+[ -z "$(svc_pid)" ] && echo "still_no_svc=yes"
 rc-service demo stop; echo "stop_twice=$?"
 "#;
 
@@ -246,6 +253,9 @@ fn check_lifecycle(text: &str) {
         ("stop_without_controller", "0"),
         ("status_stopped_again", "3"),
         ("svc_gone_again", "0"),
+        ("kept_stopped", "0"),
+        ("status_after_controller_back", "3"),
+        ("still_no_svc", "yes"),
         ("stop_twice", "0"),
     ] {
         assert_eq!(get(text, key), want, "{key}:\n{text}");

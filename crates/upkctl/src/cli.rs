@@ -190,7 +190,7 @@ pub struct OpenrcStart {
     /// The OpenRC service name (RC_SVCNAME).
     #[arg(value_name = "SVC")]
     pub svc: String,
-    /// command_user: USER[:GROUP] to run as.
+    /// command_user: the user to run as, or USER:GROUP.
     #[arg(long, value_name = "USER[:GROUP]")]
     pub user: Option<String>,
     /// directory: the working directory (absolute).

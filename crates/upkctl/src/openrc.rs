@@ -266,6 +266,10 @@ pub fn service_file(opts: &OpenrcStart, around: &Surroundings) -> Result<String>
     entry.insert("ShortDescription".into(), json!(what));
     entry.insert("InitialState".into(), json!("stopped"));
     entry.insert("UnconfigureOnFileRemoval".into(), json!(true));
+    // OpenRC decides whether it runs: a service OpenRC stopped through its buddy while the
+    // controller was down stays stopped when the controller comes back, whatever the store
+    // remembered.
+    entry.insert("PreferBuddyStateForStopped".into(), json!(true));
 
     let mut script = format!(
         "#!/bin/sh\n# {}: started by upkeeper for OpenRC (upkctl openrc start)\n",
@@ -747,7 +751,7 @@ mod tests {
         let s = parsed(&service_file(&o, &around).expect("file"));
         assert_eq!(s.id.to_string(), "openrc::demo");
         assert_eq!(s.initial_state, InitialState::Stopped);
-        assert!(s.unconfigure_on_file_removal);
+        assert!(s.unconfigure_on_file_removal && s.prefer_buddy_state_for_stopped);
         assert_eq!(
             s.start_script,
             "#!/bin/sh\n# demo: started by upkeeper for OpenRC (upkctl openrc start)\n\
