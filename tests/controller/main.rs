@@ -4,6 +4,7 @@
 //! be written.
 
 mod access;
+mod health;
 mod outage;
 mod restart;
 mod seed;

@@ -237,6 +237,7 @@ fn max_restarts_in_window_pauses_then_resumes() {
         kinds(&out),
         ["died:running->running", "restarts_paused:running->paused"]
     );
+    assert_eq!(extras(&out), ["notify-failed", "notify-flapping"]);
     assert!(
         close(r.deadline_secs(), 11.0),
         "resumes when restart 1 leaves the window"

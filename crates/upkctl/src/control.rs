@@ -440,6 +440,28 @@ mod tests {
     }
 
     #[test]
+    fn a_start_of_a_service_with_readiness_waits_for_ready() {
+        let goal = Verb::Start.goal(0).expect("a goal");
+        let mut running = st(StateName::Running, Want::Up, 10);
+        running.needs_ready = true;
+        assert!(matches!(
+            judge(goal, Some(&running), true),
+            Verdict::Waiting(_)
+        ));
+        let mut ready = running.clone();
+        ready.state = StateName::Ready;
+        assert!(matches!(
+            judge(goal, Some(&ready), true),
+            Verdict::Reached(_)
+        ));
+        running.ready_timed_out = true;
+        assert!(matches!(
+            judge(goal, Some(&running), true),
+            Verdict::Missed(m) if m.contains("ReadyTimeout")
+        ));
+    }
+
+    #[test]
     fn a_start_misses_when_the_service_fails_or_is_paused() {
         let goal = Verb::Start.goal(0).expect("a goal");
         for state in [StateName::Failed, StateName::Paused] {
