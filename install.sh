@@ -1,6 +1,7 @@
 #!/bin/sh
 # Installs upkeeper: binaries, the buddy in libexec, templates, man pages, shell completions,
-# docs, the package hooks and the init scripts (docs/integration.md says where each goes).
+# docs, the package hooks, the init scripts and the OpenRC supervisor glue (docs/integration.md
+# says where each goes).
 #
 #   sh install.sh                          # cargo build --release, then install under /usr/local
 #   PREFIX=/usr DESTDIR=/tmp/pkg sh install.sh
@@ -46,6 +47,7 @@ subst() {
 	sed -e "s|/usr/sbin/upkeeper|$sbin/upkeeper|g" \
 	    -e "s|/usr/bin/upkctl|$bin/upkctl|g" \
 	    -e "s|/usr/libexec/upkeeper|$libexec|g" \
+	    -e "s|/usr/lib/upkeeper|$PREFIX/lib/upkeeper|g" \
 	    -e "s|/etc/upkeeper|$SYSCONFDIR/upkeeper|g" \
 	    "$1" > "$2"
 	chmod "$3" "$2"
@@ -93,6 +95,15 @@ if [ -d "$SRC/init-scripts" ]; then
 		install -d "$D$PREFIX/lib/systemd/system"
 		subst "$SRC/init-scripts/upkeeper.service" "$D$PREFIX/lib/systemd/system/upkeeper.service" 0644
 	fi
+fi
+
+# The OpenRC supervisor glue (supervisor=upkeeper): the library a service script may source,
+# and the rc.conf.d file that sources it for every script. OpenRC 0.45 reads rc.conf.d only
+# when the directory exists, so it is created.
+if [ -d "$SRC/openrc" ]; then
+	install -d "$D$PREFIX/lib/upkeeper" "$D$SYSCONFDIR/rc.conf.d"
+	subst "$SRC/openrc/upkeeper.sh" "$D$PREFIX/lib/upkeeper/openrc.sh" 0644
+	subst "$SRC/openrc/rc.conf.d/upkeeper.conf" "$D$SYSCONFDIR/rc.conf.d/upkeeper.conf" 0644
 fi
 
 # A controller file naming this prefix's buddy, unless one exists (it is the admin's).

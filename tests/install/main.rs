@@ -11,6 +11,7 @@ use std::time::Duration;
 use upk_testkit::{bin, wait_until, Sandbox, MARKER};
 
 mod openrc;
+mod openrc_glue;
 
 /// The repository root (install.sh lives there).
 fn repo() -> PathBuf {
@@ -103,6 +104,8 @@ fn install_lays_out_every_file_under_destdir() {
         "usr/share/doc/upkeeper/README.md",
         "usr/share/doc/upkeeper/controller.md",
         "etc/upkeeper/upkeeper.conf",
+        "usr/lib/upkeeper/openrc.sh",
+        "etc/rc.conf.d/upkeeper.conf",
     ] {
         assert!(dest.join(f).is_file(), "{f} is not installed");
     }
@@ -256,7 +259,7 @@ fn installed_layout_runs_services_and_the_hooks_add_and_remove_one() {
 }
 
 /// The init scripts as installed: the systemd unit passes `systemd-analyze verify` (skipped,
-/// and said so, where systemd-analyze is missing), and the OpenRC scripts parse.
+/// and said so, where systemd-analyze is missing), and the OpenRC scripts and glue parse.
 #[test]
 fn installed_init_scripts_verify() {
     let sb = Sandbox::new();
@@ -276,8 +279,13 @@ fn installed_init_scripts_verify() {
     let text = std::fs::read_to_string(&unit).expect("unit");
     assert!(text.contains(&format!("ExecStart={}/sbin/upkeeper", prefix.display())));
     assert!(text.contains("KillMode=process"));
-    for script in ["init.d/upkeeper", "conf.d/upkeeper"] {
-        let path = sb.path().join("p/etc").join(script);
+    for script in [
+        "etc/init.d/upkeeper",
+        "etc/conf.d/upkeeper",
+        "etc/rc.conf.d/upkeeper.conf",
+        "usr/lib/upkeeper/openrc.sh",
+    ] {
+        let path = sb.path().join("p").join(script);
         let status = Command::new("sh")
             .arg("-n")
             .arg(&path)

@@ -14,6 +14,9 @@
 //! stored events as the controller commits them. Every event carries its row id; pass the last
 //! one seen as `after` when subscribing again and nothing is missed in between.
 //!
+//! [`buddy::BuddyClient`] talks to one buddy directly, for the few callers that must act while
+//! the controller is down (OpenRC stopping services at shutdown). It bypasses the audit store.
+//!
 //! The wire protocol is newline-delimited JSON (`docs/protocol.md`); the message types are in
 //! [`upk_core::client`], re-exported here.
 //!
@@ -63,6 +66,8 @@
 //! }
 //! # Ok::<(), libupkeeper::Error>(())
 //! ```
+
+pub mod buddy;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::UnixStream;

@@ -147,6 +147,10 @@ pub enum Cmd {
         #[arg(long, value_name = "DIR")]
         templates: Option<PathBuf>,
     },
+    /// The OpenRC supervisor glue: start and stop an OpenRC service through upkeeper (called
+    /// by PREFIX/lib/upkeeper/openrc.sh for services with supervisor=upkeeper).
+    #[command(subcommand)]
+    Openrc(OpenrcCmd),
     /// Print a completion script for a shell.
     Completions {
         /// The shell.
@@ -158,6 +162,68 @@ pub enum Cmd {
         #[arg(long, value_name = "DIR")]
         dir: Option<PathBuf>,
     },
+}
+
+/// `upkctl openrc ...`: what the OpenRC glue asks for.
+#[derive(Debug, Subcommand)]
+pub enum OpenrcCmd {
+    /// Hand an OpenRC service to upkeeper and start it: write SvcConfigPath/openrc-SVC.conf
+    /// (service openrc::SVC), wait until the controller has taken it into use, start it and
+    /// wait (bounded by --timeout) until it runs, then write OpenRC's daemon record. The
+    /// exported environment (less RC_*, EINFO_*, IN_*, SVCNAME, TERM and the like) is passed
+    /// on to the service. An empty option value means the variable is not set.
+    Start(Box<OpenrcStart>),
+    /// Stop an OpenRC service handed to upkeeper and wait until it is stopped: through the
+    /// controller when it answers, otherwise through the service's buddy directly. A service
+    /// that is stopped already, or was never handed over, is a success.
+    Stop {
+        /// The OpenRC service name (RC_SVCNAME).
+        #[arg(value_name = "SVC")]
+        svc: String,
+    },
+}
+
+/// The OpenRC variables of a service, as the glue passes them (docs/integration.md lists how
+/// each one maps onto service keys).
+#[derive(Debug, Clone, Default, ClapArgs)]
+pub struct OpenrcStart {
+    /// The OpenRC service name (RC_SVCNAME).
+    #[arg(value_name = "SVC")]
+    pub svc: String,
+    /// command_user: the user to run as, or USER:GROUP.
+    #[arg(long, value_name = "USER[:GROUP]")]
+    pub user: Option<String>,
+    /// directory: the working directory (absolute).
+    #[arg(long, value_name = "DIR")]
+    pub directory: Option<String>,
+    /// umask, in octal.
+    #[arg(long, value_name = "MASK")]
+    pub umask: Option<String>,
+    /// output_log: the file stdout is appended to (absolute).
+    #[arg(long, value_name = "PATH")]
+    pub output_log: Option<String>,
+    /// error_log: the file stderr is appended to (absolute).
+    #[arg(long, value_name = "PATH")]
+    pub error_log: Option<String>,
+    /// respawn_delay: seconds (or 500ms, 2s, 1m) from a death to the restart.
+    #[arg(long, value_name = "DURATION")]
+    pub respawn_delay: Option<String>,
+    /// respawn_max: respawns allowed before giving up (0: without limit; default 10).
+    #[arg(long, value_name = "N")]
+    pub respawn_max: Option<String>,
+    /// respawn_period: a run longer than this is stable and resets the respawn count.
+    #[arg(long, value_name = "DURATION")]
+    pub respawn_period: Option<String>,
+    /// retry: the stop schedule (TIMEOUT, or SIG/TIMEOUT/SIG/TIMEOUT...).
+    #[arg(long, value_name = "SCHEDULE")]
+    pub retry: Option<String>,
+    /// stopsig: the signal that asks the service to stop (default TERM).
+    #[arg(long, value_name = "SIG")]
+    pub stopsig: Option<String>,
+    /// The command line: command, command_args and command_args_foreground, as the shell
+    /// split them.
+    #[arg(value_name = "ARGV", last = true, required = true)]
+    pub argv: Vec<String>,
 }
 
 /// The services a control command acts on.

@@ -14,6 +14,10 @@
 //! code, or a [`exit::Failure`]: one sentence and its code. `main` prints the sentence and
 //! exits; the codes are in [`exit`] and `docs/exit-codes.md`.
 //!
+//! [`openrc`] is the Rust half of the OpenRC supervisor glue (`openrc/upkeeper.sh`): it turns
+//! an OpenRC service's variables into a service file, and stops such a service with or
+//! without the controller.
+//!
 //! Output is text for people by default, one line per service or event, times in UTC; with
 //! `--json` it is one JSON document (`status`, `list`, `stats`, `check`, `render`, control
 //! commands) or one object per line for event streams (`history`, `audit`, `watch`).
@@ -23,6 +27,7 @@ pub mod control;
 pub mod events;
 pub mod exit;
 pub mod offline;
+pub mod openrc;
 pub mod report;
 pub mod status;
 pub mod table;
@@ -157,6 +162,8 @@ pub fn run(args: cli::Args, out: &mut dyn Write) -> Result<i32> {
             services,
             templates,
         } => offline::render(&ctx, &services, templates.as_deref(), out)?,
+        Cmd::Openrc(cli::OpenrcCmd::Start(start)) => openrc::start(&ctx, &start, out)?,
+        Cmd::Openrc(cli::OpenrcCmd::Stop { svc }) => openrc::stop(&ctx, &svc, out)?,
         Cmd::Completions { shell } => {
             clap_complete::generate(shell, &mut cli::Args::command(), "upkctl", out);
             exit::OK
