@@ -38,6 +38,8 @@ upkeeper_start()
 		--respawn-delay="${respawn_delay:-}" --respawn-max="${respawn_max:-}" \
 		--respawn-period="${respawn_period:-}" \
 		--retry="${retry:-}" --stopsig="${stopsig:-}" \
+		--healthcheck-timer="${healthcheck_timer:-}" \
+		--healthcheck-delay="${healthcheck_delay:-}" --notify="${notify:-}" \
 		-- "$@" >/dev/null
 	eend $?
 }

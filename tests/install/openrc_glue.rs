@@ -120,6 +120,23 @@ rc-service demo status; echo "status_restarted=$?"
 rc-service demo stop; echo "stop=$?"
 "#;
 
+/// The script's `healthcheck` fails once /run/demo-healthy is gone: its `unhealthy` runs and
+/// the service is restarted, and the history says so.
+const HEALTH: &str = r#"
+touch /run/demo-healthy
+rc-service demo start; echo "start=$?"
+svc=$(svc_pid)
+wait_for "$U history $ID | grep -q '\] healthy (0 failed'"; echo "healthy=$?"
+rm /run/demo-healthy
+wait_for "[ -e /run/demo-unhealthy-ran ]"; echo "unhealthy_ran=$?"
+wait_for "[ -n \"\$(pgrep -f 'sleep 100[0]' | grep -vx $svc)\" ]"; echo "restarted=$?"
+touch /run/demo-healthy
+$U history "$ID"
+$U history "$ID" | grep -q 'unhealthy (1 failed probes in a row)' && echo "history_unhealthy=yes"
+$U history "$ID" | grep -q 'stopping pid [0-9]* (unhealthy)' && echo "history_restart=yes"
+rc-service demo stop; echo "stop=$?"
+"#;
+
 /// How the service script selects upkeeper.
 #[derive(Clone, Copy)]
 enum Variant {
@@ -283,6 +300,28 @@ fn openrc_glue_supervisor_upkeeper_from_the_library() {
 fn openrc_glue_rc_supervise_module_from_rc_conf_d() {
     if let Some(text) = run_scenario(Variant::Global, "respawn_max=0\n", LIFECYCLE) {
         check_lifecycle(&text);
+    }
+}
+
+#[test]
+fn openrc_glue_runs_the_scripts_healthcheck_and_unhealthy() {
+    let extra = "healthcheck_timer=1\n\
+                 healthcheck() { [ -e /run/demo-healthy ]; }\n\
+                 unhealthy() { touch /run/demo-unhealthy-ran; }\n";
+    if let Some(text) = run_scenario(Variant::Library, extra, HEALTH) {
+        eprintln!("{text}");
+        for (key, want) in [
+            ("controller_up", "0"),
+            ("start", "0"),
+            ("healthy", "0"),
+            ("unhealthy_ran", "0"),
+            ("restarted", "0"),
+            ("history_unhealthy", "yes"),
+            ("history_restart", "yes"),
+            ("stop", "0"),
+        ] {
+            assert_eq!(get(&text, key), want, "{key}:\n{text}");
+        }
     }
 }
 

@@ -220,6 +220,17 @@ pub struct OpenrcStart {
     /// stopsig: the signal that asks the service to stop (default TERM).
     #[arg(long, value_name = "SIG")]
     pub stopsig: Option<String>,
+    /// healthcheck_timer: seconds between runs of the script's `healthcheck` function; on a
+    /// failure its `unhealthy` function runs and the service is restarted.
+    #[arg(long, value_name = "DURATION")]
+    pub healthcheck_timer: Option<String>,
+    /// healthcheck_delay: seconds after the start during which failed health checks do not
+    /// count.
+    #[arg(long, value_name = "DURATION")]
+    pub healthcheck_delay: Option<String>,
+    /// notify (OpenRC 0.60): `fd:N` or `socket:ready`, how the service says it is ready.
+    #[arg(long, value_name = "HOW")]
+    pub notify: Option<String>,
     /// The command line: command, command_args and command_args_foreground, as the shell
     /// split them.
     #[arg(value_name = "ARGV", last = true, required = true)]

@@ -353,7 +353,30 @@ pub fn service_file(opts: &OpenrcStart, around: &Surroundings) -> Result<String>
             entry.insert(key.into(), json!(path));
         }
     }
-    entry.insert("Notify".into(), notify(&opts.svc, around));
+    let mut hooks = notify(&opts.svc, around);
+    if let Some(timer) = set(&opts.healthcheck_timer) {
+        let health = health_check(opts, around, &timer).map_err(usage)?;
+        for (k, v) in health.checks {
+            entry.insert(k.into(), v);
+        }
+        if let Some(all) = hooks.as_object_mut() {
+            all.insert("openrc-unhealthy".into(), health.hook);
+        }
+    }
+    match set(&opts.notify).as_deref() {
+        None => {}
+        Some("socket:ready") => {
+            entry.insert("Readiness".into(), json!("notify"));
+        }
+        Some(n)
+            if n.strip_prefix("fd:")
+                .is_some_and(|d| d.parse::<u32>().is_ok()) =>
+        {
+            entry.insert("Readiness".into(), json!(n));
+        }
+        Some(n) => return Err(usage(format!("notify {n:?} is not fd:N or socket:ready"))),
+    }
+    entry.insert("Notify".into(), hooks);
 
     let file = json!({ id: Value::Object(entry) });
     let body = serde_json::to_string_pretty(&file).map_err(std::io::Error::from)?;
@@ -379,6 +402,48 @@ pub fn notify(svc: &str, around: &Surroundings) -> Value {
         quote(&format!("{libexec}/sbin/mark_service_failed")),
     ));
     json!({ "openrc": { "Run": run, "On": ["gave_up"] } })
+}
+
+/// The keys of an OpenRC health check, and the hook that runs the script's `unhealthy`.
+struct HealthMapping {
+    checks: Vec<(&'static str, Value)>,
+    hook: Value,
+}
+
+/// `healthcheck_timer` and `healthcheck_delay` as supervise-daemon uses them: every `timer`
+/// seconds the script's `healthcheck` runs (`RC_SERVICE healthcheck`, here as the buddy's
+/// probe); one failure runs the script's `unhealthy` and restarts the service.
+fn health_check(
+    opts: &OpenrcStart,
+    around: &Surroundings,
+    timer: &str,
+) -> std::result::Result<HealthMapping, String> {
+    let interval = parse_duration(timer).map_err(|e| format!("healthcheck_timer: {e}"))?;
+    if interval <= 0.0 {
+        return Err(format!("healthcheck_timer {timer:?} must be more than 0"));
+    }
+    let script = around
+        .rc_service
+        .as_deref()
+        .ok_or("healthcheck_timer needs RC_SERVICE (run it from openrc-run)")?;
+    let mut checks = vec![
+        (
+            "HealthCheck",
+            json!(format!("#!/bin/sh\nexec {} healthcheck\n", quote(script))),
+        ),
+        ("HealthInterval", json!(interval)),
+        ("HealthRetries", json!(1)),
+        ("HealthAction", json!("restart")),
+    ];
+    if let Some(delay) = opts.healthcheck_delay.as_deref().filter(|d| !d.is_empty()) {
+        let secs = parse_duration(delay).map_err(|e| format!("healthcheck_delay: {e}"))?;
+        checks.push(("HealthStartPeriod", json!(secs)));
+    }
+    let hook = json!({
+        "Run": format!("#!/bin/sh\nunset RC_SVCNAME RC_OPENRC_PID\nexec {} unhealthy\n", quote(script)),
+        "On": ["unhealthy"],
+    });
+    Ok(HealthMapping { checks, hook })
 }
 
 /// `upkctl openrc start SVC [options] -- ARGV...`.
@@ -707,6 +772,46 @@ mod tests {
         .unwrap_or_else(|e| panic!("{e}\n{text}"))
         .pop()
         .expect("one service")
+    }
+
+    #[test]
+    fn healthcheck_and_notify_map_onto_health_and_readiness() {
+        let mut o = opts(&["/bin/sleep", "1000"]);
+        o.healthcheck_timer = Some("5".into());
+        o.healthcheck_delay = Some("2s".into());
+        o.notify = Some("fd:4".into());
+        let around = Surroundings {
+            rc_service: Some("/etc/init.d/demo".into()),
+            ..Surroundings::default()
+        };
+        let svc = parsed(&service_file(&o, &around).expect("file"));
+        assert_eq!(
+            svc.health_check.as_deref(),
+            Some("#!/bin/sh\nexec '/etc/init.d/demo' healthcheck\n")
+        );
+        assert_eq!((svc.health_interval, svc.health_retries), (5.0, 1));
+        assert_eq!(svc.health_start_period, 2.0);
+        assert_eq!(svc.readiness, upk_core::config::Readiness::Fd(4));
+        let hook = svc
+            .notify
+            .iter()
+            .find(|h| h.name == "openrc-unhealthy")
+            .expect("the unhealthy hook");
+        assert_eq!(hook.on, [upk_core::config::HookEvent::Unhealthy]);
+        assert!(hook
+            .run
+            .as_deref()
+            .is_some_and(|r| r.ends_with("exec '/etc/init.d/demo' unhealthy\n")));
+        o.notify = Some("socket:ready".into());
+        let svc = parsed(&service_file(&o, &around).expect("file"));
+        assert_eq!(svc.readiness, upk_core::config::Readiness::Notify);
+        o.notify = Some("pipe".into());
+        assert!(service_file(&o, &around).is_err());
+        o.notify = None;
+        assert!(
+            service_file(&o, &Surroundings::default()).is_err(),
+            "a health check needs the script's path"
+        );
     }
 
     #[test]
