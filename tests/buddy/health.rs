@@ -82,9 +82,13 @@ fn readiness_by_notification_fd_and_a_missed_ready_timeout() {
     let b = sb.buddy(&dir);
     let running = b.wait_status("running", |s| s.state == StateName::Running);
     assert!(running.needs_ready);
-    b.wait_status("ready", |s| s.state == StateName::Ready);
+    let st = b.wait_status("ready", |s| s.state == StateName::Ready);
     let recs = b.records();
     let (started, ready) = (&of_kind(&recs, "started")[0], &of_kind(&recs, "ready")[0]);
+    assert_eq!(
+        st.since_us, started["wall_us"],
+        "uptime counts from the start, not from readiness"
+    );
     assert_eq!(ready["via"], "notification fd");
     assert_eq!(
         (&ready["from"], &ready["to"]),

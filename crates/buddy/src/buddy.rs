@@ -24,7 +24,7 @@ use nix::unistd::Pid;
 use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
 use std::os::fd::{AsFd, FromRawFd, OwnedFd};
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::time::{Duration, Instant};
 use upk_core::config::{HookEvent, Readiness};
@@ -761,7 +761,13 @@ impl Buddy {
         }
         let result = (|| -> Result<i32, String> {
             let out = self.dir.log_file("health");
-            let file = File::create(&out).map_err(|e| format!("{}: {e}", out.display()))?;
+            let file = OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o640)
+                .open(&out)
+                .map_err(|e| format!("{}: {e}", out.display()))?;
             self.open_redirects()?;
             let (creds, _) = self.child_context()?;
             let stdio = Stdio {
@@ -831,6 +837,7 @@ impl Buddy {
         let log = OpenOptions::new()
             .create(true)
             .append(true)
+            .mode(0o640)
             .open(&out)
             .map_err(|e| format!("{}: {e}", out.display()))?;
         let stderr = match &self.settings.service.redirect_stderr {
@@ -993,7 +1000,9 @@ impl Buddy {
     fn record(&mut self, note: Note) {
         let mut r = self.blank_record(note.kind);
         (r.from, r.to, r.pid, r.cause) = (note.from, note.to, note.pid, note.cause);
-        if r.from != r.to {
+        // `since_us` dates the state, except that `ready` keeps the start of its run: uptime
+        // counts from the start, not from the readiness signal.
+        if r.from != r.to && !(r.from == StateName::Running && r.to == StateName::Ready) {
             self.since_us = r.wall_us;
         }
         if self.recent.len() == hooks::RECENT {

@@ -6,6 +6,8 @@
 //! <id>/settings.json                       the effective settings the buddy runs by
 //! <id>/log/{stdout,stderr,buddy}           output files (never deleted by rendering)
 //! <id>/log/{stdout_pipe,stderr_pipe}       FIFOs feeding PipeStdoutScript/PipeStderrScript
+//! <id>/log/{health,hooks}                  the last probe's output, hooks' output
+//! <id>/notify.sock                         sd_notify socket (Readiness "notify")
 //! <id>/buddy.sock                          the buddy's socket (mode 0600)
 //! <id>/lock                                flock: one buddy per directory
 //! <id>/buddy.pid                           the buddy's pid (for init systems' daemon records)

@@ -32,13 +32,14 @@ pub struct Status {
     pub state: StateName,
     /// Desired state.
     pub want: Want,
-    /// The main process, when there is one (running or stopping).
+    /// The main process, when there is one (running, ready or stopping).
     #[serde(default)]
     pub pid: Option<i32>,
     /// Start time of `pid` in clock ticks since boot (`/proc/PID/stat` field 22).
     #[serde(default)]
     pub pid_start: Option<u64>,
-    /// Wall microseconds when the current state was entered.
+    /// Wall microseconds when the current state was entered (for `ready`: when its run
+    /// started, so that uptime counts from the start).
     pub since_us: i64,
     /// The buddy's pid.
     pub buddy_pid: i32,

@@ -32,6 +32,12 @@ pub const KINDS: &[&str] = &[
     "logger_started",
     "logger_died",
     "lost",
+    "ready",
+    "ready_timeout",
+    "health",
+    "stable",
+    "hook_run",
+    "hook_skipped",
 ];
 
 /// What `upkctl history` asks for.

@@ -80,7 +80,10 @@ impl Row {
     fn cells(&self, now_us: i64) -> Vec<String> {
         let dash = || "-".to_owned();
         let state = match (self.state, self.next_start_us) {
-            (Some(s @ (StateName::Backoff | StateName::Paused)), Some(next)) => {
+            (
+                Some(s @ (StateName::Backoff | StateName::Paused | StateName::Failed)),
+                Some(next),
+            ) => {
                 format!("{} ({} left)", s.as_str(), when::duration(next - now_us))
             }
             (Some(s), _) => s.as_str().to_owned(),

@@ -182,8 +182,7 @@ fn service_row<'a>(app: &App, s: &'a ServiceSummary, now_us: i64) -> Row<'a> {
         Cell::from(uptime_us(s, now_us).map_or("-".into(), text::duration)),
         Cell::from(restarts),
         Cell::from(st.last_exit.as_ref().map_or("-".into(), text::exit)),
-        // Health checks do not exist yet.
-        Cell::from("-"),
+        Cell::from(st.health.map_or("-", |h| h.as_str())),
     ])
 }
 
