@@ -104,7 +104,7 @@ fn kill_9_of_the_controller_during_a_crash_loop_loses_nothing_within_ring_capaci
     // Services were never stopped, and nothing runs twice.
     assert_eq!(running(&sb, "steady").pid, steady);
     assert_eq!(sb.processes("sleep 1000"), [steady.expect("pid")]);
-    assert_eq!(sb.processes("upk_buddy").len(), 3, "one buddy per service");
+    assert_eq!(sb.buddies().len(), 3, "one buddy per service");
     let adopted = stored(&db, Some("steady"));
     assert_eq!(
         adopted

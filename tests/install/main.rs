@@ -180,7 +180,7 @@ fn installed_layout_runs_services_and_the_hooks_add_and_remove_one() {
         state(&sb, &upkctl, &ctl, "base").and_then(|s| (s == "running").then_some(()).ok_or(s))
     });
     // Its buddy is the installed one.
-    let buddies = sb.processes("upk_buddy");
+    let buddies = sb.buddies();
     assert!(!buddies.is_empty());
     for pid in &buddies {
         let exe = std::fs::read_link(format!("/proc/{pid}/exe")).expect("exe");

@@ -249,7 +249,11 @@ impl<'a> Fleet<'a> {
             .into_iter()
             .filter(|(s, _)| !changes.unchanged.contains(&s.id))
             .collect();
-        // One store transaction for the whole scan, then render and spawn service by service.
+        // The store's desired states first (a read), then render and spawn service by
+        // service while the writer thread records the scan in one transaction: services start
+        // without waiting for the store's write.
+        let names: Vec<String> = todo.iter().map(|(s, _)| s.id.to_string()).collect();
+        let desired = self.writer.with_store(move |s| s.desired_of(&names))??;
         let configured: Vec<Configured> = todo
             .iter()
             .map(|(svc, _)| Configured {
@@ -262,9 +266,11 @@ impl<'a> Fleet<'a> {
                 },
             })
             .collect();
-        let desired = self
-            .writer
-            .with_store(move |s| s.configure(&configured))??;
+        self.writer.post(move |s| {
+            if let Err(e) = s.configure(&configured) {
+                eprintln!("upkeeper: cannot record the configuration in the store: {e}");
+            }
+        })?;
         let mut touched: BTreeMap<PathBuf, Vec<String>> = BTreeMap::new();
         for ((svc, file), desired) in todo.into_iter().zip(desired) {
             let id = svc.id.to_string();
@@ -462,7 +468,9 @@ impl<'a> Fleet<'a> {
                 m.retry_at = now + (FIRST_RETRY * 2u32.pow(m.misses.min(7))).min(RETRY);
                 m.misses += 1;
                 let due = m.spawned_at.is_none_or(|t| now >= t + RETRY);
-                if m.waiting_for.is_empty() && due && m.child.is_none() {
+                // A buddy that holds its lock but did not answer (busy, or not listening yet)
+                // is reached again later, never doubled.
+                if m.waiting_for.is_empty() && due && m.child.is_none() && !holds_lock(&m.dir) {
                     m.spawned_at = Some(now);
                     spawn_buddy(&self.ctl.upk_buddy_path, id, m);
                 }
@@ -618,6 +626,17 @@ fn subscribe(dir: &RunDir, id: &str) -> std::io::Result<Link> {
         input: LineBuf::default(),
         service: id.to_owned(),
     })
+}
+
+/// True while some process holds the run directory's lock: a buddy lives there.
+fn holds_lock(dir: &RunDir) -> bool {
+    let Ok(file) = std::fs::File::open(dir.lock()) else {
+        return false;
+    };
+    match nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockSharedNonblock) {
+        Ok(_unlocked_on_drop) => false,
+        Err((_, e)) => e == nix::errno::Errno::EWOULDBLOCK,
+    }
 }
 
 /// Starts `buddy RUN-DIR` with stdin and stdout on /dev/null and stderr appended to

@@ -199,6 +199,40 @@ fn a_lost_record_is_stored_with_its_count_and_read_back_whole() {
 }
 
 #[test]
+fn a_lost_record_over_records_already_stored_counts_only_the_rest() {
+    // The controller stored 1..=5 and died before acknowledging 3..=5; the buddy's ring then
+    // folded 3..=10 into one `lost` record.
+    let (_dir, path) = db();
+    let mut store = Store::open(&path).expect("open");
+    store.insert_events("web", &plain(1..=5)).expect("first");
+    let lost = |seq, count| {
+        rec(
+            seq,
+            BASE,
+            StateName::Running,
+            StateName::Running,
+            "ring overflow",
+            EventKind::Lost {
+                count,
+                reason: "ring overflow".into(),
+            },
+        )
+    };
+    store.insert_events("web", &[lost(10, 8)]).expect("lost");
+    assert_eq!(
+        count(&path, "SELECT lost_count FROM events WHERE seq = 10"),
+        5,
+        "6..=10 were lost, 3..=5 are stored"
+    );
+    // One wholly stored already adds nothing.
+    store.insert_events("web", &[lost(4, 2)]).expect("old lost");
+    assert_eq!(
+        count(&path, "SELECT COUNT(*) FROM events WHERE kind = 'lost'"),
+        1
+    );
+}
+
+#[test]
 fn history_filters_by_service_time_kind_and_cursor() {
     let (_dir, path) = db();
     let mut store = Store::open(&path).expect("open");

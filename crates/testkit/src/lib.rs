@@ -197,6 +197,23 @@ impl Sandbox {
             .filter(|&pid| cmdline(pid).contains(needle))
             .collect()
     }
+
+    /// The buddies running in this sandbox: `upk_buddy` processes whose parent is not a
+    /// buddy (a service a buddy is starting carries the buddy's command line until its exec).
+    pub fn buddies(&self) -> Vec<i32> {
+        self.processes("upk_buddy")
+            .into_iter()
+            .filter(|&pid| {
+                let ppid = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                    .ok()
+                    .and_then(|s| {
+                        let rest = s[s.rfind(')')? + 2..].to_owned();
+                        rest.split_whitespace().nth(1)?.parse::<i32>().ok()
+                    });
+                !ppid.is_some_and(|p| cmdline(p).contains("upk_buddy"))
+            })
+            .collect()
+    }
 }
 
 /// A controller (`upkeeper run`) of a sandbox, with its stderr lines on a channel; killed

@@ -225,22 +225,30 @@ impl Store {
     /// registered ([`Store::ensure_service`]) and its definition's hash recorded. Returns,
     /// for each, the desired state the store already had; a service without one gets its
     /// `initial` desired state and `None` back.
-    pub fn configure(&mut self, services: &[Configured]) -> Result<Vec<Option<String>>> {
+    pub fn configure(&mut self, services: &[Configured]) -> Result<()> {
         let tx = self.conn.transaction()?;
-        let mut out = Vec::with_capacity(services.len());
         for c in services {
             write::ensure_service(&tx, &c.service, c.uuid.as_deref())?;
-            let desired: Option<String> = tx
-                .prepare_cached("SELECT desired FROM services WHERE service = ?1")?
-                .query_row([&c.service], |r| r.get(0))?;
             tx.prepare_cached(
                 "UPDATE services SET config_hash = ?2, desired = COALESCE(desired, ?3) \
                  WHERE service = ?1",
             )?
             .execute(rusqlite::params![c.service, c.hash, c.initial])?;
-            out.push(desired);
         }
         tx.commit()?;
+        Ok(())
+    }
+
+    /// The desired state stored for each of `services` (`None`: new to the store, or never
+    /// set), read in one transaction: what [`Store::configure`] keeps.
+    pub fn desired_of(&self, services: &[String]) -> Result<Vec<Option<String>>> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT desired FROM services WHERE service = ?1")?;
+        let mut out = Vec::with_capacity(services.len());
+        for s in services {
+            out.push(stmt.query_row([s], |r| r.get(0)).optional()?.flatten());
+        }
         Ok(out)
     }
 

@@ -207,11 +207,29 @@ pub(crate) fn insert_events(
     )?;
     let mut inserted = 0;
     let mut rows = Vec::new();
+    let mut stored: i64 = tx
+        .prepare_cached("SELECT COALESCE(MAX(seq), 0) FROM events WHERE service_id = ?1")?
+        .query_row([sid], |r| r.get(0))?;
+    stored = stored.max(pruned);
     for r in records {
         let seq = to_i64(r.seq)?;
         if seq <= pruned {
             continue;
         }
+        // A `lost` record stands for the seqs up to its own. When the controller stored some
+        // of them before a crash kept it from acknowledging them, the buddy folded them in
+        // anyway (ring overflow): only the ones never stored were lost.
+        let mut r = r.clone();
+        if let EventKind::Lost { count, .. } = &mut r.kind {
+            let first = seq - i64::try_from(*count).unwrap_or(i64::MAX) + 1;
+            if first <= stored {
+                if seq <= stored {
+                    continue;
+                }
+                *count = u64::try_from(seq - stored).unwrap_or(0);
+            }
+        }
+        stored = stored.max(seq);
         let (kind, detail, code, signal, core, lost) = kind_columns(&r.kind)?;
         let added = stmt.execute(params![
             sid,
@@ -234,7 +252,7 @@ pub(crate) fn insert_events(
             rows.push(EventRow {
                 id: tx.last_insert_rowid(),
                 service: service.to_owned(),
-                record: r.clone(),
+                record: r,
             });
         }
     }
