@@ -121,7 +121,7 @@ pub struct Buddy {
     hooks: Vec<HookRun>,
     /// Where this run's readiness comes from.
     channel: Option<Channel>,
-    /// The latest records' summaries, for hooks (`UPK_EVENTS`).
+    /// The latest records' summaries, for hooks (`UPK_EVENTS`); empty without hooks.
     recent: VecDeque<String>,
     _lock: Flock<File>,
 }
@@ -468,8 +468,7 @@ impl Buddy {
     }
 
     fn child_ended(&mut self, pid: i32, exit: Exit) {
-        if self.probe.as_ref().is_some_and(|p| p.pid == pid) {
-            let run = self.probe.take().expect("checked");
+        if let Some(run) = self.probe.take_if(|p| p.pid == pid) {
             let svc = &self.settings.service;
             let output = self.dir.log_file("health");
             let detail = health::probe_detail(exit, run.timed_out, &output, svc.health_timeout);
@@ -1005,10 +1004,13 @@ impl Buddy {
         if r.from != r.to && !(r.from == StateName::Running && r.to == StateName::Ready) {
             self.since_us = r.wall_us;
         }
-        if self.recent.len() == hooks::RECENT {
-            self.recent.pop_front();
+        // Kept (and formatted) only for hooks, which are the only readers.
+        if !self.settings.service.notify.is_empty() {
+            if self.recent.len() == hooks::RECENT {
+                self.recent.pop_front();
+            }
+            self.recent.push_back(hooks::recent_line(&r));
         }
-        self.recent.push_back(hooks::recent_line(&r));
         let stored = self.ring.push(r);
         // Encoded only when someone listens: records sit on the restart path.
         if self.conns.iter().any(|c| c.subscribed) {

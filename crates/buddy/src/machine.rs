@@ -23,10 +23,11 @@
 //! the restart window (a `stable` record). After `MaxConsecutiveFailures` failures in a row
 //! (>= 0) the service is `failed`, for good or until the cool-down `FailedRetryAfter` ends.
 //! Otherwise the restart waits `UserRateLimit` seconds from the death (with no `UserRateLimit`,
-//! 1 s from the last start), times `RestartBackoff` for each earlier failure in a row, capped
-//! at `RestartDelayMax`, times 1 to 1.5 with `RandomizeRateLimit`. When `UserMaxRestarts`
-//! automatic restarts already happened within the window, restarts pause until the oldest of
-//! them leaves the window, then resume. Operator commands reset the counters.
+//! 1 s from the last start), times `RestartBackoff` for each earlier failure in a row, times 1
+//! to 1.5 with `RandomizeRateLimit`, never above `RestartDelayMax` (or the base, when larger).
+//! When `UserMaxRestarts` automatic restarts already happened within the window, restarts
+//! pause until the oldest of them leaves the window, then resume. Operator commands reset the
+//! counters.
 //!
 //! Readiness and health ride on `running`: the machine asks the loop to run a probe when one
 //! is due ([`Output::RunProbe`]) and takes the results ([`Input::Probe`]) and readiness signals

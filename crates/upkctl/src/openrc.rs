@@ -5,11 +5,11 @@
 //! here. An OpenRC service `SVC` becomes the upkeeper service `openrc::SVC` (package `openrc`,
 //! so it never collides with an upkeeper.d service), defined in `SvcConfigPath/openrc-SVC.conf`.
 //! This module owns that file: [`service_file`] turns the variables into its text (a pure
-//! function: validation, quoting, the mapping of respawn and stop settings), and [`start`]
-//! writes it atomically and only when it changed, waits until the controller has taken it into
-//! use, starts the service through the controller (relayed and audited like any `upkctl start`)
-//! and waits until it runs, then writes OpenRC's daemon record, whose pidfile is the buddy's
-//! `buddy.pid`, so OpenRC sees `crashed` when the buddy dies.
+//! function: validation, quoting, the mapping of respawn, stop and health-check settings),
+//! and [`start`] writes it atomically and only when it changed, waits until the controller
+//! has taken it into use, starts the service through the controller (relayed and audited like
+//! any `upkctl start`) and waits until it runs, then writes OpenRC's daemon record, whose
+//! pidfile is the buddy's `buddy.pid`, so OpenRC sees `crashed` when the buddy dies.
 //!
 //! [`stop`] must work at shutdown, after init has killed the controller: it goes through the
 //! controller when it answers, and otherwise to the service's buddy directly
