@@ -342,6 +342,54 @@ fn crash_loop() -> Vec<Record> {
 }
 
 #[test]
+fn stats_count_ready_as_up_and_unhealthy_restarts_and_cool_downs() {
+    use StateName::{Backoff, Failed, Ready, Running, Stopped, Stopping};
+    let (_dir, path) = db();
+    let mut store = Store::open(&path).expect("open");
+    let at = |s: i64| BASE + s * SEC;
+    let events = [
+        rec(1, at(0), Stopped, Running, "command", EventKind::Started),
+        rec(
+            2,
+            at(10),
+            Running,
+            Ready,
+            "readiness",
+            EventKind::Ready { via: "fd".into() },
+        ),
+        rec(3, at(50), Ready, Stopping, "unhealthy", EventKind::Stopping),
+        rec(4, at(51), Stopping, Stopped, "stop", EventKind::Stopped),
+        rec(
+            5,
+            at(51),
+            Stopped,
+            Failed,
+            "policy",
+            EventKind::GaveUp {
+                failures: 1,
+                retry_in: Some(49.0),
+            },
+        ),
+        rec(
+            6,
+            at(100),
+            Failed,
+            Running,
+            "cool-down over",
+            EventKind::Started,
+        ),
+        rec(7, at(110), Running, Backoff, "policy", EventKind::Stopped),
+    ];
+    store.insert_events("api", &events).expect("insert");
+    let s = store.stats("api", at(0), at(110)).expect("stats");
+    assert_eq!(s.failures, 1, "the unhealthy restart");
+    assert_eq!(s.restarts, 1, "the start after the cool-down");
+    // Up while running or ready: 0-50 s and 100-110 s of 110 s.
+    let uptime = s.uptime.expect("uptime");
+    assert!((uptime - 60.0 / 110.0).abs() < 1e-9, "uptime {uptime}");
+}
+
+#[test]
 fn stats_tell_a_crash_loop_from_a_quiet_service() {
     let (_dir, path) = db();
     let mut store = Store::open(&path).expect("open");

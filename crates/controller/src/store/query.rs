@@ -21,7 +21,10 @@ const HOUR_US: i64 = 3_600_000_000;
 /// The flapping score's half-point: this many recent restarts give a score of 0.5.
 const FLAP_HALF: f64 = 3.0;
 
-const FAILURE: &str = "((kind = 'died' AND cause = 'exit') OR kind = 'spawn_failed')";
+/// A failure: the service died on its own, could not start, or was stopped for being
+/// unhealthy (the restart policy counts all three).
+const FAILURE: &str = "((kind = 'died' AND cause = 'exit') OR kind = 'spawn_failed' \
+                       OR (kind = 'stopping' AND cause = 'unhealthy'))";
 
 fn state_name(s: String) -> Result<StateName> {
     Ok(serde_json::from_value(Value::String(s))?)
@@ -272,7 +275,7 @@ impl Store {
             let to = to.clamp(*t, until_us);
             if let Some(s) = state {
                 observed += to - *t;
-                if s == "running" {
+                if s == "running" || s == "ready" {
                     up += to - *t;
                 }
             }
@@ -281,7 +284,8 @@ impl Store {
         for (wall, kind, to_state, cause) in events {
             advance(wall, &state, &mut t);
             state = Some(to_state);
-            if kind == "started" && cause == "policy" {
+            // Automatic restarts: by the restart policy, or after a cool-down.
+            if kind == "started" && (cause == "policy" || cause == "cool-down over") {
                 restarts += 1;
                 let age_h = (until_us - wall) as f64 / HOUR_US as f64;
                 decayed += (-age_h).exp2();
@@ -294,7 +298,10 @@ impl Store {
                     }),
                 }
             }
-            if (kind == "died" && cause == "exit") || kind == "spawn_failed" {
+            if (kind == "died" && cause == "exit")
+                || kind == "spawn_failed"
+                || (kind == "stopping" && cause == "unhealthy")
+            {
                 failures += 1;
             }
         }
