@@ -330,6 +330,9 @@ pub struct Machine {
     probe_at: Option<Instant>,
     /// This run missed ReadyTimeout.
     ready_timed_out: bool,
+    /// This run has a readiness protocol: fixed at its start, so that settings re-read
+    /// meanwhile (SIGHUP) apply from the next start, when the channel exists.
+    run_needs_ready: bool,
     rng: fastrand::Rng,
 }
 
@@ -350,6 +353,7 @@ impl Machine {
             probe_failures: 0,
             probe_at: None,
             ready_timed_out: false,
+            run_needs_ready: false,
             rng: fastrand::Rng::with_seed(seed),
         }
     }
@@ -378,9 +382,12 @@ impl Machine {
     pub fn health(&self) -> Option<Health> {
         (self.policy.health.is_some() && self.state.pid().is_some()).then_some(self.health)
     }
-    /// The service has a readiness protocol.
+    /// The service (while it runs: this run) has a readiness protocol.
     pub fn needs_ready(&self) -> bool {
-        self.policy.needs_ready
+        match self.state.pid() {
+            Some(_) => self.run_needs_ready,
+            None => self.policy.needs_ready,
+        }
     }
     /// This run missed ReadyTimeout.
     pub fn ready_timed_out(&self) -> bool {
@@ -420,7 +427,7 @@ impl Machine {
                 since,
                 ready: false,
                 ..
-            } if self.policy.needs_ready && !self.ready_timed_out => {
+            } if self.run_needs_ready && !self.ready_timed_out => {
                 Some(since + self.policy.ready_timeout?)
             }
             _ => None,
@@ -476,7 +483,7 @@ impl Machine {
                 self.last_start = Some(now);
                 self.new_run(now);
                 self.ready_timed_out = ready_timed_out;
-                let ready = ready && self.policy.needs_ready;
+                let ready = ready && self.run_needs_ready;
                 let to = State::Running {
                     pid,
                     since: now,
@@ -633,6 +640,7 @@ impl Machine {
         self.health = Health::Unknown;
         self.probe_failures = 0;
         self.ready_timed_out = false;
+        self.run_needs_ready = self.policy.needs_ready;
         self.probe_at = self.policy.health.as_ref().map(|h| now + h.interval);
     }
 
@@ -643,7 +651,7 @@ impl Machine {
             ready: false,
         } = self.state
         {
-            if self.policy.needs_ready {
+            if self.run_needs_ready {
                 let to = State::Running {
                     pid,
                     since,

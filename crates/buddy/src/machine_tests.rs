@@ -654,3 +654,35 @@ fn jitter_never_takes_the_delay_past_the_cap() {
         r.step(t, Input::Timer);
     }
 }
+
+#[test]
+fn a_readiness_protocol_added_by_sighup_applies_from_the_next_start() {
+    let mut r = Rig::new(policy());
+    r.start(0.0);
+    r.m.set_policy(Policy {
+        needs_ready: true,
+        ready_timeout: Some(Duration::from_secs(5)),
+        ..policy()
+    });
+    assert_eq!(
+        r.deadline_secs(),
+        None,
+        "no ReadyTimeout for a run without a channel"
+    );
+    assert!(!r.m.needs_ready());
+    r.step(1.0, Input::Command(Command::Restart, "command".into()));
+    let pid = r.pid();
+    r.step(
+        1.1,
+        Input::Died {
+            pid,
+            exit: Exit::Killed {
+                signal: 15,
+                core: false,
+            },
+            group_alive: false,
+        },
+    );
+    assert!(r.m.needs_ready(), "the new run has the protocol");
+    assert!(close(r.deadline_secs(), 6.1));
+}
