@@ -12,12 +12,12 @@
 //! buddy behind it fails at once ([`BuddyError::Unreachable`]), so "no buddy is running" never
 //! hangs.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use crate::wire::{ReadError, Wire};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
-use upk_core::proto::{self, Envelope, MAX_LINE, PROTOCOL_VERSION};
 pub use upk_core::proto::{BuddyReply, BuddyRequest, Role};
+use upk_core::proto::{Envelope, PROTOCOL_VERSION};
 use upk_core::status::Status;
 
 /// Why a request to a buddy did not succeed.
@@ -51,9 +51,7 @@ pub type BuddyResult<T> = std::result::Result<T, BuddyError>;
 /// One connection to one buddy, as a `client`.
 #[derive(Debug)]
 pub struct BuddyClient {
-    reader: BufReader<UnixStream>,
-    writer: UnixStream,
-    next_id: u64,
+    wire: Wire,
     timeout: Duration,
     service: String,
     buddy_pid: i32,
@@ -67,13 +65,10 @@ impl BuddyClient {
             path: socket.to_owned(),
             source,
         })?;
-        stream.set_read_timeout(Some(timeout))?;
-        stream.set_write_timeout(Some(timeout))?;
-        let writer = stream.try_clone()?;
+        let wire = Wire::new(stream)?;
+        wire.set_timeout(Some(timeout))?;
         let mut client = BuddyClient {
-            reader: BufReader::new(stream),
-            writer,
-            next_id: 0,
+            wire,
             timeout,
             service: String::new(),
             buddy_pid: 0,
@@ -105,12 +100,7 @@ impl BuddyClient {
     /// Sends one request and returns its reply; an `error` reply is [`BuddyError::Refused`].
     /// Pushed events (a subscription) are skipped.
     pub fn call(&mut self, request: BuddyRequest) -> BuddyResult<BuddyReply> {
-        self.next_id += 1;
-        let id = self.next_id;
-        self.writer.write_all(&proto::encode(&Envelope {
-            id: Some(id),
-            body: request,
-        }))?;
+        let id = self.wire.send(request)?;
         loop {
             let msg = self.read()?;
             match msg.body {
@@ -125,20 +115,11 @@ impl BuddyClient {
     }
 
     fn read(&mut self) -> BuddyResult<Envelope<BuddyReply>> {
-        let mut line = Vec::new();
-        let n = (&mut self.reader)
-            .take(MAX_LINE as u64 + 1)
-            .read_until(b'\n', &mut line)
-            .map_err(|e| match e.kind() {
-                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => {
-                    BuddyError::TimedOut(self.timeout)
-                }
-                _ => BuddyError::Io(e),
-            })?;
-        if n == 0 || !line.ends_with(b"\n") {
-            return Err(BuddyError::Io(std::io::ErrorKind::UnexpectedEof.into()));
-        }
-        proto::decode(line.trim_ascii_end()).map_err(BuddyError::Protocol)
+        self.wire.read().map_err(|e| match e {
+            ReadError::TimedOut => BuddyError::TimedOut(self.timeout),
+            ReadError::Io(e) => BuddyError::Io(e),
+            ReadError::Protocol(m) => BuddyError::Protocol(m),
+        })
     }
 
     fn ok(&mut self, request: BuddyRequest) -> BuddyResult<Status> {

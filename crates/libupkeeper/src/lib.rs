@@ -68,8 +68,8 @@
 //! ```
 
 pub mod buddy;
+mod wire;
 
-use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -77,9 +77,10 @@ use std::time::Duration;
 pub use upk_core::client::{Access, ClientReply, ClientRequest, ErrorCode, ServiceSummary};
 pub use upk_core::event::{EventKind, Exit, Record, StateName};
 pub use upk_core::history::{CommandEntry, CommandRow, EventRow, HistoryFilter, HourBucket, Stats};
-use upk_core::proto::{self, Envelope};
+use upk_core::proto::Envelope;
 pub use upk_core::proto::{SignalSpec, MAX_LINE, PROTOCOL_VERSION};
 pub use upk_core::status::{Status, Want};
+use wire::{ReadError, Wire};
 
 /// How long [`Client::connect`] waits for the controller's `hello`.
 pub const HELLO_TIMEOUT: Duration = Duration::from_secs(30);
@@ -187,14 +188,10 @@ pub fn socket_path(config: Option<&Path>) -> Result<PathBuf> {
 /// One connection to the controller.
 #[derive(Debug)]
 pub struct Client {
-    reader: BufReader<UnixStream>,
-    writer: UnixStream,
-    next_id: u64,
+    wire: Wire,
     access: Access,
     controller_pid: i32,
     timeout: Option<Duration>,
-    /// The part of a line read before a timeout: kept for the next read.
-    partial: Vec<u8>,
 }
 
 impl Client {
@@ -211,15 +208,11 @@ impl Client {
             path: socket.to_owned(),
             source,
         })?;
-        let writer = stream.try_clone()?;
         let mut client = Client {
-            reader: BufReader::new(stream),
-            writer,
-            next_id: 0,
+            wire: Wire::new(stream)?,
             access: Access::None,
             controller_pid: 0,
             timeout: None,
-            partial: Vec::new(),
         };
         client.set_timeout(Some(hello))?;
         match client.call(ClientRequest::Hello {
@@ -248,18 +241,12 @@ impl Client {
     /// Bounds every wait for a reply (`None`: wait as long as it takes, the default).
     pub fn set_timeout(&mut self, timeout: Option<Duration>) -> Result<()> {
         self.timeout = timeout;
-        self.writer.set_read_timeout(timeout)?;
-        Ok(())
+        Ok(self.wire.set_timeout(timeout)?)
     }
 
     /// Sends one request and returns its reply; an `error` reply is an [`Error::Controller`].
     pub fn call(&mut self, request: ClientRequest) -> Result<ClientReply> {
-        self.next_id += 1;
-        let id = self.next_id;
-        self.writer.write_all(&proto::encode(&Envelope {
-            id: Some(id),
-            body: request,
-        }))?;
+        let id = self.wire.send(request)?;
         loop {
             let msg = self.read()?;
             if msg.id != Some(id) {
@@ -273,22 +260,11 @@ impl Client {
     }
 
     fn read(&mut self) -> Result<Envelope<ClientReply>> {
-        // A timeout can strike mid-line: what was read stays in `partial` for the next call.
-        let room = (MAX_LINE + 1).saturating_sub(self.partial.len()) as u64;
-        let n = (&mut self.reader)
-            .take(room)
-            .read_until(b'\n', &mut self.partial)
-            .map_err(|e| match e.kind() {
-                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => {
-                    Error::TimedOut(self.timeout.unwrap_or_default())
-                }
-                _ => Error::Io(e),
-            })?;
-        if n == 0 && !self.partial.ends_with(b"\n") {
-            return Err(Error::Io(std::io::ErrorKind::UnexpectedEof.into()));
-        }
-        let line = std::mem::take(&mut self.partial);
-        proto::decode(line.trim_ascii_end()).map_err(Error::Protocol)
+        self.wire.read().map_err(|e| match e {
+            ReadError::TimedOut => Error::TimedOut(self.timeout.unwrap_or_default()),
+            ReadError::Io(e) => Error::Io(e),
+            ReadError::Protocol(m) => Error::Protocol(m),
+        })
     }
 
     /// Every configured service, with its status.
