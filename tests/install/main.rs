@@ -21,6 +21,64 @@ fn repo() -> PathBuf {
         .expect("repo root")
 }
 
+/// The shell function the OpenRC scenarios wait with: `wait_for CONDITION` polls every 50 ms
+/// and gives up after 10 s (status 1).
+const WAIT_FOR: &str = r#"
+wait_for() {
+	n=0
+	while ! sh -c "$1" >/dev/null 2>&1; do
+		n=$((n + 1))
+		[ "$n" -ge 200 ] && return 1
+		sleep 0.05
+	done
+}
+"#;
+
+/// True when real OpenRC can run here (root, `openrc-run`); otherwise says why the test is
+/// skipped.
+fn openrc_available() -> bool {
+    let root = nix::unistd::geteuid().is_root();
+    let have = |p: &str| Path::new(p).exists();
+    let ok = root && (have("/sbin/openrc-run") || have("/usr/sbin/openrc-run"));
+    if !ok {
+        eprintln!("skipped: needs root and openrc (apt-get install openrc; .ci/run does)");
+    }
+    ok
+}
+
+/// For the OpenRC tests: `etc/` of the sandbox with `init.d`, `conf.d` and a controller file
+/// whose state is in the sandbox, then install.sh with PREFIX `<sandbox>/usr` and that `etc`
+/// (the controller file first: install.sh keeps an existing one). Returns `etc`.
+fn install_for_openrc(sb: &Sandbox) -> PathBuf {
+    let t = sb.path();
+    let etc = t.join("etc");
+    for d in ["upkeeper/upkeeper.d", "init.d", "conf.d"] {
+        std::fs::create_dir_all(etc.join(d)).expect("mkdir");
+    }
+    std::fs::write(
+        etc.join("upkeeper/upkeeper.conf"),
+        format!(
+            "{{ StateDir: {:?}, SvcConfigPath: {:?}, SvcRunPath: {:?}, UpkBuddyPath: {:?} }}",
+            t.join("state"),
+            etc.join("upkeeper/upkeeper.d"),
+            sb.run_path(),
+            t.join("usr/libexec/upkeeper/upk_buddy"),
+        ),
+    )
+    .expect("controller file");
+    let bindir = bin("upkeeper").parent().expect("bindir").to_path_buf();
+    let out = Command::new("sh")
+        .arg(repo().join("install.sh"))
+        .env("PREFIX", t.join("usr"))
+        .env("SYSCONFDIR", &etc)
+        .env("BINDIR", bindir)
+        .env(MARKER, t)
+        .output()
+        .expect("sh install.sh");
+    assert!(out.status.success(), "{out:?}");
+    etc
+}
+
 /// Runs `install.sh` with PREFIX=/usr into `dest`, taking the built binaries.
 fn install(sb: &Sandbox, dest: &Path) -> Output {
     let bindir = bin("upkeeper").parent().expect("bindir").to_path_buf();

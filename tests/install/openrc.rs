@@ -12,14 +12,6 @@ use super::*;
 const SCENARIO: &str = r#"
 set -u
 U="$T/usr/bin/upkctl --config $T/etc/upkeeper/upkeeper.conf --timeout 2"
-wait_for() {
-	n=0
-	while ! sh -c "$1" >/dev/null 2>&1; do
-		n=$((n + 1))
-		[ "$n" -ge 200 ] && return 1
-		sleep 0.05
-	done
-}
 # A private /run: supervise-daemon's pidfile (/run/supervise-upkeeper.pid) and OpenRC's state.
 mount -t tmpfs -o mode=0755 tmpfs /run
 mkdir /run/openrc
@@ -49,44 +41,17 @@ echo "svc_pid_stopped=$(pgrep -f 'sleep 100[0]')"
 
 #[test]
 fn openrc_script_starts_the_controller_gates_a_dependant_and_stops_it_alone() {
-    let root = nix::unistd::geteuid().is_root();
-    let have = |p: &str| Path::new(p).exists();
-    if !root || !have("/sbin/openrc-run") && !have("/usr/sbin/openrc-run") {
-        eprintln!("skipped: needs root and openrc (apt-get install openrc; .ci/run does)");
+    if !openrc_available() {
         return;
     }
     let sb = Sandbox::new();
     let t = sb.path();
-    let etc = t.join("etc");
-    std::fs::create_dir_all(etc.join("upkeeper/upkeeper.d")).expect("mkdir");
-    std::fs::create_dir_all(etc.join("init.d")).expect("mkdir");
-    // The controller file comes first: install.sh keeps an existing one.
-    std::fs::write(
-        etc.join("upkeeper/upkeeper.conf"),
-        format!(
-            "{{ StateDir: {:?}, SvcConfigPath: {:?}, SvcRunPath: {:?}, UpkBuddyPath: {:?} }}",
-            t.join("state"),
-            etc.join("upkeeper/upkeeper.d"),
-            sb.run_path(),
-            t.join("usr/libexec/upkeeper/upk_buddy"),
-        ),
-    )
-    .expect("controller file");
+    let etc = install_for_openrc(&sb);
     std::fs::write(
         etc.join("upkeeper/upkeeper.d/svc.conf"),
         r#"{ "svc": { ExecStart: "sleep 1000", InitialState: "running" } }"#,
     )
     .expect("service file");
-    let bindir = bin("upkeeper").parent().expect("bindir").to_path_buf();
-    let out = Command::new("sh")
-        .arg(repo().join("install.sh"))
-        .env("PREFIX", t.join("usr"))
-        .env("SYSCONFDIR", &etc)
-        .env("BINDIR", bindir)
-        .env(MARKER, t)
-        .output()
-        .expect("sh install.sh");
-    assert!(out.status.success(), "{out:?}");
     // A dependant that records whether the controller answered when it started.
     let dep = etc.join("init.d/dep");
     upk_testkit::write_script(
@@ -104,7 +69,7 @@ fn openrc_script_starts_the_controller_gates_a_dependant_and_stops_it_alone() {
     let out = Command::new("timeout")
         .args(["120", "unshare", "--mount", "--propagation", "private"])
         .args(["--pid", "--fork", "--mount-proc", "--kill-child"])
-        .args(["sh", "-c", SCENARIO])
+        .args(["sh", "-c", &format!("{WAIT_FOR}{SCENARIO}")])
         .env("T", t)
         .env(MARKER, t)
         .stdin(Stdio::null())

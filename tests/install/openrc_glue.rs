@@ -20,14 +20,6 @@ CONF=$T/etc/upkeeper/upkeeper.conf
 U="$T/usr/bin/upkctl --config $CONF --timeout 5"
 ID='openrc::demo'
 RUN=$T/run/$ID
-wait_for() {
-	n=0
-	while ! sh -c "$1" >/dev/null 2>&1; do
-		n=$((n + 1))
-		[ "$n" -ge 200 ] && return 1
-		sleep 0.05
-	done
-}
 mount -t tmpfs -o mode=0755 tmpfs /run
 mkdir /run/openrc
 mount --bind "$T/etc" /usr/local/etc
@@ -149,39 +141,12 @@ enum Variant {
 /// Installs into the sandbox, writes the service script `demo` (with `extra` lines), runs
 /// `SETUP` and `scenario` in a namespace, and returns what it printed. `None`: skipped.
 fn run_scenario(variant: Variant, extra: &str, scenario: &str) -> Option<String> {
-    let root = nix::unistd::geteuid().is_root();
-    let have = |p: &str| Path::new(p).exists();
-    if !root || !have("/sbin/openrc-run") && !have("/usr/sbin/openrc-run") {
-        eprintln!("skipped: needs root and openrc (apt-get install openrc; .ci/run does)");
+    if !openrc_available() {
         return None;
     }
     let sb = Sandbox::new();
     let t = sb.path();
-    let etc = t.join("etc");
-    for d in ["upkeeper/upkeeper.d", "init.d", "conf.d"] {
-        std::fs::create_dir_all(etc.join(d)).expect("mkdir");
-    }
-    std::fs::write(
-        etc.join("upkeeper/upkeeper.conf"),
-        format!(
-            "{{ StateDir: {:?}, SvcConfigPath: {:?}, SvcRunPath: {:?}, UpkBuddyPath: {:?} }}",
-            t.join("state"),
-            etc.join("upkeeper/upkeeper.d"),
-            sb.run_path(),
-            t.join("usr/libexec/upkeeper/upk_buddy"),
-        ),
-    )
-    .expect("controller file");
-    let bindir = bin("upkeeper").parent().expect("bindir").to_path_buf();
-    let out = Command::new("sh")
-        .arg(repo().join("install.sh"))
-        .env("PREFIX", t.join("usr"))
-        .env("SYSCONFDIR", &etc)
-        .env("BINDIR", bindir)
-        .env(MARKER, t)
-        .output()
-        .expect("sh install.sh");
-    assert!(out.status.success(), "{out:?}");
+    let etc = install_for_openrc(&sb);
 
     let select = match variant {
         Variant::Library => format!(
@@ -221,7 +186,7 @@ fn run_scenario(variant: Variant, extra: &str, scenario: &str) -> Option<String>
     let out = cmd
         .args(["120", "unshare", "--mount", "--propagation", "private"])
         .args(["--pid", "--fork", "--mount-proc", "--kill-child"])
-        .args(["sh", "-c", &format!("{SETUP}{scenario}")])
+        .args(["sh", "-c", &format!("{WAIT_FOR}{SETUP}{scenario}")])
         .env("T", t)
         .env(MARKER, t)
         .stdin(Stdio::null())
