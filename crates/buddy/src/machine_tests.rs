@@ -53,6 +53,22 @@ impl Rig {
     fn pid(&self) -> i32 {
         self.m.state().pid().expect("running")
     }
+    /// `pid` ends on SIGTERM, as a stop makes it.
+    fn terminated(&mut self, secs: f64, pid: i32) -> Vec<Output> {
+        let exit = Exit::Killed {
+            signal: 15,
+            core: false,
+        };
+        let group_alive = false;
+        self.step(
+            secs,
+            Input::Died {
+                pid,
+                exit,
+                group_alive,
+            },
+        )
+    }
     fn die(&mut self, secs: f64) -> Vec<Output> {
         let pid = self.pid();
         self.step(
@@ -583,17 +599,7 @@ fn failed_probes_after_the_start_period_make_it_unhealthy_and_restart_it() {
     );
     assert_eq!(extras(&out), ["notify-unhealthy"]);
     // Once stopped, the policy decides as after a death: a failure, a restart.
-    let out = r.step(
-        4.5,
-        Input::Died {
-            pid,
-            exit: Exit::Killed {
-                signal: 15,
-                core: false,
-            },
-            group_alive: false,
-        },
-    );
+    let out = r.terminated(4.5, pid);
     assert_eq!(
         kinds(&out),
         [
@@ -672,17 +678,7 @@ fn a_readiness_protocol_added_by_sighup_applies_from_the_next_start() {
     assert!(!r.m.needs_ready());
     r.step(1.0, Input::Command(Command::Restart, "command".into()));
     let pid = r.pid();
-    r.step(
-        1.1,
-        Input::Died {
-            pid,
-            exit: Exit::Killed {
-                signal: 15,
-                core: false,
-            },
-            group_alive: false,
-        },
-    );
+    r.terminated(1.1, pid);
     assert!(r.m.needs_ready(), "the new run has the protocol");
     assert!(close(r.deadline_secs(), 6.1));
 }
