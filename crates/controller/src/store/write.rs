@@ -207,10 +207,10 @@ pub(crate) fn insert_events(
     )?;
     let mut inserted = 0;
     let mut rows = Vec::new();
-    let mut stored: i64 = tx
+    let before: i64 = tx
         .prepare_cached("SELECT COALESCE(MAX(seq), 0) FROM events WHERE service_id = ?1")?
         .query_row([sid], |r| r.get(0))?;
-    stored = stored.max(pruned);
+    let mut stored = before.max(pruned);
     for r in records {
         let seq = to_i64(r.seq)?;
         if seq <= pruned {
@@ -256,12 +256,9 @@ pub(crate) fn insert_events(
             });
         }
     }
-    let max: Option<i64> = tx
-        .prepare_cached("SELECT MAX(seq) FROM events WHERE service_id = ?1")?
-        .query_row([sid], |r| r.get(0))?;
-    let high = max.unwrap_or(0).max(pruned);
     debug_assert_eq!(inserted, rows.len());
-    Ok((u64::try_from(high).unwrap_or(0), rows))
+    // The highest seq stored before, or inserted (or skipped as stored) now.
+    Ok((u64::try_from(stored).unwrap_or(0), rows))
 }
 
 pub(crate) fn insert_command(tx: &Transaction, c: &CommandEntry) -> Result<i64> {
