@@ -854,7 +854,7 @@ impl Buddy {
             restarts: self.machine.restarts(),
             failures: self.machine.failures(),
             health: health.map(|h| h.as_str()),
-            stderr: Some(&stderr),
+            stderr: &stderr,
             recent: &self.recent,
         };
         let extra = Extra {

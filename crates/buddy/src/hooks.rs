@@ -58,8 +58,8 @@ pub struct Context<'a> {
     pub failures: u32,
     /// Health, when checked.
     pub health: Option<&'a str>,
-    /// The service's stderr file, when it goes to one.
-    pub stderr: Option<&'a Path>,
+    /// The service's stderr file (`RedirectStderr`, or `log/stderr`).
+    pub stderr: &'a Path,
     /// The latest records.
     pub recent: &'a VecDeque<String>,
 }
@@ -85,7 +85,7 @@ pub fn env(hook: &str, ctx: &Context<'_>) -> Vec<(String, String)> {
     if let Some(h) = ctx.health {
         set("UPK_HEALTH", h.to_owned());
     }
-    if let Some(tail) = ctx.stderr.and_then(tail) {
+    if let Some(tail) = tail(ctx.stderr) {
         set("UPK_STDERR_TAIL", tail);
     }
     let recent: Vec<&str> = ctx.recent.iter().map(String::as_str).collect();
