@@ -24,11 +24,9 @@ to it) and the tmpfs directory is removed, also on Ctrl-C or an error. See bench
 """
 
 import argparse
-import ctypes
 import datetime
 import hashlib
 import json
-import math
 import os
 import platform
 import re
@@ -43,8 +41,9 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-BENCH = REPO / "bench"
+from benchlib import (BENCH, NOTIFY_FD, REPO, BenchError, alive, become_subreaper, fmt, kill_pid,
+                      proc_stat, reap, results_path, summary, to_json)
+
 
 # The kinds, in the order they are run and reported.
 KINDS = ["upk_buddy", "runsv", "s6-supervise", "supervise"]
@@ -61,38 +60,9 @@ THROTTLES = {
 NOFILE = 1024
 # The readiness descriptor: s6-supervise opens it (file `notification-fd`), nobody else does;
 # NOTIFY_FD is in every supervisor's environment, stamp writes a newline there if it is a pipe.
-NOTIFY_FD = 9
-PR_SET_CHILD_SUBREAPER = 36
-
-
-class BenchError(Exception):
-    pass
 
 
 # ---- processes -------------------------------------------------------------------------------
-
-
-def become_subreaper():
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
-        raise BenchError("prctl(PR_SET_CHILD_SUBREAPER): errno %d" % ctypes.get_errno())
-
-
-def proc_stat(pid):
-    """(state, ppid, utime+stime ticks) of pid, or None if it is gone."""
-    try:
-        with open("/proc/%d/stat" % pid) as f:
-            text = f.read()
-    except (FileNotFoundError, ProcessLookupError):
-        return None
-    fields = text.rsplit(")", 1)[1].split()
-    # fields[0] is field 3 (state); ppid is field 4; utime/stime are fields 14/15.
-    return fields[0], int(fields[1]), int(fields[11]) + int(fields[12])
-
-
-def alive(pid):
-    st = proc_stat(pid)
-    return st is not None and st[0] not in ("Z", "X")
 
 
 def descendants(root):
@@ -110,23 +80,6 @@ def descendants(root):
             out.append(c)
             todo.append(c)
     return out
-
-
-def reap():
-    while True:
-        try:
-            pid, _ = os.waitpid(-1, os.WNOHANG)
-        except ChildProcessError:
-            return
-        if pid == 0:
-            return
-
-
-def kill_pid(pid, sig=signal.SIGKILL):
-    try:
-        os.kill(pid, sig)
-    except ProcessLookupError:
-        pass
 
 
 def kill_everything(supervisors, timeout=10.0):
@@ -232,21 +185,6 @@ def smaps_breakdown(pid, exe):
 
 
 # ---- statistics ------------------------------------------------------------------------------
-
-
-def pct(values, q):
-    """Percentile with linear interpolation between closest ranks (numpy's default)."""
-    v = sorted(values)
-    if not v:
-        return float("nan")
-    pos = (len(v) - 1) * q / 100.0
-    lo, hi = math.floor(pos), math.ceil(pos)
-    return v[lo] + (v[hi] - v[lo]) * (pos - lo)
-
-
-def summary(values):
-    return {"n": len(values), "median": statistics.median(values), "min": min(values),
-            "max": max(values), "p99": pct(values, 99), "mean": statistics.fmean(values)}
 
 
 # ---- the benchmark ---------------------------------------------------------------------------
@@ -615,10 +553,6 @@ def machine_facts(bench):
     }
 
 
-def fmt(x, digits=1):
-    return ("%%.%df" % digits) % x
-
-
 def report(res):
     a = res["args"]
     f = res["facts"]
@@ -751,34 +685,6 @@ def report(res):
     return "\n".join(lines)
 
 
-def to_json(value, indent=0):
-    """JSON with one line per flat object or list of numbers (samples, mappings), so the
-    results file stays readable and short."""
-    pad = " " * indent
-    flat = lambda v: not isinstance(v, (dict, list)) or not v or all(
-        not isinstance(x, (dict, list)) for x in (v.values() if isinstance(v, dict) else v))
-    if flat(value):
-        return json.dumps(value)
-    if isinstance(value, dict):
-        items = ["%s %s: %s" % (pad, json.dumps(str(k)), to_json(v, indent + 1))
-                 for k, v in value.items()]
-        return "{\n" + ",\n".join(items) + "\n" + pad + "}"
-    items = ["%s %s" % (pad, to_json(v, indent + 1)) for v in value]
-    return "[\n" + ",\n".join(items) + "\n" + pad + "]"
-
-
-def results_path(label):
-    out = BENCH / "results"
-    out.mkdir(exist_ok=True)
-    stem = "buddy-%s%s" % (datetime.date.today().isoformat(), "-" + label if label else "")
-    path = out / (stem + ".json")
-    i = 2
-    while path.exists():
-        path = out / ("%s-%d.json" % (stem, i))
-        i += 1
-    return path
-
-
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--services", type=int, default=100, help="supervisors per kind (memory)")
@@ -836,7 +742,7 @@ def main():
         bench.cleanup()
     text = report(res)
     print(text)
-    path = results_path(args.label)
+    path = results_path("buddy", args.label)
     res["markdown"] = text
     path.write_text(to_json(res) + "\n")
     print("raw figures: %s" % path.relative_to(REPO), file=sys.stderr)

@@ -28,11 +28,9 @@ to it) and the tmpfs directory is removed, also on Ctrl-C or an error. See bench
 """
 
 import argparse
-import ctypes
 import datetime
 import hashlib
 import json
-import math
 import os
 import platform
 import re
@@ -49,8 +47,9 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-BENCH = REPO / "bench"
+from benchlib import (BENCH, NOTIFY_FD, REPO, BenchError, alive, become_subreaper, fmt, kill_pid,
+                      proc_stat, reap, results_path, summary, to_json)
+
 
 # The kinds, in the order they are run and reported.
 KINDS = ["upkeeper", "runit", "s6", "supervisord", "daemontools"]
@@ -114,36 +113,12 @@ CTL_WAITS = {
                    "RUNNING at spawn",
     "daemontools": "nothing: svc writes `t` to `supervise/control` and exits",
 }
-NOTIFY_FD = 9
-PR_SET_CHILD_SUBREAPER = 36
 STAMP_NAME = "bench-stamps"  # per-service stamp file, relative to the service's working dir
 PATH_ENV = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
-class BenchError(Exception):
-    pass
-
-
 # ---- processes -------------------------------------------------------------------------------
-
-
-def become_subreaper():
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
-        raise BenchError("prctl(PR_SET_CHILD_SUBREAPER): errno %d" % ctypes.get_errno())
-
-
-def proc_stat(pid):
-    """(state, ppid, utime+stime ticks) of pid, or None if it is gone."""
-    try:
-        with open("/proc/%d/stat" % pid) as f:
-            text = f.read()
-    except (FileNotFoundError, ProcessLookupError):
-        return None
-    fields = text.rsplit(")", 1)[1].split()
-    # fields[0] is field 3 (state); ppid is field 4; utime/stime are fields 14/15.
-    return fields[0], int(fields[1]), int(fields[11]) + int(fields[12])
 
 
 def sched_ns(pid):
@@ -156,11 +131,6 @@ def sched_ns(pid):
     except (OSError, ValueError, IndexError):
         return None
     return total
-
-
-def alive(pid):
-    st = proc_stat(pid)
-    return st is not None and st[0] not in ("Z", "X")
 
 
 def children_map():
@@ -199,23 +169,6 @@ def age(path, seconds=3600):
     """Sets path's atime and mtime `seconds` into the past."""
     t = time.time() - seconds
     os.utime(path, (t, t))
-
-
-def reap():
-    while True:
-        try:
-            pid, _ = os.waitpid(-1, os.WNOHANG)
-        except ChildProcessError:
-            return
-        if pid == 0:
-            return
-
-
-def kill_pid(pid, sig=signal.SIGKILL):
-    try:
-        os.kill(pid, sig)
-    except ProcessLookupError:
-        pass
 
 
 def kill_everything(supervisors, timeout=20.0):
@@ -257,24 +210,6 @@ class Procs:
 
 
 # ---- statistics ------------------------------------------------------------------------------
-
-
-def pct(values, q):
-    """Percentile with linear interpolation between closest ranks (numpy's default)."""
-    v = sorted(values)
-    if not v:
-        return float("nan")
-    pos = (len(v) - 1) * q / 100.0
-    lo, hi = math.floor(pos), math.ceil(pos)
-    return v[lo] + (v[hi] - v[lo]) * (pos - lo)
-
-
-def summary(values):
-    values = [v for v in values if v is not None]
-    if not values:
-        return None
-    return {"n": len(values), "median": statistics.median(values), "min": min(values),
-            "max": max(values), "p90": pct(values, 90), "mean": statistics.fmean(values)}
 
 
 # ---- small clients ---------------------------------------------------------------------------
@@ -989,12 +924,6 @@ def machine_facts(bench):
     }
 
 
-def fmt(x, digits=1):
-    if x is None:
-        return "-"
-    return ("%%.%df" % digits) % x
-
-
 def report(res):
     a = res["args"]
     f = res["facts"]
@@ -1167,34 +1096,6 @@ def ctl_key(kind, method):
     return method["label"]
 
 
-def to_json(value, indent=0):
-    """JSON with one line per flat object or list of numbers, so the results file stays
-    readable and short."""
-    pad = " " * indent
-    flat = lambda v: not isinstance(v, (dict, list)) or not v or all(
-        not isinstance(x, (dict, list)) for x in (v.values() if isinstance(v, dict) else v))
-    if flat(value):
-        return json.dumps(value)
-    if isinstance(value, dict):
-        items = ["%s %s: %s" % (pad, json.dumps(str(k)), to_json(v, indent + 1))
-                 for k, v in value.items()]
-        return "{\n" + ",\n".join(items) + "\n" + pad + "}"
-    items = ["%s %s" % (pad, to_json(v, indent + 1)) for v in value]
-    return "[\n" + ",\n".join(items) + "\n" + pad + "]"
-
-
-def results_path(label):
-    out = BENCH / "results"
-    out.mkdir(exist_ok=True)
-    stem = "controller-%s%s" % (datetime.date.today().isoformat(), "-" + label if label else "")
-    path = out / (stem + ".json")
-    i = 2
-    while path.exists():
-        path = out / ("%s-%d.json" % (stem, i))
-        i += 1
-    return path
-
-
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--services", type=int, default=1000, help="services per supervisor (start, idle, control)")
@@ -1280,7 +1181,7 @@ def main():
         bench.cleanup()
     text = report(res)
     print(text)
-    path = results_path(args.label)
+    path = results_path("controller", args.label)
     res["markdown"] = text
     path.write_text(to_json(res) + "\n")
     print("raw figures: %s" % path.relative_to(REPO), file=sys.stderr)
