@@ -93,6 +93,8 @@ pub struct Buddy {
     creds: Result<Creds, String>,
     machine: Machine,
     ring: Ring,
+    /// The record sequence the ring's seqs belong to ([`Status::incarnation`]).
+    incarnation: String,
     signals: SignalFd,
     listener: UnixListener,
     conns: Vec<Conn>,
@@ -187,7 +189,7 @@ impl Buddy {
             None if svc.initial_state == upk_core::config::InitialState::Running => Want::Up,
             None => Want::Down,
         };
-        let (last_seq, acked) = previous.as_ref().map_or((0, 0), |p| (p.seq, p.acked));
+        let (incarnation, last_seq, acked) = continued_sequence(previous.as_ref(), &mut log);
         let seed = u64::from(std::process::id()) ^ upk_core::time::mono_us() as u64;
         let machine = Machine::new(Policy::of(svc), want, seed);
         let creds = Creds::resolve(svc, nix::unistd::geteuid(), nix::unistd::getegid());
@@ -198,6 +200,7 @@ impl Buddy {
         let tries_left = svc.reconnect_retries;
         let mut buddy = Buddy {
             ring: Ring::new(svc.ringbuffer_size as usize, last_seq, acked),
+            incarnation,
             dir,
             creds,
             machine,
@@ -1064,6 +1067,7 @@ impl Buddy {
             failures: self.machine.failures(),
             last_exit: self.machine.last_exit(),
             next_start_us,
+            incarnation: self.incarnation.clone(),
             seq: self.ring.last_seq(),
             acked: self.ring.acked(),
             loggers: self
@@ -1128,6 +1132,7 @@ impl Buddy {
                             version: PROTOCOL_VERSION,
                             service: self.settings.service.id.to_string(),
                             buddy_pid: std::process::id() as i32,
+                            incarnation: self.incarnation.clone(),
                         };
                         let mut bytes = proto::encode(&Envelope {
                             id: None,
@@ -1324,6 +1329,7 @@ impl Buddy {
                     version: PROTOCOL_VERSION,
                     service: self.settings.service.id.to_string(),
                     buddy_pid: std::process::id() as i32,
+                    incarnation: self.incarnation.clone(),
                 };
                 self.reply(token, id, hello);
             }
@@ -1516,6 +1522,25 @@ impl Buddy {
 fn not_running(what: &str) -> BuddyReply {
     BuddyReply::Error {
         message: format!("cannot {what}: the service is not running"),
+    }
+}
+
+/// The incarnation, last seq and acked seq to go on from: the predecessor's, when its status
+/// file names a sequence that can go on (a status file from before incarnations goes on as
+/// the empty one); otherwise a new incarnation from seq 1 (no status file: the first start,
+/// a reboot that emptied SvcRunPath, a wiped run directory; or a seq past [`status::MAX_SEQ`]).
+fn continued_sequence(previous: Option<&Status>, log: &mut BuddyLog) -> (String, u64, u64) {
+    match previous {
+        Some(p) if p.seq <= status::MAX_SEQ => (p.incarnation.clone(), p.seq, p.acked),
+        Some(p) => {
+            log.line(&format!(
+                "the status file's seq {} is past {}: records begin a new incarnation",
+                p.seq,
+                status::MAX_SEQ
+            ));
+            (status::new_incarnation(), 0, 0)
+        }
+        None => (status::new_incarnation(), 0, 0),
     }
 }
 

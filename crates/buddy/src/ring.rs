@@ -32,7 +32,8 @@ impl Ring {
 
     /// Stamps `record` with the next sequence number, stores it and returns the stored copy.
     pub fn push(&mut self, mut record: Record) -> &Record {
-        self.last_seq += 1;
+        // Never wraps: a buddy goes on from at most `status::MAX_SEQ` (2^62).
+        self.last_seq = self.last_seq.saturating_add(1);
         record.seq = self.last_seq;
         while self.records.len() >= self.cap {
             self.fold_oldest("ring overflow");

@@ -20,7 +20,7 @@
 use crate::diff::{config_hash, diff};
 use crate::load::Scan;
 use crate::render::Renderer;
-use crate::store::{Batch, ConfigChange, Configured, StoreWriter};
+use crate::store::{Batch, ConfigChange, Configured, Origin, StoreWriter};
 use nix::sys::signal::Signal;
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
@@ -53,6 +53,9 @@ pub struct Link {
     input: LineBuf,
     /// The service (empty until a phoning buddy said `hello`).
     pub service: String,
+    /// The incarnation its records belong to, from the buddy's `hello` (empty before it, and
+    /// from a buddy older than incarnations).
+    pub incarnation: String,
 }
 
 impl Link {
@@ -62,6 +65,7 @@ impl Link {
             stream,
             input: LineBuf::default(),
             service: String::new(),
+            incarnation: String::new(),
         }
     }
 
@@ -97,8 +101,15 @@ impl Link {
         while let Some(line) = self.input.next_line().map_err(std::io::Error::other)? {
             let msg = proto::decode::<BuddyReply>(&line).map_err(std::io::Error::other)?;
             match msg.body {
-                BuddyReply::Hello { service, .. } if self.service.is_empty() => {
-                    self.service = service
+                BuddyReply::Hello {
+                    service,
+                    incarnation,
+                    ..
+                } => {
+                    if self.service.is_empty() {
+                        self.service = service;
+                    }
+                    self.incarnation = incarnation;
                 }
                 BuddyReply::Event { record } => {
                     let when = upk_core::time::format_utc(record.wall_us);
@@ -108,15 +119,20 @@ impl Link {
                         record.seq,
                         record.summary()
                     );
-                    match batch.events.iter_mut().find(|(s, _)| *s == self.service) {
-                        Some((_, records)) => records.push(record),
-                        None => batch.events.push((self.service.clone(), vec![record])),
-                    }
+                    batch.push(self.origin(), record);
                 }
                 body => replies.push((msg.id, body)),
             }
         }
         Ok((replies, closed))
+    }
+
+    /// Whose records this link carries: the store's key for them, and what acks match.
+    pub fn origin(&self) -> Origin {
+        Origin {
+            service: self.service.clone(),
+            incarnation: self.incarnation.clone(),
+        }
     }
 }
 
@@ -625,6 +641,7 @@ fn subscribe(dir: &RunDir, id: &str) -> std::io::Result<Link> {
         stream,
         input: LineBuf::default(),
         service: id.to_owned(),
+        incarnation: String::new(),
     })
 }
 

@@ -25,6 +25,7 @@ use crate::load;
 use crate::render::Renderer;
 use crate::server::{Policy, Server};
 use crate::store::{Batch, Retention, Store, StoreWriter};
+use crate::storewatch::StoreWatch;
 use crate::watch::Watcher;
 use anyhow::Context;
 use nix::fcntl::{Flock, FlockArg};
@@ -36,12 +37,32 @@ use std::io::{Read, Write};
 use std::os::fd::AsFd;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::{Duration, Instant};
 use upk_core::config::Controller;
 use upk_core::proto::BuddyReply;
 
 /// How often the store's retention bounds are applied.
 const RETENTION_EVERY: Duration = Duration::from_secs(3600);
+
+/// How long after start-up retention first runs.
+const RETENTION_FIRST: Duration = Duration::from_secs(60);
+
+/// How soon to look again while retention works through its chunks.
+const RETENTION_AGAIN: Duration = Duration::from_millis(500);
+
+/// Retention is not queued ([`retention_step`]).
+const RETENTION_IDLE: u8 = 0;
+/// A chunk is queued or running on the writer thread.
+const RETENTION_QUEUED: u8 = 1;
+/// The last chunk left rows to delete.
+const RETENTION_MORE: u8 = 2;
+/// The last chunk left nothing: done until the next period.
+const RETENTION_DONE: u8 = 3;
+
+/// Descriptors polled before the links and clients: signals, listener, writer wake-up,
+/// configuration watch, store watch.
+const FIXED_FDS: usize = 5;
 
 /// Runs the controller in the foreground until SIGTERM/SIGINT.
 pub fn run(ctl: &Controller, renderer: &Renderer) -> anyhow::Result<()> {
@@ -72,12 +93,15 @@ pub fn run(ctl: &Controller, renderer: &Renderer) -> anyhow::Result<()> {
     wake_rx.set_nonblocking(true)?;
     wake_tx.set_nonblocking(true)?;
     let (outcomes_tx, outcomes) = std::sync::mpsc::channel();
+    let wake_recovered = wake_tx.try_clone().context("socketpair")?;
     let writer = StoreWriter::spawn(&db, move |o| {
         // Runs on the writer thread: hand over and wake the loop, nothing else.
         let _ = outcomes_tx.send(o);
         let _ = (&wake_tx).write(&[1]);
     })
     .with_context(|| format!("opening the audit store {}", db.display()))?;
+    let mut store_watch =
+        StoreWatch::new(&db).with_context(|| format!("watching {}", ctl.state_dir.display()))?;
     let reader = Store::open_read_only(&db)
         .with_context(|| format!("opening the audit store {} for queries", db.display()))?;
     let policy = Policy {
@@ -92,7 +116,9 @@ pub fn run(ctl: &Controller, renderer: &Renderer) -> anyhow::Result<()> {
             .map(|d| Duration::from_secs_f64(d * 86_400.0)),
         max_rows: ctl.history_max_events,
     };
-    let mut next_retention = Instant::now();
+    // Not at once: start-up links and stores first; retention then runs in chunks.
+    let mut next_retention = Instant::now() + RETENTION_FIRST;
+    let retention_state = std::sync::Arc::new(AtomicU8::new(RETENTION_IDLE));
 
     let mut fleet = Fleet::new(ctl, renderer, writer);
     fleet.apply(load::scan(ctl))?;
@@ -105,12 +131,7 @@ pub fn run(ctl: &Controller, renderer: &Renderer) -> anyhow::Result<()> {
     loop {
         let now = Instant::now();
         if next_retention <= now {
-            next_retention = now + RETENTION_EVERY;
-            fleet.writer.post(move |s| {
-                if let Err(e) = s.retention(&retention, upk_core::time::wall_us()) {
-                    eprintln!("upkeeper: retention failed: {e}");
-                }
-            })?;
+            next_retention = now + retention_step(&fleet, &retention, &retention_state)?;
         }
         if fleet.deadline().is_some_and(|d| d <= now) {
             fleet.reach_buddies(now);
@@ -124,6 +145,7 @@ pub fn run(ctl: &Controller, renderer: &Renderer) -> anyhow::Result<()> {
             PollFd::new(listener.as_fd(), PollFlags::POLLIN),
             PollFd::new(wake_rx.as_fd(), PollFlags::POLLIN),
             PollFd::new(watcher.fd(), PollFlags::POLLIN),
+            PollFd::new(store_watch.fd(), PollFlags::POLLIN),
         ];
         let links = fleet.links.len();
         fds.extend(
@@ -173,14 +195,32 @@ pub fn run(ctl: &Controller, renderer: &Renderer) -> anyhow::Result<()> {
             while let Ok(outcome) = outcomes.try_recv() {
                 committed(&mut fleet, &mut server, outcome.result);
             }
+            // The writer may have recreated the store's file: queries follow it.
+            let reader = server.store_mut();
+            if reader.replaced() {
+                if let Err(e) = reader.reopen() {
+                    eprintln!("upkeeper: cannot reopen the audit store for queries: {e}");
+                }
+            }
         }
         if ready[3] {
             watcher
                 .read(Instant::now())
                 .context("reading inotify events")?;
         }
+        if ready[4] && store_watch.read() {
+            let wake = wake_recovered.try_clone().context("socketpair")?;
+            fleet.writer.post(move |s| {
+                match s.recover_if_replaced() {
+                    Ok(Some(said)) => eprintln!("upkeeper: {said}"),
+                    Ok(None) => {}
+                    Err(e) => eprintln!("upkeeper: {e}; events stay with the buddies"),
+                }
+                let _ = (&wake).write(&[1]);
+            })?;
+        }
         for (i, token) in clients.iter().enumerate() {
-            if ready[4 + links + i] {
+            if ready[FIXED_FDS + links + i] {
                 server.ready(*token, &mut fleet);
             }
         }
@@ -191,7 +231,7 @@ pub fn run(ctl: &Controller, renderer: &Renderer) -> anyhow::Result<()> {
         let mut replies = Vec::new();
         let mut closed = Vec::new();
         for (i, link) in fleet.links.iter_mut().enumerate() {
-            if i >= links || ready[4 + i] {
+            if i >= links || ready[FIXED_FDS + i] {
                 // An unreadable link (I/O error, garbage) is finished like a closed one.
                 let (got, gone) = link.pump(&mut batch).unwrap_or((Vec::new(), true));
                 replies.extend(got.into_iter().map(|(id, r)| (link.service.clone(), id, r)));
@@ -255,7 +295,7 @@ fn committed(
     match result {
         Ok(committed) => {
             for link in fleet.links.iter_mut() {
-                if let Some(&seq) = committed.seqs.get(&link.service) {
+                if let Some(&seq) = committed.seqs.get(&link.origin()) {
                     let ack = upk_core::proto::BuddyRequest::Ack { seq };
                     let _ = link.request(None, ack);
                 }
@@ -271,6 +311,41 @@ fn committed(
             }
         }
     }
+}
+
+/// Drives retention: queues one chunk ([`crate::store::RETENTION_CHUNK`] rows a table) at a
+/// time and returns when to look again: soon while chunks remain, in an hour once a chunk left
+/// nothing. Each chunk is its own job on the writer, so batches queued meanwhile go in between.
+fn retention_step(
+    fleet: &Fleet,
+    bounds: &Retention,
+    state: &std::sync::Arc<AtomicU8>,
+) -> anyhow::Result<Duration> {
+    if bounds.max_age.is_none() && bounds.max_rows.is_none() {
+        return Ok(RETENTION_EVERY);
+    }
+    match state.load(Ordering::Acquire) {
+        RETENTION_QUEUED => return Ok(RETENTION_AGAIN),
+        RETENTION_DONE => {
+            state.store(RETENTION_IDLE, Ordering::Release);
+            return Ok(RETENTION_EVERY);
+        }
+        _ => {}
+    }
+    state.store(RETENTION_QUEUED, Ordering::Release);
+    let (bounds, state) = (*bounds, std::sync::Arc::clone(state));
+    fleet.writer.post(move |s| {
+        let next = match s.retention(&bounds, upk_core::time::wall_us()) {
+            Ok(p) if p.more => RETENTION_MORE,
+            Ok(_) => RETENTION_DONE,
+            Err(e) => {
+                eprintln!("upkeeper: retention failed: {e}");
+                RETENTION_DONE
+            }
+        };
+        state.store(next, Ordering::Release);
+    })?;
+    Ok(RETENTION_AGAIN)
 }
 
 /// Another controller runs on the same `StateDir`: a permanent failure (exit 100).

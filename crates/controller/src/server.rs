@@ -151,6 +151,12 @@ pub struct Server {
 }
 
 impl Server {
+    /// The read-only connection queries use (the loop reopens it when the store's file was
+    /// recreated).
+    pub fn store_mut(&mut self) -> &mut Store {
+        &mut self.reader
+    }
+
     /// A server answering queries from `reader` (a read-only connection to the store).
     pub fn new(policy: Policy, reader: Store) -> Server {
         Server {

@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 
 use upk_core::event::{EventKind, Exit, Record, StateName};
 use upkeeper::store::{
-    Batch, CommandEntry, ConfigChange, HistoryFilter, Retention, Store, StoreError, StoreWriter,
+    Batch, CommandEntry, ConfigChange, HistoryFilter, Origin, Retention, Store, StoreError,
+    StoreWriter, MIGRATIONS,
 };
 
 const HOUR: i64 = 3_600_000_000;
@@ -64,11 +65,11 @@ fn count(path: &std::path::Path, sql: &str) -> i64 {
 }
 
 #[test]
-fn schema_is_version_1_in_wal_and_reopening_migrates_nothing() {
+fn schema_is_current_in_wal_and_reopening_migrates_nothing() {
     let (_dir, path) = db();
     let store = Store::open(&path).expect("create");
-    assert_eq!(store.migrated(), 1);
-    assert_eq!(store.schema_version().expect("version"), 1);
+    assert_eq!(store.migrated(), 2);
+    assert_eq!(store.schema_version().expect("version"), 2);
     drop(store);
     let mode = std::fs::metadata(&path).expect("stat").permissions().mode() & 0o777;
     assert_eq!(mode, 0o640);
@@ -86,6 +87,7 @@ fn schema_is_version_1_in_wal_and_reopening_migrates_nothing() {
         .expect("rows");
     for n in [
         "services",
+        "incarnations",
         "events",
         "commands",
         "config_changes",
@@ -99,7 +101,7 @@ fn schema_is_version_1_in_wal_and_reopening_migrates_nothing() {
     drop(conn);
     let again = Store::open(&path).expect("reopen");
     assert_eq!(again.migrated(), 0);
-    assert_eq!(again.schema_version().expect("version"), 1);
+    assert_eq!(again.schema_version().expect("version"), 2);
 }
 
 #[test]
@@ -111,7 +113,7 @@ fn a_newer_schema_is_refused() {
     drop(conn);
     let err = Store::open(&path).expect_err("newer schema");
     assert!(
-        matches!(err, StoreError::SchemaTooNew { found: 9, known: 1 }),
+        matches!(err, StoreError::SchemaTooNew { found: 9, known: 2 }),
         "{err}"
     );
 }
@@ -196,6 +198,182 @@ fn a_lost_record_is_stored_with_its_count_and_read_back_whole() {
     let rows = store.history(&HistoryFilter::default()).expect("history");
     let back: Vec<Record> = rows.into_iter().map(|r| r.record).collect();
     assert_eq!(back, vec![lost, died]);
+}
+
+fn lost(seq: u64, count: u64) -> Record {
+    rec(
+        seq,
+        BASE,
+        StateName::Running,
+        StateName::Running,
+        "ring overflow",
+        EventKind::Lost {
+            count,
+            reason: "ring overflow".into(),
+        },
+    )
+}
+
+fn origin(service: &str, incarnation: &str) -> Origin {
+    Origin {
+        service: service.into(),
+        incarnation: incarnation.into(),
+    }
+}
+
+#[test]
+fn a_new_incarnation_begins_at_seq_1_beside_the_stored_seqs() {
+    // The reboot: the buddy lost its status file and numbers from 1 again.
+    let (_dir, path) = db();
+    let mut store = Store::open(&path).expect("open");
+    let before = origin("web", "0123456789abcdef0123456789abcdef");
+    let after = origin("web", "fedcba9876543210fedcba9876543210");
+    assert_eq!(
+        store
+            .insert_origin_events(&before, &plain(1..=5))
+            .expect("before"),
+        5
+    );
+    assert_eq!(
+        store
+            .insert_origin_events(&after, &plain(1..=3))
+            .expect("after"),
+        3
+    );
+    assert_eq!(
+        count(&path, "SELECT COUNT(*) FROM events"),
+        8,
+        "nothing dropped"
+    );
+    // A replay of either is still stored once.
+    store
+        .insert_origin_events(&after, &plain(1..=4))
+        .expect("replay");
+    store
+        .insert_origin_events(&before, &plain(2..=5))
+        .expect("replay");
+    assert_eq!(count(&path, "SELECT COUNT(*) FROM events"), 9);
+    assert_eq!(
+        store.incarnations("web").expect("incarnations"),
+        [
+            (before.incarnation.clone(), 5),
+            (after.incarnation.clone(), 4)
+        ]
+    );
+    assert_eq!(store.last_seq_of(&after).expect("last"), 4);
+}
+
+#[test]
+fn lost_records_count_exactly_the_seqs_no_row_accounts_for() {
+    // Stored: 1..=5 and 9..=12 (a controller stored them, then died before its acks); the
+    // ring then folded 1..=14 into one record.
+    let (_dir, path) = db();
+    let mut store = Store::open(&path).expect("open");
+    store.insert_events("web", &plain(1..=5)).expect("first");
+    store.insert_events("web", &plain(9..=12)).expect("second");
+    store.insert_events("web", &[lost(14, 14)]).expect("lost");
+    let stretches: Vec<(i64, i64)> = {
+        let conn = rusqlite::Connection::open(&path).expect("open");
+        let mut stmt = conn
+            .prepare("SELECT first_seq, lost_count FROM events WHERE kind = 'lost' ORDER BY seq")
+            .expect("prepare");
+        stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .expect("query")
+            .collect::<Result<_, _>>()
+            .expect("rows")
+    };
+    assert_eq!(
+        stretches,
+        [(6, 3), (13, 2)],
+        "6..=8 and 13..=14, nothing else"
+    );
+    assert_eq!(
+        count(&path, "SELECT SUM(seq - first_seq + 1) FROM events"),
+        14,
+        "every seq accounted for once"
+    );
+    // The same record again, or a wider one later, adds only what is new.
+    store.insert_events("web", &[lost(14, 14)]).expect("again");
+    store.insert_events("web", &[lost(16, 16)]).expect("wider");
+    assert_eq!(count(&path, "SELECT SUM(lost_count) FROM events"), 7);
+    assert_eq!(
+        count(&path, "SELECT SUM(seq - first_seq + 1) FROM events"),
+        16
+    );
+}
+
+#[test]
+fn a_version_1_store_migrates_with_every_event_in_the_empty_incarnation() {
+    let (_dir, path) = db();
+    {
+        let conn = rusqlite::Connection::open(&path).expect("open");
+        conn.execute_batch(MIGRATIONS[0]).expect("v1");
+        conn.pragma_update(None, "user_version", 1)
+            .expect("version");
+        conn.execute_batch(
+            "INSERT INTO services (uuid, service, name, created_us, pruned_seq) \
+             VALUES ('u', 'web', 'web', 0, 2);
+             INSERT INTO events (service_id, seq, wall_us, mono_us, kind, from_state, to_state, \
+             cause) VALUES (1, 3, 0, 0, 'started', 'stopped', 'running', 'command'), \
+             (1, 4, 0, 0, 'started', 'stopped', 'running', 'command');
+             INSERT INTO events (service_id, seq, wall_us, mono_us, kind, from_state, to_state, \
+             cause, detail, lost_count) VALUES (1, 7, 0, 0, 'lost', 'running', 'running', \
+             'ring overflow', '{\"count\":3,\"reason\":\"ring overflow\"}', 3);",
+        )
+        .expect("rows");
+    }
+    let mut store = Store::open(&path).expect("migrate");
+    assert_eq!(store.migrated(), 1);
+    assert_eq!(
+        store
+            .history(&HistoryFilter::default())
+            .expect("history")
+            .len(),
+        3
+    );
+    assert_eq!(
+        store.incarnations("web").expect("inc"),
+        [(String::new(), 7)]
+    );
+    assert_eq!(
+        count(&path, "SELECT first_seq FROM events WHERE seq = 7"),
+        5
+    );
+    // Pruned seqs stay pruned, stored ones stay once, the rest goes on.
+    assert_eq!(
+        store.insert_events("web", &plain(1..=9)).expect("resend"),
+        9
+    );
+    assert_eq!(count(&path, "SELECT COUNT(*) FROM events"), 5);
+}
+
+#[test]
+fn a_store_deleted_while_open_is_written_back_with_everything_it_committed() {
+    let (_dir, path) = db();
+    let mut store = Store::open(&path).expect("open");
+    store.insert_events("web", &plain(1..=50)).expect("first");
+    for suffix in ["", "-wal", "-shm"] {
+        std::fs::remove_file(format!("{}{suffix}", path.display())).expect("rm");
+    }
+    assert!(store.replaced());
+    // Committed after the deletion, into the deleted file: must survive too.
+    store
+        .insert_events("web", &plain(51..=60))
+        .expect("into the deleted file");
+    let said = store.recover_if_replaced().expect("recover").expect("said");
+    assert!(said.contains("deleted"), "{said}");
+    assert!(!store.replaced());
+    store.insert_events("web", &plain(61..=70)).expect("after");
+    drop(store);
+    let mut again = Store::open(&path).expect("reopen");
+    assert_eq!(
+        again
+            .history(&HistoryFilter::default())
+            .expect("history")
+            .len(),
+        70
+    );
+    assert_eq!(again.recover_if_replaced().expect("in place"), None);
 }
 
 #[test]
@@ -655,7 +833,7 @@ fn the_writer_survives_a_full_store_and_then_stores_the_batch_once() {
         .expect("outcome");
     assert_eq!(o.tickets, [t2]);
     let done = o.result.expect("committed");
-    assert_eq!(done.seqs.get("web"), Some(&200));
+    assert_eq!(done.seqs.get(&"web".into()), Some(&200));
     assert_eq!(done.inserted, 200);
     // The carried command and the resubmitted one: the failed attempt left nothing behind.
     assert_eq!(done.commands, 2);
@@ -733,7 +911,7 @@ fn measure_insert_rate() {
             .collect();
         writer
             .submit(Batch {
-                events: vec![(service, records)],
+                events: vec![(service.as_str().into(), records)],
                 ..Default::default()
             })
             .expect("submit");

@@ -150,6 +150,10 @@ pub enum BuddyReply {
         service: String,
         /// The buddy's pid.
         buddy_pid: i32,
+        /// The incarnation the seqs of its records belong to ([`Status::incarnation`]);
+        /// absent (empty) from a buddy older than incarnations.
+        #[serde(default)]
+        incarnation: String,
     },
     /// The request was carried out; the status after it.
     Ok {

@@ -5,7 +5,10 @@
 //! file), and it is how a new buddy recognises a service left running by a killed predecessor:
 //! `pid` plus `pid_start` (the process start time from `/proc/PID/stat`, field 22) identify the
 //! process even if the pid was recycled. `seq`/`acked` let the new buddy report records that
-//! died unacknowledged with its predecessor.
+//! died unacknowledged with its predecessor, and `incarnation` names the sequence those seqs
+//! belong to: a buddy that finds no status file (after a reboot, a wiped run directory, a
+//! re-created service) starts a new incarnation at seq 1, so seqs never collide in the store,
+//! whose key is (service, incarnation, seq).
 
 use crate::event::{Exit, Health, StateName};
 use serde::{Deserialize, Serialize};
@@ -53,6 +56,10 @@ pub struct Status {
     /// When the next start is due (backoff, paused), wall microseconds.
     #[serde(default)]
     pub next_start_us: Option<i64>,
+    /// The record sequence the seqs belong to: a random id made by the buddy that started it
+    /// (32 hex digits); empty for a sequence begun by a buddy older than incarnations.
+    #[serde(default)]
+    pub incarnation: String,
     /// Last sequence number assigned.
     pub seq: u64,
     /// Highest sequence number acknowledged by a controller.
@@ -115,6 +122,28 @@ impl Status {
         text.push(b'\n');
         crate::fsutil::write_atomic(path, &text, 0o644, false)
     }
+}
+
+/// Highest sequence number a buddy continues from a status file: beyond it (a corrupt or
+/// hostile file) it begins a new incarnation instead, so a seq never wraps and always fits
+/// the store's signed 64-bit column.
+pub const MAX_SEQ: u64 = 1 << 62;
+
+/// A new incarnation id: 128 random bits as 32 lowercase hex digits (from getrandom; should
+/// the kernel refuse, from the time, the pid and the address of a stack value, which still
+/// never repeat on one host).
+pub fn new_incarnation() -> String {
+    let mut bytes = [0u8; 16];
+    // SAFETY: getrandom writes at most `bytes.len()` bytes into the buffer it is given.
+    let got = unsafe { libc::getrandom(bytes.as_mut_ptr().cast(), bytes.len(), 0) };
+    if usize::try_from(got).ok() != Some(bytes.len()) {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        let mixed = now ^ (u128::from(std::process::id()) << 64) ^ (&got as *const _ as u128);
+        bytes = mixed.to_le_bytes();
+    }
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// The start time of a process (`/proc/PID/stat` field 22), or `None` if it is gone.

@@ -418,6 +418,7 @@ mod tests {
             failures: 0,
             last_exit: Some(Exit::Exited { code: 3 }),
             next_start_us: None,
+            incarnation: String::new(),
             seq: 1,
             acked: 1,
             loggers: Vec::new(),

@@ -349,6 +349,7 @@ pub(crate) mod tests {
             failures: 0,
             last_exit: None,
             next_start_us: None,
+            incarnation: String::new(),
             seq: 1,
             acked: 1,
             loggers: Vec::new(),

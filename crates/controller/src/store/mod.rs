@@ -1,7 +1,7 @@
 //! The audit store: every buddy event, every operator command and every configuration change,
 //! in SQLite (`StateDir/upkeeper.db`, WAL), described in `docs/audit.md`.
 //!
-//! Invariants: a (service, seq) pair is stored at most once, whatever is re-sent
+//! Invariants: an (incarnation, seq) pair is stored at most once, whatever is re-sent
 //! ([`Store::insert_events`] skips what is there, and what retention deleted); every write
 //! happens in one transaction per call or batch, so a crash or a full disk leaves either all of
 //! a batch or none of it; a service keeps its UUID forever once it has one. In the controller
@@ -16,8 +16,8 @@ mod write;
 mod writer;
 
 use std::fs::OpenOptions;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-use std::path::Path;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rusqlite::{ffi, Connection, OpenFlags, OptionalExtension};
@@ -27,7 +27,7 @@ pub use upk_core::history::{
     CommandEntry, CommandRow, ConfigChange, ConfigChangeRow, EventRow, HistoryFilter, HourBucket,
     Stats,
 };
-pub use write::{Batch, Committed, Pruned, Retention};
+pub use write::{Batch, Committed, Origin, Pruned, Retention, RETENTION_CHUNK};
 pub use writer::{Outcome, StoreWriter};
 
 /// What can go wrong with the store.
@@ -76,6 +76,14 @@ pub enum StoreError {
     /// The writer thread has stopped (it panicked, or was shut down).
     #[error("the store writer has stopped")]
     WriterGone,
+    /// The database file was deleted (or replaced) while open, and could not be recreated.
+    #[error("the store's file {path} was deleted while in use and cannot be recreated: {why}")]
+    Deleted {
+        /// The database path.
+        path: String,
+        /// Why it cannot be recreated.
+        why: String,
+    },
 }
 
 impl StoreError {
@@ -83,7 +91,11 @@ impl StoreError {
     pub fn is_unwritable(&self) -> bool {
         matches!(
             self,
-            StoreError::Full(_) | StoreError::ReadOnly(_) | StoreError::Io(_) | StoreError::Busy(_)
+            StoreError::Full(_)
+                | StoreError::ReadOnly(_)
+                | StoreError::Io(_)
+                | StoreError::Busy(_)
+                | StoreError::Deleted { .. }
         )
     }
 }
@@ -132,6 +144,16 @@ pub struct Configured {
 pub struct Store {
     conn: Connection,
     migrated: usize,
+    /// The database's path, and the file it named when opened (device, inode): a store whose
+    /// path no longer names that file was deleted or replaced under it.
+    path: PathBuf,
+    file: Option<(u64, u64)>,
+    read_only: bool,
+}
+
+/// The device and inode `path` names now.
+fn file_id(path: &Path) -> Option<(u64, u64)> {
+    std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
 }
 
 impl Store {
@@ -163,7 +185,13 @@ impl Store {
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
         let migrated = schema::migrate(&mut conn)?;
-        Ok(Store { conn, migrated })
+        Ok(Store {
+            conn,
+            migrated,
+            path: path.to_owned(),
+            file: file_id(path),
+            read_only: false,
+        })
     }
 
     /// Opens an existing store for queries only (any number of these may run beside the writer).
@@ -180,7 +208,71 @@ impl Store {
                 known: current_version(),
             });
         }
-        Ok(Store { conn, migrated: 0 })
+        Ok(Store {
+            conn,
+            migrated: 0,
+            path: path.to_owned(),
+            file: file_id(path),
+            read_only: true,
+        })
+    }
+
+    /// True when the store's path no longer names the file this connection has open: it was
+    /// deleted (`rm upkeeper.db*`) or replaced.
+    pub fn replaced(&self) -> bool {
+        file_id(&self.path) != self.file
+    }
+
+    /// Opens the store's path again (the same way), replacing this connection.
+    pub fn reopen(&mut self) -> Result<()> {
+        *self = if self.read_only {
+            Store::open_read_only(&self.path)?
+        } else {
+            Store::open(&self.path)?
+        };
+        Ok(())
+    }
+
+    /// When the file under this read-write connection was deleted, writes a copy of it, with
+    /// everything this connection can still read (all it committed), back to the store's path
+    /// and goes on there; when it was replaced by another file, goes on with that one. Returns
+    /// what happened, for the controller to say; `Ok(None)` when the file is in place.
+    pub fn recover_if_replaced(&mut self) -> Result<Option<String>> {
+        if !self.replaced() {
+            return Ok(None);
+        }
+        let shown = self.path.display().to_string();
+        let deleted = |why: String| StoreError::Deleted {
+            path: shown.clone(),
+            why,
+        };
+        if self.path.exists() {
+            self.reopen()?;
+            return Ok(Some(format!(
+                "the audit store {shown} was replaced by another file while in use; going on with the new file"
+            )));
+        }
+        if let Some(dir) = self.path.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| deleted(e.to_string()))?;
+        }
+        let events: i64 = self
+            .conn
+            .query_row("SELECT COUNT(*) FROM events", [], |r| r.get(0))
+            .unwrap_or(0);
+        // VACUUM INTO writes a whole, consistent database from what this connection reads:
+        // the deleted file and its WAL, both still open.
+        let target = self
+            .path
+            .to_str()
+            .ok_or_else(|| deleted("a path that is not UTF-8".into()))?;
+        self.conn
+            .execute("VACUUM INTO ?1", [target])
+            .map_err(|e| deleted(e.to_string()))?;
+        let _ = std::fs::set_permissions(&self.path, std::fs::Permissions::from_mode(0o640));
+        self.reopen()?;
+        Ok(Some(format!(
+            "the audit store {shown} was deleted while in use; recreated it from the open copy ({events} events kept)"
+        )))
     }
 
     /// How many migrations this open applied (0 when the schema was already current).

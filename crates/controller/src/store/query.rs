@@ -9,7 +9,7 @@ use rusqlite::{params, params_from_iter, OptionalExtension};
 use serde_json::{Map, Value};
 use upk_core::event::{EventKind, Record, StateName};
 
-use super::{Result, Store, StoreError};
+use super::{Origin, Result, Store, StoreError};
 use upk_core::history::{
     CommandEntry, CommandRow, ConfigChange, ConfigChangeRow, EventRow, HistoryFilter, HourBucket,
     Stats,
@@ -73,26 +73,49 @@ fn limit(n: Option<usize>) -> i64 {
 }
 
 impl Store {
-    fn service_id(&self, service: &str) -> Result<Option<(i64, i64)>> {
+    fn service_id(&self, service: &str) -> Result<Option<i64>> {
         Ok(self
             .conn
-            .prepare_cached("SELECT id, pruned_seq FROM services WHERE service = ?1")?
-            .query_row([service], |r| Ok((r.get(0)?, r.get(1)?)))
+            .prepare_cached("SELECT id FROM services WHERE service = ?1")?
+            .query_row([service], |r| r.get(0))
             .optional()?)
     }
 
-    /// The highest seq stored (or pruned) for `service`; 0 when none or unknown. The controller
-    /// resumes a buddy's backlog after this.
+    /// The highest seq stored (or pruned) for the empty incarnation of `service`
+    /// ([`Store::last_seq_of`]).
     pub fn last_seq(&self, service: &str) -> Result<u64> {
-        let Some((sid, pruned)) = self.service_id(service)? else {
-            return Ok(0);
-        };
-        let max: Option<i64> = self.conn.query_row(
-            "SELECT MAX(seq) FROM events WHERE service_id = ?1",
-            [sid],
-            |r| r.get(0),
+        self.last_seq_of(&Origin::from(service))
+    }
+
+    /// The highest seq stored (or pruned) for `origin`; 0 when none or unknown.
+    pub fn last_seq_of(&self, origin: &Origin) -> Result<u64> {
+        let max: Option<i64> = self
+            .conn
+            .query_row(
+                "SELECT MAX(i.pruned_seq, COALESCE((SELECT MAX(seq) FROM events \
+                 WHERE incarnation_id = i.id), 0)) FROM incarnations i JOIN services s \
+                 ON s.id = i.service_id WHERE s.service = ?1 AND i.incarnation = ?2",
+                params![origin.service, origin.incarnation],
+                |r| r.get(0),
+            )
+            .optional()?;
+        Ok(u64::try_from(max.unwrap_or(0)).unwrap_or(0))
+    }
+
+    /// The incarnations of `service`'s record sequence, oldest first, each with the highest
+    /// seq stored (or pruned) for it.
+    pub fn incarnations(&self, service: &str) -> Result<Vec<(String, u64)>> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT i.incarnation, MAX(i.pruned_seq, COALESCE((SELECT MAX(seq) FROM events \
+             WHERE incarnation_id = i.id), 0)) FROM incarnations i JOIN services s \
+             ON s.id = i.service_id WHERE s.service = ?1 ORDER BY i.id",
         )?;
-        Ok(u64::try_from(max.unwrap_or(0).max(pruned)).unwrap_or(0))
+        let rows = stmt.query_map([service], |r| Ok((r.get(0)?, r.get::<_, i64>(1)?)))?;
+        rows.map(|r| {
+            let (name, seq) = r?;
+            Ok((name, u64::try_from(seq).unwrap_or(0)))
+        })
+        .collect()
     }
 
     /// Events matching `filter`.
@@ -242,21 +265,21 @@ impl Store {
     /// Restarts per hour, failures, uptime, time since the last failure and the flapping score
     /// of `service` over `since_us <= wall_us < until_us` (pass the current time as `until_us`).
     pub fn stats(&self, service: &str, since_us: i64, until_us: i64) -> Result<Stats> {
-        let (sid, _) = self
+        let sid = self
             .service_id(service)?
             .ok_or_else(|| StoreError::UnknownService(service.to_owned()))?;
         let mut state: Option<String> = self
             .conn
             .query_row(
                 "SELECT to_state FROM events WHERE service_id = ?1 AND wall_us < ?2 \
-                 ORDER BY wall_us DESC, seq DESC LIMIT 1",
+                 ORDER BY wall_us DESC, id DESC LIMIT 1",
                 params![sid, since_us],
                 |r| r.get(0),
             )
             .optional()?;
         let mut stmt = self.conn.prepare_cached(
             "SELECT wall_us, kind, to_state, cause FROM events \
-             WHERE service_id = ?1 AND wall_us >= ?2 AND wall_us < ?3 ORDER BY seq",
+             WHERE service_id = ?1 AND wall_us >= ?2 AND wall_us < ?3 ORDER BY id",
         )?;
         let events = stmt
             .query_map(params![sid, since_us, until_us], |r| {

@@ -68,8 +68,58 @@ CREATE TABLE config_changes (
 CREATE INDEX config_changes_time ON config_changes (wall_us);
 "#;
 
+/// Version 2: incarnations. A buddy numbers its records within an incarnation (a random id
+/// it makes when it begins a sequence: after a reboot, a wiped run directory, a re-created
+/// service), so the key of an event becomes (incarnation, seq), and `incarnations` keeps
+/// what `services.pruned_seq` kept, per incarnation. Every row gets `first_seq`, the first
+/// seq it accounts for (its own seq, or the first of the seqs a `lost` row stands for), so
+/// the seqs a store accounts for can be counted exactly. Rows stored before this version
+/// belong to the empty incarnation of their service. `services.pruned_seq` is no longer used.
+const V2: &str = r#"
+CREATE TABLE incarnations (
+    id          INTEGER PRIMARY KEY,
+    service_id  INTEGER NOT NULL REFERENCES services(id),
+    incarnation TEXT    NOT NULL,
+    created_us  INTEGER NOT NULL,
+    pruned_seq  INTEGER NOT NULL DEFAULT 0,
+    UNIQUE (service_id, incarnation)
+);
+INSERT INTO incarnations (service_id, incarnation, created_us, pruned_seq)
+    SELECT id, '', created_us, pruned_seq FROM services;
+CREATE TABLE events_v2 (
+    id             INTEGER PRIMARY KEY,
+    service_id     INTEGER NOT NULL REFERENCES services(id),
+    incarnation_id INTEGER NOT NULL REFERENCES incarnations(id),
+    seq            INTEGER NOT NULL,
+    first_seq      INTEGER NOT NULL,
+    wall_us        INTEGER NOT NULL,
+    mono_us        INTEGER NOT NULL,
+    kind           TEXT    NOT NULL,
+    from_state     TEXT    NOT NULL,
+    to_state       TEXT    NOT NULL,
+    pid            INTEGER,
+    exit_code      INTEGER,
+    signal         INTEGER,
+    core           INTEGER,
+    cause          TEXT    NOT NULL,
+    detail         TEXT,
+    lost_count     INTEGER,
+    UNIQUE (incarnation_id, seq)
+);
+INSERT INTO events_v2 (id, service_id, incarnation_id, seq, first_seq, wall_us, mono_us, kind,
+        from_state, to_state, pid, exit_code, signal, core, cause, detail, lost_count)
+    SELECT e.id, e.service_id, i.id, e.seq, MAX(1, e.seq - COALESCE(e.lost_count, 1) + 1),
+        e.wall_us, e.mono_us, e.kind, e.from_state, e.to_state, e.pid, e.exit_code, e.signal,
+        e.core, e.cause, e.detail, e.lost_count
+    FROM events e JOIN incarnations i ON i.service_id = e.service_id AND i.incarnation = '';
+DROP TABLE events;
+ALTER TABLE events_v2 RENAME TO events;
+CREATE INDEX events_service_time ON events (service_id, wall_us);
+CREATE INDEX events_time ON events (wall_us);
+"#;
+
 /// Every migration, oldest first; `MIGRATIONS.len()` is the current schema version.
-pub const MIGRATIONS: &[&str] = &[V1];
+pub const MIGRATIONS: &[&str] = &[V1, V2];
 
 /// The schema version this binary writes.
 pub fn current_version() -> i64 {

@@ -2,10 +2,14 @@
 //!
 //! Every function here runs inside a transaction its caller owns, so the public methods (one
 //! transaction per call) and the writer thread (one transaction per merged batch) share them.
-//! Exactly-once: `events` has UNIQUE(service_id, seq) and inserts are `INSERT OR IGNORE`;
-//! retention remembers the highest seq it deleted per service (`services.pruned_seq`) and
-//! inserts skip seqs at or below it, so a backlog re-sent after a crash is stored once even
-//! when its oldest part was already pruned.
+//! Exactly-once: an event's key is (incarnation, seq) (`UNIQUE(incarnation_id, seq)`, inserts
+//! are `INSERT OR IGNORE`), so seqs a buddy begins again after a reboot never collide with
+//! stored ones; retention remembers the highest seq it deleted per incarnation
+//! (`incarnations.pruned_seq`) and inserts skip seqs at or below it, so a backlog re-sent after
+//! a crash is stored once even when its oldest part was already pruned. A `lost` record is
+//! stored only for the seqs of its range that no stored row accounts for (a controller killed
+//! between commit and ack stored some of them), one row per uncovered stretch: the `lost`
+//! counts of a store add up to exactly the seqs it never received.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -17,11 +21,31 @@ use upk_core::history::{CommandEntry, ConfigChange, EventRow};
 
 use super::{now_us, Result, Store, StoreError};
 
+/// Where records come from: the buddy of a service, within one incarnation of its record
+/// sequence (`docs/audit.md`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Origin {
+    /// The service id.
+    pub service: String,
+    /// The incarnation (empty: a buddy older than incarnations, or rows from before them).
+    pub incarnation: String,
+}
+
+impl From<&str> for Origin {
+    /// The empty incarnation of `service`.
+    fn from(service: &str) -> Origin {
+        Origin {
+            service: service.to_owned(),
+            incarnation: String::new(),
+        }
+    }
+}
+
 /// What the writer thread commits in one transaction.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Batch {
-    /// Records per service id, each list in seq order.
-    pub events: Vec<(String, Vec<Record>)>,
+    /// Records per origin, each list in seq order.
+    pub events: Vec<(Origin, Vec<Record>)>,
     /// Commands to audit.
     pub commands: Vec<CommandEntry>,
     /// Configuration changes.
@@ -34,6 +58,14 @@ impl Batch {
         self.events.iter().all(|(_, r)| r.is_empty())
             && self.commands.is_empty()
             && self.config_changes.is_empty()
+    }
+
+    /// Adds one record of `origin`.
+    pub fn push(&mut self, origin: Origin, record: Record) {
+        match self.events.iter_mut().find(|(o, _)| *o == origin) {
+            Some((_, records)) => records.push(record),
+            None => self.events.push((origin, vec![record])),
+        }
     }
 
     /// Appends `other`.
@@ -57,8 +89,8 @@ pub struct Committed {
     /// The records newly stored, with their row ids, in the order they were stored: what
     /// the controller pushes to its subscribers.
     pub rows: Vec<EventRow>,
-    /// Per service in the batch: the highest seq now stored (everything the buddy may drop).
-    pub seqs: BTreeMap<String, u64>,
+    /// Per origin in the batch: the highest seq now stored (everything the buddy may drop).
+    pub seqs: BTreeMap<Origin, u64>,
     /// Records newly stored.
     pub inserted: u64,
     /// Records skipped because they were already stored (or pruned).
@@ -87,7 +119,13 @@ pub struct Pruned {
     pub commands: u64,
     /// Configuration changes deleted.
     pub config_changes: u64,
+    /// A table had more rows to delete than one call deletes ([`RETENTION_CHUNK`]): call again.
+    pub more: bool,
 }
+
+/// Most rows of one table that one retention call deletes, so that the writer thread, and the
+/// batches queued behind it, never wait long for retention.
+pub const RETENTION_CHUNK: i64 = 20_000;
 
 pub(crate) fn split_id(service: &str) -> (Option<&str>, &str) {
     match service.split_once("::") {
@@ -130,19 +168,54 @@ pub(crate) fn ensure_service(
     Ok((create_service(tx, service, &uuid)?, uuid))
 }
 
-/// The row id and pruned seq of `service`, creating the row (with a new UUID) if needed.
-fn service_row(tx: &Transaction, service: &str) -> Result<(i64, i64)> {
-    let found = tx
-        .prepare_cached("SELECT id, pruned_seq FROM services WHERE service = ?1")?
-        .query_row([service], |r| Ok((r.get(0)?, r.get(1)?)))
+/// The service's row id, and the row id and pruned seq of its incarnation, creating either row
+/// (a service with a new UUID) when needed.
+fn incarnation_row(tx: &Transaction, origin: &Origin) -> Result<(i64, i64, i64)> {
+    let found: Option<(i64, Option<i64>, Option<i64>)> = tx
+        .prepare_cached(
+            "SELECT s.id, i.id, i.pruned_seq FROM services s LEFT JOIN incarnations i \
+             ON i.service_id = s.id AND i.incarnation = ?2 WHERE s.service = ?1",
+        )?
+        .query_row(params![origin.service, origin.incarnation], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+        })
         .optional()?;
-    match found {
-        Some(row) => Ok(row),
-        None => Ok((
-            create_service(tx, service, &uuid::Uuid::new_v4().to_string())?,
-            0,
-        )),
+    let sid = match found {
+        Some((sid, Some(iid), Some(pruned))) => return Ok((sid, iid, pruned)),
+        Some((sid, _, _)) => sid,
+        None => create_service(tx, &origin.service, &uuid::Uuid::new_v4().to_string())?,
+    };
+    tx.prepare_cached(
+        "INSERT INTO incarnations (service_id, incarnation, created_us) VALUES (?1, ?2, ?3)",
+    )?
+    .execute(params![sid, origin.incarnation, now_us()])?;
+    Ok((sid, tx.last_insert_rowid(), 0))
+}
+
+/// The stretches of `first..=last` that no stored row of incarnation `iid` accounts for (a
+/// row accounts for `first_seq..=seq`), in order.
+fn uncovered(tx: &Transaction, iid: i64, first: i64, last: i64) -> Result<Vec<(i64, i64)>> {
+    let mut stmt = tx.prepare_cached(
+        "SELECT first_seq, seq FROM events WHERE incarnation_id = ?1 AND seq >= ?2 \
+         AND first_seq <= ?3 ORDER BY first_seq",
+    )?;
+    let covered = stmt.query_map(params![iid, first, last], |r| {
+        Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?))
+    })?;
+    let mut gaps = Vec::new();
+    let mut next = first;
+    for row in covered {
+        let (a, b) = row?;
+        if a > next {
+            gaps.push((next, (a - 1).min(last)));
+        }
+        next = next.max(b.saturating_add(1));
+        if next > last {
+            return Ok(gaps);
+        }
     }
+    gaps.push((next, last));
+    Ok(gaps)
 }
 
 /// The columns derived from an event's kind: name, detail JSON, exit code, signal, core, lost.
@@ -193,70 +266,76 @@ fn to_i64(seq: u64) -> Result<i64> {
     i64::try_from(seq).map_err(|_| StoreError::Invalid(format!("sequence number {seq}")))
 }
 
-/// Inserts `records`; returns (highest seq stored for the service, the rows newly stored).
+/// Inserts `records` of `origin`; returns (highest seq stored for it, the rows newly stored).
 pub(crate) fn insert_events(
     tx: &Transaction,
-    service: &str,
+    origin: &Origin,
     records: &[Record],
 ) -> Result<(u64, Vec<EventRow>)> {
-    let (sid, pruned) = service_row(tx, service)?;
+    let (sid, iid, pruned) = incarnation_row(tx, origin)?;
     let mut stmt = tx.prepare_cached(
-        "INSERT OR IGNORE INTO events (service_id, seq, wall_us, mono_us, kind, from_state, \
-         to_state, pid, exit_code, signal, core, cause, detail, lost_count) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+        "INSERT OR IGNORE INTO events (service_id, incarnation_id, seq, first_seq, wall_us, \
+         mono_us, kind, from_state, to_state, pid, exit_code, signal, core, cause, detail, \
+         lost_count) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
     )?;
-    let mut inserted = 0;
     let mut rows = Vec::new();
     let before: i64 = tx
-        .prepare_cached("SELECT COALESCE(MAX(seq), 0) FROM events WHERE service_id = ?1")?
-        .query_row([sid], |r| r.get(0))?;
+        .prepare_cached("SELECT COALESCE(MAX(seq), 0) FROM events WHERE incarnation_id = ?1")?
+        .query_row([iid], |r| r.get(0))?;
     let mut stored = before.max(pruned);
     for r in records {
         let seq = to_i64(r.seq)?;
         if seq <= pruned {
             continue;
         }
-        // A `lost` record stands for the seqs up to its own. When the controller stored some
-        // of them before a crash kept it from acknowledging them, the buddy folded them in
-        // anyway (ring overflow): only the ones never stored were lost.
-        let mut r = r.clone();
-        if let EventKind::Lost { count, .. } = &mut r.kind {
-            let first = seq - i64::try_from(*count).unwrap_or(i64::MAX) + 1;
-            if first <= stored {
-                if seq <= stored {
-                    continue;
-                }
-                *count = u64::try_from(seq - stored).unwrap_or(0);
+        // A `lost` record stands for the seqs up to its own: store it for those no row
+        // accounts for, one row per stretch.
+        let stretches = match &r.kind {
+            EventKind::Lost { count, .. } => {
+                let count = i64::try_from(*count).unwrap_or(i64::MAX).max(1);
+                let first = seq.saturating_sub(count - 1).max(pruned + 1).max(1);
+                uncovered(tx, iid, first, seq)?
+            }
+            // Beyond the highest stored seq nothing can account for it; at or below, a
+            // replay: stored once, and never inside a stretch a `lost` row stands for.
+            _ if seq > stored => vec![(seq, seq)],
+            _ => uncovered(tx, iid, seq, seq)?,
+        };
+        stored = stored.max(seq);
+        for (first, last) in stretches {
+            let mut r = r.clone();
+            if let EventKind::Lost { count, .. } = &mut r.kind {
+                *count = u64::try_from(last - first + 1).unwrap_or(0);
+                r.seq = u64::try_from(last).unwrap_or(0);
+            }
+            let (kind, detail, code, signal, core, lost) = kind_columns(&r.kind)?;
+            let added = stmt.execute(params![
+                sid,
+                iid,
+                last,
+                first,
+                r.wall_us,
+                r.mono_us,
+                kind,
+                r.from.as_str(),
+                r.to.as_str(),
+                r.pid,
+                code,
+                signal,
+                core,
+                r.cause,
+                detail,
+                lost,
+            ])?;
+            if added == 1 {
+                rows.push(EventRow {
+                    id: tx.last_insert_rowid(),
+                    service: origin.service.clone(),
+                    record: r,
+                });
             }
         }
-        stored = stored.max(seq);
-        let (kind, detail, code, signal, core, lost) = kind_columns(&r.kind)?;
-        let added = stmt.execute(params![
-            sid,
-            seq,
-            r.wall_us,
-            r.mono_us,
-            kind,
-            r.from.as_str(),
-            r.to.as_str(),
-            r.pid,
-            code,
-            signal,
-            core,
-            r.cause,
-            detail,
-            lost,
-        ])?;
-        if added == 1 {
-            inserted += 1;
-            rows.push(EventRow {
-                id: tx.last_insert_rowid(),
-                service: service.to_owned(),
-                record: r,
-            });
-        }
     }
-    debug_assert_eq!(inserted, rows.len());
     // The highest seq stored before, or inserted (or skipped as stored) now.
     Ok((u64::try_from(stored).unwrap_or(0), rows))
 }
@@ -295,13 +374,14 @@ pub(crate) fn insert_config_change(tx: &Transaction, c: &ConfigChange) -> Result
 
 pub(crate) fn apply(tx: &Transaction, batch: &Batch) -> Result<Committed> {
     let mut done = Committed::default();
-    for (service, records) in &batch.events {
-        let (high, rows) = insert_events(tx, service, records)?;
+    for (origin, records) in &batch.events {
+        let (high, rows) = insert_events(tx, origin, records)?;
         let inserted = rows.len() as u64;
         done.inserted += inserted;
-        done.duplicates += records.len() as u64 - inserted;
+        done.duplicates += (records.len() as u64).saturating_sub(inserted);
         done.rows.extend(rows);
-        done.seqs.insert(service.clone(), high);
+        let seq = done.seqs.entry(origin.clone()).or_insert(0);
+        *seq = (*seq).max(high);
     }
     for c in &batch.commands {
         insert_command(tx, c)?;
@@ -318,9 +398,13 @@ fn retention(tx: &Transaction, r: &Retention, now: i64) -> Result<Pruned> {
     let age_us = r
         .max_age
         .map(|a| i64::try_from(a.as_micros()).unwrap_or(i64::MAX));
+    let mut pruned = Pruned::default();
+    if age_us.is_none() && r.max_rows.is_none() {
+        return Ok(pruned);
+    }
     let cutoff = age_us.map_or(i64::MIN, |a| now.saturating_sub(a));
-    let mut counts = [0u64; 3];
-    for (i, table) in ["events", "commands", "config_changes"].iter().enumerate() {
+    tx.execute_batch("CREATE TEMP TABLE IF NOT EXISTS doomed (id INTEGER PRIMARY KEY)")?;
+    for table in ["events", "commands", "config_changes"] {
         // Everything with id <= last_id goes for the count bound (-1: nothing).
         let last_id: i64 = match r.max_rows {
             None => -1,
@@ -333,35 +417,58 @@ fn retention(tx: &Transaction, r: &Retention, now: i64) -> Result<Pruned> {
                 .optional()?
                 .unwrap_or(-1),
         };
-        let cond = "(wall_us < ?1 OR id <= ?2)";
-        if *table == "events" {
+        // Two statements, each on its own index (the row id, the wall time), at most a chunk.
+        tx.execute("DELETE FROM doomed", [])?;
+        tx.execute(
+            &format!(
+                "INSERT OR IGNORE INTO doomed SELECT id FROM {table} WHERE id <= ?1 \
+                 ORDER BY id LIMIT ?2"
+            ),
+            params![last_id, RETENTION_CHUNK],
+        )?;
+        tx.execute(
+            &format!(
+                "INSERT OR IGNORE INTO doomed SELECT id FROM {table} WHERE wall_us < ?1 \
+                 ORDER BY wall_us LIMIT ?2"
+            ),
+            params![cutoff, RETENTION_CHUNK],
+        )?;
+        if table == "events" {
             tx.execute(
-                &format!(
-                    "UPDATE services SET pruned_seq = MAX(pruned_seq, COALESCE((SELECT MAX(seq) \
-                     FROM events WHERE service_id = services.id AND {cond}), 0))"
-                ),
-                params![cutoff, last_id],
+                "UPDATE incarnations SET pruned_seq = MAX(pruned_seq, d.seq) FROM \
+                 (SELECT incarnation_id, MAX(seq) AS seq FROM events \
+                  WHERE id IN (SELECT id FROM doomed) GROUP BY incarnation_id) AS d \
+                 WHERE incarnations.id = d.incarnation_id",
+                [],
             )?;
         }
-        counts[i] = tx.execute(
-            &format!("DELETE FROM {table} WHERE {cond}"),
-            params![cutoff, last_id],
+        let n = tx.execute(
+            &format!("DELETE FROM {table} WHERE id IN (SELECT id FROM doomed)"),
+            [],
         )? as u64;
+        pruned.more |= n >= RETENTION_CHUNK as u64;
+        match table {
+            "events" => pruned.events = n,
+            "commands" => pruned.commands = n,
+            _ => pruned.config_changes = n,
+        }
     }
-    Ok(Pruned {
-        events: counts[0],
-        commands: counts[1],
-        config_changes: counts[2],
-    })
+    tx.execute("DELETE FROM doomed", [])?;
+    Ok(pruned)
 }
 
 impl Store {
-    /// Stores `records` of `service` in one transaction, skipping any (service, seq) already
-    /// stored; returns the highest seq now stored for the service (0: none). Creates the
+    /// Stores `records` of `service` (its empty incarnation) in one transaction, skipping any
+    /// seq already stored; returns the highest seq now stored for it (0: none). Creates the
     /// service's row if it has none.
     pub fn insert_events(&mut self, service: &str, records: &[Record]) -> Result<u64> {
+        self.insert_origin_events(&Origin::from(service), records)
+    }
+
+    /// [`Store::insert_events`] for one incarnation of a service.
+    pub fn insert_origin_events(&mut self, origin: &Origin, records: &[Record]) -> Result<u64> {
         let tx = self.conn.transaction()?;
-        let (high, _) = insert_events(&tx, service, records)?;
+        let (high, _) = insert_events(&tx, origin, records)?;
         tx.commit()?;
         Ok(high)
     }

@@ -8,7 +8,9 @@
 //! buddies' rings, unacknowledged, and the controller sends them again), while its commands and
 //! configuration changes, which exist nowhere else, are carried into the next transaction (at
 //! most [`MAX_CARRY`], the oldest dropped beyond that). The thread keeps running and tries
-//! again with whatever comes next; an empty batch is a valid retry.
+//! again with whatever comes next; an empty batch is a valid retry, made on a connection opened
+//! anew. A database file deleted while in use is written back from the open connection before
+//! the next transaction, so nothing it committed is lost.
 
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -163,6 +165,24 @@ fn merge(into: &mut Committed, part: Committed) {
     into.config_changes += part.config_changes;
 }
 
+/// Makes the connection fit to write before a transaction: the file deleted under it is
+/// recreated from it ([`Store::recover_if_replaced`]); after a failure that may pass (a store
+/// made read-only, then writable again) the connection is opened anew, since SQLite keeps
+/// some of those failures for the life of a connection.
+fn prepare(store: &mut Store, reopen: &mut bool) -> Result<()> {
+    if let Some(said) = store.recover_if_replaced()? {
+        eprintln!("upkeeper: {said}");
+        *reopen = false;
+    }
+    if std::mem::take(reopen) {
+        if let Err(e) = store.reopen() {
+            *reopen = true;
+            return Err(e);
+        }
+    }
+    Ok(())
+}
+
 fn commit(store: &mut Store, parts: &[&Batch]) -> Result<Committed> {
     let tx = store.conn.transaction()?;
     let mut done = Committed::default();
@@ -177,6 +197,7 @@ fn run<F: FnMut(Outcome)>(mut store: Store, rx: Receiver<Msg>, mut on_done: F) {
     let mut carry = Batch::default();
     let mut dropped = 0u64;
     let mut deferred: Option<Msg> = None;
+    let mut reopen = false;
     loop {
         let msg = match deferred.take() {
             Some(m) => m,
@@ -212,7 +233,8 @@ fn run<F: FnMut(Outcome)>(mut store: Store, rx: Receiver<Msg>, mut on_done: F) {
             }
         }
         let all: Vec<&Batch> = parts.iter().map(|(_, b)| b).collect();
-        let result = commit(&mut store, &all);
+        let result = prepare(&mut store, &mut reopen).and_then(|()| commit(&mut store, &all));
+        reopen |= matches!(&result, Err(e) if e.is_unwritable());
         let retry_alone = matches!(&result, Err(e) if !e.is_unwritable()) && parts.len() > 1;
         if retry_alone {
             // One bad batch must not sink the others merged with it: try each on its own.
