@@ -4,6 +4,7 @@
 //! be written.
 
 mod access;
+mod audit_trail;
 mod health;
 mod outage;
 mod restart;

@@ -16,7 +16,7 @@ const CRASHERS: &str = r##"{
 
 /// Checks that `rows` (one service, in row order) are in sequence, each seq once, and that
 /// every gap is a `lost` record counting it; returns the last seq and the records lost.
-fn contiguous(rows: &[EventRow]) -> Result<(u64, u64), String> {
+pub fn contiguous(rows: &[EventRow]) -> Result<(u64, u64), String> {
     let (mut next, mut lost) = (1, 0);
     for r in rows {
         let covers = match &r.record.kind {
