@@ -58,6 +58,13 @@ def start(ctl, state, log):
     return p, (time.monotonic() - t0) if ok else None
 
 
+def stop(p):
+    """SIGKILL and wait: the next start must not find its lock still held."""
+    kill_pid(p.pid)
+    p.wait(timeout=30)
+    reap()
+
+
 def fill(db, events, services):
     """Appends `events` rows spread over every incarnation in the store."""
     c = sqlite3.connect(str(db), timeout=30)
@@ -124,8 +131,7 @@ def one(args, events, root):
             if c.execute("SELECT COUNT(*) FROM incarnations").fetchone()[0] >= args.services:
                 break
         time.sleep(0.2)
-    kill_pid(p.pid)
-    reap()
+    stop(p)
     t0 = time.monotonic()
     out["rows"] = fill(db, events, args.services)
     out["fill_s"] = time.monotonic() - t0
@@ -140,8 +146,7 @@ def one(args, events, root):
             out["audit_ms"] = timed(upkctl + ["audit"])
             out["history_ms"] = timed(upkctl + ["history", names[0], "-n", "20"])
             out["status_ms"] = timed(upkctl + ["status"])
-        kill_pid(p.pid)
-        reap()
+        stop(p)
     out["start_to_hello_s"] = starts
     print("store: %d events, %d services: start to hello %s s; stats %s ms, audit %s ms, "
           "history %s ms, status %s ms" % (

@@ -255,3 +255,54 @@ fn lost_counts_are_exact_when_the_controller_dies_between_commit_and_ack() {
     );
     drop(c);
 }
+
+#[test]
+fn a_storm_of_crash_loops_loses_nothing_while_the_controller_listens() {
+    // Twenty services restarting without any delay, each with a ring of 8: the buddies could
+    // make records far faster than they are stored; they wait for the controller instead.
+    let sb = Sandbox::new();
+    let ctl = sb.controller_file();
+    let names: Vec<String> = (0..20).map(|i| format!("c{i:02}")).collect();
+    let entries: Vec<String> = names
+        .iter()
+        .map(|n| {
+            format!(
+                r##""{n}": {{ StartScript: "#!/bin/sh\nexit 1\n", InitialState: "running",
+                   UserRateLimit: 0, MaxConsecutiveFailures: -1, UserMaxRestarts: Null,
+                   RingbufferSize: 8 }}"##
+            )
+        })
+        .collect();
+    service_file(&sb, "storm.conf", &format!("{{ {} }}", entries.join(",\n")));
+    let db = sb.path().join("state/upkeeper.db");
+    let c = Controller::start(&sb, &ctl);
+    wait_until(Duration::from_secs(60), "every loop past seq 150", || {
+        let behind: Vec<(String, u64)> = names
+            .iter()
+            .map(|n| (n.clone(), status(&sb, n).map_or(0, |s| s.seq)))
+            .filter(|(_, seq)| *seq < 150)
+            .collect();
+        if behind.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("{behind:?}"))
+        }
+    });
+    let mut client = c.client();
+    for n in &names {
+        client.stop(n).expect("stop during the storm");
+    }
+    for n in &names {
+        let seq = wait_until(
+            Duration::from_secs(20),
+            &format!("{n} stopped"),
+            || match status(&sb, n) {
+                Some(s) if s.state == upk_core::event::StateName::Stopped => Ok(s.seq),
+                other => Err(format!("{other:?}")),
+            },
+        );
+        let (_, lost) = stored_through(&db, n, seq);
+        assert_eq!(lost, 0, "{n} lost records while the controller listened");
+    }
+    drop(c);
+}

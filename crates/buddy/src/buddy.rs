@@ -41,6 +41,11 @@ const RETRY_EXITING: Duration = Duration::from_millis(100);
 /// While a stop waits for the rest of the group, how often to look whether it is gone
 /// (needed when the members are not our children, as with an adopted service).
 const DRAIN_CHECK: Duration = Duration::from_millis(100);
+/// Longest a due restart waits for the controller to acknowledge a half-full ring. The audit
+/// trail's back-pressure: a crash loop restarts no faster than its records are stored, so the
+/// ring never overflows while a controller listens, and a storm of crash loops leaves the
+/// controller the CPU it needs (docs/state-machine.md).
+const HOLD_MAX: Duration = Duration::from_secs(1);
 
 /// A start-up failure: the buddy exits with `code` after printing `message`.
 #[derive(Debug)]
@@ -327,6 +332,17 @@ impl Buddy {
         }
     }
 
+    /// The machine's deadline, except that a restart due while a listening controller has
+    /// half the ring unacknowledged waits for its ack, up to [`HOLD_MAX`] past its time (an
+    /// ack runs the timers again, so the restart follows it at once).
+    fn machine_deadline(&self) -> Option<Instant> {
+        let due = self.machine.deadline()?;
+        let held = matches!(self.machine.state(), State::Backoff { .. })
+            && self.controller_listening()
+            && self.ring.len() * 2 >= self.ring.capacity();
+        Some(if held { due + HOLD_MAX } else { due })
+    }
+
     /// The earliest timer of any kind.
     fn deadline(&self) -> Option<Instant> {
         let loggers = self.streams.iter().filter_map(|s| s.restart_at);
@@ -342,7 +358,7 @@ impl Buddy {
             .iter()
             .filter(|h| !h.timed_out)
             .map(|h| h.deadline);
-        [self.machine.deadline(), phone, self.exit_by, drain, probe]
+        [self.machine_deadline(), phone, self.exit_by, drain, probe]
             .into_iter()
             .flatten()
             .chain(loggers)
@@ -582,7 +598,7 @@ impl Buddy {
                 }
             }
         }
-        if self.machine.deadline().is_some_and(|d| d <= now) {
+        if self.machine_deadline().is_some_and(|d| d <= now) {
             self.drive(Input::Timer);
         }
         for i in 0..self.streams.len() {
@@ -664,7 +680,7 @@ impl Buddy {
             // A timer already due (a restart with UserRateLimit 0) is carried out now, so that
             // nothing but the records stands between reaping the old process and forking the
             // new one; the status file is written once, after.
-            if self.machine.deadline().is_some_and(|d| d <= Instant::now()) {
+            if self.machine_deadline().is_some_and(|d| d <= Instant::now()) {
                 next = Some(Input::Timer);
             }
         }
