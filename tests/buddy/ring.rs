@@ -136,3 +136,46 @@ fn a_terminating_buddy_delivers_pending_records_before_it_exits() {
     let st = upk_testkit::read_status(&dir);
     assert_eq!(st.acked, st.seq, "everything was acknowledged before exit");
 }
+
+#[test]
+fn a_status_file_with_seq_at_u64_max_begins_a_new_incarnation() {
+    // A corrupt or forged status file must not make the seqs wrap (hiding records) or
+    // overflow: the buddy begins a new incarnation at seq 1.
+    let sb = Sandbox::new();
+    let dir = sb.service("web", &sh_service("UserRateLimit: 0.2", "exec sleep 1000"));
+    let forged = upk_core::status::Status {
+        service: "web".into(),
+        state: StateName::Stopped,
+        want: upk_core::status::Want::Up,
+        pid: None,
+        pid_start: None,
+        since_us: 0,
+        buddy_pid: 1,
+        restarts: 0,
+        failures: 0,
+        last_exit: None,
+        next_start_us: None,
+        incarnation: "forged".into(),
+        seq: u64::MAX,
+        acked: u64::MAX - 3,
+        loggers: Vec::new(),
+        needs_ready: false,
+        ready_timed_out: false,
+        health: None,
+    };
+    forged.write(&dir.status()).expect("forged status");
+    let b = sb.buddy(&dir);
+    let st = b.wait_status("running", |s| s.state == StateName::Running);
+    assert_ne!(st.incarnation, "forged");
+    assert_eq!(st.incarnation.len(), 32, "{:?}", st.incarnation);
+    let seqs: Vec<u64> = b
+        .records()
+        .iter()
+        .map(|r| r["seq"].as_u64().expect("seq"))
+        .collect();
+    assert_eq!(seqs, (1..=seqs.len() as u64).collect::<Vec<_>>());
+    assert!(
+        seqs.len() >= 2 && st.seq == seqs.len() as u64,
+        "{seqs:?} {st:?}"
+    );
+}
