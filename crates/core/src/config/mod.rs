@@ -14,7 +14,7 @@ mod keys;
 mod model;
 mod validate;
 
-pub use keys::{check_action_name, ServiceLayer, MAX_RINGBUFFER_SIZE, SERVICE_KEYS};
+pub use keys::{check_action_name, ServiceLayer, MAX_RINGBUFFER_SIZE, MAX_SECONDS, SERVICE_KEYS};
 pub use model::*;
 pub use validate::{
     controller_file, load_controller, load_controller_or_defaults, load_services, parse_controller,
