@@ -4,6 +4,7 @@
 //! be written.
 
 mod access;
+mod config;
 mod health;
 mod outage;
 mod restart;
