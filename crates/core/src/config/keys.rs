@@ -635,8 +635,16 @@ pub fn canonical_key(key: &str) -> Option<&'static str> {
         .find(|k| k.eq_ignore_ascii_case(key))
 }
 
-/// The known key closest to `key`, when one is close enough to be a likely typo.
+/// Keys longer than this are no one's typo of a real key (the longest is 26 characters): they
+/// get no suggestion, and messages show only their start.
+pub const MAX_KEY_SHOWN: usize = 64;
+
+/// The known key closest to `key`, when one is close enough to be a likely typo. The edit
+/// distance costs the product of the lengths: a key of a megabyte is not compared at all.
 pub fn did_you_mean(key: &str, known: &[&'static str]) -> Option<&'static str> {
+    if key.chars().count() > MAX_KEY_SHOWN {
+        return None;
+    }
     let key = key.to_lowercase();
     known
         .iter()

@@ -9,7 +9,8 @@
 
 use super::dialect::{lex, Lexed, Pos};
 use super::keys::{
-    canonical_key, did_you_mean, kind, number, ServiceLayer, MAX_SECONDS, SERVICE_KEYS,
+    canonical_key, did_you_mean, kind, number, ServiceLayer, MAX_KEY_SHOWN, MAX_SECONDS,
+    SERVICE_KEYS,
 };
 use super::model::{Controller, Service, ServiceId};
 use super::{ConfigError, ConfigErrors};
@@ -183,6 +184,11 @@ fn child(path: &[String], key: &str) -> Vec<String> {
 }
 
 fn unknown(key: &str, known: &[&'static str]) -> String {
+    let length = key.chars().count();
+    if length > MAX_KEY_SHOWN {
+        let start: String = key.chars().take(MAX_KEY_SHOWN).collect();
+        return format!("unknown key `{start}...` ({length} characters)");
+    }
     match did_you_mean(key, known) {
         Some(k) => format!("unknown key `{key}`; did you mean `{k}`?"),
         None => format!("unknown key `{key}`"),
