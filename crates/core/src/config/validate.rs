@@ -1,11 +1,12 @@
 //! Validation: from a file's text to a [`Controller`] or a list of [`Service`]s.
 //!
-//! This module owns reading files (with the ownership and mode check), driving the dialect
-//! pass and json5, walking the raw values key by key against the controller keys and the
-//! service key table, layering, `%(EXEC_*)` substitution and the cross-key checks of a
-//! resolved service, and the effective controller defaults ([`Controller::defaults`]). Errors
+//! This module owns reading files (the type, symbolic link, ownership, mode and size checks,
+//! made without ever blocking on a FIFO), driving the dialect pass and json5, walking the raw
+//! values key by key against the controller keys and the service key table, layering,
+//! `%(EXEC_*)` substitution (one pass, bounded result) and the cross-key checks of a resolved
+//! service, and the effective controller defaults ([`Controller::defaults`]). Errors
 //! accumulate in a [`Doc`] with the position of the key or value they are about; a file with
-//! any error yields only its errors.
+//! any error yields only its errors (at most [`MAX_ERRORS`] of them and a count).
 
 use super::dialect::{lex, Lexed, Pos};
 use super::keys::{
