@@ -140,7 +140,7 @@ impl<'a> Doc<'a> {
                 let msg = if CONTROLLER_KEYS.iter().any(|k| k.eq_ignore_ascii_case(key)) {
                     format!("unknown key `{key}`: {misplaced_hint}")
                 } else {
-                    unknown(key, SERVICE_KEYS)
+                    unknown(key, SERVICE_KEYS, self.errors.len())
                 };
                 self.at_key(&kpath, msg);
                 continue;
@@ -184,13 +184,19 @@ fn child(path: &[String], key: &str) -> Vec<String> {
     p
 }
 
-fn unknown(key: &str, known: &[&'static str]) -> String {
+/// The message for an unknown key, with a suggestion while `reported` (the errors so far) is
+/// below [`MAX_ERRORS`]: past that the message is most likely cut, and a file of a hundred thousand
+/// unknown keys would cost as many suggestion searches.
+fn unknown(key: &str, known: &[&'static str], reported: usize) -> String {
     let length = key.chars().count();
     if length > MAX_KEY_SHOWN {
         let start: String = key.chars().take(MAX_KEY_SHOWN).collect();
         return format!("unknown key `{start}...` ({length} characters)");
     }
-    match did_you_mean(key, known) {
+    let suggestion = (reported < MAX_ERRORS)
+        .then(|| did_you_mean(key, known))
+        .flatten();
+    match suggestion {
         Some(k) => format!("unknown key `{key}`; did you mean `{k}`?"),
         None => format!("unknown key `{key}`"),
     }
@@ -261,7 +267,7 @@ fn parse_controller_for(src: &str, file: &Path, euid: u32) -> Result<Controller,
         else {
             let msg = match canonical_key(key) {
                 Some(k) => format!("`{k}` is a service key: put it inside ServiceDefaults"),
-                None => unknown(key, CONTROLLER_KEYS),
+                None => unknown(key, CONTROLLER_KEYS, doc.errors.len()),
             };
             doc.at_key(&kpath, msg);
             continue;
