@@ -70,7 +70,7 @@ fn nullable<T>(f: fn(&Value) -> Parsed<T>) -> impl Fn(&Value) -> Parsed<Option<O
     }
 }
 
-/// A finite number (the dialect refuses `NaN`, `Infinity` and `1e999` before this).
+/// A finite number (the dialect and json5 already refuse `NaN`, `Infinity` and `1e999`).
 pub(crate) fn number(v: &Value) -> Parsed<f64> {
     match v.as_f64() {
         Some(n) if n.is_finite() => Ok(n),
