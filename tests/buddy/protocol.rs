@@ -222,13 +222,22 @@ fn privileges_are_dropped_as_root() {
     assert_eq!(field("Gid:").as_deref(), Some("65534 65534 65534 65534"));
     assert_eq!(field("Groups:").as_deref(), Some("65534"));
 
+    // Validation refuses a user the system does not know; one removed after the render is
+    // the buddy's to report.
     let bad = sb.service(
         "ghost",
         &sh_service(
-            r#"SetUID: "no-such-user-here", MaxConsecutiveFailures: 1"#,
+            r#"SetUID: "nobody", MaxConsecutiveFailures: 1"#,
             "exec sleep 1000",
         ),
     );
+    let settings = std::fs::read_to_string(bad.settings()).expect("settings");
+    let gone = settings.replace(
+        r#""set_uid": "nobody""#,
+        r#""set_uid": "no-such-user-here""#,
+    );
+    assert_ne!(gone, settings, "{settings}");
+    std::fs::write(bad.settings(), gone).expect("settings");
     let g = sb.buddy(&bad);
     let failed = g.wait_record("spawn_failed", |_| true);
     assert!(

@@ -5,6 +5,7 @@
 
 mod access;
 mod audit_trail;
+mod config;
 mod health;
 mod outage;
 mod restart;

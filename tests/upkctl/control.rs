@@ -181,7 +181,7 @@ fn wait_says_when_the_state_is_not_reached() {
         &format!(
             r#"{{
     "stubborn": {{ ExecStart: {}, InitialState: "running", KillTimeout: 6 }},
-    "doomed": {{ ExecStart: "sleep 1000", SetUID: "upk-no-such-user", MaxConsecutiveFailures: 1 }},
+    "doomed": {{ ExecStart: "sleep 1000", SetUID: 4000000, MaxConsecutiveFailures: 1 }},
 }}"#,
             quoted(&stubborn)
         ),

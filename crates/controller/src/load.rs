@@ -2,7 +2,9 @@
 //!
 //! A bad service file is reported with all its errors and skipped; the others load. An id
 //! defined in two files keeps its first definition (files in name order) and the second is
-//! reported. Nothing here touches running services.
+//! reported. Nothing here touches running services. What makes a file unreadable (its type,
+//! owner, mode and size, a symbolic link and what it leads to) is decided by
+//! `upk_core::config` before the file is opened, and each refusal is one error for that file.
 
 use std::path::{Path, PathBuf};
 use upk_core::config::{self, Controller, Service};
@@ -45,6 +47,8 @@ pub struct Scan {
 /// defined twice keeps its first definition (files in name order).
 pub fn scan(ctl: &Controller) -> Scan {
     let mut scan = Scan::default();
+    // Ids seen so far: a file may hold thousands of services.
+    let mut ids = std::collections::HashSet::new();
     let files = match service_files(&ctl.svc_config_path) {
         Ok(f) => f,
         Err(e) => {
@@ -57,7 +61,7 @@ pub fn scan(ctl: &Controller) -> Scan {
         match config::load_services(&file, &ctl.service_defaults) {
             Ok(list) => {
                 for svc in list {
-                    if scan.services.iter().any(|(s, _)| s.id == svc.id) {
+                    if !ids.insert(svc.id.clone()) {
                         scan.errors.push(format!(
                             "{}: service {} is already defined in an earlier file; ignored here",
                             file.display(),

@@ -6,10 +6,17 @@
 //! dance or a package manager dropping ten files is therefore one rescan, done a tenth of a
 //! second after things calm down. Only `*.conf` and `*.json5` files that are not hidden count
 //! (editors' swap and backup files do not).
+//!
+//! Most new files announce themselves when they are closed after writing or renamed into
+//! place. Some entries are only ever *created*: a symbolic link, a hard link, a FIFO or
+//! another special file. A creation therefore counts when the new entry is anything but a
+//! fresh regular file (which is still being written, and counts when it is closed), so that
+//! the rescan reports why such a file is refused instead of passing over it in silence.
 
-use inotify::{Inotify, WatchMask};
+use inotify::{EventMask, Inotify, WatchMask};
 use std::os::fd::{AsFd, BorrowedFd};
-use std::path::Path;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 /// How long to wait after a change for the rest of a burst.
@@ -18,6 +25,7 @@ pub const SETTLE: Duration = Duration::from_millis(100);
 /// An inotify watch on one configuration directory.
 pub struct Watcher {
     inotify: Inotify,
+    dir: PathBuf,
     due: Option<Instant>,
 }
 
@@ -29,9 +37,14 @@ impl Watcher {
             | WatchMask::MOVED_TO
             | WatchMask::MOVED_FROM
             | WatchMask::DELETE
-            | WatchMask::ATTRIB;
+            | WatchMask::ATTRIB
+            | WatchMask::CREATE;
         inotify.watches().add(dir, mask)?;
-        Ok(Watcher { inotify, due: None })
+        Ok(Watcher {
+            inotify,
+            dir: dir.to_owned(),
+            due: None,
+        })
     }
 
     /// The descriptor to poll for readability.
@@ -51,7 +64,12 @@ impl Watcher {
             let mut any = false;
             for e in events {
                 any = true;
-                if e.name.is_some_and(|n| relevant(Path::new(n))) && self.due.is_none() {
+                let Some(name) = e.name.filter(|n| relevant(Path::new(n))) else {
+                    continue;
+                };
+                let counts = !e.mask.contains(EventMask::CREATE)
+                    || !fresh_regular_file(&self.dir.join(name));
+                if counts && self.due.is_none() {
                     self.due = Some(now + SETTLE);
                 }
             }
@@ -74,6 +92,12 @@ impl Watcher {
         }
         false
     }
+}
+
+/// A regular file with one link: just created by a writer, who will close it (an entry gone
+/// again by now was nothing to wait for).
+fn fresh_regular_file(path: &Path) -> bool {
+    std::fs::symlink_metadata(path).is_ok_and(|m| m.is_file() && m.nlink() == 1)
 }
 
 /// A service file name: `*.conf` or `*.json5`, not hidden.
@@ -117,6 +141,33 @@ mod tests {
         std::fs::remove_file(dir.path().join("b.json5")).expect("remove");
         settle(&mut w, 2000);
         assert!(w.deadline().is_some(), "a removal is a change too");
+    }
+
+    #[test]
+    fn a_symlink_or_fifo_created_in_the_directory_is_a_change() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut w = Watcher::new(dir.path()).expect("watch");
+        std::os::unix::fs::symlink("/nowhere", dir.path().join("l.conf")).expect("symlink");
+        settle(&mut w, 2000);
+        let due = w.deadline().expect("a new symlink is a change");
+        assert!(w.take_due(due));
+        let fifo = dir.path().join("x.conf");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o644))
+            .expect("mkfifo");
+        settle(&mut w, 2000);
+        assert!(w.deadline().is_some(), "a new FIFO is a change");
+    }
+
+    #[test]
+    fn a_regular_file_counts_when_closed_not_when_created() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut w = Watcher::new(dir.path()).expect("watch");
+        let f = std::fs::File::create(dir.path().join("a.conf")).expect("create");
+        settle(&mut w, 300);
+        assert_eq!(w.deadline(), None, "still being written");
+        drop(f);
+        settle(&mut w, 2000);
+        assert!(w.deadline().is_some(), "closed after writing");
     }
 
     #[test]

@@ -156,7 +156,7 @@ fn two_services_layered_over_controller_defaults() {
         db.uuid.as_deref(),
         Some("6ba7b810-9dad-11d1-80b4-00c04fd430c8")
     );
-    assert_eq!(db.set_uid, IdSpec::Name("postgres".into()));
+    assert_eq!(db.set_uid, IdSpec::Name("nobody".into()));
     assert_eq!(db.set_gid, IdSpec::Id(70));
     assert_eq!(
         (db.user_max_restarts, db.user_restart_window),
@@ -456,4 +456,381 @@ fn health_readiness_backoff_and_hooks() {
             parse_services(&text, Path::new("s.conf"), &ServiceLayer::default()).expect_err(entry);
         assert!(e.to_string().contains(message), "{entry}: {e}");
     }
+}
+
+// Issue 11: every number from outside has an upper bound, every file a size, every substitution
+// a result size, and no file type or link makes the loader block or stay silent.
+
+/// The message of the one error a value of `key` gets in a service entry, or `None` if the
+/// value is accepted.
+fn value_error(key: &str, value: &str) -> Option<String> {
+    let src = format!("{{ \"svc\": {{ ExecStart: \"x\", {key}: {value} }} }}");
+    match parse_services(&src, Path::new("t.conf"), &ServiceLayer::default()) {
+        Ok(_) => None,
+        Err(e) => {
+            assert_eq!(e.0.len(), 1, "{key}: {value}: {e}");
+            let err = &e.0[0];
+            assert_eq!(
+                (err.line, err.column),
+                (1, 30 + key.len()),
+                "{key}: {value} points at the value: {e}"
+            );
+            Some(err.message.clone())
+        }
+    }
+}
+
+#[test]
+fn kill_timeout_of_1e20_is_a_config_error() {
+    let m = value_error("KillTimeout", "1e20").expect("refused");
+    assert_eq!(
+        m,
+        "KillTimeout: must be at most 31536000 seconds (365 days), found 100000000000000000000"
+    );
+    assert_eq!(
+        value_error("KillTimeout", "-1"),
+        None,
+        "negative: never SIGKILL"
+    );
+    assert_eq!(value_error("KillTimeout", "31536000"), None);
+}
+
+#[test]
+fn every_seconds_key_is_bounded_at_365_days() {
+    for key in [
+        "KillTimeout",
+        "UserRestartWindow",
+        "UserRateLimit",
+        "HealthInterval",
+        "HealthTimeout",
+        "HealthStartPeriod",
+        "ReadyTimeout",
+        "RestartDelayMax",
+        "FailedRetryAfter",
+    ] {
+        for huge in ["1e19", "1e20", "31536000.5", "1.7976931348623157e308"] {
+            let m = value_error(key, huge).unwrap_or_else(|| panic!("{key}: {huge} accepted"));
+            assert!(m.contains("at most 31536000 seconds"), "{key}: {huge}: {m}");
+        }
+        assert_eq!(value_error(key, "86400"), None, "{key}: a day is fine");
+        let m = value_error(key, "1e999").unwrap_or_else(|| panic!("{key}: 1e999 accepted"));
+        assert!(m.contains("out of range"), "{key}: 1e999: {m}");
+    }
+    // A hook's Timeout too.
+    let src = r#"{ "svc": { ExecStart: "x", Notify: { page: { Run: "p", Timeout: 1e20 } } } }"#;
+    let e = errors(src);
+    assert!(
+        e.to_string()
+            .contains("Timeout: must be at most 31536000 seconds"),
+        "{e}"
+    );
+}
+
+#[test]
+fn every_count_and_priority_is_bounded() {
+    let refused = [
+        ("StartPriority", "1e15"),
+        ("StartPriority", "-3000000000"),
+        ("MaxConsecutiveFailures", "4294967296"),
+        ("MaxConsecutiveFailures", "1e19"),
+        ("ReconnectRetries", "1e19"),
+        ("ReconnectRetries", "18446744073709551615"),
+        ("UserMaxRestarts", "4294967296"),
+        ("RingbufferSize", "1e9"),
+        ("HealthRetries", "1e6"),
+        ("RestartBackoff", "1e300"),
+        ("SetUID", "4294967295"),
+        ("SetGID", "1e12"),
+        ("Readiness", "\"fd:99999999999999999999\""),
+    ];
+    for (key, value) in refused {
+        assert!(value_error(key, value).is_some(), "{key}: {value} accepted");
+    }
+    for (key, value) in [
+        ("StartPriority", "-2147483648"),
+        ("MaxConsecutiveFailures", "4294967295"),
+        ("ReconnectRetries", "-1e15"),
+        ("UserMaxRestarts", "4294967295"),
+    ] {
+        assert_eq!(value_error(key, value), None, "{key}: {value}");
+    }
+    // Any negative means "without limit"; kept as -1 so no counter can wrap on it.
+    let s = services(
+        r#"{ "a": { ExecStart: "x", ReconnectRetries: -8e15, MaxConsecutiveFailures: -5 } }"#,
+    );
+    assert_eq!(
+        (s[0].reconnect_retries, s[0].max_consecutive_failures),
+        (-1, -1)
+    );
+}
+
+#[test]
+fn history_max_age_days_of_1e15_is_a_config_error() {
+    let e =
+        parse_controller("{ HistoryMaxAgeDays: 1e15 }", Path::new("u.conf")).expect_err("refused");
+    assert_eq!(
+        e.to_string(),
+        "u.conf:1:22: HistoryMaxAgeDays: must be greater than 0 and at most 36500 days, found 1000000000000000"
+    );
+    for bad in [
+        "{ HistoryMaxEvents: 1e19 }",
+        "{ HistoryMaxEvents: 18446744073709551615 }",
+        "{ BuddyPollingInterval: 1e20 }",
+        "{ HistoryMaxAgeDays: 1e999 }",
+        "{ ControlGroup: 1e10 }",
+    ] {
+        assert!(
+            parse_controller(bad, Path::new("u.conf")).is_err(),
+            "{bad} accepted"
+        );
+    }
+    let c = parse_controller(
+        "{ HistoryMaxAgeDays: 36500, HistoryMaxEvents: 1e12, BuddyPollingInterval: 3600 }",
+        Path::new("u.conf"),
+    )
+    .expect("the maxima themselves are fine");
+    assert_eq!(c.history_max_events, Some(1_000_000_000_000));
+}
+
+/// `ExecStart` holding `%(EXEC_STOP)` a hundred times, `ExecStop` holding `%(EXEC_RELOAD)` a
+/// hundred times, `ExecReload` 1000 bytes, and a script using `%(EXEC_START)` a hundred times:
+/// a 5 KB file became a gigabyte when each substitution's result was searched again.
+#[test]
+fn exec_placeholders_are_substituted_once_not_chained() {
+    let s = services(
+        r#"{ "a": { ExecStart: "run %(EXEC_STOP)", ExecStop: "halt", StopScript: "%(EXEC_STOP) %(EXEC_START) %(EXEC_NOPE)" } }"#,
+    );
+    assert_eq!(s[0].start_script, "#!/bin/sh\nexec run %(EXEC_STOP)\n");
+    assert_eq!(s[0].stop_script, "halt run %(EXEC_STOP) %(EXEC_NOPE)");
+
+    let chain = format!(
+        r#"{{ "a": {{ ExecStart: "{}", ExecStop: "{}", ExecReload: "{}", StartScript: "{}" }} }}"#,
+        "%(EXEC_STOP)".repeat(100),
+        "%(EXEC_RELOAD)".repeat(100),
+        "x".repeat(1000),
+        "%(EXEC_START)".repeat(100),
+    );
+    let s = services(&chain);
+    assert_eq!(s[0].start_script.len(), 100 * 100 * "%(EXEC_STOP)".len());
+}
+
+#[test]
+fn a_script_longer_than_1_mib_after_substitution_is_an_error() {
+    let src = format!(
+        r#"{{ "a": {{ ExecStart: "{}", StartScript: "{}" }} }}"#,
+        "x".repeat(100_000),
+        "%(EXEC_START) ".repeat(11),
+    );
+    let e = errors(&src);
+    assert_eq!(
+        positions(&e),
+        [(
+            1,
+            3,
+            "service `a`: StartScript is 1100011 bytes after %(EXEC_*) substitution, more than 1048576"
+                .to_owned()
+        )]
+    );
+}
+
+#[test]
+fn nesting_100000_deep_is_one_error_and_the_file_is_refused() {
+    let src = format!("{{ \"a\": {}", "[".repeat(100_000));
+    let e = errors(&src);
+    assert_eq!(
+        positions(&e),
+        [(
+            1,
+            71,
+            "syntax error: objects and arrays nest deeper than 64 levels here".to_owned()
+        )]
+    );
+}
+
+#[test]
+fn thousands_of_errors_are_cut_at_100_and_counted() {
+    let src = format!(
+        "{{ \"a\": {{ ExecStart: \"x\", {} }} }}",
+        (0..5000).map(|i| format!("k{i}: 1,")).collect::<String>()
+    );
+    let e = errors(&src);
+    assert_eq!(e.0.len(), 101);
+    assert_eq!(e.0[100].message, "4900 more errors not shown");
+}
+
+#[test]
+fn set_uid_naming_a_user_that_does_not_exist_is_a_config_error() {
+    let e = errors(r#"{ "a": { ExecStart: "x", SetUID: "upk-no-such-user" } }"#);
+    assert_eq!(
+        positions(&e),
+        [(
+            1,
+            34,
+            "SetUID: there is no user named \"upk-no-such-user\" on this system".to_owned()
+        )]
+    );
+    let e = errors(r#"{ "a": { ExecStart: "x", SetGID: "upk-no-such-group" } }"#);
+    assert!(
+        e.to_string()
+            .contains("SetGID: there is no group named \"upk-no-such-group\" on this system"),
+        "{e}"
+    );
+    // Names the system knows, and numbers (which need no entry), are accepted.
+    let s = services(r#"{ "a": { ExecStart: "x", SetUID: "root", SetGID: "root" } }"#);
+    assert_eq!(s[0].set_uid, IdSpec::Name("root".into()));
+    services(r#"{ "a": { ExecStart: "x", SetUID: 4000000, SetGID: 4000000 } }"#);
+    // In ServiceDefaults too.
+    let e = parse_controller(
+        r#"{ ServiceDefaults: { SetUID: "upk-no-such-user" } }"#,
+        Path::new("u.conf"),
+    )
+    .expect_err("refused");
+    assert!(e.to_string().contains("no user named"), "{e}");
+}
+
+/// A private directory holding `name` with `text`, mode 0644.
+fn file_in_dir(name: &str, text: &str) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join(name);
+    fs::write(&path, text).expect("write");
+    fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).expect("chmod");
+    (dir, path)
+}
+
+/// The one error loading `path` gives, within a bounded wait: a loader that blocks fails the
+/// test instead of hanging it.
+fn load_error(path: &Path) -> String {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let p = path.to_owned();
+    std::thread::spawn(move || {
+        let _ = tx.send(load_services(&p, &ServiceLayer::default()).map(|s| s.len()));
+    });
+    match rx.recv_timeout(std::time::Duration::from_secs(10)) {
+        Ok(Err(e)) => {
+            assert_eq!(e.0.len(), 1, "{e}");
+            e.to_string()
+        }
+        Ok(Ok(n)) => panic!("{} loaded with {n} services", path.display()),
+        Err(_) => panic!("loading {} blocked for 10 s", path.display()),
+    }
+}
+
+#[test]
+fn a_fifo_named_x_conf_is_refused_without_blocking() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let fifo = dir.path().join("x.conf");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o644)).expect("mkfifo");
+    let e = load_error(&fifo);
+    assert!(
+        e.ends_with("refusing to read: it is a FIFO, not a regular file"),
+        "{e}"
+    );
+    // Through a link too.
+    let link = dir.path().join("y.conf");
+    std::os::unix::fs::symlink(&fifo, &link).expect("symlink");
+    let e = load_error(&link);
+    assert!(e.contains("is a symbolic link to"), "{e}");
+    assert!(e.ends_with("which is a FIFO, not a regular file"), "{e}");
+}
+
+#[test]
+fn a_service_file_over_1_mib_is_refused_with_its_size() {
+    let big = format!("{{ \"a\": {{ ExecStart: \"x\" }} }}{}", " ".repeat(1 << 20));
+    let (_dir, path) = file_in_dir("big.conf", &big);
+    let e = load_error(&path);
+    assert!(
+        e.ends_with(&format!(
+            "refusing to read: it is {} bytes, more than the 1048576 a configuration file may hold; split it into several files",
+            big.len()
+        )),
+        "{e}"
+    );
+    let fits = format!("{{ \"a\": {{ ExecStart: \"x\" }} }}{}", " ".repeat(1000));
+    let (_dir, path) = file_in_dir("ok.conf", &fits);
+    assert_eq!(
+        load_services(&path, &ServiceLayer::default()).map(|s| s.len()),
+        Ok(1)
+    );
+}
+
+#[test]
+fn symlinked_service_files_say_why_they_are_refused() {
+    let (dir, good) = file_in_dir("a.conf", r#"{ "a": { ExecStart: "x" } }"#);
+    let link = |name: &str, to: &Path| {
+        let p = dir.path().join(name);
+        std::os::unix::fs::symlink(to, &p).expect("symlink");
+        p
+    };
+    // A link to a good file made by an allowed owner is followed.
+    let ok = link("b.conf", &good);
+    assert_eq!(
+        load_services(&ok, &ServiceLayer::default()).map(|s| s.len()),
+        Ok(1)
+    );
+
+    let sub = dir.path().join("sub");
+    fs::create_dir(&sub).expect("mkdir");
+    let e = load_error(&link("dir.conf", &sub));
+    assert!(
+        e.ends_with(&format!(
+            "refusing to read: it is a symbolic link to {}, which is a directory, not a regular file",
+            sub.display()
+        )),
+        "{e}"
+    );
+    let looped = dir.path().join("loop.conf");
+    link("loop.conf", &looped);
+    let e = load_error(&looped);
+    assert!(
+        e.ends_with("that loops (too many levels of symbolic links)"),
+        "{e}"
+    );
+    let e = load_error(&link("gone.conf", &dir.path().join("nowhere")));
+    assert!(e.ends_with("which does not exist"), "{e}");
+    let e = load_error(&link("null.conf", Path::new("/dev/null")));
+    assert!(
+        e.ends_with("to /dev/null, which is a device, not a regular file"),
+        "{e}"
+    );
+}
+
+/// A link made by another user (into a directory someone left writable) could make a root
+/// controller read any root file, /etc/shadow included, and echo its words in errors.
+#[test]
+fn a_symlink_made_by_another_user_is_not_followed() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: needs root to make a link owned by another user");
+        return;
+    }
+    let (dir, good) = file_in_dir("a.conf", r#"{ "a": { ExecStart: "x" } }"#);
+    let link = dir.path().join("shadow.conf");
+    std::os::unix::fs::symlink(&good, &link).expect("symlink");
+    std::os::unix::fs::lchown(&link, Some(65534), None).expect("lchown");
+    let e = load_error(&link);
+    assert!(
+        e.ends_with(&format!(
+            "refusing to read: it is a symbolic link to {}, and the link is owned by uid 65534, not by root; chown it",
+            good.display()
+        )),
+        "{e}"
+    );
+}
+
+/// Found by the config fuzz target's speed: the "did you mean" search costs the product of
+/// the key's length and each known key's, so one 200 KB unknown key took 16 s (debug build)
+/// inside the controller's loop.
+#[test]
+fn a_200_kb_unknown_key_gets_no_suggestion_search_and_a_short_message() {
+    let key = "K".repeat(200_000);
+    let e = errors(&format!("{{ \"a\": {{ ExecStart: \"x\", {key}: 1 }} }}"));
+    assert_eq!(
+        positions(&e),
+        [(
+            1,
+            26,
+            format!("unknown key `{}...` (200000 characters)", &key[..64])
+        )]
+    );
+    let e = parse_controller(&format!("{{ {key}: 1 }}"), Path::new("u.conf")).expect_err("refused");
+    assert!(e.to_string().ends_with("(200000 characters)"), "{e}");
 }

@@ -4,6 +4,10 @@
 //! or a date with an optional time (`2026-11-21`, `2026-11-21T12:00`, `2026-11-21 12:00:05Z`).
 //! Printed times are `upk_core::time::format_utc` cut to milliseconds, which is as fine as a
 //! person reads and keeps a history line inside a terminal.
+//!
+//! Arithmetic on what the operator typed is checked: a year is four digits (0000-9999), and a
+//! duration reaching back past the representable range is refused with one sentence, never
+//! wrapped.
 
 /// Microseconds per second.
 const SEC: i64 = 1_000_000;
@@ -11,23 +15,38 @@ const SEC: i64 = 1_000_000;
 /// Parses a `--since`/`--until` value into wall microseconds, relative to `now_us`.
 pub fn parse(text: &str, now_us: i64) -> Result<i64, String> {
     let t = text.trim();
-    if let Some(ago) = parse_duration(t) {
-        return Ok(now_us - ago);
+    let too_far = || format!("{text:?} reaches too far back: durations are at most 100,000 weeks");
+    match parse_duration(t) {
+        Some(Some(ago)) => return now_us.checked_sub(ago).ok_or_else(too_far),
+        Some(None) => return Err(too_far()),
+        None => {}
     }
     parse_date(t).ok_or_else(|| {
         format!(
             "{text:?} is neither a duration (90s, 15m, 1h30m, 2d, 1w) nor a UTC date \
-             (2026-11-21, 2026-11-21T12:00:00Z)"
+             (2026-11-21, 2026-11-21T12:00:00Z, years 0000 to 9999)"
         )
     })
 }
 
-/// `1h30m` and friends, in microseconds; `None` if it is not a duration.
-fn parse_duration(t: &str) -> Option<i64> {
-    if t.is_empty() {
+/// The longest duration accepted: about 1,900 years, far from any overflow.
+const MAX_AGO: i64 = 100_000 * 7 * 86_400 * SEC;
+
+/// `1h30m` and friends, in microseconds; `None` if it is not a duration, `Some(None)` if it
+/// is one longer than [`MAX_AGO`].
+fn parse_duration(t: &str) -> Option<Option<i64>> {
+    if t.is_empty() || !t.chars().all(|c| c.is_ascii_digit() || "smhdw".contains(c)) {
         return None;
     }
-    let (mut total, mut digits) = (0i64, String::new());
+    let (mut total, mut digits) = (Some(0i64), String::new());
+    let mut add = |digits: &str, unit: i64| {
+        // Digits were checked above: a parse failure is an overflow.
+        let n = digits.parse::<i64>().ok();
+        total = total
+            .zip(n)
+            .and_then(|(t, n)| t.checked_add(n.checked_mul(unit * SEC)?))
+            .filter(|t| *t <= MAX_AGO);
+    };
     for c in t.chars() {
         if c.is_ascii_digit() {
             digits.push(c);
@@ -38,32 +57,38 @@ fn parse_duration(t: &str) -> Option<i64> {
             'm' => 60,
             'h' => 3600,
             'd' => 86_400,
-            'w' => 7 * 86_400,
-            _ => return None,
+            _ => 7 * 86_400,
         };
-        let n: i64 = digits.parse().ok()?;
-        total = total.checked_add(n.checked_mul(unit * SEC)?)?;
+        if digits.is_empty() {
+            return None; // `h`, `1hm`
+        }
+        add(&digits, unit);
         digits.clear();
     }
     // A bare number is seconds.
     if !digits.is_empty() {
-        total = total.checked_add(digits.parse::<i64>().ok()?.checked_mul(SEC)?)?;
+        add(&digits, 1);
     }
     Some(total)
 }
 
-/// `YYYY-MM-DD[(T| )HH:MM[:SS]][Z]`, UTC.
+/// `YYYY-MM-DD[(T| )HH:MM[:SS]][Z]`, UTC, years 0000 to 9999.
 fn parse_date(t: &str) -> Option<i64> {
     let t = t.strip_suffix('Z').unwrap_or(t);
     let (date, time) = match t.split_once(['T', ' ']) {
         Some((d, tm)) => (d, Some(tm)),
         None => (t, None),
     };
+    let digits = |s: &str, n: usize| -> Option<i64> {
+        (s.len() == n && s.bytes().all(|b| b.is_ascii_digit()))
+            .then(|| s.parse().ok())
+            .flatten()
+    };
     let mut d = date.splitn(3, '-');
-    let year: i64 = d.next()?.parse().ok()?;
-    let month: i64 = d.next()?.parse().ok()?;
-    let day: i64 = d.next()?.parse().ok()?;
-    if !(1..=12).contains(&month) || !(1..=31).contains(&day) || date.len() != 10 {
+    let year = digits(d.next()?, 4)?;
+    let month = digits(d.next()?, 2)?;
+    let day = digits(d.next()?, 2)?;
+    if !(1..=12).contains(&month) || !(1..=31).contains(&day) {
         return None;
     }
     let mut secs = days_from_civil(year, month, day) * 86_400;
@@ -73,11 +98,12 @@ fn parse_date(t: &str) -> Option<i64> {
             return None;
         }
         let field = |i: usize, max: i64| -> Option<i64> {
-            let v: i64 = parts.get(i).map_or(Some(0), |p| p.parse().ok())?;
+            let v = parts.get(i).map_or(Some(0), |p| digits(p, 2))?;
             (0..max).contains(&v).then_some(v)
         };
         secs += field(0, 24)? * 3600 + field(1, 60)? * 60 + field(2, 61)?;
     }
+    // Years 0000-9999 are within +-2.6e17 microseconds: no overflow is possible.
     Some(secs * SEC)
 }
 
@@ -158,10 +184,47 @@ mod tests {
             "2026-13-01",
             "2026-11-21T25:00",
             "2026-1-1",
+            "2026-11-1",
+            "+026-11-21",
+            "2026-11-21T1:00",
+            "h",
+            "1hm",
+            "-5s",
         ] {
             let e = parse(bad, NOW).expect_err(bad);
             assert!(e.contains("neither a duration"), "{e}");
         }
+    }
+
+    /// `--since 408212-1-1` overflowed the microsecond arithmetic (a panic in a debug build,
+    /// a wrapped time in a release build).
+    #[test]
+    fn since_408212_1_1_is_refused_not_wrapped() {
+        for bad in [
+            "408212-1-1",
+            "408212-01-01",
+            "99999-12-31",
+            "9999999999-01-01",
+        ] {
+            let e = parse(bad, NOW).expect_err(bad);
+            assert!(e.contains("years 0000 to 9999"), "{bad}: {e}");
+        }
+        assert!(parse("9999-12-31T23:59:59Z", NOW).is_ok_and(|t| t > NOW));
+        assert!(parse("0000-01-01", NOW).is_ok_and(|t| t < 0));
+        for bad in [
+            "9223372036854775807s",
+            "99999999999999999999w",
+            "100001w",
+            &format!("{}s", i64::MAX / SEC + 1),
+        ] {
+            let e = parse(bad, NOW).expect_err(bad);
+            assert!(e.contains("too far back"), "{bad}: {e}");
+        }
+        assert_eq!(parse("100000w", 0), Ok(-MAX_AGO));
+        assert!(
+            parse("100000w", i64::MIN + 1).is_err(),
+            "now - ago would wrap"
+        );
     }
 
     #[test]

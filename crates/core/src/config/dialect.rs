@@ -9,6 +9,11 @@
 //! common structural mistakes (a missing comma, an unclosed brace, an unquoted word) with a
 //! message that points at the right line, where json5's own report often points at the end
 //! of the previous value. Anything it does not catch, json5 still does.
+//!
+//! Its memory is linear in the text: positions live in a tree of path steps (each node names
+//! one key or array index under its parent), never in a copy of the whole path per value, and
+//! nesting deeper than [`MAX_DEPTH`] is a syntax error before json5 (whose parser recurses) or
+//! serde_json ever see the text.
 
 use std::collections::HashMap;
 use std::ops::Range;
@@ -20,54 +25,111 @@ pub struct Pos {
     pub column: usize,
 }
 
-/// A path from the document root to an object member or array element.
-pub type Path = Vec<String>;
+/// Objects and arrays may nest this deep, the document's own braces included. Real files
+/// nest four or five levels; the bound keeps a hostile file from costing memory or stack.
+pub const MAX_DEPTH: usize = 64;
+
+/// One step of a path: an object key, or an array index (written `"[3]"` in a path).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum Step {
+    Key(Box<str>),
+    Index(usize),
+}
+
+impl Step {
+    fn of(part: &str) -> Step {
+        part.strip_prefix('[')
+            .and_then(|r| r.strip_suffix(']'))
+            .and_then(|n| n.parse().ok())
+            .map_or_else(|| Step::Key(part.into()), Step::Index)
+    }
+}
+
+/// What is known about one path: where its key and its value start, and for an object every
+/// key in file order.
+#[derive(Debug, Default)]
+struct Node {
+    key: Option<Pos>,
+    value: Option<Pos>,
+    members: Vec<(String, Pos)>,
+}
+
+/// The root node: the document's top-level value.
+const ROOT: usize = 0;
 
 /// What the lexer learnt about a source text.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Lexed {
     /// The source with bare `Null`/`True`/`False` lowercased; same length and layout.
     pub text: String,
     /// True when the source holds nothing but whitespace and comments.
     pub empty: bool,
-    /// Where each object key starts; a duplicated key maps to its last occurrence (the one
-    /// whose value `serde_json` keeps).
-    pub keys: HashMap<Path, Pos>,
-    /// Where each value starts, by the same paths (array elements end in `"[i]"`).
-    pub values: HashMap<Path, Pos>,
-    /// Every key of every object, in file order, duplicates included, by the object's path.
-    pub members: HashMap<Path, Vec<(String, Pos)>>,
+    /// Every path seen, as a tree: `nodes[ROOT]` is the document, `children` leads from a node
+    /// and a step to the child node. A duplicated key's node keeps its last occurrence (the
+    /// one whose value `serde_json` keeps) and its parent's `members` keeps both.
+    nodes: Vec<Node>,
+    children: HashMap<(usize, Step), usize>,
     /// Problems json5 would let through silently (`NaN`, `Infinity`).
     pub errors: Vec<(Pos, String)>,
     /// The first structural error, after which nothing else is trustworthy.
     pub syntax: Option<(Pos, String)>,
 }
 
+impl Default for Lexed {
+    fn default() -> Self {
+        Lexed {
+            text: String::new(),
+            empty: false,
+            nodes: vec![Node::default()],
+            children: HashMap::new(),
+            errors: Vec::new(),
+            syntax: None,
+        }
+    }
+}
+
 impl Lexed {
     /// Where the key at `path` is, or the nearest enclosing one that is known.
     pub fn key_pos(&self, path: &[String]) -> Pos {
-        self.nearest(path, &self.keys)
+        self.nearest(path, |n| n.key.or(n.value))
     }
 
     /// Where the value at `path` is, or the nearest enclosing one that is known.
     pub fn value_pos(&self, path: &[String]) -> Pos {
-        self.nearest(path, &self.values)
+        self.nearest(path, |n| n.value)
     }
 
-    fn nearest(&self, path: &[String], map: &HashMap<Path, Pos>) -> Pos {
-        (0..=path.len())
+    /// The nodes of `path` and of each of its prefixes that exist, root first.
+    fn chain(&self, path: &[String]) -> Vec<usize> {
+        let mut chain = vec![ROOT];
+        for part in path {
+            let at = chain[chain.len() - 1];
+            match self.children.get(&(at, Step::of(part))) {
+                Some(&child) => chain.push(child),
+                None => break,
+            }
+        }
+        chain
+    }
+
+    fn nearest(&self, path: &[String], pos: fn(&Node) -> Option<Pos>) -> Pos {
+        self.chain(path)
+            .iter()
             .rev()
-            .find_map(|n| map.get(&path[..n]).or_else(|| self.values.get(&path[..n])))
-            .copied()
+            .find_map(|&n| pos(&self.nodes[n]))
             .unwrap_or(Pos { line: 1, column: 1 })
     }
 
     /// Keys of the object at `path` that repeat an earlier key, compared after `fold`:
     /// `(key as written, its position, position of the first one)`.
     pub fn duplicates(&self, path: &[String], fold: fn(&str) -> String) -> Vec<(String, Pos, Pos)> {
+        let chain = self.chain(path);
+        if chain.len() != path.len() + 1 {
+            return Vec::new();
+        }
         let mut first: HashMap<String, Pos> = HashMap::new();
         let mut dups = Vec::new();
-        for (key, pos) in self.members.get(path).into_iter().flatten() {
+        for (key, pos) in &self.nodes[chain[chain.len() - 1]].members {
             match first.get(&fold(key)) {
                 Some(&at) => dups.push((key.clone(), *pos, at)),
                 None => {
@@ -76,6 +138,16 @@ impl Lexed {
             }
         }
         dups
+    }
+
+    /// The node for `step` under `parent`, made if new.
+    fn child(&mut self, parent: usize, step: Step) -> usize {
+        let next = self.nodes.len();
+        let id = *self.children.entry((parent, step)).or_insert(next);
+        if id == next {
+            self.nodes.push(Node::default());
+        }
+        id
     }
 }
 
@@ -90,13 +162,14 @@ enum Expect {
 #[derive(Debug)]
 enum Frame {
     Object {
-        path: Path,
+        node: usize,
         expect: Expect,
-        key: Option<String>,
+        /// The last key read and its node.
+        key: Option<(String, usize)>,
         open: Pos,
     },
     Array {
-        path: Path,
+        node: usize,
         index: usize,
         expect_value: bool,
         open: Pos,
@@ -344,8 +417,9 @@ fn walk(
 
     while let Some((pos, token)) = cur.next_token()? {
         out.empty = false;
-        // Where a value starting here would live, if one may start here.
-        let value_path: Option<Path> = match stack.last() {
+        // The node of a value starting here (an array element's is made once one does), if
+        // one may start here.
+        let value_node: Option<(usize, Option<usize>)> = match stack.last() {
             None if done => {
                 return Err((
                     pos,
@@ -355,19 +429,19 @@ fn walk(
                     ),
                 ));
             }
-            None => Some(Vec::new()),
+            None => Some((ROOT, None)),
             Some(Frame::Object {
-                path,
+                node,
                 expect: Expect::Value,
                 key,
                 ..
-            }) => Some(path.iter().cloned().chain(key.clone()).collect()),
-            Some(Frame::Array {
-                path,
+            }) => Some((key.as_ref().map_or(*node, |k| k.1), None)),
+            Some(&Frame::Array {
+                node,
                 index,
                 expect_value: true,
                 ..
-            }) => Some(path.iter().cloned().chain([format!("[{index}]")]).collect()),
+            }) => Some((node, Some(index))),
             Some(_) => None,
         };
         let starts_value = matches!(
@@ -375,7 +449,8 @@ fn walk(
             Token::Str(_) | Token::Word(..) | Token::Punct('{' | '[')
         );
 
-        if let (Some(vpath), true) = (value_path, starts_value) {
+        if let (Some((vnode, element)), true) = (value_node, starts_value) {
+            let vnode = element.map_or(vnode, |i| out.child(vnode, Step::Index(i)));
             match stack.last_mut() {
                 Some(Frame::Object { expect, .. }) => *expect = Expect::Comma,
                 Some(Frame::Array {
@@ -388,12 +463,18 @@ fn walk(
                 }
                 None => done = true,
             }
-            out.values.insert(vpath.clone(), pos);
+            out.nodes[vnode].value = Some(pos);
+            if matches!(token, Token::Punct('{' | '[')) && stack.len() >= MAX_DEPTH {
+                return Err((
+                    pos,
+                    format!("objects and arrays nest deeper than {MAX_DEPTH} levels here"),
+                ));
+            }
             match token {
                 Token::Punct('{') => {
                     done = false;
                     stack.push(Frame::Object {
-                        path: vpath,
+                        node: vnode,
                         expect: Expect::Key,
                         key: None,
                         open: pos,
@@ -402,7 +483,7 @@ fn walk(
                 Token::Punct('[') => {
                     done = false;
                     stack.push(Frame::Array {
-                        path: vpath,
+                        node: vnode,
                         index: 0,
                         expect_value: true,
                         open: pos,
@@ -417,21 +498,17 @@ fn walk(
         match (stack.last_mut(), token) {
             (
                 Some(Frame::Object {
-                    path,
+                    node,
                     expect: expect @ Expect::Key,
                     key,
                     ..
                 }),
                 Token::Str(k) | Token::Word(k, _),
             ) => {
-                let mut kp = path.clone();
-                kp.push(k.clone());
-                out.keys.insert(kp, pos);
-                out.members
-                    .entry(path.clone())
-                    .or_default()
-                    .push((k.clone(), pos));
-                *key = Some(k);
+                let child = out.child(*node, Step::of(&k));
+                out.nodes[child].key = Some(pos);
+                out.nodes[*node].members.push((k.clone(), pos));
+                *key = Some((k, child));
                 *expect = Expect::Colon;
             }
             (
@@ -481,7 +558,7 @@ fn walk(
                     }) => {
                         format!(
                             "expected `:` after the key {:?}, found {found}",
-                            key.as_deref().unwrap_or_default()
+                            key.as_ref().map_or("", |k| k.0.as_str())
                         )
                     }
                     Some(Frame::Object {
@@ -518,7 +595,7 @@ fn walk(
 mod tests {
     use super::*;
 
-    fn p(parts: &[&str]) -> Path {
+    fn p(parts: &[&str]) -> Vec<String> {
         parts.iter().map(|s| s.to_string()).collect()
     }
 
@@ -537,30 +614,79 @@ mod tests {
     fn records_key_and_value_positions_by_path() {
         let src = "{\n  \"S\": {\n    \"K\": 1,\n    'L': [2, {x: 3}],\n  },\n}\n";
         let lexed = lex(src);
-        assert_eq!(lexed.keys[&p(&["S"])], Pos { line: 2, column: 3 });
-        assert_eq!(lexed.keys[&p(&["S", "K"])], Pos { line: 3, column: 5 });
+        assert_eq!(lexed.key_pos(&p(&["S"])), Pos { line: 2, column: 3 });
+        assert_eq!(lexed.key_pos(&p(&["S", "K"])), Pos { line: 3, column: 5 });
         assert_eq!(
-            lexed.values[&p(&["S", "K"])],
+            lexed.value_pos(&p(&["S", "K"])),
             Pos {
                 line: 3,
                 column: 10
             }
         );
         assert_eq!(
-            lexed.values[&p(&["S", "L", "[1]"])],
+            lexed.value_pos(&p(&["S", "L", "[1]"])),
             Pos {
                 line: 4,
                 column: 14
             }
         );
         assert_eq!(
-            lexed.keys[&p(&["S", "L", "[1]", "x"])],
+            lexed.key_pos(&p(&["S", "L", "[1]", "x"])),
             Pos {
                 line: 4,
                 column: 15
             }
         );
         assert!(!lexed.empty);
+        // An unknown path falls back to the nearest enclosing one.
+        assert_eq!(
+            lexed.value_pos(&p(&["S", "L", "[7]"])),
+            lexed.value_pos(&p(&["S", "L"]))
+        );
+    }
+
+    /// 100,000 levels of nesting took gigabytes (a path per level, copied per level) and the
+    /// kernel killed the controller; json5's parser would then have recursed as deep.
+    #[test]
+    fn nesting_100000_deep_is_one_syntax_error_at_level_65() {
+        for open in ["[", "{\"a\":"] {
+            let src = open.repeat(100_000);
+            let lexed = lex(&src);
+            let (pos, msg) = lexed.syntax.expect("a syntax error");
+            assert!(msg.contains("nest deeper than 64 levels"), "{msg}");
+            assert_eq!(pos.column, 64 * open.len() + 1, "{msg}");
+            assert!(
+                lexed.nodes.len() <= 2 * MAX_DEPTH,
+                "{} nodes",
+                lexed.nodes.len()
+            );
+        }
+        let ok = format!("{}{}", "[".repeat(MAX_DEPTH), "]".repeat(MAX_DEPTH));
+        assert!(lex(&ok).syntax.is_none());
+    }
+
+    #[test]
+    fn memory_is_one_node_per_value_not_a_path_per_value() {
+        // Deep keys of 1000 characters over many array elements: a copied path per element
+        // would be 60 MB here; a node per element is a few kilobytes of keys in all.
+        let key = "k".repeat(1000);
+        let src = format!(
+            "{}[{}]{}",
+            format!("{{\"{key}\":").repeat(60),
+            "0,".repeat(10_000),
+            "}".repeat(60)
+        );
+        let lexed = lex(&src);
+        assert!(lexed.syntax.is_none(), "{:?}", lexed.syntax);
+        assert_eq!(lexed.nodes.len(), 1 + 60 + 10_000);
+        let deep: Vec<String> = (0..60)
+            .map(|_| key.clone())
+            .chain(["[9999]".into()])
+            .collect();
+        assert_eq!(
+            lexed.value_pos(&deep).column,
+            src.find("0,").map_or(0, |at| at + 1) + 2 * 9999
+        );
     }
 
     #[test]

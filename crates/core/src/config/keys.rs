@@ -70,22 +70,49 @@ fn nullable<T>(f: fn(&Value) -> Parsed<T>) -> impl Fn(&Value) -> Parsed<Option<O
     }
 }
 
+/// A finite number (the dialect and json5 already refuse `NaN`, `Infinity` and `1e999`).
 pub(crate) fn number(v: &Value) -> Parsed<f64> {
-    v.as_f64().map_or_else(|| expected("a number", v), Ok)
+    match v.as_f64() {
+        Some(n) if n.is_finite() => Ok(n),
+        Some(n) => problem(format!("{n} is not a finite number")),
+        None => expected("a number", v),
+    }
 }
 
+/// The longest time any key may name, in seconds: 365 days. Every deadline a buddy or the
+/// controller computes from a key is then far inside what `Instant` and `Duration` hold.
+pub const MAX_SECONDS: f64 = 365.0 * 86_400.0;
+
+/// Seconds, at most [`MAX_SECONDS`].
+fn seconds(n: f64) -> Parsed<f64> {
+    if n > MAX_SECONDS {
+        problem(format!(
+            "must be at most {MAX_SECONDS} seconds (365 days), found {n}"
+        ))
+    } else {
+        Ok(n)
+    }
+}
+
+/// Seconds greater than 0.
 fn positive(v: &Value) -> Parsed<f64> {
     match number(v)? {
-        n if n > 0.0 => Ok(n),
+        n if n > 0.0 => seconds(n),
         n => problem(format!("must be greater than 0, found {n}")),
     }
 }
 
+/// Seconds, 0 or more.
 fn non_negative(v: &Value) -> Parsed<f64> {
     match number(v)? {
-        n if n >= 0.0 => Ok(n),
+        n if n >= 0.0 => seconds(n),
         n => problem(format!("must not be negative, found {n}")),
     }
+}
+
+/// `KillTimeout`: seconds, or any negative number for "never signal".
+fn kill_timeout(v: &Value) -> Parsed<f64> {
+    seconds(number(v)?)
 }
 
 /// An integer; `5.0` and `1e3` are integers too, `1.5` is not.
@@ -95,8 +122,36 @@ fn integer(v: &Value) -> Parsed<i64> {
     }
     match v.as_f64() {
         Some(f) if f.fract() == 0.0 && f.abs() < 9.0e15 => Ok(f as i64),
+        Some(f) if f.fract() == 0.0 && f.is_finite() => {
+            problem(format!("{f} is out of range for an integer"))
+        }
         Some(f) => problem(format!("expected an integer, found {f}")),
         None => expected("an integer", v),
+    }
+}
+
+/// `StartPriority`: an integer within an i32, far beyond any need of ordering.
+fn priority(v: &Value) -> Parsed<i64> {
+    match integer(v)? {
+        i if (i64::from(i32::MIN)..=i64::from(i32::MAX)).contains(&i) => Ok(i),
+        i => problem(format!(
+            "must be between {} and {}, found {i}",
+            i32::MIN,
+            i32::MAX
+        )),
+    }
+}
+
+/// A count compared with a u32 counter (`MaxConsecutiveFailures`, `ReconnectRetries`); any
+/// negative number means "without limit" and is kept as -1.
+fn count_or_unlimited(v: &Value) -> Parsed<i64> {
+    match integer(v)? {
+        i if i < 0 => Ok(-1),
+        i if i <= i64::from(u32::MAX) => Ok(i),
+        i => problem(format!(
+            "must be at most {} (or negative for no limit), found {i}",
+            u32::MAX
+        )),
     }
 }
 
@@ -207,6 +262,30 @@ fn id_spec(v: &Value) -> Parsed<IdSpec> {
         Value::Number(_) => bounded_u32(v, 0, i64::from(u32::MAX) - 1).map(IdSpec::Id),
         _ => expected("a number or a name", v),
     }
+}
+
+/// `SetUID`: an [`id_spec`] whose name, if any, the user database knows. A name it says does
+/// not exist would make every start fail; a lookup that itself fails (NSS unreachable) leaves
+/// the name for the buddy to resolve when it starts the service.
+fn user_spec(v: &Value) -> Parsed<IdSpec> {
+    let spec = id_spec(v)?;
+    if let IdSpec::Name(name) = &spec {
+        if let Ok(None) = nix::unistd::User::from_name(name) {
+            return problem(format!("there is no user named {name:?} on this system"));
+        }
+    }
+    Ok(spec)
+}
+
+/// `SetGID`: like [`user_spec`], with the group database.
+fn group_spec(v: &Value) -> Parsed<IdSpec> {
+    let spec = id_spec(v)?;
+    if let IdSpec::Name(name) = &spec {
+        if let Ok(None) = nix::unistd::Group::from_name(name) {
+            return problem(format!("there is no group named {name:?} on this system"));
+        }
+    }
+    Ok(spec)
 }
 
 /// A redirect target: absolute, or relative to the service's run directory without `..`
@@ -508,17 +587,17 @@ service_keys! {
     ShortDescription => short_description: Option<String> = None, nullable(string);
     LongDescription => long_description: Option<String> = None, nullable(string);
     Prerequisites => prerequisites: Vec<String> = Vec::new(), plain(strings);
-    StartPriority => start_priority: i64 = 0, plain(integer);
-    KillTimeout => kill_timeout: f64 = 60.0, plain(number);
-    MaxConsecutiveFailures => max_consecutive_failures: i64 = -1, plain(integer);
+    StartPriority => start_priority: i64 = 0, plain(priority);
+    KillTimeout => kill_timeout: f64 = 60.0, plain(kill_timeout);
+    MaxConsecutiveFailures => max_consecutive_failures: i64 = -1, plain(count_or_unlimited);
     UserMaxRestarts => user_max_restarts: Option<u32> = None, nullable(max_restarts);
     UserRestartWindow => user_restart_window: Option<f64> = None, nullable(positive);
     UserRateLimit => user_rate_limit: Option<f64> = None, nullable(non_negative);
     RandomizeRateLimit => randomize_rate_limit: bool = false, plain(boolean);
-    SetUID => set_uid: IdSpec = IdSpec::Id(0), plain(id_spec);
-    SetGID => set_gid: IdSpec = IdSpec::Id(0), plain(id_spec);
+    SetUID => set_uid: IdSpec = IdSpec::Id(0), plain(user_spec);
+    SetGID => set_gid: IdSpec = IdSpec::Id(0), plain(group_spec);
     RingbufferSize => ringbuffer_size: u32 = 64, plain(ringbuffer_size);
-    ReconnectRetries => reconnect_retries: i64 = 10, plain(integer);
+    ReconnectRetries => reconnect_retries: i64 = 10, plain(count_or_unlimited);
     ExecStart => exec_start: Option<String> = None, nullable(non_empty);
     StartScript => start_script: String = START_SCRIPT.to_owned(), plain(script);
     ExecStop => exec_stop: Option<String> = Some("kill".to_owned()), nullable(non_empty);
@@ -556,8 +635,16 @@ pub fn canonical_key(key: &str) -> Option<&'static str> {
         .find(|k| k.eq_ignore_ascii_case(key))
 }
 
-/// The known key closest to `key`, when one is close enough to be a likely typo.
+/// Keys longer than this are no one's typo of a real key (the longest is 26 characters): they
+/// get no suggestion, and messages show only their start.
+pub const MAX_KEY_SHOWN: usize = 64;
+
+/// The known key closest to `key`, when one is close enough to be a likely typo. The edit
+/// distance costs the product of the lengths: a key of a megabyte is not compared at all.
 pub fn did_you_mean(key: &str, known: &[&'static str]) -> Option<&'static str> {
+    if key.chars().count() > MAX_KEY_SHOWN {
+        return None;
+    }
     let key = key.to_lowercase();
     known
         .iter()
@@ -619,8 +706,8 @@ mod tests {
             .expect("absolute");
         l.set("SetUID", &json!("1000")).expect("digits");
         assert_eq!(l.set_uid, Some(IdSpec::Id(1000)));
-        l.set("SetGID", &json!("www-data")).expect("name");
-        assert_eq!(l.set_gid, Some(IdSpec::Name("www-data".into())));
+        l.set("SetGID", &json!("root")).expect("name");
+        assert_eq!(l.set_gid, Some(IdSpec::Name("root".into())));
         assert!(l.set("SetUID", &json!(-1)).is_err());
         l.set("InitialState", &json!("RUNNING"))
             .expect("case-insensitive");

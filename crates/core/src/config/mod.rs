@@ -1,24 +1,27 @@
 //! Configuration: the dialect, validation with positioned errors, layering, and the typed model.
 //!
 //! This module owns everything between a configuration file on disk and the typed
-//! [`Controller`] and [`Service`] values: the refusal of files that others could have written,
+//! [`Controller`] and [`Service`] values: the refusal of files that others could have written
+//! (or that are no regular file, lead through a stranger's symbolic link, or pass 1 MiB),
 //! the dialect (JSON with comments, trailing commas and the seed's `Null`/`True`/`False`,
 //! keys matched case-insensitively; the `dialect` pass lexes, json5 parses), the key table and its
 //! layering (built-in <- controller `ServiceDefaults` <- service entry, see [`ServiceLayer`]),
 //! `%(EXEC_START)`-style substitution, and errors that carry file, line and column. Every error
 //! in a file is reported at once, and a file with any error yields no result at all, so that a
-//! caller can keep the previous configuration in force.
+//! caller can keep the previous configuration in force. Every number read has an upper bound
+//! ([`MAX_SECONDS`] for times), so nothing downstream can overflow on a configured value.
 
 mod dialect;
 mod keys;
 mod model;
 mod validate;
 
-pub use keys::{check_action_name, ServiceLayer, MAX_RINGBUFFER_SIZE, SERVICE_KEYS};
+pub use keys::{check_action_name, ServiceLayer, MAX_RINGBUFFER_SIZE, MAX_SECONDS, SERVICE_KEYS};
 pub use model::*;
 pub use validate::{
     controller_file, load_controller, load_controller_or_defaults, load_services, parse_controller,
-    parse_services, CONTROLLER_KEYS,
+    parse_services, CONTROLLER_KEYS, MAX_ERRORS, MAX_FILE_SIZE, MAX_HISTORY_DAYS,
+    MAX_HISTORY_EVENTS, MAX_SCRIPT_SIZE,
 };
 
 use std::fmt;

@@ -1,14 +1,18 @@
 //! Validation: from a file's text to a [`Controller`] or a list of [`Service`]s.
 //!
-//! This module owns reading files (with the ownership and mode check), driving the dialect
-//! pass and json5, walking the raw values key by key against the controller keys and the
-//! service key table, layering, `%(EXEC_*)` substitution and the cross-key checks of a
-//! resolved service, and the effective controller defaults ([`Controller::defaults`]). Errors
+//! This module owns reading files (the type, symbolic link, ownership, mode and size checks,
+//! made without ever blocking on a FIFO), driving the dialect pass and json5, walking the raw
+//! values key by key against the controller keys and the service key table, layering,
+//! `%(EXEC_*)` substitution (one pass, bounded result) and the cross-key checks of a resolved
+//! service, and the effective controller defaults ([`Controller::defaults`]). Errors
 //! accumulate in a [`Doc`] with the position of the key or value they are about; a file with
-//! any error yields only its errors.
+//! any error yields only its errors (at most [`MAX_ERRORS`] of them and a count).
 
 use super::dialect::{lex, Lexed, Pos};
-use super::keys::{canonical_key, did_you_mean, kind, number, ServiceLayer, SERVICE_KEYS};
+use super::keys::{
+    canonical_key, did_you_mean, kind, number, ServiceLayer, MAX_KEY_SHOWN, MAX_SECONDS,
+    SERVICE_KEYS,
+};
 use super::model::{Controller, Service, ServiceId};
 use super::{ConfigError, ConfigErrors};
 use serde_json::{Map, Value};
@@ -31,9 +35,17 @@ pub const CONTROLLER_KEYS: &[&str] = &[
     "ServiceDefaults",
 ];
 
+/// `HistoryMaxAgeDays` at most: a century.
+pub const MAX_HISTORY_DAYS: f64 = 36_500.0;
+/// `HistoryMaxEvents` at most: far beyond any disk, far inside SQLite's i64.
+pub const MAX_HISTORY_EVENTS: f64 = 1e12;
+
 const UUID_IN_DEFAULTS: &str =
     "UUID: cannot be set in ServiceDefaults: every service needs its own";
 const LIBEXEC_BUDDY: &str = "/usr/libexec/upkeeper/upk_buddy";
+
+/// At most this many errors are reported per file, then one line counts the rest.
+pub const MAX_ERRORS: usize = 100;
 
 /// One file being validated: its positions and the errors found so far.
 struct Doc<'a> {
@@ -128,7 +140,7 @@ impl<'a> Doc<'a> {
                 let msg = if CONTROLLER_KEYS.iter().any(|k| k.eq_ignore_ascii_case(key)) {
                     format!("unknown key `{key}`: {misplaced_hint}")
                 } else {
-                    unknown(key, SERVICE_KEYS)
+                    unknown(key, SERVICE_KEYS, self.errors.len())
                 };
                 self.at_key(&kpath, msg);
                 continue;
@@ -150,6 +162,18 @@ impl<'a> Doc<'a> {
     fn finish(mut self) -> ConfigErrors {
         // Stable: errors at one position keep the order they were found in.
         self.errors.sort_by_key(|e| (e.line, e.column));
+        // A file of thousands of mistakes is not read by anyone past the first screen, and
+        // every line would go to the controller's log.
+        if self.errors.len() > MAX_ERRORS {
+            let more = self.errors.len() - MAX_ERRORS;
+            self.errors.truncate(MAX_ERRORS);
+            self.errors.push(ConfigError {
+                file: self.file.to_owned(),
+                line: 0,
+                column: 0,
+                message: format!("{more} more errors not shown"),
+            });
+        }
         ConfigErrors(self.errors)
     }
 }
@@ -160,8 +184,19 @@ fn child(path: &[String], key: &str) -> Vec<String> {
     p
 }
 
-fn unknown(key: &str, known: &[&'static str]) -> String {
-    match did_you_mean(key, known) {
+/// The message for an unknown key, with a suggestion while `reported` (the errors so far) is
+/// below [`MAX_ERRORS`]: past that the message is most likely cut, and a file of a hundred thousand
+/// unknown keys would cost as many suggestion searches.
+fn unknown(key: &str, known: &[&'static str], reported: usize) -> String {
+    let length = key.chars().count();
+    if length > MAX_KEY_SHOWN {
+        let start: String = key.chars().take(MAX_KEY_SHOWN).collect();
+        return format!("unknown key `{start}...` ({length} characters)");
+    }
+    let suggestion = (reported < MAX_ERRORS)
+        .then(|| did_you_mean(key, known))
+        .flatten();
+    match suggestion {
         Some(k) => format!("unknown key `{key}`; did you mean `{k}`?"),
         None => format!("unknown key `{key}`"),
     }
@@ -232,7 +267,7 @@ fn parse_controller_for(src: &str, file: &Path, euid: u32) -> Result<Controller,
         else {
             let msg = match canonical_key(key) {
                 Some(k) => format!("`{k}` is a service key: put it inside ServiceDefaults"),
-                None => unknown(key, CONTROLLER_KEYS),
+                None => unknown(key, CONTROLLER_KEYS, doc.errors.len()),
             };
             doc.at_key(&kpath, msg);
             continue;
@@ -275,10 +310,13 @@ fn parse_controller_for(src: &str, file: &Path, euid: u32) -> Result<Controller,
             }
             "UpkBuddyPath" => c.upk_buddy_path = path_value(&mut doc).unwrap_or(c.upk_buddy_path),
             "BuddyPollingInterval" => match number(value) {
-                Ok(n) if n > 0.0 => c.buddy_polling_interval = n,
+                Ok(n) if n > 0.0 && n <= MAX_SECONDS => c.buddy_polling_interval = n,
                 Ok(n) => doc.at_value(
                     &kpath,
-                    format!("{canon}: must be greater than 0, found {n}"),
+                    format!(
+                        "{canon}: must be greater than 0 and at most {MAX_SECONDS} seconds, \
+                         found {n}"
+                    ),
                 ),
                 Err(_) => doc.at_value(
                     &kpath,
@@ -290,20 +328,29 @@ fn parse_controller_for(src: &str, file: &Path, euid: u32) -> Result<Controller,
                 Ok(gid) => c.read_group = Some(gid),
                 Err(msg) => doc.at_value(&kpath, format!("{canon}: {msg}")),
             },
-            "HistoryMaxAgeDays" | "HistoryMaxEvents" => match number(value) {
-                Ok(n) if n > 0.0 && canon == "HistoryMaxAgeDays" => {
-                    c.history_max_age_days = Some(n)
-                }
-                Ok(n) if n >= 1.0 && n.fract() == 0.0 => c.history_max_events = Some(n as u64),
+            "HistoryMaxAgeDays" => match number(value) {
+                Ok(n) if n > 0.0 && n <= MAX_HISTORY_DAYS => c.history_max_age_days = Some(n),
                 Ok(n) => doc.at_value(
                     &kpath,
                     format!(
-                        "{canon}: must be a positive {}, found {n}",
-                        if canon == "HistoryMaxEvents" {
-                            "whole number"
-                        } else {
-                            "number"
-                        }
+                        "{canon}: must be greater than 0 and at most {MAX_HISTORY_DAYS} days, \
+                         found {n}"
+                    ),
+                ),
+                Err(_) => doc.at_value(
+                    &kpath,
+                    format!("{canon}: expected a number, found {}", kind(value)),
+                ),
+            },
+            "HistoryMaxEvents" => match number(value) {
+                Ok(n) if (1.0..=MAX_HISTORY_EVENTS).contains(&n) && n.fract() == 0.0 => {
+                    c.history_max_events = Some(n as u64)
+                }
+                Ok(n) => doc.at_value(
+                    &kpath,
+                    format!(
+                        "{canon}: must be a whole number from 1 to {MAX_HISTORY_EVENTS}, \
+                         found {n}"
                     ),
                 ),
                 Err(_) => doc.at_value(
@@ -427,8 +474,67 @@ const PLACEHOLDERS: [(&str, &str); 3] = [
     ("%(EXEC_RELOAD)", "ExecReload"),
 ];
 
+/// The longest script after substitution: a script is a few lines, and a file can hold at
+/// most [`MAX_FILE_SIZE`] bytes, but placeholders multiply it.
+pub const MAX_SCRIPT_SIZE: usize = 1 << 20;
+
+/// `text` with every placeholder replaced by its value, in one pass over `text`: a value is
+/// inserted as it is and never searched for placeholders itself, so `ExecStart` holding
+/// `%(EXEC_STOP)` cannot chain. `Err` names each placeholder whose key is unset, or says the
+/// result would pass [`MAX_SCRIPT_SIZE`] (checked before anything is built).
+fn substitute(text: &str, values: &[Option<String>; 3]) -> Result<String, Vec<String>> {
+    // Every placeholder starts with this: one linear scan finds them all.
+    const LEAD: &str = "%(EXEC_";
+    let mut pieces: Vec<(&str, Option<usize>)> = Vec::new(); // literal text, then a value
+    let mut at = 0;
+    while let Some(found) = text[at..].find(LEAD) {
+        let i = at + found;
+        match PLACEHOLDERS
+            .iter()
+            .position(|(ph, _)| text[i..].starts_with(ph))
+        {
+            Some(k) => {
+                pieces.push((&text[at..i], Some(k)));
+                at = i + PLACEHOLDERS[k].0.len();
+            }
+            None => {
+                pieces.push((&text[at..i + LEAD.len()], None));
+                at = i + LEAD.len();
+            }
+        }
+    }
+    pieces.push((&text[at..], None));
+    let used = |k: usize| pieces.iter().any(|p| p.1 == Some(k));
+    let unset: Vec<String> = (0..PLACEHOLDERS.len())
+        .filter(|&k| values[k].is_none() && used(k))
+        .map(|k| {
+            let (ph, key) = PLACEHOLDERS[k];
+            format!("uses {ph} but {key} is not set")
+        })
+        .collect();
+    if !unset.is_empty() {
+        return Err(unset);
+    }
+    let value = |k: Option<usize>| k.and_then(|k| values[k].as_deref()).unwrap_or_default();
+    let size = pieces.iter().fold(0usize, |n, (lit, k)| {
+        n.saturating_add(lit.len()).saturating_add(value(*k).len())
+    });
+    if size > MAX_SCRIPT_SIZE {
+        return Err(vec![format!(
+            "is {size} bytes after %(EXEC_*) substitution, more than {MAX_SCRIPT_SIZE}"
+        )]);
+    }
+    let mut out = String::with_capacity(size);
+    for (lit, k) in pieces {
+        out.push_str(lit);
+        out.push_str(value(k));
+    }
+    Ok(out)
+}
+
 /// Substitutes the `%(EXEC_*)` placeholders in every script; a placeholder whose `Exec*` key
-/// is unset is an error naming both keys.
+/// is unset is an error naming both keys, and so is a script that would grow past
+/// [`MAX_SCRIPT_SIZE`].
 fn resolve(mut s: Service) -> Result<Service, Vec<String>> {
     let values = [
         s.exec_start.clone(),
@@ -436,15 +542,9 @@ fn resolve(mut s: Service) -> Result<Service, Vec<String>> {
         s.exec_reload.clone(),
     ];
     let mut errs = Vec::new();
-    let mut subst = |what: &str, text: &mut String| {
-        for ((ph, key), value) in PLACEHOLDERS.iter().zip(&values) {
-            if text.contains(ph) {
-                match value {
-                    Some(v) => *text = text.replace(ph, v),
-                    None => errs.push(format!("{what} uses {ph} but {key} is not set")),
-                }
-            }
-        }
+    let mut subst = |what: &str, text: &mut String| match substitute(text, &values) {
+        Ok(done) => *text = done,
+        Err(e) => errs.extend(e.into_iter().map(|e| format!("{what} {e}"))),
     };
     subst("StartScript", &mut s.start_script);
     subst("StopScript", &mut s.stop_script);
@@ -488,6 +588,33 @@ pub fn load_services(path: &Path, defaults: &ServiceLayer) -> Result<Vec<Service
     parse_services(&read_config(path)?, path, defaults)
 }
 
+/// The largest configuration file upkeeper reads: 1 MiB, hundreds of services. Validation
+/// runs inside the controller's loop, which must not stall on a giant file.
+pub const MAX_FILE_SIZE: u64 = 1 << 20;
+
+/// The kind of a file that is not a regular file, for a message.
+fn file_kind(t: std::fs::FileType) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    if t.is_dir() {
+        "directory"
+    } else if t.is_fifo() {
+        "FIFO"
+    } else if t.is_socket() {
+        "socket"
+    } else if t.is_block_device() || t.is_char_device() {
+        "device"
+    } else if t.is_symlink() {
+        "symbolic link"
+    } else {
+        "special file"
+    }
+}
+
+/// Reads a configuration file after the checks of `docs/configuration.md` (File ownership):
+/// the name is looked at before anything is opened (a FIFO would block the opener until a
+/// writer comes, a device may act on open), a symbolic link is followed only if root or the
+/// controller's user made it and it leads to a regular file, and the opened file itself is
+/// checked again (so a swap in between cannot slip past) for type, owner, mode and size.
 fn read_config(path: &Path) -> Result<String, ConfigErrors> {
     let fail = |line: usize, column: usize, message: String| {
         ConfigErrors(vec![ConfigError {
@@ -497,23 +624,78 @@ fn read_config(path: &Path) -> Result<String, ConfigErrors> {
             message,
         }])
     };
-    let mut f = std::fs::File::open(path).map_err(|e| fail(0, 0, format!("cannot read: {e}")))?;
-    // The checks look at the opened file, so a rename in between cannot swap it.
-    let meta = f
-        .metadata()
-        .map_err(|e| fail(0, 0, format!("cannot read: {e}")))?;
-    if !meta.is_file() {
+    let euid = nix::unistd::geteuid().as_raw();
+    let cannot = |e: std::io::Error| fail(0, 0, format!("cannot read: {e}"));
+    let name = std::fs::symlink_metadata(path).map_err(cannot)?;
+    if name.file_type().is_symlink() {
+        let target =
+            std::fs::read_link(path).map_or_else(|_| "?".to_owned(), |t| t.display().to_string());
+        let link = format!("refusing to read: it is a symbolic link to {target}");
+        check_owner(name.uid(), euid)
+            .map_err(|m| fail(0, 0, format!("{link}, and the link {m}")))?;
+        let why = match std::fs::metadata(path) {
+            Ok(m) if m.is_file() => None,
+            Ok(m) => Some(format!(
+                "which is a {}, not a regular file",
+                file_kind(m.file_type())
+            )),
+            Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
+                Some("that loops (too many levels of symbolic links)".to_owned())
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                Some("which does not exist".to_owned())
+            }
+            Err(e) => Some(format!("which cannot be read: {e}")),
+        };
+        if let Some(why) = why {
+            return Err(fail(0, 0, format!("{link}, {why}")));
+        }
+    } else if !name.is_file() {
+        let kind = file_kind(name.file_type());
         return Err(fail(
             0,
             0,
-            "refusing to read: it is not a regular file".to_owned(),
+            format!("refusing to read: it is a {kind}, not a regular file"),
         ));
     }
-    check_owner_and_mode(meta.uid(), meta.mode(), nix::unistd::geteuid().as_raw())
-        .map_err(|m| fail(0, 0, m))?;
+    use std::os::unix::fs::OpenOptionsExt;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)
+        .map_err(cannot)?;
+    // The checks look at the opened file, so a rename in between cannot swap it.
+    let meta = f.metadata().map_err(cannot)?;
+    if !meta.is_file() {
+        let kind = file_kind(meta.file_type());
+        return Err(fail(
+            0,
+            0,
+            format!("refusing to read: it is a {kind}, not a regular file"),
+        ));
+    }
+    check_owner_and_mode(meta.uid(), meta.mode(), euid).map_err(|m| fail(0, 0, m))?;
+    let too_big = |size: u64| {
+        fail(
+            0,
+            0,
+            format!(
+                "refusing to read: it is {size} bytes, more than the {MAX_FILE_SIZE} a \
+                 configuration file may hold; split it into several files"
+            ),
+        )
+    };
+    if meta.len() > MAX_FILE_SIZE {
+        return Err(too_big(meta.len()));
+    }
     let mut bytes = Vec::new();
-    f.read_to_end(&mut bytes)
-        .map_err(|e| fail(0, 0, format!("cannot read: {e}")))?;
+    // A file that grows after the check is still read no further than the bound.
+    f.take(MAX_FILE_SIZE + 1)
+        .read_to_end(&mut bytes)
+        .map_err(cannot)?;
+    if bytes.len() as u64 > MAX_FILE_SIZE {
+        return Err(too_big(bytes.len() as u64));
+    }
     String::from_utf8(bytes).map_err(|e| {
         let good = &e.as_bytes()[..e.utf8_error().valid_up_to()];
         let good = std::str::from_utf8(good).unwrap_or_default();
@@ -531,15 +713,18 @@ fn check_owner_and_mode(uid: u32, mode: u32, euid: u32) -> Result<(), String> {
             mode & 0o7777
         ));
     }
+    check_owner(uid, euid).map_err(|m| format!("refusing to read: it {m}"))
+}
+
+/// `Err("is owned by uid N, not by ...; chown it")` unless `uid` is root or `euid`.
+fn check_owner(uid: u32, euid: u32) -> Result<(), String> {
     if uid != 0 && uid != euid {
         let allowed = if euid == 0 {
             "root".to_owned()
         } else {
             format!("root or uid {euid} (the controller's user)")
         };
-        return Err(format!(
-            "refusing to read: it is owned by uid {uid}, not by {allowed}; chown it"
-        ));
+        return Err(format!("is owned by uid {uid}, not by {allowed}; chown it"));
     }
     Ok(())
 }
