@@ -44,6 +44,10 @@ use upk_core::status::Want;
 pub const DEFAULT_WINDOW: Duration = Duration::from_secs(10);
 /// Minimum spacing of starts when `UserRateLimit` is unset (s6's and runit's rule).
 pub const DEFAULT_SPACING: Duration = Duration::from_secs(1);
+/// Least delay before trying again after a start that failed before the service ran (no
+/// start script, a privilege drop refused): whatever `UserRateLimit` says, such a retry is
+/// never "now", so a failing start cannot spin the loop (s6's and runit's rule).
+pub const SPAWN_RETRY: Duration = Duration::from_secs(1);
 
 /// The restart and stop policy of one service, from its settings.
 #[derive(Debug, Clone, PartialEq)]
@@ -707,7 +711,7 @@ impl Machine {
         let cause = self.spawning.take().unwrap_or_default();
         self.note(None, &cause, EventKind::SpawnFailed { error }, out);
         self.last_start = Some(now);
-        self.after_death(now, Duration::ZERO, out);
+        self.after_death(now, Duration::ZERO, SPAWN_RETRY, out);
     }
 
     fn died(
@@ -732,7 +736,7 @@ impl Machine {
                     // Leftovers of a dead service would hold its resources against the next run.
                     self.kill_group(pid, Signal::SIGTERM, "leftovers", out);
                 }
-                self.after_death(now, uptime, out);
+                self.after_death(now, uptime, Duration::ZERO, out);
             }
             State::Stopping {
                 pid: Some(pid),
@@ -756,8 +760,15 @@ impl Machine {
         }
     }
 
-    /// The service died while wanted up or once: decide what comes next.
-    fn after_death(&mut self, now: Instant, uptime: Duration, out: &mut Vec<Output>) {
+    /// The service died while wanted up or once (or could not start): decide what comes next;
+    /// a restart comes no sooner than `floor` from now.
+    fn after_death(
+        &mut self,
+        now: Instant,
+        uptime: Duration,
+        floor: Duration,
+        out: &mut Vec<Output>,
+    ) {
         if self.want != Want::Up {
             self.want = Want::Down;
             self.go(State::Stopped, None, "exit", EventKind::Stopped, out);
@@ -789,7 +800,8 @@ impl Machine {
         let mut at = match self.policy.rate_limit {
             Some(_) => now + delay,
             None => self.last_start.map_or(now, |s| (s + delay).max(now)),
-        };
+        }
+        .max(now + floor);
         while self
             .window
             .front()
@@ -925,7 +937,9 @@ impl Machine {
         self.probe_at = None;
         match then {
             After::Rest => {}
-            After::Policy if self.want == Want::Up => self.after_death(now, Duration::ZERO, out),
+            After::Policy if self.want == Want::Up => {
+                self.after_death(now, Duration::ZERO, Duration::ZERO, out)
+            }
             // A run-once service that was unhealthy is done, as after any end of its run.
             After::Policy => self.want = Want::Down,
             After::Start => {

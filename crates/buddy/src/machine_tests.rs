@@ -424,6 +424,41 @@ fn a_spawn_failure_counts_as_a_failure() {
 }
 
 #[test]
+fn a_failing_start_is_never_retried_at_once_even_with_user_rate_limit_0() {
+    // Issue 11: a start that fails at once with UserRateLimit 0 was due again "now", and the
+    // loop stepped it forever without returning to poll.
+    let mut r = Rig::new(Policy {
+        rate_limit: Some(Duration::ZERO),
+        ..policy()
+    });
+    r.m.step(r.at(0.0), Input::Command(Command::Start, "command".into()));
+    for i in 0..5 {
+        let now = r.at(f64::from(i) * SPAWN_RETRY.as_secs_f64());
+        r.m.step(
+            now,
+            Input::SpawnFailed {
+                error: "no such file".into(),
+            },
+        );
+        let due = r.m.deadline().expect("a retry is scheduled");
+        assert!(due >= now + SPAWN_RETRY, "retry {i} due too soon");
+        assert_eq!(r.m.step(due, Input::Timer), [Output::Spawn]);
+    }
+    // A death after a real run still restarts at once.
+    let now = r.at(10.0);
+    r.m.step(now, Input::Spawned { pid: 500 });
+    r.m.step(
+        r.at(10.5),
+        Input::Died {
+            pid: 500,
+            exit: Exit::Exited { code: 1 },
+            group_alive: false,
+        },
+    );
+    assert_eq!(r.m.deadline(), Some(r.at(10.5)));
+}
+
+#[test]
 fn leftovers_of_a_crashed_service_are_termed() {
     let mut r = Rig::new(policy());
     let pid = r.start(0.0);
