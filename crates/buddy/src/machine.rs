@@ -782,7 +782,7 @@ impl Machine {
         // Hooks run after the record of the decision, so that their context includes it.
         if let Some(max) = self.policy.max_failures {
             if self.failures >= max {
-                let retry_at = self.policy.retry_after.map(|d| now + d);
+                let retry_at = self.policy.retry_after.map(|d| now + d.max(floor));
                 let kind = EventKind::GaveUp {
                     failures: self.failures,
                     retry_in: retry_at.map(|t| secs(t, now)),
