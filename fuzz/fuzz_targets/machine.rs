@@ -61,8 +61,15 @@ struct World {
 }
 
 impl World {
-    /// Feeds one input and carries out the outputs, as the loop's `drive` does.
+    /// Feeds one input and carries out the outputs, as the loop's `drive` does, then any
+    /// timer already due.
     fn feed(&mut self, input: Input) {
+        self.run(input);
+        self.settle_due();
+    }
+
+    /// Steps `input` and answers the outputs that ask for an answer.
+    fn run(&mut self, input: Input) {
         let mut queue: std::collections::VecDeque<Output> =
             self.machine.step(self.now, input).into();
         let mut steps = 0usize;
@@ -109,7 +116,6 @@ impl World {
                 queue.push_front(o);
             }
         }
-        self.settle_due();
     }
 
     /// A deadline already passed is carried out at once, with no time passing (the loop's
@@ -117,27 +123,8 @@ impl World {
     fn settle_due(&mut self) {
         for _ in 0..DUE_BOUND {
             match self.machine.deadline() {
-                Some(d) if d <= self.now => {}
+                Some(d) if d <= self.now => self.run(Input::Timer),
                 _ => return,
-            }
-            let mut queue: std::collections::VecDeque<Output> =
-                self.machine.step(self.now, Input::Timer).into();
-            while let Some(out) = queue.pop_front() {
-                if out == Output::Spawn {
-                    assert!(self.child.is_none(), "a second child asked for");
-                    let answer = if self.spawn_fails {
-                        Input::SpawnFailed {
-                            error: "fuzz".into(),
-                        }
-                    } else {
-                        self.next_pid += 1;
-                        self.child = Some(self.next_pid);
-                        Input::Spawned { pid: self.next_pid }
-                    };
-                    for o in self.machine.step(self.now, answer).into_iter().rev() {
-                        queue.push_front(o);
-                    }
-                }
             }
         }
         panic!(

@@ -150,9 +150,7 @@ fn a_start_that_cannot_run_is_retried_at_most_once_a_second_and_the_buddy_stays_
     let recs = wait_count(&b, "spawn_failed", 3, Duration::from_secs(10));
     let t: Vec<f64> = of_kind(&recs, "spawn_failed").iter().map(mono).collect();
     assert!(
-        gaps(&t)
-            .iter()
-            .all(|&g| g >= 1.0 - SPAWN_SLACK),
+        gaps(&t).iter().all(|&g| g >= 1.0 - SPAWN_SLACK),
         "retries at most once a second: {:?}",
         gaps(&t)
     );

@@ -383,19 +383,6 @@ fn a_lost_record_over_records_already_stored_counts_only_the_rest() {
     let (_dir, path) = db();
     let mut store = Store::open(&path).expect("open");
     store.insert_events("web", &plain(1..=5)).expect("first");
-    let lost = |seq, count| {
-        rec(
-            seq,
-            BASE,
-            StateName::Running,
-            StateName::Running,
-            "ring overflow",
-            EventKind::Lost {
-                count,
-                reason: "ring overflow".into(),
-            },
-        )
-    };
     store.insert_events("web", &[lost(10, 8)]).expect("lost");
     assert_eq!(
         count(&path, "SELECT lost_count FROM events WHERE seq = 10"),
