@@ -5,11 +5,17 @@
 
 use libfuzzer_sys::fuzz_target;
 use std::path::Path;
-use upk_core::config::{parse_controller, parse_services, ConfigErrors, ServiceLayer, MAX_SECONDS};
+use upk_core::config::{
+    parse_controller, parse_services, ConfigErrors, ServiceLayer, MAX_ERRORS, MAX_SCRIPT_SIZE,
+    MAX_SECONDS,
+};
 
 fn check_errors(e: &ConfigErrors, file: &Path) {
     assert!(!e.0.is_empty(), "an Err holds at least one error");
-    assert!(e.0.len() <= 101, "at most 100 errors and one count line");
+    assert!(
+        e.0.len() <= MAX_ERRORS + 1,
+        "at most MAX_ERRORS errors and one count line"
+    );
     for err in &e.0 {
         assert_eq!(err.file, file);
         assert!(!err.message.is_empty());
@@ -53,7 +59,13 @@ fuzz_target!(|data: &[u8]| {
                     for h in &s.notify {
                         assert!(h.timeout > 0.0 && h.timeout <= MAX_SECONDS);
                     }
-                    assert!(s.start_script.len() <= 1 << 20);
+                    let scripts = [&s.start_script, &s.stop_script, &s.reload_script]
+                        .into_iter()
+                        .chain(s.custom_actions.iter().map(|a| &a.script))
+                        .chain(s.notify.iter().filter_map(|h| h.run.as_ref()));
+                    for script in scripts {
+                        assert!(script.len() <= MAX_SCRIPT_SIZE, "a script passed the bound");
+                    }
                     // What the renderer writes into settings.json must serialise.
                     serde_json::to_vec(&s).expect("a service serialises");
                 }
