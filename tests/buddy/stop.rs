@@ -118,3 +118,24 @@ fn a_negative_kill_timeout_never_sends_sigkill() {
     .expect("kill");
     b.wait_status("stopped", |s| s.state == StateName::Stopped);
 }
+
+#[test]
+fn a_hand_edited_kill_timeout_of_1e20_in_settings_does_not_abort_the_buddy() {
+    // Validation bounds KillTimeout, but settings.json is a file a root operator can edit:
+    // the buddy clamps what it reads (at most 365 days) instead of panicking in from_secs_f64.
+    let sb = Sandbox::new();
+    let dir = sb.service("web", &sh_service("KillTimeout: 60", "exec sleep 1000"));
+    let text = std::fs::read_to_string(dir.settings()).expect("settings");
+    let huge = text.replace("\"kill_timeout\": 60.0", "\"kill_timeout\": 1e20");
+    assert_ne!(huge, text, "{text}");
+    std::fs::write(dir.settings(), huge).expect("settings");
+    let mut b = sb.buddy(&dir);
+    b.wait_status("running", |s| s.state == StateName::Running);
+    let reply = b.call(serde_json::json!({"type": "stop", "id": 1}));
+    assert_eq!(reply["type"], "ok", "{reply}");
+    b.wait_status("stopped", |s| s.state == StateName::Stopped);
+    assert!(
+        b.child.try_wait().expect("wait").is_none(),
+        "the buddy lives"
+    );
+}

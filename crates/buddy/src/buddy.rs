@@ -799,7 +799,7 @@ impl Buddy {
         })();
         match result {
             Ok(pid) => {
-                let timeout = Duration::from_secs_f64(self.settings.service.health_timeout);
+                let timeout = upk_core::time::bounded_secs(self.settings.service.health_timeout);
                 self.probe = Some(ProbeRun {
                     pid,
                     deadline: Instant::now() + timeout,
@@ -835,7 +835,7 @@ impl Buddy {
                     pid,
                     hook: name,
                     event,
-                    deadline: Instant::now() + Duration::from_secs_f64(timeout),
+                    deadline: Instant::now() + upk_core::time::bounded_secs(timeout),
                     timed_out: false,
                 }),
                 Err(reason) => {

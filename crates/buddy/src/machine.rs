@@ -96,7 +96,9 @@ pub struct HealthPolicy {
 impl Policy {
     /// The policy a service's settings describe.
     pub fn of(svc: &Service) -> Policy {
-        let secs = |s: f64| Duration::from_secs_f64(s.max(0.0));
+        // settings.json was validated when written, but it is a file: a hand-edited 1e20 or
+        // NaN must not panic here or overflow an Instant later.
+        let secs = upk_core::time::bounded_secs;
         Policy {
             rate_limit: svc.user_rate_limit.map(secs),
             jitter: svc.randomize_rate_limit,

@@ -113,7 +113,7 @@ pub fn run(ctl: &Controller, renderer: &Renderer) -> anyhow::Result<()> {
     let retention = Retention {
         max_age: ctl
             .history_max_age_days
-            .map(|d| Duration::from_secs_f64(d * 86_400.0)),
+            .map(|d| Duration::try_from_secs_f64(d * 86_400.0).unwrap_or(Duration::MAX)),
         max_rows: ctl.history_max_events,
     };
     // Not at once: start-up links and stores first; retention then runs in chunks.

@@ -45,6 +45,14 @@ pub fn format_utc(wall_us: i64) -> String {
     )
 }
 
+/// Seconds from a file (settings, configuration) as a duration that cannot panic or overflow
+/// an `Instant`: negative, NaN and infinite values, and values beyond the configuration's
+/// bound ([`crate::config::MAX_SECONDS`], 365 days), are clamped into `0 ..= MAX_SECONDS`.
+pub fn bounded_secs(s: f64) -> std::time::Duration {
+    std::time::Duration::try_from_secs_f64(s.clamp(0.0, crate::config::MAX_SECONDS))
+        .unwrap_or(std::time::Duration::ZERO)
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
