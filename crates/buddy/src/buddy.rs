@@ -41,6 +41,8 @@ const RETRY_EXITING: Duration = Duration::from_millis(100);
 /// While a stop waits for the rest of the group, how often to look whether it is gone
 /// (needed when the members are not our children, as with an adopted service).
 const DRAIN_CHECK: Duration = Duration::from_millis(100);
+/// Most inputs one [`Buddy::drive`] feeds the machine before the loop polls again.
+const MAX_FEEDS: u32 = 8;
 
 /// A start-up failure: the buddy exits with `code` after printing `message`.
 #[derive(Debug)]
@@ -493,6 +495,10 @@ impl Buddy {
             });
         } else if let Some(i) = self.actions.iter().position(|a| a.pid == pid) {
             let run = self.actions.swap_remove(i);
+            // A stop script that failed did not stop the service: the signals take over.
+            let stop_failed = run.action == "stop"
+                && !exit.success()
+                && matches!(self.machine.state(), State::Stopping { pid: Some(_), .. });
             self.note(
                 Some(pid),
                 "action",
@@ -512,7 +518,11 @@ impl Buddy {
                 );
                 self.close_if_done(token);
             }
-            self.write_status();
+            if stop_failed {
+                self.drive(Input::StopFailed);
+            } else {
+                self.write_status();
+            }
         } else if let Some(i) = self.streams.iter().position(|s| s.logger == Some(pid)) {
             let stream = &mut self.streams[i];
             let name = stream.name.to_owned();
@@ -627,15 +637,20 @@ impl Buddy {
             self.held = Some(Vec::new());
         }
         let mut next = Some(input);
+        // Inputs fed in this call: bounded, so that the loop always gets back to poll (the
+        // socket, the signals) even if the machine kept asking for work "now".
+        let mut fed = 0;
         while let Some(input) = next.take() {
+            fed += 1;
             let now = Instant::now();
+            let mut stop_failed = false;
             let mut queue: VecDeque<Output> = self.machine.step(now, input).into();
             while let Some(out) = queue.pop_front() {
                 match out {
                     Output::Spawn => {
                         let answer = match self.spawn_service() {
                             Ok(pid) => Input::Spawned { pid },
-                            Err(error) => Input::SpawnFailed { error },
+                            Err((error, permanent)) => Input::SpawnFailed { error, permanent },
                         };
                         for o in self.machine.step(now, answer).into_iter().rev() {
                             queue.push_front(o);
@@ -643,7 +658,10 @@ impl Buddy {
                     }
                     Output::RunStop { pid } => {
                         if let Err(e) = self.run_action("stop", "stop", Some(pid), None) {
-                            self.log.line(&format!("cannot run the stop script: {e}"));
+                            self.log.line(&format!(
+                                "cannot run the stop script: {e}; signalling the group instead"
+                            ));
+                            stop_failed = true;
                         }
                     }
                     Output::KillGroup { pgid, signal } => kill_group(pgid, signal),
@@ -661,7 +679,11 @@ impl Buddy {
             // A timer already due (a restart with UserRateLimit 0) is carried out now, so that
             // nothing but the records stands between reaping the old process and forking the
             // new one; the status file is written once, after.
-            if self.machine.deadline().is_some_and(|d| d <= Instant::now()) {
+            if stop_failed {
+                next = Some(Input::StopFailed);
+            } else if fed < MAX_FEEDS
+                && self.machine.deadline().is_some_and(|d| d <= Instant::now())
+            {
                 next = Some(Input::Timer);
             }
         }
@@ -695,20 +717,39 @@ impl Buddy {
         Ok((creds, redirects))
     }
 
-    fn spawn_service(&mut self) -> Result<i32, String> {
+    /// Starts the service; the error says why not, and whether retrying cannot help.
+    fn spawn_service(&mut self) -> Result<i32, (String, bool)> {
         // A probe of the last run says nothing about this one: end it, unheard.
         if let Some(p) = self.probe.take() {
             kill_group(p.pid, Signal::SIGKILL);
         }
-        self.open_redirects()?;
+        if self.creds.is_err() {
+            // Looked up again: the user may have been created since.
+            let svc = &self.settings.service;
+            self.creds = Creds::resolve(svc, nix::unistd::geteuid(), nix::unistd::getegid());
+        }
+        if let Err(e) = &self.creds {
+            return Err((e.clone(), true));
+        }
+        self.spawn_resolved().map_err(|(e, errno)| {
+            // EPERM between fork and exec: the privilege drop was refused, and will be again.
+            let permanent =
+                errno == Some(libc::EPERM) && self.creds.as_ref().is_ok_and(|c| c.uid.is_some());
+            (e, permanent)
+        })
+    }
+
+    fn spawn_resolved(&mut self) -> Result<i32, (String, Option<i32>)> {
+        let plain = |e: String| (e, None);
+        self.open_redirects().map_err(plain)?;
         let readiness = self.settings.service.readiness;
         let mut extra = Extra::default();
         // The child's end of a notification pipe; ours replaces the last run's channel.
         let mut child_end = None;
         match readiness {
             Readiness::Fd(n) => {
-                let (ours, theirs) =
-                    health::pipe().map_err(|e| format!("cannot make the readiness pipe: {e}"))?;
+                let (ours, theirs) = health::pipe()
+                    .map_err(|e| plain(format!("cannot make the readiness pipe: {e}")))?;
                 self.channel = Some(Channel::Pipe(ours));
                 child_end = Some((theirs, n as i32));
             }
@@ -724,15 +765,18 @@ impl Buddy {
             Readiness::None | Readiness::Health => self.channel = None,
         }
         extra.fd = child_end.as_ref().map(|(fd, n)| (fd.as_fd(), *n));
-        let (creds, r) = self.child_context()?;
+        let (creds, r) = self.child_context().map_err(plain)?;
         let stdio = Stdio {
             stdin: self.devnull.as_fd(),
             stdout: self.streams[0].write_end().unwrap_or(r.stdout.as_fd()),
             stderr: self.streams[1].write_end().unwrap_or(r.stderr.as_fd()),
         };
         let start = self.dir.action("start");
-        let pid = spawn::spawn(&start, &[], self.dir.root(), creds, stdio, &extra)
-            .map_err(|e| format!("cannot execute {}: {e}", start.display()))?;
+        let pid =
+            spawn::spawn(&start, &[], self.dir.root(), creds, stdio, &extra).map_err(|e| {
+                let errno = e.raw_os_error();
+                (format!("cannot execute {}: {e}", start.display()), errno)
+            })?;
         self.adopted = None;
         self.pid_start = status::process_start_time(pid);
         Ok(pid)

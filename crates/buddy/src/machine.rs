@@ -44,6 +44,12 @@ use upk_core::status::Want;
 pub const DEFAULT_WINDOW: Duration = Duration::from_secs(10);
 /// Minimum spacing of starts when `UserRateLimit` is unset (s6's and runit's rule).
 pub const DEFAULT_SPACING: Duration = Duration::from_secs(1);
+/// The least delay after a start that failed (s6's trystart): doubled for each failed start
+/// in a row, up to [`SPAWN_RETRY_MAX`], whatever `UserRateLimit` says, so that a start that
+/// fails at once can never make the machine ask for work "now" without end.
+pub const SPAWN_RETRY_MIN: Duration = Duration::from_secs(1);
+/// The cap of the growing delay after failed starts.
+pub const SPAWN_RETRY_MAX: Duration = Duration::from_secs(60);
 
 /// The restart and stop policy of one service, from its settings.
 #[derive(Debug, Clone, PartialEq)]
@@ -227,7 +233,12 @@ pub enum Input {
     SpawnFailed {
         /// One sentence.
         error: String,
+        /// Retrying cannot help (the credentials cannot be resolved or applied): give up now.
+        permanent: bool,
     },
+    /// The stop script could not be run, or it failed while the main process still lives:
+    /// go on to the group's SIGTERM at once (SIGKILL stays due at KillTimeout).
+    StopFailed,
     /// A running service found at start-up was adopted.
     Adopted {
         /// Its pid.
@@ -322,6 +333,8 @@ pub struct Machine {
     last_exit: Option<Exit>,
     /// Set between `Output::Spawn` and the loop's answer: the cause to record.
     spawning: Option<String>,
+    /// Failed starts in a row (reset by a start that succeeds): the least delay grows with it.
+    spawn_failures: u32,
     /// Health of the current run (`Unknown` until the probes decide).
     health: Health,
     /// Failed probes in a row.
@@ -349,6 +362,7 @@ impl Machine {
             last_start: None,
             last_exit: None,
             spawning: None,
+            spawn_failures: 0,
             health: Health::Unknown,
             probe_failures: 0,
             probe_at: None,
@@ -474,7 +488,14 @@ impl Machine {
             Input::Command(cmd, cause) => self.command(now, cmd, cause, &mut out),
             Input::Terminate => self.terminate(now, &mut out),
             Input::Spawned { pid } => self.spawned(now, pid, &mut out),
-            Input::SpawnFailed { error } => self.spawn_failed(now, error, &mut out),
+            Input::SpawnFailed { error, permanent } => {
+                self.spawn_failed(now, error, permanent, &mut out)
+            }
+            Input::StopFailed => {
+                if let State::Stopping { termed: false, .. } = self.state {
+                    self.escalate(Signal::SIGTERM, "stop script failed", &mut out);
+                }
+            }
             Input::Adopted {
                 pid,
                 ready,
@@ -625,6 +646,7 @@ impl Machine {
 
     fn spawned(&mut self, now: Instant, pid: i32, out: &mut Vec<Output>) {
         let cause = self.spawning.take().unwrap_or_default();
+        self.spawn_failures = 0;
         self.last_start = Some(now);
         self.new_run(now);
         let to = State::Running {
@@ -703,11 +725,44 @@ impl Machine {
         }
     }
 
-    fn spawn_failed(&mut self, now: Instant, error: String, out: &mut Vec<Output>) {
+    fn spawn_failed(
+        &mut self,
+        now: Instant,
+        error: String,
+        permanent: bool,
+        out: &mut Vec<Output>,
+    ) {
         let cause = self.spawning.take().unwrap_or_default();
         self.note(None, &cause, EventKind::SpawnFailed { error }, out);
         self.last_start = Some(now);
+        self.spawn_failures = self.spawn_failures.saturating_add(1);
+        if permanent && self.want == Want::Up {
+            // Retrying every second forever would only fill the audit trail: give up now,
+            // and let a command (or the FailedRetryAfter cool-down) try again.
+            self.failures = self.failures.saturating_add(1);
+            self.give_up(now, "policy: the start cannot succeed by retrying", out);
+            return;
+        }
         self.after_death(now, Duration::ZERO, out);
+    }
+
+    /// The least delay before the next start after `spawn_failures` failed starts in a row.
+    fn spawn_retry(&self) -> Duration {
+        let doublings = self.spawn_failures.saturating_sub(1).min(16);
+        SPAWN_RETRY_MIN
+            .saturating_mul(1u32 << doublings)
+            .min(SPAWN_RETRY_MAX)
+    }
+
+    fn give_up(&mut self, now: Instant, cause: &str, out: &mut Vec<Output>) {
+        let retry_at = self.policy.retry_after.map(|d| now + d);
+        let kind = EventKind::GaveUp {
+            failures: self.failures,
+            retry_in: retry_at.map(|t| secs(t, now)),
+        };
+        self.go(State::Failed { retry_at }, None, cause, kind, out);
+        out.push(Output::Notify(HookEvent::Failed));
+        out.push(Output::Notify(HookEvent::GaveUp));
     }
 
     fn died(
@@ -771,14 +826,7 @@ impl Machine {
         // Hooks run after the record of the decision, so that their context includes it.
         if let Some(max) = self.policy.max_failures {
             if self.failures >= max {
-                let retry_at = self.policy.retry_after.map(|d| now + d);
-                let kind = EventKind::GaveUp {
-                    failures: self.failures,
-                    retry_in: retry_at.map(|t| secs(t, now)),
-                };
-                self.go(State::Failed { retry_at }, None, "policy", kind, out);
-                out.push(Output::Notify(HookEvent::Failed));
-                out.push(Output::Notify(HookEvent::GaveUp));
+                self.give_up(now, "policy", out);
                 return;
             }
         }
@@ -790,6 +838,9 @@ impl Machine {
             Some(_) => now + delay,
             None => self.last_start.map_or(now, |s| (s + delay).max(now)),
         };
+        if self.spawn_failures > 0 {
+            at = at.max(now + self.spawn_retry());
+        }
         while self
             .window
             .front()

@@ -1,0 +1,121 @@
+//! Inputs that must never stop a buddy: starts that fail at once, credentials that cannot be
+//! applied, stop scripts that cannot run, a polluted environment (issue 11).
+
+use super::*;
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use serde_json::json;
+use upk_core::event::StateName;
+use upk_testkit::{is_dead, Sandbox};
+
+#[test]
+fn a_start_that_fails_at_once_with_rate_limit_zero_leaves_the_buddy_responsive() {
+    let sb = Sandbox::new();
+    let dir = sb.service(
+        "nostart",
+        &sh_service("UserRateLimit: 0", "exec sleep 1000"),
+    );
+    std::fs::remove_file(dir.action("start")).expect("remove actions/start");
+    // `buddy` waits for the hello answer: a buddy stuck in its step never gives it.
+    let mut b = sb.buddy(&dir);
+    let first = b.wait_record("spawn_failed", |_| true);
+    let r = b.call(json!({"type": "status"}));
+    assert_eq!(r["type"], "ok", "{r}");
+    // Failed starts back off (1 s, 2 s, ...): a handful in three seconds, not thousands.
+    wait_until(Duration::from_secs(10), "a third failed start", || {
+        let n = of_kind(&b.records(), "spawn_failed").len();
+        if n >= 3 {
+            Ok(())
+        } else {
+            Err(format!("{n}"))
+        }
+    });
+    let recs = b.records();
+    let failed = of_kind(&recs, "spawn_failed");
+    let span = mono(&failed[failed.len() - 1]) - mono(&first);
+    assert!(
+        failed.len() <= 4 && span >= 2.0,
+        "{} failed starts in {span:.2} s",
+        failed.len()
+    );
+    kill(Pid::from_raw(b.pid()), Signal::SIGTERM).expect("SIGTERM");
+    assert_eq!(b.wait_exit(Duration::from_secs(10)), 0);
+}
+
+#[test]
+fn a_user_missing_at_run_time_ends_in_failed_with_a_record_saying_why() {
+    let sb = Sandbox::new();
+    let dir = sb.service(
+        "ghost",
+        &sh_service(r#"SetUID: "nobody""#, "exec sleep 1000"),
+    );
+    // The user is deleted after the configuration was checked and rendered.
+    let settings = std::fs::read_to_string(dir.settings()).expect("settings");
+    let patched = settings.replace("\"nobody\"", "\"no-such-user-here\"");
+    assert_ne!(settings, patched, "{settings}");
+    std::fs::write(dir.settings(), patched).expect("settings");
+    let b = sb.buddy(&dir);
+    let st = b.wait_status("failed", |s| s.state == StateName::Failed);
+    assert_eq!(st.want, upk_core::status::Want::Up);
+    let recs = b.records();
+    let failed = of_kind(&recs, "spawn_failed");
+    assert_eq!(failed.len(), 1, "tried once, not every second: {recs:#?}");
+    assert!(
+        failed[0]["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("no-such-user-here")),
+        "{failed:?}"
+    );
+    let gave_up = of_kind(&recs, "gave_up");
+    assert_eq!(gave_up.len(), 1, "{recs:#?}");
+    assert!(
+        gave_up[0]["cause"]
+            .as_str()
+            .is_some_and(|c| c.contains("cannot succeed by retrying")),
+        "{gave_up:?}"
+    );
+}
+
+#[test]
+fn a_stop_script_that_cannot_run_goes_straight_to_sigterm() {
+    let sb = Sandbox::new();
+    let dir = sb.service("web", &sh_service("KillTimeout: 60", "exec sleep 1000"));
+    let mut b = sb.buddy(&dir);
+    let pid = running(&b);
+    std::fs::remove_file(dir.action("stop")).expect("remove actions/stop");
+    kill(Pid::from_raw(b.pid()), Signal::SIGTERM).expect("SIGTERM");
+    // Without escalation nothing would happen before KillTimeout/2 = 30 s.
+    assert_eq!(b.wait_exit(Duration::from_secs(10)), 0);
+    wait_until(Duration::from_secs(5), "the service to be gone", || {
+        if is_dead(pid) {
+            Ok(())
+        } else {
+            Err("alive".into())
+        }
+    });
+    let st = upk_testkit::read_status(&dir);
+    assert_eq!(st.state, StateName::Stopped);
+}
+
+#[test]
+fn failed_stop_script_goes_on_to_term_and_kill() {
+    let sb = Sandbox::new();
+    let stop = "#!/bin/sh\nexit 3\n";
+    let extra = format!("KillTimeout: 60, StopScript: {stop:?}");
+    let dir = sb.service("web", &sh_service(&extra, "exec sleep 1000"));
+    let b = sb.buddy(&dir);
+    running(&b);
+    b.call(json!({"type": "stop"}));
+    let st = b.wait_status("stopped", |s| s.state == StateName::Stopped);
+    assert_eq!(st.pid, None);
+    let recs = b.records();
+    let signaled = of_kind(&recs, "signaled");
+    assert_eq!(signaled.len(), 1, "{recs:#?}");
+    assert_eq!(
+        (
+            signaled[0]["signal"].as_i64(),
+            signaled[0]["cause"].as_str()
+        ),
+        (Some(15), Some("stop script failed"))
+    );
+}
