@@ -119,3 +119,39 @@ fn failed_stop_script_goes_on_to_term_and_kill() {
         (Some(15), Some("stop script failed"))
     );
 }
+
+#[test]
+fn services_start_from_a_clean_documented_environment() {
+    let sb = Sandbox::new();
+    let seen = sb.file("env");
+    let script = format!("env > {}\nexec sleep 1000", seen.display());
+    let dir = sb.service("web", &sh_service("", &script));
+    // What OpenRC leaves in the environment of a controller it starts.
+    let polluted = [
+        ("RC_SVCNAME", "upkeeper"),
+        ("RC_SERVICE", "/etc/init.d/upkeeper"),
+        ("EINFO_QUIET", "NO"),
+        ("PATH", "/opt/evil/bin:/usr/bin:/bin"),
+    ];
+    let b = sb.buddy_with_env(&dir, &polluted);
+    running(&b);
+    let env = wait_until(Duration::from_secs(5), "the service's env output", || {
+        let t = std::fs::read_to_string(&seen).unwrap_or_default();
+        if t.contains("UPK_SERVICE") {
+            Ok(t)
+        } else {
+            Err(t)
+        }
+    });
+    let mut keys: Vec<&str> = env.lines().filter_map(|l| l.split('=').next()).collect();
+    // What the shell itself adds.
+    keys.retain(|k| !["PWD", "OLDPWD", "SHLVL", "_"].contains(k));
+    keys.sort_unstable();
+    assert_eq!(keys, ["PATH", "UPK_SANDBOX", "UPK_SERVICE"], "{env}");
+    assert!(
+        env.lines()
+            .any(|l| l == "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"),
+        "{env}"
+    );
+    assert!(env.lines().any(|l| l == "UPK_SERVICE=web"), "{env}");
+}

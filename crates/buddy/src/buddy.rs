@@ -152,9 +152,10 @@ impl Buddy {
         let pid = format!("{}\n", std::process::id());
         upk_core::fsutil::write_atomic(&dir.pidfile(), pid.as_bytes(), 0o644, false)
             .map_err(|e| temporary("cannot write buddy.pid", e))?;
-        // Every child (service, scripts, loggers) inherits it; set once here, no child's
-        // spawn has to build an environment of its own.
-        std::env::set_var("UPK_SERVICE", settings.service.id.to_string());
+        // Every child (service, scripts, loggers, hooks) inherits the buddy's environment:
+        // made clean and documented here, once, while there is one thread (whatever started
+        // the controller, an init system's RC_* and EINFO_* must not reach the services).
+        spawn::clean_environment(&settings.service.id.to_string());
         std::fs::create_dir_all(dir.log()).map_err(|e| temporary("cannot create log/", e))?;
         let mut log = BuddyLog::open(dir.log_file("buddy"));
 
