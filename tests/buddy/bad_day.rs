@@ -155,3 +155,82 @@ fn services_start_from_a_clean_documented_environment() {
     );
     assert!(env.lines().any(|l| l == "UPK_SERVICE=web"), "{env}");
 }
+
+/// utime + stime of a process, in clock ticks.
+fn cpu_ticks(pid: i32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("stat");
+    let rest = &stat[stat.rfind(')').expect("comm") + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    f[11].parse::<u64>().expect("utime") + f[12].parse::<u64>().expect("stime")
+}
+
+fn open_fds(pid: i32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+#[test]
+fn out_of_descriptors_a_buddy_keeps_track_of_its_child_and_never_spins() {
+    let sb = Sandbox::new();
+    let dir = sb.service("web", &sh_service("UserRateLimit: 0", "exec sleep 1000"));
+    let mut b = sb.buddy(&dir);
+    let first = running(&b);
+    let limit = open_fds(b.pid()) as u64 + 24;
+    let lim = libc::rlimit {
+        rlim_cur: limit,
+        rlim_max: limit,
+    };
+    // SAFETY: prlimit reads the struct it is given and writes nothing (old limit: null).
+    let rc = unsafe { libc::prlimit(b.pid(), libc::RLIMIT_NOFILE, &lim, std::ptr::null_mut()) };
+    assert_eq!(rc, 0, "prlimit: {}", std::io::Error::last_os_error());
+    // Someone holds more connections than the buddy has descriptors for.
+    let held: Vec<std::os::unix::net::UnixStream> = (0..60)
+        .map(|_| std::os::unix::net::UnixStream::connect(dir.socket()).expect("connect"))
+        .collect();
+    wait_until(
+        Duration::from_secs(5),
+        "the buddy to take connections",
+        || {
+            let n = open_fds(b.pid()) as u64;
+            if n + 20 >= limit {
+                Ok(())
+            } else {
+                Err(format!("{n} of {limit}"))
+            }
+        },
+    );
+    // The service dies and is restarted: the status file must name the new process.
+    kill(Pid::from_raw(first), Signal::SIGKILL).expect("kill");
+    let second = restarted(&b, first);
+    // Refused connections are closed, not left pending: the loop sleeps in poll.
+    let before = cpu_ticks(b.pid());
+    let mut c = upk_testkit::Client::raw(&dir.socket());
+    // Taken or refused, a new client gets an answer at once, not a hang.
+    let answer = c.call(json!({"type": "status"}));
+    assert!(
+        answer["type"] == "ok" || answer["type"] == "error",
+        "{answer}"
+    );
+    std::thread::sleep(Duration::from_millis(1000)); // a measurement window, not a wait
+    let spent = cpu_ticks(b.pid()) - before;
+    assert!(spent < 30, "{spent} ticks of CPU in one second: spinning");
+    drop(held);
+    drop(c);
+    wait_until(Duration::from_secs(5), "the buddy to answer again", || {
+        let mut c = upk_testkit::Client::raw(&dir.socket());
+        let r = c.call(json!({"type": "status"}));
+        if r["type"] == "ok" {
+            Ok(())
+        } else {
+            Err(r.to_string())
+        }
+    });
+    // A successor adopts the running copy instead of starting a second one.
+    b.child.kill().expect("SIGKILL the buddy");
+    b.child.wait().expect("reap");
+    let next = sb.buddy(&dir);
+    let st = next.wait_status("adopted", |s| s.buddy_pid == next.pid());
+    assert_eq!(st.pid, Some(second));
+    wait_processes(&sb, "sleep 1000", &[second]);
+}

@@ -43,6 +43,13 @@ const RETRY_EXITING: Duration = Duration::from_millis(100);
 const DRAIN_CHECK: Duration = Duration::from_millis(100);
 /// Most inputs one [`Buddy::drive`] feeds the machine before the loop polls again.
 const MAX_FEEDS: u32 = 8;
+/// Most client connections at once; more are answered with an error and closed.
+const MAX_CONNS: usize = 64;
+/// Descriptors kept free for the status file, spawns, probes and hooks: a connection that
+/// would leave fewer free is refused.
+const FD_HEADROOM: i32 = 16;
+/// How soon a status write that failed is tried again.
+const STATUS_RETRY: Duration = Duration::from_millis(100);
 
 /// A start-up failure: the buddy exits with `code` after printing `message`.
 #[derive(Debug)]
@@ -109,6 +116,11 @@ pub struct Buddy {
     exit_by: Option<Instant>,
     /// stdin of every child.
     devnull: File,
+    /// A descriptor held in reserve: closed to let the status write or an accept through when
+    /// the process is out of descriptors, then taken again.
+    spare: Option<File>,
+    /// The status file could not be written: retried until it is (see [`STATUS_RETRY`]).
+    status_retry_at: Option<Instant>,
     /// The redirect files, kept open between spawns (see [`Buddy::open_redirects`]).
     redirects: Option<Redirects>,
     /// Last look at a draining group (see [`DRAIN_CHECK`]).
@@ -219,6 +231,8 @@ impl Buddy {
             log,
             exit_by: None,
             devnull,
+            spare: File::open("/dev/null").ok(),
+            status_retry_at: None,
             redirects: None,
             drain_checked: Instant::now(),
             since_us: upk_core::time::wall_us(),
@@ -342,12 +356,19 @@ impl Buddy {
             .iter()
             .filter(|h| !h.timed_out)
             .map(|h| h.deadline);
-        [self.machine.deadline(), phone, self.exit_by, drain, probe]
-            .into_iter()
-            .flatten()
-            .chain(loggers)
-            .chain(hooks)
-            .min()
+        [
+            self.machine.deadline(),
+            phone,
+            self.exit_by,
+            drain,
+            probe,
+            self.status_retry_at,
+        ]
+        .into_iter()
+        .flatten()
+        .chain(loggers)
+        .chain(hooks)
+        .min()
     }
 
     /// Blocks until a descriptor is ready or the timeout passes.
@@ -565,6 +586,9 @@ impl Buddy {
     }
 
     fn on_timers(&mut self, now: Instant) {
+        if self.status_retry_at.is_some_and(|t| t <= now) {
+            self.write_status();
+        }
         // Probes and hooks past their timeout: their groups are killed, the reaping records.
         if let Some(p) = self
             .probe
@@ -1127,9 +1151,32 @@ impl Buddy {
         }
     }
 
+    /// Rewrites the status file. It names the main process, so that a successor adopts it
+    /// instead of starting a second copy: out of descriptors, the spare one is given up for
+    /// it; a write that fails anyway is retried every [`STATUS_RETRY`] until it succeeds.
     fn write_status(&mut self) {
-        if let Err(e) = self.status().write(&self.dir.status()) {
-            self.log.line(&format!("cannot write the status file: {e}"));
+        let status = self.status();
+        let path = self.dir.status();
+        let mut result = status.write(&path);
+        if result.as_ref().is_err_and(out_of_fds) && self.spare.take().is_some() {
+            result = status.write(&path);
+            self.spare = File::open("/dev/null").ok();
+        }
+        match result {
+            Ok(()) => {
+                if self.status_retry_at.take().is_some() {
+                    self.log.line("the status file is written again");
+                }
+            }
+            Err(e) => {
+                if self.status_retry_at.is_none() {
+                    self.log.line(&format!(
+                        "cannot write the status file: {e}; retrying every {} ms",
+                        STATUS_RETRY.as_millis()
+                    ));
+                }
+                self.status_retry_at = Some(Instant::now() + STATUS_RETRY);
+            }
         }
     }
 
@@ -1225,7 +1272,30 @@ impl Buddy {
     }
 
     fn accept(&mut self) {
-        while let Ok((stream, _)) = self.listener.accept() {
+        let mut refused = 0u64;
+        loop {
+            let stream = match self.listener.accept() {
+                Ok((stream, _)) => stream,
+                Err(e) if out_of_fds(&e) => {
+                    // The pending connection keeps the listener readable: take it with the
+                    // spare descriptor and refuse it, or poll would return at once forever.
+                    let Some(spare) = self.spare.take() else {
+                        break;
+                    };
+                    drop(spare);
+                    if let Ok((stream, _)) = self.listener.accept() {
+                        refuse_conn(stream, "the buddy is out of file descriptors");
+                    }
+                    self.spare = File::open("/dev/null").ok();
+                    break;
+                }
+                Err(_) => break,
+            };
+            if self.conns.len() >= MAX_CONNS || fds_short(&stream) {
+                refuse_conn(stream, "too many connections to this buddy");
+                refused += 1;
+                continue;
+            }
             let peer =
                 nix::sys::socket::getsockopt(&stream, nix::sys::socket::sockopt::PeerCredentials)
                     .map(|c| (c.uid(), c.pid()))
@@ -1253,6 +1323,13 @@ impl Buddy {
                 continue;
             }
             self.conns.push(c);
+        }
+        if refused > 0 {
+            // One line per poll round, not one per connection: a flood must not fill the log.
+            self.log.line(&format!(
+                "refused {refused} connections: {} open (at most {MAX_CONNS}), or descriptors short",
+                self.conns.len()
+            ));
         }
     }
 
@@ -1556,6 +1633,38 @@ impl Buddy {
         self.log.line("exiting");
         upk_core::exit::OK
     }
+}
+
+/// The process (or the system) has no descriptor left.
+fn out_of_fds(e: &std::io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE))
+}
+
+/// The descriptor just accepted leaves fewer than [`FD_HEADROOM`] free under the soft limit
+/// (new descriptors take the lowest free number, so its number is a fair measure).
+fn fds_short(stream: &UnixStream) -> bool {
+    use std::os::fd::AsRawFd;
+    let mut lim = libc::rlimit {
+        rlim_cur: 1024,
+        rlim_max: 1024,
+    };
+    // SAFETY: getrlimit only writes the struct it is given.
+    unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) };
+    let limit = i32::try_from(lim.rlim_cur).unwrap_or(i32::MAX);
+    stream.as_raw_fd() >= limit.saturating_sub(FD_HEADROOM)
+}
+
+/// Answers a connection that is not taken with one error line (best effort) and closes it.
+fn refuse_conn(stream: UnixStream, why: &str) {
+    use std::io::Write;
+    let _ = stream.set_nonblocking(true);
+    let refusal = BuddyReply::Error {
+        message: why.to_owned(),
+    };
+    let _ = (&stream).write_all(&proto::encode(&Envelope {
+        id: None,
+        body: refusal,
+    }));
 }
 
 fn not_running(what: &str) -> BuddyReply {
