@@ -234,3 +234,89 @@ fn out_of_descriptors_a_buddy_keeps_track_of_its_child_and_never_spins() {
     assert_eq!(st.pid, Some(second));
     wait_processes(&sb, "sleep 1000", &[second]);
 }
+
+#[test]
+fn a_redirect_swapped_for_a_link_to_a_root_file_is_never_written_through() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("a_redirect_swapped_for_a_link_...: not root here; running as nobody needs root");
+        return;
+    }
+    use std::os::unix::fs::symlink;
+    let sb = Sandbox::new();
+    let own = sb.file("nobody");
+    std::fs::create_dir(&own).expect("mkdir");
+    let nobody = Some(nix::unistd::Uid::from_raw(65534));
+    nix::unistd::chown(&own, nobody, Some(nix::unistd::Gid::from_raw(65534))).expect("chown");
+    let secret = sb.file("root-owned");
+    std::fs::write(&secret, "secret\n").expect("root file");
+    let out = own.join("out.log");
+    let extra = format!(
+        r#"SetUID: "nobody", SetGID: "nogroup", UserRateLimit: 0, RedirectStdout: {:?}"#,
+        out.display().to_string()
+    );
+    let dir = sb.service(
+        "web",
+        &sh_service(&extra, "echo \"run $$\"; exec sleep 1000"),
+    );
+    let b = sb.buddy(&dir);
+    let first = running(&b);
+    let hup = || kill(Pid::from_raw(b.pid()), Signal::SIGHUP).expect("SIGHUP");
+    wait_until(Duration::from_secs(5), "the first run's line", || {
+        let t = std::fs::read_to_string(&out).unwrap_or_default();
+        if t.contains(&format!("run {first}")) {
+            Ok(())
+        } else {
+            Err(t)
+        }
+    });
+
+    // The service's user swaps its log for a link to a root file, and the log is reopened.
+    std::fs::remove_file(&out).expect("rm");
+    symlink(&secret, &out).expect("symlink");
+    hup();
+    b.call(json!({"type": "restart"}));
+    let failed = b.wait_record("spawn_failed", |_| true);
+    assert!(
+        failed["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("symbolic link")),
+        "{failed}"
+    );
+    // A hard link to a root file (possible where fs.protected_hardlinks is off).
+    std::fs::remove_file(&out).expect("rm");
+    std::fs::hard_link(&secret, &out).expect("link");
+    hup();
+    b.call(json!({"type": "start"}));
+    b.wait_record("spawn_failed", |r| {
+        r["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("more than one link"))
+    });
+    std::fs::remove_file(&out).expect("rm");
+
+    // The race: the name flips between a file and a link while the buddy reopens.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let swapper = {
+        let (own, out, secret, stop) = (own.clone(), out.clone(), secret.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let (file, link) = (own.join("f.tmp"), own.join("l.tmp"));
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let _ = std::fs::write(&file, "");
+                let _ = std::fs::rename(&file, &out);
+                let _ = symlink(&secret, &link);
+                let _ = std::fs::rename(&link, &out);
+            }
+        })
+    };
+    for _ in 0..20 {
+        hup();
+        b.call(json!({"type": "restart"}));
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    swapper.join().expect("swapper");
+    assert_eq!(
+        std::fs::read_to_string(&secret).expect("root file"),
+        "secret\n",
+        "the root file was never written"
+    );
+}

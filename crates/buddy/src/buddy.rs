@@ -723,7 +723,10 @@ impl Buddy {
     /// The redirect files, opened at first use and kept until SIGHUP.
     fn open_redirects(&mut self) -> Result<&Redirects, String> {
         if self.redirects.is_none() {
-            let r = open_redirects(&self.dir, &self.settings.service).map_err(|e| e.to_string())?;
+            // Opened for the service's user: what it could not write, it cannot redirect to.
+            let creds = self.creds.as_ref().map_err(Clone::clone)?;
+            let r = open_redirects(&self.dir, &self.settings.service, creds)
+                .map_err(|e| e.to_string())?;
             self.redirects = Some(r);
         }
         self.redirects
