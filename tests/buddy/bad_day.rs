@@ -320,3 +320,19 @@ fn a_redirect_swapped_for_a_link_to_a_root_file_is_never_written_through() {
         "the root file was never written"
     );
 }
+
+#[test]
+fn a_probe_that_cannot_start_with_a_tiny_interval_leaves_the_buddy_responsive() {
+    let sb = Sandbox::new();
+    let extra = r#"HealthCheck: "exit 0", HealthInterval: 0.000001, HealthAction: "record""#;
+    let dir = sb.service("web", &sh_service(extra, "exec sleep 1000"));
+    std::fs::remove_file(dir.action("health")).expect("remove actions/health");
+    let mut b = sb.buddy(&dir);
+    running(&b);
+    for _ in 0..3 {
+        let r = b.call(json!({"type": "status"}));
+        assert_eq!(r["type"], "ok", "{r}");
+    }
+    kill(Pid::from_raw(b.pid()), Signal::SIGTERM).expect("SIGTERM");
+    assert_eq!(b.wait_exit(Duration::from_secs(10)), 0);
+}

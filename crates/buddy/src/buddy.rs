@@ -703,10 +703,13 @@ impl Buddy {
             }
             // A timer already due (a restart with UserRateLimit 0) is carried out now, so that
             // nothing but the records stands between reaping the old process and forking the
-            // new one; the status file is written once, after.
+            // new one; the status file is written once, after. Only the outermost call does
+            // it: a nested one (a probe that could not start reports at once) must not feed
+            // timers too, or a due probe that cannot start would recurse without end.
             if stop_failed {
                 next = Some(Input::StopFailed);
-            } else if fed < MAX_FEEDS
+            } else if outer
+                && fed < MAX_FEEDS
                 && self.machine.deadline().is_some_and(|d| d <= Instant::now())
             {
                 next = Some(Input::Timer);
