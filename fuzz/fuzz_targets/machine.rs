@@ -2,7 +2,8 @@
 //! the loop's part (spawns succeed or fail, the child dies, time passes, timers fire when due),
 //! checking the invariants the loop relies on:
 //!
-//! - never two live children: `Spawn` is asked for only when no main process lives;
+//! - never two live children: `Spawn` is asked for only when no main process lives (also
+//!   when starts fail, for good or for now, and stop scripts cannot run);
 //! - `step` always returns, and a due timer never loops: fed `Timer` while its deadline has
 //!   passed (as the loop does, with no time passing), the machine settles within a bound;
 //! - a stop always ends: after any history, `Stop` with a child that dies when signalled, plus
@@ -54,8 +55,9 @@ struct World {
     now: Instant,
     child: Option<i32>,
     next_pid: i32,
-    /// The next spawns fail (the fuzzer flips it).
+    /// The next spawns fail (the fuzzer flips it), and whether retrying could help.
     spawn_fails: bool,
+    spawn_permanent: bool,
     /// The child dies as soon as its group is signalled.
     dies_when_signalled: bool,
 }
@@ -89,6 +91,7 @@ impl World {
                     if self.spawn_fails {
                         Input::SpawnFailed {
                             error: "fuzz".into(),
+                            permanent: self.spawn_permanent,
                         }
                     } else {
                         self.next_pid += 1;
@@ -187,13 +190,14 @@ fuzz_target!(|data: &[u8]| {
         child: None,
         next_pid: 100,
         spawn_fails: false,
+        spawn_permanent: false,
         dies_when_signalled: false,
     };
     w.settle_due();
     let mut inputs = 0;
     while !b.done() && inputs < 256 {
         inputs += 1;
-        match b.byte() % 12 {
+        match b.byte() % 14 {
             0 => w.feed(Input::Command(Command::Start, "fuzz".into())),
             1 => w.feed(Input::Command(Command::Stop, "fuzz".into())),
             2 => w.feed(Input::Command(Command::Restart, "fuzz".into())),
@@ -212,6 +216,9 @@ fuzz_target!(|data: &[u8]| {
             8 => w.dies_when_signalled = b.flag(),
             9 => w.feed(Input::ReadySignal { via: "fuzz".into() }),
             10 => w.feed(Input::Timer),
+            11 => w.spawn_permanent = b.flag(),
+            // The stop script could not run (the loop's report).
+            12 => w.feed(Input::StopFailed),
             _ => {
                 if w.child.is_none() && matches!(w.machine.state(), State::Stopped) {
                     w.next_pid += 1;
@@ -229,6 +236,7 @@ fuzz_target!(|data: &[u8]| {
     // A stop always ends, whatever came before: the child dies when signalled, time passes.
     w.dies_when_signalled = true;
     w.spawn_fails = false;
+    w.spawn_permanent = false;
     w.feed(Input::Command(Command::Stop, "fuzz".into()));
     for _ in 0..64 {
         if w.machine.state().name() == StateName::Stopped && w.child.is_none() {

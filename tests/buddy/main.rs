@@ -2,6 +2,7 @@
 //! and bounded waits. One module per capability.
 
 mod adopt;
+mod bad_day;
 mod health;
 mod lifecycle;
 mod output;

@@ -46,6 +46,15 @@ const DRAIN_CHECK: Duration = Duration::from_millis(100);
 /// ring never overflows while a controller listens, and a storm of crash loops leaves the
 /// controller the CPU it needs (docs/state-machine.md).
 const HOLD_MAX: Duration = Duration::from_secs(1);
+/// Most inputs one [`Buddy::drive`] feeds the machine before the loop polls again.
+const MAX_FEEDS: u32 = 8;
+/// Most client connections at once; more are answered with an error and closed.
+const MAX_CONNS: usize = 64;
+/// Descriptors kept free for the status file, spawns, probes and hooks: a connection that
+/// would leave fewer free is refused.
+const FD_HEADROOM: i32 = 16;
+/// How soon a status write that failed is tried again.
+const STATUS_RETRY: Duration = Duration::from_millis(100);
 
 /// A start-up failure: the buddy exits with `code` after printing `message`.
 #[derive(Debug)]
@@ -114,6 +123,11 @@ pub struct Buddy {
     exit_by: Option<Instant>,
     /// stdin of every child.
     devnull: File,
+    /// A descriptor held in reserve: closed to let the status write or an accept through when
+    /// the process is out of descriptors, then taken again.
+    spare: Option<File>,
+    /// The status file could not be written: retried until it is (see [`STATUS_RETRY`]).
+    status_retry_at: Option<Instant>,
     /// The redirect files, kept open between spawns (see [`Buddy::open_redirects`]).
     redirects: Option<Redirects>,
     /// Last look at a draining group (see [`DRAIN_CHECK`]).
@@ -157,9 +171,10 @@ impl Buddy {
         let pid = format!("{}\n", std::process::id());
         upk_core::fsutil::write_atomic(&dir.pidfile(), pid.as_bytes(), 0o644, false)
             .map_err(|e| temporary("cannot write buddy.pid", e))?;
-        // Every child (service, scripts, loggers) inherits it; set once here, no child's
-        // spawn has to build an environment of its own.
-        std::env::set_var("UPK_SERVICE", settings.service.id.to_string());
+        // Every child (service, scripts, loggers, hooks) inherits the buddy's environment:
+        // made clean and documented here, once, while there is one thread (whatever started
+        // the controller, an init system's RC_* and EINFO_* must not reach the services).
+        spawn::clean_environment(&settings.service.id.to_string());
         std::fs::create_dir_all(dir.log()).map_err(|e| temporary("cannot create log/", e))?;
         let mut log = BuddyLog::open(dir.log_file("buddy"));
 
@@ -224,6 +239,8 @@ impl Buddy {
             log,
             exit_by: None,
             devnull,
+            spare: File::open("/dev/null").ok(),
+            status_retry_at: None,
             redirects: None,
             drain_checked: Instant::now(),
             since_us: upk_core::time::wall_us(),
@@ -358,12 +375,19 @@ impl Buddy {
             .iter()
             .filter(|h| !h.timed_out)
             .map(|h| h.deadline);
-        [self.machine_deadline(), phone, self.exit_by, drain, probe]
-            .into_iter()
-            .flatten()
-            .chain(loggers)
-            .chain(hooks)
-            .min()
+        [
+            self.machine_deadline(),
+            phone,
+            self.exit_by,
+            drain,
+            probe,
+            self.status_retry_at,
+        ]
+        .into_iter()
+        .flatten()
+        .chain(loggers)
+        .chain(hooks)
+        .min()
     }
 
     /// Blocks until a descriptor is ready or the timeout passes.
@@ -512,6 +536,10 @@ impl Buddy {
             });
         } else if let Some(i) = self.actions.iter().position(|a| a.pid == pid) {
             let run = self.actions.swap_remove(i);
+            // A stop script that failed did not stop the service: the signals take over.
+            let stop_failed = run.action == "stop"
+                && !exit.success()
+                && matches!(self.machine.state(), State::Stopping { pid: Some(_), .. });
             self.note(
                 Some(pid),
                 "action",
@@ -531,7 +559,11 @@ impl Buddy {
                 );
                 self.close_if_done(token);
             }
-            self.write_status();
+            if stop_failed {
+                self.drive(Input::StopFailed);
+            } else {
+                self.write_status();
+            }
         } else if let Some(i) = self.streams.iter().position(|s| s.logger == Some(pid)) {
             let stream = &mut self.streams[i];
             let name = stream.name.to_owned();
@@ -573,6 +605,9 @@ impl Buddy {
     }
 
     fn on_timers(&mut self, now: Instant) {
+        if self.status_retry_at.is_some_and(|t| t <= now) {
+            self.write_status();
+        }
         // Probes and hooks past their timeout: their groups are killed, the reaping records.
         if let Some(p) = self
             .probe
@@ -646,15 +681,20 @@ impl Buddy {
             self.held = Some(Vec::new());
         }
         let mut next = Some(input);
+        // Inputs fed in this call: bounded, so that the loop always gets back to poll (the
+        // socket, the signals) even if the machine kept asking for work "now".
+        let mut fed = 0;
         while let Some(input) = next.take() {
+            fed += 1;
             let now = Instant::now();
+            let mut stop_failed = false;
             let mut queue: VecDeque<Output> = self.machine.step(now, input).into();
             while let Some(out) = queue.pop_front() {
                 match out {
                     Output::Spawn => {
                         let answer = match self.spawn_service() {
                             Ok(pid) => Input::Spawned { pid },
-                            Err(error) => Input::SpawnFailed { error },
+                            Err((error, permanent)) => Input::SpawnFailed { error, permanent },
                         };
                         for o in self.machine.step(now, answer).into_iter().rev() {
                             queue.push_front(o);
@@ -662,7 +702,10 @@ impl Buddy {
                     }
                     Output::RunStop { pid } => {
                         if let Err(e) = self.run_action("stop", "stop", Some(pid), None) {
-                            self.log.line(&format!("cannot run the stop script: {e}"));
+                            self.log.line(&format!(
+                                "cannot run the stop script: {e}; signalling the group instead"
+                            ));
+                            stop_failed = true;
                         }
                     }
                     Output::KillGroup { pgid, signal } => kill_group(pgid, signal),
@@ -679,8 +722,15 @@ impl Buddy {
             }
             // A timer already due (a restart with UserRateLimit 0) is carried out now, so that
             // nothing but the records stands between reaping the old process and forking the
-            // new one; the status file is written once, after.
-            if self.machine_deadline().is_some_and(|d| d <= Instant::now()) {
+            // new one; the status file is written once, after. Only the outermost call does
+            // it: a nested one (a probe that could not start reports at once) must not feed
+            // timers too, or a due probe that cannot start would recurse without end.
+            if stop_failed {
+                next = Some(Input::StopFailed);
+            } else if outer
+                && fed < MAX_FEEDS
+                && self.machine_deadline().is_some_and(|d| d <= Instant::now())
+            {
                 next = Some(Input::Timer);
             }
         }
@@ -695,7 +745,10 @@ impl Buddy {
     /// The redirect files, opened at first use and kept until SIGHUP.
     fn open_redirects(&mut self) -> Result<&Redirects, String> {
         if self.redirects.is_none() {
-            let r = open_redirects(&self.dir, &self.settings.service).map_err(|e| e.to_string())?;
+            // Opened for the service's user: what it could not write, it cannot redirect to.
+            let creds = self.creds.as_ref().map_err(Clone::clone)?;
+            let r = open_redirects(&self.dir, &self.settings.service, creds)
+                .map_err(|e| e.to_string())?;
             self.redirects = Some(r);
         }
         self.redirects
@@ -714,20 +767,39 @@ impl Buddy {
         Ok((creds, redirects))
     }
 
-    fn spawn_service(&mut self) -> Result<i32, String> {
+    /// Starts the service; the error says why not, and whether retrying cannot help.
+    fn spawn_service(&mut self) -> Result<i32, (String, bool)> {
         // A probe of the last run says nothing about this one: end it, unheard.
         if let Some(p) = self.probe.take() {
             kill_group(p.pid, Signal::SIGKILL);
         }
-        self.open_redirects()?;
+        if self.creds.is_err() {
+            // Looked up again: the user may have been created since.
+            let svc = &self.settings.service;
+            self.creds = Creds::resolve(svc, nix::unistd::geteuid(), nix::unistd::getegid());
+        }
+        if let Err(e) = &self.creds {
+            return Err((e.clone(), true));
+        }
+        self.spawn_resolved().map_err(|(e, errno)| {
+            // EPERM between fork and exec: the privilege drop was refused, and will be again.
+            let permanent =
+                errno == Some(libc::EPERM) && self.creds.as_ref().is_ok_and(|c| c.uid.is_some());
+            (e, permanent)
+        })
+    }
+
+    fn spawn_resolved(&mut self) -> Result<i32, (String, Option<i32>)> {
+        let plain = |e: String| (e, None);
+        self.open_redirects().map_err(plain)?;
         let readiness = self.settings.service.readiness;
         let mut extra = Extra::default();
         // The child's end of a notification pipe; ours replaces the last run's channel.
         let mut child_end = None;
         match readiness {
             Readiness::Fd(n) => {
-                let (ours, theirs) =
-                    health::pipe().map_err(|e| format!("cannot make the readiness pipe: {e}"))?;
+                let (ours, theirs) = health::pipe()
+                    .map_err(|e| plain(format!("cannot make the readiness pipe: {e}")))?;
                 self.channel = Some(Channel::Pipe(ours));
                 child_end = Some((theirs, n as i32));
             }
@@ -743,15 +815,18 @@ impl Buddy {
             Readiness::None | Readiness::Health => self.channel = None,
         }
         extra.fd = child_end.as_ref().map(|(fd, n)| (fd.as_fd(), *n));
-        let (creds, r) = self.child_context()?;
+        let (creds, r) = self.child_context().map_err(plain)?;
         let stdio = Stdio {
             stdin: self.devnull.as_fd(),
             stdout: self.streams[0].write_end().unwrap_or(r.stdout.as_fd()),
             stderr: self.streams[1].write_end().unwrap_or(r.stderr.as_fd()),
         };
         let start = self.dir.action("start");
-        let pid = spawn::spawn(&start, &[], self.dir.root(), creds, stdio, &extra)
-            .map_err(|e| format!("cannot execute {}: {e}", start.display()))?;
+        let pid =
+            spawn::spawn(&start, &[], self.dir.root(), creds, stdio, &extra).map_err(|e| {
+                let errno = e.raw_os_error();
+                (format!("cannot execute {}: {e}", start.display()), errno)
+            })?;
         self.adopted = None;
         self.pid_start = status::process_start_time(pid);
         Ok(pid)
@@ -1102,9 +1177,32 @@ impl Buddy {
         }
     }
 
+    /// Rewrites the status file. It names the main process, so that a successor adopts it
+    /// instead of starting a second copy: out of descriptors, the spare one is given up for
+    /// it; a write that fails anyway is retried every [`STATUS_RETRY`] until it succeeds.
     fn write_status(&mut self) {
-        if let Err(e) = self.status().write(&self.dir.status()) {
-            self.log.line(&format!("cannot write the status file: {e}"));
+        let status = self.status();
+        let path = self.dir.status();
+        let mut result = status.write(&path);
+        if result.as_ref().is_err_and(out_of_fds) && self.spare.take().is_some() {
+            result = status.write(&path);
+            self.spare = File::open("/dev/null").ok();
+        }
+        match result {
+            Ok(()) => {
+                if self.status_retry_at.take().is_some() {
+                    self.log.line("the status file is written again");
+                }
+            }
+            Err(e) => {
+                if self.status_retry_at.is_none() {
+                    self.log.line(&format!(
+                        "cannot write the status file: {e}; retrying every {} ms",
+                        STATUS_RETRY.as_millis()
+                    ));
+                }
+                self.status_retry_at = Some(Instant::now() + STATUS_RETRY);
+            }
         }
     }
 
@@ -1201,7 +1299,30 @@ impl Buddy {
     }
 
     fn accept(&mut self) {
-        while let Ok((stream, _)) = self.listener.accept() {
+        let mut refused = 0u64;
+        loop {
+            let stream = match self.listener.accept() {
+                Ok((stream, _)) => stream,
+                Err(e) if out_of_fds(&e) => {
+                    // The pending connection keeps the listener readable: take it with the
+                    // spare descriptor and refuse it, or poll would return at once forever.
+                    let Some(spare) = self.spare.take() else {
+                        break;
+                    };
+                    drop(spare);
+                    if let Ok((stream, _)) = self.listener.accept() {
+                        refuse_conn(stream, "the buddy is out of file descriptors");
+                    }
+                    self.spare = File::open("/dev/null").ok();
+                    break;
+                }
+                Err(_) => break,
+            };
+            if self.conns.len() >= MAX_CONNS || fds_short(&stream) {
+                refuse_conn(stream, "too many connections to this buddy");
+                refused += 1;
+                continue;
+            }
             let peer =
                 nix::sys::socket::getsockopt(&stream, nix::sys::socket::sockopt::PeerCredentials)
                     .map(|c| (c.uid(), c.pid()))
@@ -1229,6 +1350,13 @@ impl Buddy {
                 continue;
             }
             self.conns.push(c);
+        }
+        if refused > 0 {
+            // One line per poll round, not one per connection: a flood must not fill the log.
+            self.log.line(&format!(
+                "refused {refused} connections: {} open (at most {MAX_CONNS}), or descriptors short",
+                self.conns.len()
+            ));
         }
     }
 
@@ -1533,6 +1661,38 @@ impl Buddy {
         self.log.line("exiting");
         upk_core::exit::OK
     }
+}
+
+/// The process (or the system) has no descriptor left.
+fn out_of_fds(e: &std::io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE))
+}
+
+/// The descriptor just accepted leaves fewer than [`FD_HEADROOM`] free under the soft limit
+/// (new descriptors take the lowest free number, so its number is a fair measure).
+fn fds_short(stream: &UnixStream) -> bool {
+    use std::os::fd::AsRawFd;
+    let mut lim = libc::rlimit {
+        rlim_cur: 1024,
+        rlim_max: 1024,
+    };
+    // SAFETY: getrlimit only writes the struct it is given.
+    unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) };
+    let limit = i32::try_from(lim.rlim_cur).unwrap_or(i32::MAX);
+    stream.as_raw_fd() >= limit.saturating_sub(FD_HEADROOM)
+}
+
+/// Answers a connection that is not taken with one error line (best effort) and closes it.
+fn refuse_conn(stream: UnixStream, why: &str) {
+    use std::io::Write;
+    let _ = stream.set_nonblocking(true);
+    let refusal = BuddyReply::Error {
+        message: why.to_owned(),
+    };
+    let _ = (&stream).write_all(&proto::encode(&Envelope {
+        id: None,
+        body: refusal,
+    }));
 }
 
 fn not_running(what: &str) -> BuddyReply {

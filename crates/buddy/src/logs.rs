@@ -7,9 +7,16 @@
 //! logger restarts (output waits in the pipe for the next logger). The loggers themselves
 //! write to the same redirect files the service would have used.
 
+use crate::spawn::Creds;
+use nix::errno::Errno;
+use nix::fcntl::OFlag;
+use nix::sys::stat::{FileStat, Mode, SFlag};
+use std::collections::VecDeque;
+use std::ffi::{OsStr, OsString};
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::os::fd::{AsFd, BorrowedFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -162,16 +169,214 @@ pub struct Redirects {
 /// Opens RedirectStdout/RedirectStderr, relative to the run directory, or `log/stdout` and
 /// `log/stderr` by default. The buddy keeps them open and reopens them on SIGHUP (rotation:
 /// move the file, then send SIGHUP; a running service keeps writing where it started).
-pub fn open_redirects(dir: &RunDir, svc: &Service) -> io::Result<Redirects> {
+/// For a service that runs as another user, see [`open_append_for`].
+pub fn open_redirects(dir: &RunDir, svc: &Service, creds: &Creds) -> io::Result<Redirects> {
     let open = |p: &Option<PathBuf>, default: &str| {
         let path = p
             .as_ref()
             .map_or_else(|| dir.log_file(default), |p| dir.root().join(p));
-        upk_core::fsutil::open_append(&path, 0o640)
+        open_append_for(&path, 0o640, creds)
             .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))
     };
     Ok(Redirects {
         stdout: open(&svc.redirect_stdout, "stdout")?,
         stderr: open(&svc.redirect_stderr, "stderr")?,
     })
+}
+
+/// Most symbolic links followed while opening one redirect file (the kernel's own limit).
+const MAX_LINKS: u32 = 40;
+
+/// Opens `path` for appending (creating it with `mode`) on behalf of a service running as
+/// `creds`, so that the service's user cannot have made the root buddy write anywhere it could
+/// not write itself (issue 11: a symlink swapped in for the log file).
+///
+/// With no other user, it is a plain open. Otherwise the path is walked one component at a
+/// time, each looked up relative to the directory descriptor already held (so nothing swapped
+/// behind the walk matters), and every directory's owner and mode are checked: in a directory
+/// the user can write (it owns it, or it is writable by one of its groups or by all), a symbolic
+/// link is never followed, and the file opened must be a regular file with one link (a hard
+/// link to a root file has two) and not a FIFO (whose open would block the buddy). Links in
+/// directories the user cannot write are followed, through the same checks. ACLs are not
+/// looked at.
+pub fn open_append_for(path: &Path, mode: u32, creds: &Creds) -> io::Result<File> {
+    let Some(uid) = creds.uid.filter(|u| !u.is_root()) else {
+        return upk_core::fsutil::open_append(path, mode);
+    };
+    let writable = |st: &FileStat| {
+        let gid = nix::unistd::Gid::from_raw(st.st_gid);
+        st.st_uid == uid.as_raw()
+            || ((creds.gid == Some(gid) || creds.groups.contains(&gid)) && st.st_mode & 0o020 != 0)
+            || st.st_mode & 0o002 != 0
+    };
+    let refuse = |what: &OsStr, why: &str| {
+        io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            format!(
+                "refusing {}: {why} in a directory uid {uid} can write",
+                Path::new(what).display()
+            ),
+        )
+    };
+    let mut parts: VecDeque<OsString> = VecDeque::new();
+    let start = |p: &Path, parts: &mut VecDeque<OsString>| -> io::Result<OwnedFd> {
+        for c in p.components() {
+            parts.push_back(c.as_os_str().to_owned());
+        }
+        let from: &Path = if p.is_absolute() {
+            Path::new("/")
+        } else {
+            Path::new(".")
+        };
+        if p.is_absolute() {
+            parts.pop_front();
+        }
+        open_at(
+            None,
+            from.as_os_str(),
+            OFlag::O_PATH | OFlag::O_DIRECTORY,
+            0,
+        )
+    };
+    let mut cur = start(path, &mut parts)?;
+    let mut cur_writable = writable(&fstat(&cur)?);
+    let mut links = 0;
+    while let Some(name) = parts.pop_front() {
+        if name.is_empty() || name == "." {
+            continue;
+        }
+        let target = if parts.is_empty() && name != ".." {
+            let flags = OFlag::O_WRONLY
+                | OFlag::O_APPEND
+                | OFlag::O_CREAT
+                | OFlag::O_NOFOLLOW
+                | OFlag::O_NOCTTY
+                | OFlag::O_NONBLOCK;
+            match open_at(Some(&cur), &name, flags, mode) {
+                Ok(fd) => {
+                    let st = fstat(&fd)?;
+                    let regular =
+                        SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT == SFlag::S_IFREG;
+                    if cur_writable && !regular {
+                        return Err(refuse(&name, "not a regular file"));
+                    }
+                    if cur_writable && st.st_nlink != 1 {
+                        return Err(refuse(&name, "a file with more than one link"));
+                    }
+                    // Blocking again: the flag was only there so that a FIFO fails, not hangs.
+                    nix::fcntl::fcntl(
+                        fd.as_raw_fd(),
+                        nix::fcntl::FcntlArg::F_SETFL(OFlag::O_APPEND),
+                    )?;
+                    return Ok(File::from(fd));
+                }
+                Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
+                    if cur_writable {
+                        return Err(refuse(&name, "a symbolic link"));
+                    }
+                    nix::fcntl::readlinkat(Some(cur.as_raw_fd()), name.as_os_str())?
+                }
+                Err(e) => return Err(e),
+            }
+        } else {
+            let fd = open_at(Some(&cur), &name, OFlag::O_PATH | OFlag::O_NOFOLLOW, 0)?;
+            let st = fstat(&fd)?;
+            let kind = SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT;
+            if kind == SFlag::S_IFDIR {
+                cur = fd;
+                cur_writable = writable(&st);
+                continue;
+            }
+            if kind != SFlag::S_IFLNK {
+                return Err(Errno::ENOTDIR.into());
+            }
+            if cur_writable {
+                return Err(refuse(&name, "a symbolic link"));
+            }
+            nix::fcntl::readlinkat(Some(fd.as_raw_fd()), OsStr::new(""))?
+        };
+        links += 1;
+        if links > MAX_LINKS {
+            return Err(Errno::ELOOP.into());
+        }
+        let target = PathBuf::from(target);
+        let mut rest = VecDeque::new();
+        if target.is_absolute() {
+            cur = start(&target, &mut rest)?;
+            cur_writable = writable(&fstat(&cur)?);
+        } else {
+            rest.extend(target.components().map(|c| c.as_os_str().to_owned()));
+        }
+        rest.extend(parts.drain(..));
+        parts = rest;
+    }
+    Err(io::Error::new(
+        io::ErrorKind::InvalidInput,
+        "a directory, not a file",
+    ))
+}
+
+fn open_at(dir: Option<&OwnedFd>, name: &OsStr, flags: OFlag, mode: u32) -> io::Result<OwnedFd> {
+    let fd = nix::fcntl::openat(
+        Some(dir.map_or(libc::AT_FDCWD, AsRawFd::as_raw_fd)),
+        name,
+        flags | OFlag::O_CLOEXEC,
+        Mode::from_bits_truncate(mode),
+    )?;
+    // SAFETY: openat just returned this descriptor; nothing else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+fn fstat(fd: &OwnedFd) -> io::Result<FileStat> {
+    Ok(nix::sys::stat::fstat(fd.as_raw_fd())?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::symlink;
+
+    fn nobody() -> Creds {
+        let gid = nix::unistd::Gid::from_raw(65534);
+        Creds {
+            uid: Some(nix::unistd::Uid::from_raw(65534)),
+            gid: Some(gid),
+            groups: vec![gid],
+            env: Vec::new(),
+        }
+    }
+
+    /// A fresh root-owned 0755 directory under /tmp.
+    fn scratch(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("upk-logs-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir(&dir).expect("mkdir");
+        dir
+    }
+
+    #[test]
+    fn links_in_directories_the_user_cannot_write_are_followed() {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("links_in_directories_...: not root here; the ownership checks need root");
+            return;
+        }
+        let dir = scratch("trusted");
+        std::fs::create_dir(dir.join("real")).expect("mkdir");
+        symlink("real", dir.join("logs")).expect("dir link");
+        symlink("out.log", dir.join("real/link.log")).expect("file link");
+        let mut f = open_append_for(&dir.join("logs/link.log"), 0o640, &nobody()).expect("open");
+        f.write_all(b"hi\n").expect("write");
+        assert_eq!(
+            std::fs::read_to_string(dir.join("real/out.log")).expect("read"),
+            "hi\n"
+        );
+        // In a directory the user owns, the same link is refused.
+        nix::unistd::chown(&dir.join("real"), nobody().uid, nobody().gid).expect("chown");
+        let e = open_append_for(&dir.join("logs/link.log"), 0o640, &nobody()).expect_err("refused");
+        assert_eq!(e.kind(), io::ErrorKind::PermissionDenied, "{e}");
+        // A FIFO put there fails at once instead of blocking the buddy.
+        nix::unistd::mkfifo(&dir.join("real/fifo"), Mode::from_bits_truncate(0o600)).expect("fifo");
+        assert!(open_append_for(&dir.join("real/fifo"), 0o640, &nobody()).is_err());
+        std::fs::remove_dir_all(&dir).expect("clean up");
+    }
 }

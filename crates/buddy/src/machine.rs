@@ -44,10 +44,12 @@ use upk_core::status::Want;
 pub const DEFAULT_WINDOW: Duration = Duration::from_secs(10);
 /// Minimum spacing of starts when `UserRateLimit` is unset (s6's and runit's rule).
 pub const DEFAULT_SPACING: Duration = Duration::from_secs(1);
-/// Least delay before trying again after a start that failed before the service ran (no
-/// start script, a privilege drop refused): whatever `UserRateLimit` says, such a retry is
-/// never "now", so a failing start cannot spin the loop (s6's and runit's rule).
-pub const SPAWN_RETRY: Duration = Duration::from_secs(1);
+/// The least delay after a start that failed (s6's trystart): doubled for each failed start
+/// in a row, up to [`SPAWN_RETRY_MAX`], whatever `UserRateLimit` says, so that a start that
+/// fails at once can never make the machine ask for work "now" without end.
+pub const SPAWN_RETRY_MIN: Duration = Duration::from_secs(1);
+/// The cap of the growing delay after failed starts.
+pub const SPAWN_RETRY_MAX: Duration = Duration::from_secs(60);
 
 /// The restart and stop policy of one service, from its settings.
 #[derive(Debug, Clone, PartialEq)]
@@ -233,7 +235,12 @@ pub enum Input {
     SpawnFailed {
         /// One sentence.
         error: String,
+        /// Retrying cannot help (the credentials cannot be resolved or applied): give up now.
+        permanent: bool,
     },
+    /// The stop script could not be run, or it failed while the main process still lives:
+    /// go on to the group's SIGTERM at once (SIGKILL stays due at KillTimeout).
+    StopFailed,
     /// A running service found at start-up was adopted.
     Adopted {
         /// Its pid.
@@ -328,6 +335,8 @@ pub struct Machine {
     last_exit: Option<Exit>,
     /// Set between `Output::Spawn` and the loop's answer: the cause to record.
     spawning: Option<String>,
+    /// Failed starts in a row (reset by a start that succeeds): the least delay grows with it.
+    spawn_failures: u32,
     /// Health of the current run (`Unknown` until the probes decide).
     health: Health,
     /// Failed probes in a row.
@@ -355,6 +364,7 @@ impl Machine {
             last_start: None,
             last_exit: None,
             spawning: None,
+            spawn_failures: 0,
             health: Health::Unknown,
             probe_failures: 0,
             probe_at: None,
@@ -480,7 +490,14 @@ impl Machine {
             Input::Command(cmd, cause) => self.command(now, cmd, cause, &mut out),
             Input::Terminate => self.terminate(now, &mut out),
             Input::Spawned { pid } => self.spawned(now, pid, &mut out),
-            Input::SpawnFailed { error } => self.spawn_failed(now, error, &mut out),
+            Input::SpawnFailed { error, permanent } => {
+                self.spawn_failed(now, error, permanent, &mut out)
+            }
+            Input::StopFailed => {
+                if let State::Stopping { termed: false, .. } = self.state {
+                    self.escalate(Signal::SIGTERM, "stop script failed", &mut out);
+                }
+            }
             Input::Adopted {
                 pid,
                 ready,
@@ -631,6 +648,7 @@ impl Machine {
 
     fn spawned(&mut self, now: Instant, pid: i32, out: &mut Vec<Output>) {
         let cause = self.spawning.take().unwrap_or_default();
+        self.spawn_failures = 0;
         self.last_start = Some(now);
         self.new_run(now);
         let to = State::Running {
@@ -709,11 +727,50 @@ impl Machine {
         }
     }
 
-    fn spawn_failed(&mut self, now: Instant, error: String, out: &mut Vec<Output>) {
+    fn spawn_failed(
+        &mut self,
+        now: Instant,
+        error: String,
+        permanent: bool,
+        out: &mut Vec<Output>,
+    ) {
         let cause = self.spawning.take().unwrap_or_default();
         self.note(None, &cause, EventKind::SpawnFailed { error }, out);
         self.last_start = Some(now);
-        self.after_death(now, Duration::ZERO, SPAWN_RETRY, out);
+        self.spawn_failures = self.spawn_failures.saturating_add(1);
+        if permanent && self.want == Want::Up {
+            // Retrying every second forever would only fill the audit trail: give up now,
+            // and let a command (or the FailedRetryAfter cool-down) try again.
+            self.failures = self.failures.saturating_add(1);
+            self.give_up(now, "policy: the start cannot succeed by retrying", out);
+            return;
+        }
+        self.after_death(now, Duration::ZERO, out);
+    }
+
+    /// The least delay before the next start after `spawn_failures` failed starts in a row.
+    fn spawn_retry(&self) -> Duration {
+        let doublings = self.spawn_failures.saturating_sub(1).min(16);
+        SPAWN_RETRY_MIN
+            .saturating_mul(1u32 << doublings)
+            .min(SPAWN_RETRY_MAX)
+    }
+
+    fn give_up(&mut self, now: Instant, cause: &str, out: &mut Vec<Output>) {
+        // After failed starts the cool-down is no shorter than their retry delay, so that
+        // `FailedRetryAfter: 0` cannot loop on a start that fails at once either.
+        let floor = match self.spawn_failures {
+            0 => Duration::ZERO,
+            _ => self.spawn_retry(),
+        };
+        let retry_at = self.policy.retry_after.map(|d| now + d.max(floor));
+        let kind = EventKind::GaveUp {
+            failures: self.failures,
+            retry_in: retry_at.map(|t| secs(t, now)),
+        };
+        self.go(State::Failed { retry_at }, None, cause, kind, out);
+        out.push(Output::Notify(HookEvent::Failed));
+        out.push(Output::Notify(HookEvent::GaveUp));
     }
 
     fn died(
@@ -738,7 +795,7 @@ impl Machine {
                     // Leftovers of a dead service would hold its resources against the next run.
                     self.kill_group(pid, Signal::SIGTERM, "leftovers", out);
                 }
-                self.after_death(now, uptime, Duration::ZERO, out);
+                self.after_death(now, uptime, out);
             }
             State::Stopping {
                 pid: Some(pid),
@@ -762,15 +819,8 @@ impl Machine {
         }
     }
 
-    /// The service died while wanted up or once (or could not start): decide what comes next;
-    /// a restart comes no sooner than `floor` from now.
-    fn after_death(
-        &mut self,
-        now: Instant,
-        uptime: Duration,
-        floor: Duration,
-        out: &mut Vec<Output>,
-    ) {
+    /// The service died while wanted up or once: decide what comes next.
+    fn after_death(&mut self, now: Instant, uptime: Duration, out: &mut Vec<Output>) {
         if self.want != Want::Up {
             self.want = Want::Down;
             self.go(State::Stopped, None, "exit", EventKind::Stopped, out);
@@ -784,14 +834,7 @@ impl Machine {
         // Hooks run after the record of the decision, so that their context includes it.
         if let Some(max) = self.policy.max_failures {
             if self.failures >= max {
-                let retry_at = self.policy.retry_after.map(|d| now + d.max(floor));
-                let kind = EventKind::GaveUp {
-                    failures: self.failures,
-                    retry_in: retry_at.map(|t| secs(t, now)),
-                };
-                self.go(State::Failed { retry_at }, None, "policy", kind, out);
-                out.push(Output::Notify(HookEvent::Failed));
-                out.push(Output::Notify(HookEvent::GaveUp));
+                self.give_up(now, "policy", out);
                 return;
             }
         }
@@ -802,8 +845,10 @@ impl Machine {
         let mut at = match self.policy.rate_limit {
             Some(_) => now + delay,
             None => self.last_start.map_or(now, |s| (s + delay).max(now)),
+        };
+        if self.spawn_failures > 0 {
+            at = at.max(now + self.spawn_retry());
         }
-        .max(now + floor);
         while self
             .window
             .front()
@@ -939,9 +984,7 @@ impl Machine {
         self.probe_at = None;
         match then {
             After::Rest => {}
-            After::Policy if self.want == Want::Up => {
-                self.after_death(now, Duration::ZERO, Duration::ZERO, out)
-            }
+            After::Policy if self.want == Want::Up => self.after_death(now, Duration::ZERO, out),
             // A run-once service that was unhealthy is done, as after any end of its run.
             After::Policy => self.want = Want::Down,
             After::Start => {

@@ -415,6 +415,7 @@ fn a_spawn_failure_counts_as_a_failure() {
         r.at(0.0),
         Input::SpawnFailed {
             error: "no such file".into(),
+            permanent: false,
         },
     );
     assert_eq!(
@@ -423,39 +424,101 @@ fn a_spawn_failure_counts_as_a_failure() {
     );
 }
 
+fn spawn_fails(r: &mut Rig, secs: f64, permanent: bool) -> Vec<Output> {
+    let error = "cannot execute actions/start: No such file or directory".into();
+    r.m.step(r.at(secs), Input::SpawnFailed { error, permanent })
+}
+
 #[test]
-fn a_failing_start_is_never_retried_at_once_even_with_user_rate_limit_0() {
-    // Issue 11: a start that fails at once with UserRateLimit 0 was due again "now", and the
-    // loop stepped it forever without returning to poll.
+fn failed_starts_back_off_from_one_second_and_grow_even_with_rate_limit_zero() {
     let mut r = Rig::new(Policy {
         rate_limit: Some(Duration::ZERO),
         ..policy()
     });
-    r.m.step(r.at(0.0), Input::Command(Command::Start, "command".into()));
-    for i in 0..5 {
-        let now = r.at(f64::from(i) * SPAWN_RETRY.as_secs_f64());
-        r.m.step(
-            now,
-            Input::SpawnFailed {
-                error: "no such file".into(),
-            },
-        );
-        let due = r.m.deadline().expect("a retry is scheduled");
-        assert!(due >= now + SPAWN_RETRY, "retry {i} due too soon");
-        assert_eq!(r.m.step(due, Input::Timer), [Output::Spawn]);
+    let out =
+        r.m.step(r.at(0.0), Input::Command(Command::Start, "command".into()));
+    assert_eq!(out, [Output::Spawn]);
+    let mut t = 0.0;
+    let mut delays = Vec::new();
+    for _ in 0..9 {
+        spawn_fails(&mut r, t, false);
+        let at = r.deadline_secs().expect("a restart is scheduled");
+        assert!(at > t, "never scheduled for now: {at} at {t}");
+        delays.push(at - t);
+        t = at;
+        assert_eq!(r.m.step(r.at(t), Input::Timer), [Output::Spawn]);
     }
-    // A death after a real run still restarts at once.
-    let now = r.at(10.0);
-    r.m.step(now, Input::Spawned { pid: 500 });
-    r.m.step(
-        r.at(10.5),
-        Input::Died {
-            pid: 500,
-            exit: Exit::Exited { code: 1 },
-            group_alive: false,
-        },
+    assert_eq!(delays, [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 60.0, 60.0, 60.0]);
+    // A start that works ends the back-off: the next crash restarts at once again.
+    r.m.step(r.at(t), Input::Spawned { pid: 7 });
+    r.die(t + 0.5);
+    assert_eq!(r.deadline_secs(), Some(t + 0.5));
+}
+
+#[test]
+fn a_start_that_cannot_succeed_by_retrying_gives_up_at_once() {
+    let mut r = Rig::new(policy());
+    r.m.step(r.at(0.0), Input::Command(Command::Start, "command".into()));
+    let out = spawn_fails(&mut r, 0.0, true);
+    assert_eq!(
+        kinds(&out),
+        ["spawn_failed:stopped->stopped", "gave_up:stopped->failed"]
     );
-    assert_eq!(r.m.deadline(), Some(r.at(10.5)));
+    let Output::Record(gave_up) = &out[1] else {
+        panic!("{out:?}")
+    };
+    assert!(
+        gave_up.cause.contains("cannot succeed by retrying"),
+        "{gave_up:?}"
+    );
+    assert_eq!(r.m.deadline(), None, "failed until a command");
+    assert_eq!(extras(&out), ["notify-failed", "notify-gave_up"]);
+}
+
+#[test]
+fn failed_stop_script_goes_on_to_term_and_kill() {
+    let mut r = Rig::new(Policy {
+        kill_timeout: Some(Duration::from_secs(60)),
+        ..policy()
+    });
+    let pid = r.start(0.0);
+    let out = r.step(1.0, Input::Command(Command::Stop, "command".into()));
+    assert_eq!(kinds(&out), ["stopping:running->stopping", "run-stop"]);
+    let out = r.step(1.0, Input::StopFailed);
+    assert_eq!(kinds(&out), ["signaled:stopping->stopping", "kill-SIGTERM"]);
+    // SIGKILL stays due at KillTimeout from the start of the stop.
+    assert_eq!(r.deadline_secs(), Some(61.0));
+    let out = r.step(61.0, Input::Timer);
+    assert_eq!(kinds(&out), ["signaled:stopping->stopping", "kill-SIGKILL"]);
+    // A second report changes nothing, and the death ends the stop.
+    assert!(r.step(61.0, Input::StopFailed).is_empty());
+    let out = r.terminated(61.1, pid);
+    assert_eq!(kinds(&out)[1], "stopped:stopping->stopped");
+}
+
+#[test]
+fn a_zero_cool_down_after_failed_starts_is_no_shorter_than_their_back_off() {
+    // Found by the machine fuzz target: MaxConsecutiveFailures 1 and FailedRetryAfter 0 with a
+    // start that fails at once went failed -> cool-down over -> failed at the same instant.
+    let mut r = Rig::new(Policy {
+        rate_limit: Some(Duration::ZERO),
+        max_failures: Some(1),
+        retry_after: Some(Duration::ZERO),
+        ..policy()
+    });
+    r.m.step(r.at(0.0), Input::Command(Command::Start, "command".into()));
+    let mut t = 0.0;
+    for _ in 0..3 {
+        spawn_fails(&mut r, t, false);
+        assert!(matches!(r.m.state(), State::Failed { .. }));
+        let at = r.deadline_secs().expect("a cool-down is scheduled");
+        assert!(
+            at >= t + 1.0,
+            "a cool-down at {at} after a failed start at {t}"
+        );
+        t = at;
+        assert_eq!(r.m.step(r.at(t), Input::Timer), [Output::Spawn]);
+    }
 }
 
 #[test]

@@ -19,6 +19,28 @@ use std::path::Path;
 use std::process::{self, Command};
 use upk_core::config::{IdSpec, Service};
 
+/// `PATH` in every child's environment (the buddy's own `PATH` is not passed on).
+pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// The variable the test kit marks its processes with, kept (and only it) so that a test's
+/// sandbox can find and kill everything it started: a test hook, not a service interface.
+pub const TEST_MARKER: &str = "UPK_SANDBOX";
+
+/// Replaces the process environment with the one every child starts from: `PATH`
+/// ([`DEFAULT_PATH`]), `UPK_SERVICE=<id>`, and [`TEST_MARKER`] when it was set. Call it only
+/// while the process has one thread (the buddy's start-up).
+pub fn clean_environment(service: &str) {
+    let marker = std::env::var_os(TEST_MARKER);
+    for (key, _) in std::env::vars_os() {
+        std::env::remove_var(key);
+    }
+    std::env::set_var("PATH", DEFAULT_PATH);
+    std::env::set_var("UPK_SERVICE", service);
+    if let Some(m) = marker {
+        std::env::set_var(TEST_MARKER, m);
+    }
+}
+
 /// Who the service runs as; `None` fields mean "as the buddy".
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Creds {

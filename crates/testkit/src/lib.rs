@@ -157,9 +157,16 @@ impl Sandbox {
 
     /// Starts `upk_buddy` on `dir` and waits until it answers on its socket.
     pub fn buddy(&self, dir: &RunDir) -> Buddy {
+        self.buddy_with_env(dir, &[])
+    }
+
+    /// [`Sandbox::buddy`] with more variables in the buddy's environment (as an init system
+    /// or the controller would leave them).
+    pub fn buddy_with_env(&self, dir: &RunDir, env: &[(&str, &str)]) -> Buddy {
         let child = Command::new(bin("upk_buddy"))
             .arg(dir.root())
             .current_dir(self.path())
+            .envs(env.iter().copied())
             .env(MARKER, self.path())
             .stdin(Stdio::null())
             .stderr(Stdio::piped())
