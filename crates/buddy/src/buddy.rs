@@ -828,7 +828,14 @@ impl Buddy {
                 (format!("cannot execute {}: {e}", start.display()), errno)
             })?;
         self.adopted = None;
-        self.pid_start = status::process_start_time(pid);
+        // With the pid, the start time is what lets a successor adopt the process: out of
+        // descriptors (reading /proc takes one), the spare one is given up for it.
+        self.pid_start = status::process_start_time(pid).or_else(|| {
+            self.spare.take()?;
+            let start = status::process_start_time(pid);
+            self.spare = File::open("/dev/null").ok();
+            start
+        });
         Ok(pid)
     }
 
