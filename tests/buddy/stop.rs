@@ -104,6 +104,21 @@ fn a_negative_kill_timeout_never_sends_sigkill() {
     );
     let b = sb.buddy(&dir);
     let pid = running(&b);
+    // Stop only once the service ignores SIGTERM (the trap runs after the status says
+    // running): otherwise the stop script's `kill` ends it, and the test races.
+    wait_until(Duration::from_secs(10), "SIGTERM ignored", || {
+        let st = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        let ign = st
+            .lines()
+            .find_map(|l| l.strip_prefix("SigIgn:"))
+            .and_then(|h| u64::from_str_radix(h.trim(), 16).ok())
+            .unwrap_or(0);
+        if ign & (1 << (15 - 1)) != 0 {
+            Ok(())
+        } else {
+            Err(format!("SigIgn {ign:x}"))
+        }
+    });
     b.call(json!({"type": "stop"}));
     b.wait_record("action_run", |r| r["action"] == "stop");
     // Nothing is expected to happen: give escalation a generous window to (wrongly) occur.
