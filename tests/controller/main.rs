@@ -5,6 +5,7 @@
 
 mod access;
 mod health;
+mod hostile;
 mod outage;
 mod restart;
 mod seed;
