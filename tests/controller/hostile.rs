@@ -293,3 +293,93 @@ fn an_audit_reply_larger_than_a_line_arrives_whole() {
         .sum();
     assert_eq!(total, 24);
 }
+
+/// How many services [`every_command_answers_at_thousands_of_services`] configures:
+/// `UPK_TEST_SERVICES` or 3000 (10,000 works too and takes about a minute longer).
+fn many() -> usize {
+    std::env::var("UPK_TEST_SERVICES")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(3000)
+}
+
+#[test]
+fn every_command_answers_at_thousands_of_services() {
+    let n = many();
+    let sb = Sandbox::new();
+    let ctl = sb.controller_file();
+    let mut text = String::from("{\n");
+    for i in 0..n {
+        text.push_str(&format!(
+            "  \"svc{i:05}\": {{ ExecStart: \"sleep 1000\" }},\n"
+        ));
+    }
+    text.push('}');
+    // Added to a running controller: its first scan of thousands of services takes longer
+    // than the testkit's wait for a controller to answer.
+    let c = Controller::start(&sb, &ctl);
+    service_file(&sb, "many.conf", &text);
+    let mut root = c.client();
+    root.set_timeout(Some(Duration::from_secs(120)))
+        .expect("timeout");
+    let t = Instant::now();
+    wait_until(
+        Duration::from_secs(60 + n as u64 / 50),
+        "every buddy linked",
+        || {
+            let s = root.status(&[]).map_err(|e| e.to_string())?;
+            let linked = s.iter().filter(|s| s.linked && s.status.is_some()).count();
+            if linked == n {
+                Ok(())
+            } else {
+                Err(format!("{linked} of {} linked", s.len()))
+            }
+        },
+    );
+    eprintln!("{n} services linked in {:?}", t.elapsed());
+    let t = Instant::now();
+    assert_eq!(root.list().expect("list").len(), n);
+    let status = root.status(&[]).expect("status");
+    assert_eq!(status.len(), n);
+    assert!(
+        status.windows(2).all(|w| w[0].service < w[1].service),
+        "id order"
+    );
+    let stats = root.stats(&[], None, None).expect("stats");
+    assert_eq!(stats.len(), n);
+    eprintln!("list, status and stats of {n} in {:?}", t.elapsed());
+    // Those replies are larger than one protocol line, which is why they come in several.
+    let mut raw = Client::connect(&c.socket);
+    raw.send(&json!({"type": "status", "id": 5}));
+    let mut size = 0;
+    loop {
+        let m = raw.recv().expect("a line");
+        size += m.to_string().len();
+        if m["more"] != true {
+            break;
+        }
+    }
+    assert!(size > upk_core::proto::MAX_LINE || n < 3000, "{size} bytes");
+    still_serving_ref(&c);
+}
+
+fn still_serving_ref(c: &Controller) {
+    let mut fresh = Client::connect(&c.socket);
+    assert_eq!(
+        fresh.call(json!({"type": "hello", "version": 1}))["type"],
+        "hello"
+    );
+}
+
+#[test]
+fn a_request_naming_one_service_many_times_is_answered_once() {
+    let (_sb, mut c) = controller_with_web();
+    let mut raw = Client::connect(&c.socket);
+    let names = vec!["web"; 150_000];
+    let r = raw.call(json!({"type": "stats", "id": 1, "services": names}));
+    assert_eq!(r["type"], "stats", "{r}");
+    assert_eq!(r["stats"].as_array().map(Vec::len), Some(1));
+    let r = raw.call(json!({"type": "status", "id": 2, "services": names}));
+    assert_eq!(r["services"].as_array().map(Vec::len), Some(1));
+    still_serving(&mut c);
+}

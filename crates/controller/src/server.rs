@@ -383,7 +383,8 @@ impl Server {
             let Some(c) = self.clients.get_mut(&token) else {
                 return;
             };
-            if c.closing {
+            // A client that asks faster than it reads stops being served here; flush drops it.
+            if c.closing || c.out.len() > MAX_BACKLOG {
                 break;
             }
             let line = match c.input.next_line() {
@@ -403,6 +404,7 @@ impl Server {
             }
         }
         self.flush(token);
+        self.bound_backlogs();
     }
 
     /// Writes what is queued for `token`; drops the connection when it is finished: closing
@@ -840,7 +842,7 @@ impl Server {
                 let ids: Vec<String> = if services.is_empty() {
                     fleet.members.keys().cloned().collect()
                 } else {
-                    services
+                    unique(services)
                 };
                 if let Some(unknown) = ids.iter().find(|id| !fleet.members.contains_key(*id)) {
                     return Err(not_found(unknown));
@@ -917,7 +919,7 @@ impl Server {
                 let ids: Vec<String> = if services.is_empty() {
                     fleet.members.keys().cloned().collect()
                 } else {
-                    services
+                    unique(services)
                 };
                 for id in &ids {
                     self.known(id, fleet)?;
@@ -1150,6 +1152,15 @@ fn pages<T: Serialize>(items: Vec<T>) -> Vec<Vec<T>> {
         }
     }
     pages
+}
+
+/// `ids` each once, in the order first named: a request naming one service 100,000 times is
+/// answered once for it.
+fn unique(ids: Vec<String>) -> Vec<String> {
+    let mut seen = BTreeSet::new();
+    ids.into_iter()
+        .filter(|id| seen.insert(id.clone()))
+        .collect()
 }
 
 fn bad_value(message: String) -> (ErrorCode, String) {
