@@ -165,20 +165,7 @@ fn a_user_holding_many_connections_locks_no_one_out() {
         assert_eq!(access, Ok(libupkeeper::Access::Control), "root's hello");
         assert!(took < Duration::from_secs(3), "root's hello took {took:?}");
         // The controller idles meanwhile: no spinning on accept.
-        let tick = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
-            .ok()
-            .flatten()
-            .unwrap_or(100) as f64;
-        let (t0, c0) = (Instant::now(), cpu_ticks(pid));
-        let wait = Duration::from_secs(2);
-        wait_until(wait + Duration::from_secs(1), "two seconds", || {
-            if t0.elapsed() >= wait {
-                Ok(())
-            } else {
-                Err("not yet".to_owned())
-            }
-        });
-        let used = (cpu_ticks(pid) - c0) as f64 / tick / t0.elapsed().as_secs_f64();
+        let used = cpu_share(pid);
         assert!(
             used < 0.3,
             "the controller used {:.0}% of a core",
@@ -287,11 +274,22 @@ fn an_audit_reply_larger_than_a_line_arrives_whole() {
         }
     }
     assert!(lines.len() > 1, "split into lines");
-    let total: usize = lines
+    let sent: Vec<i64> = lines
         .iter()
-        .map(|l| l["commands"].as_array().map_or(0, Vec::len))
-        .sum();
-    assert_eq!(total, 24);
+        .flat_map(|l| l["commands"].as_array().cloned().unwrap_or_default())
+        .map(|r| r["id"].as_i64().expect("id"))
+        .collect();
+    // 7 MB of rows is more than one reply holds (4 MiB): the last line says where to go on.
+    let last = lines.last().expect("a line");
+    assert!(sent.len() < 24, "{} rows in one reply", sent.len());
+    assert_eq!(
+        last["cursor"].as_i64(),
+        sent.last().copied(),
+        "{}",
+        last["cursor"]
+    );
+    let want: Vec<i64> = rows.iter().map(|r| r.id).collect();
+    assert_eq!(sent, want[..sent.len()]);
 }
 
 /// How many services [`every_command_answers_at_thousands_of_services`] configures:
@@ -382,4 +380,105 @@ fn a_request_naming_one_service_many_times_is_answered_once() {
     let r = raw.call(json!({"type": "status", "id": 2, "services": names}));
     assert_eq!(r["services"].as_array().map(Vec::len), Some(1));
     still_serving(&mut c);
+}
+
+/// The share of a core `pid` uses over about two seconds.
+fn cpu_share(pid: u32) -> f64 {
+    let tick = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .ok()
+        .flatten()
+        .unwrap_or(100) as f64;
+    let (t0, c0) = (Instant::now(), cpu_ticks(pid));
+    let wait = Duration::from_secs(2);
+    wait_until(wait + Duration::from_secs(1), "two seconds", || {
+        if t0.elapsed() >= wait {
+            Ok(())
+        } else {
+            Err("not yet".to_owned())
+        }
+    });
+    (cpu_ticks(pid) - c0) as f64 / tick / t0.elapsed().as_secs_f64()
+}
+
+#[test]
+fn accept_at_the_descriptor_limit_does_not_spin() {
+    let (_sb, mut c) = controller_with_web();
+    let pid = c.child.id();
+    let limited = Command::new("prlimit")
+        .args([&format!("--pid={pid}"), "--nofile=64:64"])
+        .status()
+        .expect("prlimit");
+    assert!(limited.success());
+    // Root is never capped: 100 connections run the controller out of descriptors.
+    let held: Vec<std::os::unix::net::UnixStream> = (0..100)
+        .map(|_| std::os::unix::net::UnixStream::connect(&c.socket).expect("connect"))
+        .collect();
+    let used = cpu_share(pid);
+    assert!(
+        used < 0.3,
+        "the controller used {:.0}% of a core at its descriptor limit",
+        used * 100.0
+    );
+    drop(held);
+    // With descriptors free again, it serves at once.
+    wait_until(Duration::from_secs(10), "a hello after the limit", || {
+        libupkeeper::Client::connect_timeout(&c.socket, Duration::from_secs(2))
+            .map(drop)
+            .map_err(|e| e.to_string())
+    });
+    still_serving(&mut c);
+}
+
+/// The peak resident memory of `pid`, in KiB.
+fn peak_rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
+        .expect("VmHWM")
+}
+
+#[test]
+fn a_client_that_does_not_read_pins_bounded_memory_and_is_served_when_it_reads() {
+    let (_sb, c) = controller_with_web();
+    // One audited command of about 300 KB makes every `audit` answer that large.
+    let long = "x".repeat(100_000);
+    let e = c.client().restart(&long).expect_err("not found");
+    assert_eq!(e.code(), Some(libupkeeper::ErrorCode::NotFound));
+    wait_until(Duration::from_secs(10), "the command audited", || {
+        match c.client().audit(&libupkeeper::AuditQuery::default()) {
+            Ok(rows) if !rows.is_empty() => Ok(()),
+            other => Err(format!("{:?}", other.map(|r| r.len()))),
+        }
+    });
+    // 300 `audit` requests at once, and no read for a while: about 90 MB of answers owed.
+    let mut stream = std::os::unix::net::UnixStream::connect(&c.socket).expect("connect");
+    std::io::Write::write_all(&mut stream, &b"{\"type\":\"audit\"}\n".repeat(300)).expect("write");
+    let pid = c.child.id();
+    let settled = Instant::now();
+    wait_until(Duration::from_secs(5), "a second", || {
+        if settled.elapsed() >= Duration::from_secs(1) {
+            Ok(())
+        } else {
+            Err("not yet".to_owned())
+        }
+    });
+    let peak = peak_rss_kib(pid);
+    assert!(
+        peak < 64 * 1024,
+        "the controller holds {peak} KiB for an unread client"
+    );
+    // Read at last: every answer comes, the controller serving as the client drains.
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .expect("timeout");
+    let mut reader = std::io::BufReader::new(stream);
+    let mut line = Vec::new();
+    for i in 0..300 {
+        line.clear();
+        let n = reader.read_until(b'\n', &mut line).expect("read");
+        assert!(n > 100_000, "answer {i} is {n} bytes");
+    }
+    assert!(peak_rss_kib(pid) < 64 * 1024);
 }

@@ -36,12 +36,17 @@ const MAX_BACKLOG: usize = 16 << 20;
 /// All clients' unread output together: past this, the client with the most is dropped.
 const MAX_BACKLOG_TOTAL: usize = 128 << 20;
 
+/// The rows of one `history` or `audit` reply stop at about this many bytes of JSON (the
+/// reply then has a cursor), so that the answers a client is owed stay below [`MAX_BACKLOG`].
+const REPLY_BYTES: usize = 4 << 20;
+
 /// Connections one uid without control access may hold; more are answered `busy` and closed.
 pub const MAX_PER_UID: usize = 32;
 
-/// Connections all callers without control access may hold together. Callers with control
-/// access (root, the controller's user, `ControlGroup`) are not counted against it, so they
-/// always get in while the controller has descriptors left.
+/// Connections all callers without control access may hold together (at most a quarter of
+/// the descriptor limit, see [`unprivileged_limit`]). Callers with control access (root, the
+/// controller's user, `ControlGroup`) are not counted against it, so they always get in
+/// while the controller has descriptors left.
 pub const MAX_UNPRIVILEGED: usize = 256;
 
 /// Connections taken per turn of the loop, so a flood of connects cannot starve the rest.
@@ -314,9 +319,10 @@ impl Server {
                     "uid {} holds {mine} connections to the controller already (the limit is {MAX_PER_UID}); close one first",
                     peer.uid
                 ))
-            } else if all >= MAX_UNPRIVILEGED {
+            } else if all >= unprivileged_limit() {
                 Some(format!(
-                    "the controller holds {all} connections from callers without control access (the limit is {MAX_UNPRIVILEGED}); try again later"
+                    "the controller holds {all} connections from callers without control access (the limit is {}); try again later",
+                    unprivileged_limit()
                 ))
             } else {
                 None
@@ -383,8 +389,9 @@ impl Server {
             let Some(c) = self.clients.get_mut(&token) else {
                 return;
             };
-            // A client that asks faster than it reads stops being served here; flush drops it.
-            if c.closing || c.out.len() > MAX_BACKLOG {
+            // A client that asks faster than it reads is served again once it has read: its
+            // unread output stays below the cap, and a reply is at most REPLY_BYTES.
+            if c.closing || c.out.len() > MAX_BACKLOG / 2 {
                 break;
             }
             let line = match c.input.next_line() {
@@ -858,10 +865,9 @@ impl Server {
                 }
                 let (limit, capped) = cap_rows(filter.limit);
                 filter.limit = Some(limit);
-                let events = self.reader.history(&filter).map_err(store)?;
-                let cursor = (capped && events.len() == limit)
-                    .then(|| events.last().map(|e| e.id))
-                    .flatten();
+                let mut events = self.reader.history(&filter).map_err(store)?;
+                let cut = fit_bytes(&mut events) || (capped && events.len() == limit);
+                let cursor = cut.then(|| events.last().map(|e| e.id)).flatten();
                 ClientReply::History {
                     events,
                     more: false,
@@ -887,10 +893,9 @@ impl Server {
                     newest_first,
                     ..HistoryFilter::default()
                 };
-                let commands = self.reader.commands_page(&filter, uid).map_err(store)?;
-                let cursor = (capped && commands.len() == limit)
-                    .then(|| commands.last().map(|c| c.id))
-                    .flatten();
+                let mut commands = self.reader.commands_page(&filter, uid).map_err(store)?;
+                let cut = fit_bytes(&mut commands) || (capped && commands.len() == limit);
+                let cursor = cut.then(|| commands.last().map(|c| c.id)).flatten();
                 ClientReply::Audit {
                     commands,
                     more: false,
@@ -1154,6 +1159,22 @@ fn pages<T: Serialize>(items: Vec<T>) -> Vec<Vec<T>> {
     pages
 }
 
+/// Keeps the rows of `rows` that fit in [`REPLY_BYTES`] of JSON (at least one); true when
+/// some were cut.
+fn fit_bytes<T: Serialize>(rows: &mut Vec<T>) -> bool {
+    let mut size = 0;
+    let keep = rows
+        .iter()
+        .position(|r| {
+            size += serde_json::to_vec(r).map_or(0, |v| v.len() + 1);
+            size > REPLY_BYTES
+        })
+        .map_or(rows.len(), |i| i.max(1));
+    let cut = keep < rows.len();
+    rows.truncate(keep);
+    cut
+}
+
 /// `ids` each once, in the order first named: a request naming one service 100,000 times is
 /// answered once for it.
 fn unique(ids: Vec<String>) -> Vec<String> {
@@ -1165,6 +1186,23 @@ fn unique(ids: Vec<String>) -> Vec<String> {
 
 fn bad_value(message: String) -> (ErrorCode, String) {
     (ErrorCode::BadValue, message)
+}
+
+/// How many connections callers without control access may hold together: [`MAX_UNPRIVILEGED`],
+/// and never more than a quarter of the descriptor limit, so that the rest stays for the
+/// buddies' links, the store and callers with control access.
+fn unprivileged_limit() -> usize {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit only writes the struct it is given.
+    let soft = if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } == 0 {
+        usize::try_from(lim.rlim_cur).unwrap_or(usize::MAX)
+    } else {
+        1024
+    };
+    MAX_UNPRIVILEGED.min(soft / 4)
 }
 
 /// EMFILE or ENFILE: out of descriptors, in this process or in the system.
