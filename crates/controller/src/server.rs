@@ -52,9 +52,12 @@ pub const MAX_UNPRIVILEGED: usize = 256;
 /// Connections taken per turn of the loop, so a flood of connects cannot starve the rest.
 const ACCEPT_PER_TURN: usize = 256;
 
-/// A caller's refusals within this window after its first audited one are counted, not
-/// audited one by one; one summary row says how many there were.
+/// A caller's refusals within this window after its first [`REFUSAL_BURST`] audited ones are
+/// counted, not audited one by one; one summary row says how many there were.
 const REFUSAL_WINDOW: Duration = Duration::from_secs(60);
+
+/// Refusals of one uid audited in full per window.
+const REFUSAL_BURST: u32 = 10;
 
 /// Who is on the other end of a connection.
 #[derive(Debug, Clone, Default)]
@@ -170,34 +173,32 @@ struct Pending {
 }
 
 /// Refusals per uid, so that a caller without access cannot grow the audit store at the rate
-/// it sends requests: its first refusal opens a window of [`REFUSAL_WINDOW`] and is audited
-/// in full; later ones in the window are counted, and one summary row says how many when it
-/// ends. A uid therefore writes at most two rows per window, whatever it sends.
+/// it sends requests: its first refusal opens a window of [`REFUSAL_WINDOW`]; the first
+/// [`REFUSAL_BURST`] in the window are audited in full, later ones are counted, and one
+/// summary row says how many when it ends. A uid therefore writes at most
+/// `REFUSAL_BURST + 1` rows per window, whatever it sends.
 #[derive(Default)]
 struct RefusalLog {
     windows: BTreeMap<u32, Refusals>,
 }
 
 impl RefusalLog {
-    /// Notes a refusal of `peer`; true when it is the first of a window (audit it).
+    /// Notes a refusal of `peer`; true when it is among the first of its window (audit it).
     fn refused(&mut self, peer: &Peer, now: Instant) -> bool {
-        match self.windows.get_mut(&peer.uid) {
-            Some(r) => {
-                r.more = r.more.saturating_add(1);
-                r.last = peer.clone();
-                false
-            }
-            None => {
-                let r = Refusals {
-                    since: now,
-                    since_us: upk_core::time::wall_us(),
-                    more: 0,
-                    last: peer.clone(),
-                };
-                self.windows.insert(peer.uid, r);
-                true
-            }
+        let r = self.windows.entry(peer.uid).or_insert_with(|| Refusals {
+            since: now,
+            since_us: upk_core::time::wall_us(),
+            audited: 0,
+            more: 0,
+            last: peer.clone(),
+        });
+        if r.audited < REFUSAL_BURST {
+            r.audited += 1;
+            return true;
         }
+        r.more = r.more.saturating_add(1);
+        r.last = peer.clone();
+        false
     }
 
     /// The windows that are over at `now`, taken out.
@@ -226,7 +227,9 @@ impl RefusalLog {
 struct Refusals {
     since: Instant,
     since_us: i64,
-    /// Refused since the audited one, not yet in the store.
+    /// Audited in full so far in this window.
+    audited: u32,
+    /// Refused since the audited ones, not yet in the store.
     more: u64,
     /// The last refused caller, for the summary row.
     last: Peer,
@@ -602,7 +605,7 @@ impl Server {
             }),
             service: None,
             result: format!(
-                "refused: {} more requests from uid {uid} after the one recorded before, counted and not recorded one by one",
+                "refused: {} more requests from uid {uid} after the {REFUSAL_BURST} recorded before, counted and not recorded one by one",
                 r.more
             ),
             ok: false,
@@ -1227,10 +1230,12 @@ mod tests {
     }
 
     #[test]
-    fn refusals_of_a_uid_are_one_row_then_counted_then_one_summary_per_window() {
+    fn refusals_of_a_uid_are_a_few_rows_then_counted_then_one_summary_per_window() {
         let mut log = RefusalLog::default();
         let t0 = Instant::now();
-        assert!(log.refused(&peer(1000), t0), "the first is audited");
+        for _ in 0..REFUSAL_BURST {
+            assert!(log.refused(&peer(1000), t0), "the first ones are audited");
+        }
         for i in 0..100_000u32 {
             assert!(!log.refused(&peer(1000), t0 + Duration::from_micros(i.into())));
         }
@@ -1272,6 +1277,70 @@ mod tests {
             [Vec::<u8>::new()],
             "one empty page"
         );
+    }
+
+    /// A server on a fresh store with `n` subscribers (all services), each on a socket pair
+    /// whose far end is returned and never read.
+    fn subscribers(n: usize) -> (tempfile::TempDir, Server, Vec<UnixStream>) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = dir.path().join("upkeeper.db");
+        drop(Store::open(&db).expect("store"));
+        let policy = Policy {
+            own_uid: nix::unistd::geteuid().as_raw(),
+            control_group: None,
+            read_group: None,
+        };
+        let mut server = Server::new(policy, Store::open_read_only(&db).expect("reader"));
+        let mut far = Vec::new();
+        for _ in 0..n {
+            let (near, other) = UnixStream::pair().expect("pair");
+            server.accept(near);
+            far.push(other);
+        }
+        let tokens: Vec<u64> = server.clients.keys().copied().collect();
+        for token in tokens {
+            server
+                .subscribe(token, None, Vec::new(), None)
+                .expect("subscribe");
+        }
+        (dir, server, far)
+    }
+
+    fn event(id: i64, cause: &str) -> EventRow {
+        EventRow {
+            id,
+            service: "web".into(),
+            record: upk_core::event::Record {
+                seq: u64::try_from(id).unwrap_or(0),
+                wall_us: 0,
+                mono_us: 0,
+                from: upk_core::event::StateName::Running,
+                to: upk_core::event::StateName::Running,
+                pid: None,
+                cause: cause.into(),
+                kind: upk_core::event::EventKind::Started,
+            },
+        }
+    }
+
+    #[test]
+    fn a_subscriber_that_never_reads_is_dropped_at_its_cap_and_all_together_are_bounded() {
+        let (_dir, mut server, _far) = subscribers(10);
+        let cause = "c".repeat(64 * 1024);
+        // 1200 events of 64 KiB: 75 MiB to each subscriber that never reads.
+        for id in 1..=1200 {
+            server.publish(&[event(id, &cause)]);
+            let total: usize = server.clients.values().map(|c| c.out.len()).sum();
+            assert!(
+                total <= MAX_BACKLOG_TOTAL,
+                "{total} bytes held at event {id}"
+            );
+            assert!(server
+                .clients
+                .values()
+                .all(|c| c.out.len() <= MAX_BACKLOG + 128 * 1024));
+        }
+        assert!(server.clients.is_empty(), "every non-reader dropped");
     }
 
     #[test]

@@ -18,7 +18,10 @@
 //! the controller is down (OpenRC stopping services at shutdown). It bypasses the audit store.
 //!
 //! The wire protocol is newline-delimited JSON (`docs/protocol.md`); the message types are in
-//! [`upk_core::client`], re-exported here.
+//! [`upk_core::client`], re-exported here. Long replies are hidden from callers: a list the
+//! controller sends as several lines (`more`) comes back as one `Vec`, and `history` and
+//! `audit`, which the controller answers a page at a time (a `cursor` after 5000 rows or
+//! 4 MiB), are asked again from the cursor until every row asked for has come.
 //!
 //! # Examples
 //!
