@@ -44,7 +44,7 @@ const REPLY_BYTES: usize = 4 << 20;
 pub const MAX_PER_UID: usize = 32;
 
 /// Connections all callers without control access may hold together (at most a quarter of
-/// the descriptor limit, see [`unprivileged_limit`]). Callers with control access (root, the
+/// the descriptor limit, see `unprivileged_limit`). Callers with control access (root, the
 /// controller's user, `ControlGroup`) are not counted against it, so they always get in
 /// while the controller has descriptors left.
 pub const MAX_UNPRIVILEGED: usize = 256;
@@ -267,7 +267,7 @@ impl Server {
         }
     }
 
-    /// Takes the connections waiting on `listener` (at most [`ACCEPT_PER_TURN`]). At the
+    /// Takes the connections waiting on `listener` (at most `ACCEPT_PER_TURN`). At the
     /// descriptor limit (EMFILE, ENFILE) the spare descriptor is given up to accept the
     /// connection and close it at once, then taken again: the listener never stays readable
     /// with nothing done, so the loop cannot spin on it.
