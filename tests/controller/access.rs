@@ -9,7 +9,7 @@ use upk_testkit::Controller;
 
 /// Creates (once) a group `upkread`, a user `upkreader` in it (supplementary) and a user
 /// `upkother` in no such group; returns the uids.
-fn users() -> (u32, u32) {
+pub(super) fn users() -> (u32, u32) {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
         let run = |cmd: &str| {
@@ -34,7 +34,7 @@ fn users() -> (u32, u32) {
 
 /// Runs `upk_probe` as `user` (with the groups of the user database) and returns the
 /// replies, one JSON value per request line.
-fn probe_as(user: &str, socket: &Path, lines: &[&str]) -> Vec<Value> {
+pub(super) fn probe_as(user: &str, socket: &Path, lines: &[&str]) -> Vec<Value> {
     let out = Command::new("setpriv")
         .args([
             &format!("--reuid={user}"),
@@ -100,7 +100,8 @@ fn a_reader_reads_and_subscribes_others_are_refused_and_refusals_are_audited() {
     assert_eq!(r[2]["code"], "refused", "{r:?}");
 
     assert_eq!(running(&sb, "svc").pid, pid, "nobody restarted it");
-    // Every refusal is audited with the caller's uid; reads that were allowed are not.
+    // Every refusal is audited with the caller's uid (past ten a minute, they are counted into
+    // one summary row); reads that were allowed are not.
     let audit = wait_until(Duration::from_secs(10), "the refusals audited", || {
         let rows = c
             .client()

@@ -7,6 +7,7 @@ mod access;
 mod audit_trail;
 mod config;
 mod health;
+mod hostile;
 mod outage;
 mod restart;
 mod seed;

@@ -148,19 +148,27 @@ fn the_seed_sample_starts_services_in_order_and_answers_clients() {
         stopped.record.cause
     );
     let me = std::process::id() as i32;
-    let audit = client
-        .audit(&libupkeeper::AuditQuery::default())
-        .expect("audit");
-    let requests: Vec<(String, bool)> = audit
-        .iter()
-        .filter(|c| c.entry.pid == me)
-        .map(|c| {
-            (
-                c.entry.request["type"].as_str().unwrap_or("").to_owned(),
-                c.entry.ok,
-            )
-        })
-        .collect();
+    // Commands are audited in the store's next transaction: wait for the last of them.
+    let (audit, requests) = wait_until(Duration::from_secs(10), "five commands audited", || {
+        let audit = client
+            .audit(&libupkeeper::AuditQuery::default())
+            .map_err(|e| e.to_string())?;
+        let requests: Vec<(String, bool)> = audit
+            .iter()
+            .filter(|c| c.entry.pid == me)
+            .map(|c| {
+                (
+                    c.entry.request["type"].as_str().unwrap_or("").to_owned(),
+                    c.entry.ok,
+                )
+            })
+            .collect();
+        if requests.len() >= 5 {
+            Ok((audit, requests))
+        } else {
+            Err(format!("{requests:?}"))
+        }
+    });
     assert_eq!(
         requests,
         [

@@ -4,6 +4,7 @@
 
 mod control;
 mod events;
+mod limits;
 mod offline;
 mod status;
 

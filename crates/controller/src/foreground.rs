@@ -136,10 +136,18 @@ pub fn run(ctl: &Controller, renderer: &Renderer) -> anyhow::Result<()> {
         if fleet.deadline().is_some_and(|d| d <= now) {
             fleet.reach_buddies(now);
         }
-        let next = [fleet.deadline(), watcher.deadline(), Some(next_retention)]
-            .into_iter()
-            .flatten()
-            .min();
+        if server.deadline().is_some_and(|d| d <= now) {
+            server.expire_refusals(now);
+        }
+        let next = [
+            fleet.deadline(),
+            watcher.deadline(),
+            server.deadline(),
+            Some(next_retention),
+        ]
+        .into_iter()
+        .flatten()
+        .min();
         let mut fds = vec![
             PollFd::new(signals.as_fd(), PollFlags::POLLIN),
             PollFd::new(listener.as_fd(), PollFlags::POLLIN),
@@ -185,9 +193,7 @@ pub fn run(ctl: &Controller, renderer: &Renderer) -> anyhow::Result<()> {
             fleet.reap();
         }
         if ready[1] {
-            while let Ok((stream, _)) = listener.accept() {
-                server.accept(stream);
-            }
+            server.accept_all(&listener);
         }
         if ready[2] {
             let mut drain = [0u8; 64];

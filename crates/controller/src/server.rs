@@ -18,16 +18,46 @@
 
 use crate::fleet::{Fleet, Link};
 use crate::store::{CommandEntry, Store};
+use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Write};
-use std::os::unix::net::UnixStream;
-use upk_core::client::{Access, ClientReply, ClientRequest, ErrorCode, ServiceSummary};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::time::{Duration, Instant};
+use upk_core::client::{
+    Access, ClientReply, ClientRequest, ErrorCode, ServiceSummary, MAX_ROWS, PAGE_BYTES,
+};
 use upk_core::history::{EventRow, HistoryFilter};
 use upk_core::proto::{self, BuddyReply, BuddyRequest, Envelope, LineBuf, PROTOCOL_VERSION};
 use upk_core::status::{Status, Want};
 
 /// A client whose unread output exceeds this is dropped (a subscriber that stopped reading).
-const MAX_BACKLOG: usize = 64 << 20;
+const MAX_BACKLOG: usize = 16 << 20;
+
+/// All clients' unread output together: past this, the client with the most is dropped.
+const MAX_BACKLOG_TOTAL: usize = 128 << 20;
+
+/// The rows of one `history` or `audit` reply stop at about this many bytes of JSON (the
+/// reply then has a cursor), so that the answers a client is owed stay below [`MAX_BACKLOG`].
+const REPLY_BYTES: usize = 4 << 20;
+
+/// Connections one uid without control access may hold; more are answered `busy` and closed.
+pub const MAX_PER_UID: usize = 32;
+
+/// Connections all callers without control access may hold together (at most a quarter of
+/// the descriptor limit, see `unprivileged_limit`). Callers with control access (root, the
+/// controller's user, `ControlGroup`) are not counted against it, so they always get in
+/// while the controller has descriptors left.
+pub const MAX_UNPRIVILEGED: usize = 256;
+
+/// Connections taken per turn of the loop, so a flood of connects cannot starve the rest.
+const ACCEPT_PER_TURN: usize = 256;
+
+/// A caller's refusals within this window after its first [`REFUSAL_BURST`] audited ones are
+/// counted, not audited one by one; one summary row says how many there were.
+const REFUSAL_WINDOW: Duration = Duration::from_secs(60);
+
+/// Refusals of one uid audited in full per window.
+const REFUSAL_BURST: u32 = 10;
 
 /// Who is on the other end of a connection.
 #[derive(Debug, Clone, Default)]
@@ -124,6 +154,9 @@ struct Client {
     fresh: bool,
     /// Services subscribed to (all when empty) and the last row id sent.
     sub: Option<(BTreeSet<String>, i64)>,
+    /// The subscription is still replaying stored events: pages are read from the store as
+    /// the client drains its output, and live events wait for the replay to reach them.
+    replaying: bool,
     /// Flush what is queued, then close.
     closing: bool,
     /// The peer has finished sending: close once every answer it is owed is written.
@@ -139,6 +172,69 @@ struct Pending {
     unconfigure: bool,
 }
 
+/// Refusals per uid, so that a caller without access cannot grow the audit store at the rate
+/// it sends requests: its first refusal opens a window of [`REFUSAL_WINDOW`]; the first
+/// [`REFUSAL_BURST`] in the window are audited in full, later ones are counted, and one
+/// summary row says how many when it ends. A uid therefore writes at most
+/// `REFUSAL_BURST + 1` rows per window, whatever it sends.
+#[derive(Default)]
+struct RefusalLog {
+    windows: BTreeMap<u32, Refusals>,
+}
+
+impl RefusalLog {
+    /// Notes a refusal of `peer`; true when it is among the first of its window (audit it).
+    fn refused(&mut self, peer: &Peer, now: Instant) -> bool {
+        let r = self.windows.entry(peer.uid).or_insert_with(|| Refusals {
+            since: now,
+            since_us: upk_core::time::wall_us(),
+            audited: 0,
+            more: 0,
+            last: peer.clone(),
+        });
+        if r.audited < REFUSAL_BURST {
+            r.audited += 1;
+            return true;
+        }
+        r.more = r.more.saturating_add(1);
+        r.last = peer.clone();
+        false
+    }
+
+    /// The windows that are over at `now`, taken out.
+    fn expire(&mut self, now: Instant) -> Vec<(u32, Refusals)> {
+        let over: Vec<u32> = self
+            .windows
+            .iter()
+            .filter(|(_, r)| now.saturating_duration_since(r.since) >= REFUSAL_WINDOW)
+            .map(|(uid, _)| *uid)
+            .collect();
+        over.into_iter()
+            .filter_map(|uid| self.windows.remove(&uid).map(|r| (uid, r)))
+            .collect()
+    }
+
+    /// When the first open window ends.
+    fn deadline(&self) -> Option<Instant> {
+        self.windows
+            .values()
+            .map(|r| r.since + REFUSAL_WINDOW)
+            .min()
+    }
+}
+
+/// One caller's refusals in the current window: the first is audited, the rest counted.
+struct Refusals {
+    since: Instant,
+    since_us: i64,
+    /// Audited in full so far in this window.
+    audited: u32,
+    /// Refused since the audited ones, not yet in the store.
+    more: u64,
+    /// The last refused caller, for the summary row.
+    last: Peer,
+}
+
 /// Every client connection, and the relayed requests in flight.
 pub struct Server {
     policy: Policy,
@@ -146,6 +242,12 @@ pub struct Server {
     clients: BTreeMap<u64, Client>,
     pending: BTreeMap<u64, Pending>,
     next: u64,
+    /// Refusals per uid within their window.
+    refusals: RefusalLog,
+    /// Held open to be given up when accept hits the descriptor limit: with it free, the
+    /// pending connection is accepted and closed, so the listener does not stay readable and
+    /// spin the loop.
+    spare: Option<std::fs::File>,
     /// Commands to audit, taken by the loop into the next store batch.
     pub audit: Vec<CommandEntry>,
 }
@@ -165,11 +267,43 @@ impl Server {
             clients: BTreeMap::new(),
             pending: BTreeMap::new(),
             next: 1,
+            refusals: RefusalLog::default(),
+            spare: spare_fd(),
             audit: Vec::new(),
         }
     }
 
-    /// Takes a new connection.
+    /// Takes the connections waiting on `listener` (at most `ACCEPT_PER_TURN`). At the
+    /// descriptor limit (EMFILE, ENFILE) the spare descriptor is given up to accept the
+    /// connection and close it at once, then taken again: the listener never stays readable
+    /// with nothing done, so the loop cannot spin on it.
+    pub fn accept_all(&mut self, listener: &UnixListener) {
+        for _ in 0..ACCEPT_PER_TURN {
+            match listener.accept() {
+                Ok((stream, _)) => self.accept(stream),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(e) if e.raw_os_error().is_some_and(is_fd_limit) => {
+                    if self.spare.take().is_none() {
+                        eprintln!("upkeeper: out of file descriptors and no spare one: {e}");
+                        break;
+                    }
+                    if let Ok((stream, _)) = listener.accept() {
+                        let who = Peer::of(&stream).map(|p| p.uid).unwrap_or(u32::MAX);
+                        eprintln!(
+                            "upkeeper: out of file descriptors ({e}); closed a connection from uid {who}"
+                        );
+                    }
+                    self.spare = spare_fd();
+                }
+                Err(_) => break, // ECONNABORTED and the like: that connection is gone
+            }
+        }
+        self.expire_refusals(Instant::now());
+    }
+
+    /// Takes a new connection, unless its caller (without control access) holds
+    /// [`MAX_PER_UID`] already or such callers hold [`MAX_UNPRIVILEGED`]: then it is told
+    /// `busy` and closed.
     pub fn accept(&mut self, stream: UnixStream) {
         let Ok(peer) = Peer::of(&stream) else {
             return; // the peer is already gone
@@ -178,6 +312,43 @@ impl Server {
             return;
         }
         let access = self.policy.access(&peer);
+        if access < Access::Control {
+            let mine = self
+                .clients
+                .values()
+                .filter(|c| c.peer.uid == peer.uid)
+                .count();
+            let all = self
+                .clients
+                .values()
+                .filter(|c| c.access < Access::Control)
+                .count();
+            let full = if mine >= MAX_PER_UID {
+                Some(format!(
+                    "uid {} holds {mine} connections to the controller already (the limit is {MAX_PER_UID}); close one first",
+                    peer.uid
+                ))
+            } else if all >= unprivileged_limit() {
+                Some(format!(
+                    "the controller holds {all} connections from callers without control access (the limit is {}); try again later",
+                    unprivileged_limit()
+                ))
+            } else {
+                None
+            };
+            if let Some(message) = full {
+                // One try, never blocking: the reply fits any socket buffer.
+                let busy = ClientReply::Error {
+                    code: ErrorCode::Busy,
+                    message,
+                };
+                let _ = (&stream).write(&proto::encode(&Envelope {
+                    id: None,
+                    body: busy,
+                }));
+                return;
+            }
+        }
         let token = self.token();
         self.clients.insert(
             token,
@@ -189,6 +360,7 @@ impl Server {
                 access,
                 fresh: true,
                 sub: None,
+                replaying: false,
                 closing: false,
                 eof: false,
             },
@@ -226,7 +398,9 @@ impl Server {
             let Some(c) = self.clients.get_mut(&token) else {
                 return;
             };
-            if c.closing {
+            // A client that asks faster than it reads is served again once it has read: its
+            // unread output stays below the cap, and a reply is at most REPLY_BYTES.
+            if c.closing || c.out.len() > MAX_BACKLOG / 2 {
                 break;
             }
             let line = match c.input.next_line() {
@@ -246,36 +420,145 @@ impl Server {
             }
         }
         self.flush(token);
+        self.bound_backlogs();
     }
 
     /// Writes what is queued for `token`; drops the connection when it is finished: closing
     /// or at end-of-file, with nothing left to write and no answer still owed.
+    ///
+    /// A subscriber still replaying gets its next page from the store whenever its output has
+    /// drained, so a replay of millions of events holds one page in memory at a time.
     fn flush(&mut self, token: u64) {
         let owed = self.pending.values().any(|p| p.client == token);
+        loop {
+            let Some(c) = self.clients.get_mut(&token) else {
+                return;
+            };
+            while !c.out.is_empty() {
+                match c.stream.write(&c.out) {
+                    Ok(0) => break,
+                    Ok(n) => drop(c.out.drain(..n)),
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                    Err(_) => {
+                        c.out.clear();
+                        c.closing = true;
+                        c.replaying = false;
+                        break;
+                    }
+                }
+            }
+            if !(c.out.is_empty() && c.replaying && !c.closing) {
+                break;
+            }
+            self.replay_page(token);
+        }
         let Some(c) = self.clients.get_mut(&token) else {
             return;
         };
-        while !c.out.is_empty() {
-            match c.stream.write(&c.out) {
-                Ok(0) => break,
-                Ok(n) => drop(c.out.drain(..n)),
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
-                Err(_) => {
-                    c.out.clear();
-                    c.closing = true;
-                    break;
-                }
+        let done = (c.closing || (c.eof && !owed)) && c.out.is_empty() && !c.replaying;
+        if done {
+            self.drop_client(token, None);
+        } else if c.out.len() > MAX_BACKLOG {
+            let why = format!("it left more than {} MiB unread", MAX_BACKLOG >> 20);
+            self.drop_client(token, Some(why));
+        }
+    }
+
+    /// Forgets a connection; `why` (a client dropped for its backlog) is said on stderr.
+    fn drop_client(&mut self, token: u64, why: Option<String>) {
+        if let Some(c) = self.clients.remove(&token) {
+            if let Some(why) = why {
+                eprintln!(
+                    "upkeeper: dropped the connection of uid {} pid {} ({}): {why}",
+                    c.peer.uid,
+                    c.peer.pid,
+                    if c.sub.is_some() {
+                        "a subscriber"
+                    } else {
+                        "a client"
+                    }
+                );
             }
         }
-        let done = (c.closing || (c.eof && !owed)) && c.out.is_empty();
-        if done || c.out.len() > MAX_BACKLOG {
-            self.clients.remove(&token);
+        self.expire_refusals(Instant::now());
+    }
+
+    /// Drops the clients with the most unread output until all of it together is within
+    /// [`MAX_BACKLOG_TOTAL`].
+    fn bound_backlogs(&mut self) {
+        loop {
+            let total: usize = self.clients.values().map(|c| c.out.len()).sum();
+            if total <= MAX_BACKLOG_TOTAL {
+                return;
+            }
+            let Some((&token, c)) = self.clients.iter().max_by_key(|(_, c)| c.out.len()) else {
+                return;
+            };
+            let why = format!(
+                "all clients together left more than {} MiB unread and it had the most ({} KiB)",
+                MAX_BACKLOG_TOTAL >> 20,
+                c.out.len() >> 10
+            );
+            self.drop_client(token, Some(why));
+        }
+    }
+
+    /// The next page of a replaying subscription: stored events after its cursor.
+    fn replay_page(&mut self, token: u64) {
+        let Some(c) = self.clients.get_mut(&token) else {
+            return;
+        };
+        let Some((services, last)) = &c.sub else {
+            c.replaying = false;
+            return;
+        };
+        let services: Vec<String> = services.iter().cloned().collect();
+        let page = match self.reader.events_after(*last, &services, MAX_ROWS) {
+            Ok(page) => page,
+            Err(e) => {
+                let (code, message) = store_error(e);
+                c.replaying = false;
+                c.closing = true;
+                c.out.extend(proto::encode(&Envelope {
+                    id: None,
+                    body: ClientReply::Error { code, message },
+                }));
+                return;
+            }
+        };
+        if page.len() < MAX_ROWS {
+            c.replaying = false;
+        }
+        for event in page {
+            if let Some((_, last)) = &mut c.sub {
+                *last = (*last).max(event.id);
+            }
+            c.out.extend(proto::encode(&Envelope {
+                id: None,
+                body: ClientReply::Event { event },
+            }));
         }
     }
 
     fn send(&mut self, token: u64, id: Option<u64>, body: ClientReply) {
         if let Some(c) = self.clients.get_mut(&token) {
             c.out.extend(proto::encode(&Envelope { id, body }));
+        }
+    }
+
+    /// Sends a list reply as lines of at most about [`PAGE_BYTES`] each, all but the last
+    /// marked `more` (see [`ClientReply::more`]).
+    fn send_pages<T: Serialize>(
+        &mut self,
+        token: u64,
+        id: Option<u64>,
+        items: Vec<T>,
+        make: impl Fn(Vec<T>, bool) -> ClientReply,
+    ) {
+        let pages = pages(items);
+        let n = pages.len();
+        for (i, page) in pages.into_iter().enumerate() {
+            self.send(token, id, make(page, i + 1 < n));
         }
     }
 
@@ -287,6 +570,52 @@ impl Server {
                 c.closing = true;
             }
         }
+    }
+
+    /// Whether `peer`'s refusal is to be audited (see [`RefusalLog`]).
+    fn first_refusal(&mut self, peer: &Peer) -> bool {
+        let now = Instant::now();
+        self.expire_refusals(now);
+        self.refusals.refused(peer, now)
+    }
+
+    /// When the next refusal window ends (the loop calls [`Server::expire_refusals`] then).
+    pub fn deadline(&self) -> Option<Instant> {
+        self.refusals.deadline()
+    }
+
+    /// Ends the refusal windows that are over, each with one summary row for the refusals
+    /// counted in it.
+    pub fn expire_refusals(&mut self, now: Instant) {
+        for (uid, r) in self.refusals.expire(now) {
+            self.summarise_refusals(uid, r);
+        }
+    }
+
+    fn summarise_refusals(&mut self, uid: u32, r: Refusals) {
+        if r.more == 0 {
+            return;
+        }
+        let until_us = upk_core::time::wall_us();
+        self.audit.push(CommandEntry {
+            wall_us: until_us,
+            uid,
+            gid: r.last.gid,
+            pid: r.last.pid,
+            cmdline: r.last.cmdline.clone(),
+            request: serde_json::json!({
+                "type": "refused",
+                "count": r.more,
+                "since_us": r.since_us,
+                "until_us": until_us,
+            }),
+            service: None,
+            result: format!(
+                "refused: {} more requests from uid {uid} after the {REFUSAL_BURST} recorded before, counted and not recorded one by one",
+                r.more
+            ),
+            ok: false,
+        });
     }
 
     /// A buddy phoning home: its connection becomes an event link, if it runs as us (or root).
@@ -353,7 +682,9 @@ impl Server {
                     "read"
                 }
             );
-            self.audit.push(entry(format!("refused: {msg}"), false));
+            if self.first_refusal(&peer) {
+                self.audit.push(entry(format!("refused: {msg}"), false));
+            }
             return self.fail(token, id, ErrorCode::Refused, msg);
         }
         if body.is_control() {
@@ -369,9 +700,7 @@ impl Server {
             ClientRequest::Subscribe { services, after } => {
                 self.subscribe(token, id, services, after)
             }
-            body => self
-                .read(body, fleet)
-                .map(|reply| self.send(token, id, reply)),
+            body => self.answer_read(token, id, body, fleet),
         };
         if let Err((code, msg)) = answer {
             self.fail(token, id, code, msg)
@@ -389,22 +718,11 @@ impl Server {
     ) -> Result<(), (ErrorCode, String)> {
         let cursor = self.reader.last_event_id().map_err(store_error)?;
         let services: BTreeSet<String> = services.into_iter().collect();
-        let mut backlog = Vec::new();
-        if let Some(after) = after {
-            let filter = HistoryFilter {
-                after_id: Some(after),
-                ..HistoryFilter::default()
-            };
-            backlog = self.reader.history(&filter).map_err(store_error)?;
-            backlog.retain(|e| services.is_empty() || services.contains(&e.service));
-        }
-        let last = backlog.last().map_or(cursor, |e| e.id.max(cursor));
-        if let Some(c) = self.clients.get_mut(&token) {
-            c.sub = Some((services, last));
-        }
         self.send(token, id, ClientReply::Subscribed { cursor });
-        for event in backlog {
-            self.send(token, None, ClientReply::Event { event });
+        if let Some(c) = self.clients.get_mut(&token) {
+            // The replay goes page by page as the client reads (see `flush`).
+            c.replaying = after.is_some();
+            c.sub = Some((services, after.unwrap_or(cursor)));
         }
         Ok(())
     }
@@ -492,32 +810,77 @@ impl Server {
         Ok(())
     }
 
-    /// Answers a read request (not `subscribe`).
+    /// Answers a read request (not `subscribe`); a list reply goes out in pages.
+    fn answer_read(
+        &mut self,
+        token: u64,
+        id: Option<u64>,
+        body: ClientRequest,
+        fleet: &Fleet,
+    ) -> Result<(), (ErrorCode, String)> {
+        match self.read(body, fleet)? {
+            ClientReply::Services { services, .. } => {
+                self.send_pages(token, id, services, |services, more| {
+                    ClientReply::Services { services, more }
+                })
+            }
+            ClientReply::History { events, cursor, .. } => {
+                self.send_pages(token, id, events, |events, more| ClientReply::History {
+                    events,
+                    more,
+                    cursor: if more { None } else { cursor },
+                })
+            }
+            ClientReply::Audit {
+                commands, cursor, ..
+            } => self.send_pages(token, id, commands, |commands, more| ClientReply::Audit {
+                commands,
+                more,
+                cursor: if more { None } else { cursor },
+            }),
+            ClientReply::Stats { stats, .. } => self.send_pages(token, id, stats, |stats, more| {
+                ClientReply::Stats { stats, more }
+            }),
+            reply => self.send(token, id, reply),
+        }
+        Ok(())
+    }
+
+    /// The answer to a read request (not `subscribe`), in one piece.
     fn read(&self, body: ClientRequest, fleet: &Fleet) -> Result<ClientReply, (ErrorCode, String)> {
         let store = store_error;
         Ok(match body {
             ClientRequest::List => ClientReply::Services {
                 services: self.summaries(&fleet.members.keys().cloned().collect::<Vec<_>>(), fleet),
+                more: false,
             },
             ClientRequest::Status { services } => {
                 let ids: Vec<String> = if services.is_empty() {
                     fleet.members.keys().cloned().collect()
                 } else {
-                    services
+                    unique(services)
                 };
                 if let Some(unknown) = ids.iter().find(|id| !fleet.members.contains_key(*id)) {
                     return Err(not_found(unknown));
                 }
                 ClientReply::Services {
                     services: self.summaries(&ids, fleet),
+                    more: false,
                 }
             }
-            ClientRequest::History { filter } => {
+            ClientRequest::History { mut filter } => {
                 if let Some(id) = &filter.service {
                     self.known(id, fleet)?;
                 }
+                let (limit, capped) = cap_rows(filter.limit);
+                filter.limit = Some(limit);
+                let mut events = self.reader.history(&filter).map_err(store)?;
+                let cut = fit_bytes(&mut events) || (capped && events.len() == limit);
+                let cursor = cut.then(|| events.last().map(|e| e.id)).flatten();
                 ClientReply::History {
-                    events: self.reader.history(&filter).map_err(store)?,
+                    events,
+                    more: false,
+                    cursor,
                 }
             }
             ClientRequest::Audit {
@@ -525,23 +888,52 @@ impl Server {
                 until_us,
                 uid,
                 limit,
-            } => ClientReply::Audit {
-                commands: self
-                    .reader
-                    .commands(since_us, until_us, uid, limit)
-                    .map_err(store)?,
-            },
+                after_id,
+                before_id,
+                newest_first,
+            } => {
+                let (limit, capped) = cap_rows(limit);
+                let filter = HistoryFilter {
+                    since_us,
+                    until_us,
+                    after_id,
+                    before_id,
+                    limit: Some(limit),
+                    newest_first,
+                    ..HistoryFilter::default()
+                };
+                let mut commands = self.reader.commands_page(&filter, uid).map_err(store)?;
+                let cut = fit_bytes(&mut commands) || (capped && commands.len() == limit);
+                let cursor = cut.then(|| commands.last().map(|c| c.id)).flatten();
+                ClientReply::Audit {
+                    commands,
+                    more: false,
+                    cursor,
+                }
+            }
             ClientRequest::Stats {
                 services,
                 since_us,
                 until_us,
             } => {
                 let until = until_us.unwrap_or_else(upk_core::time::wall_us);
-                let since = since_us.unwrap_or(until - 24 * 3_600_000_000);
+                let since = match since_us {
+                    Some(since) => since,
+                    None => until.checked_sub(24 * 3_600_000_000).ok_or_else(|| {
+                        bad_value(format!(
+                            "until_us {until} is too far in the past to count 24 hours back from"
+                        ))
+                    })?,
+                };
+                if since >= until {
+                    return Err(bad_value(format!(
+                        "the window is empty: since_us {since} is not before until_us {until}"
+                    )));
+                }
                 let ids: Vec<String> = if services.is_empty() {
                     fleet.members.keys().cloned().collect()
                 } else {
-                    services
+                    unique(services)
                 };
                 for id in &ids {
                     self.known(id, fleet)?;
@@ -551,7 +943,7 @@ impl Server {
                     .map(|id| self.reader.stats(id, since, until))
                     .collect::<Result<_, _>>()
                     .map_err(store)?;
-                ClientReply::Stats { stats }
+                ClientReply::Stats { stats, more: false }
             }
             _ => return Err((ErrorCode::Invalid, "not a read request".into())),
         })
@@ -599,6 +991,9 @@ impl Server {
             let Some(c) = self.clients.get_mut(&token) else {
                 continue;
             };
+            if c.replaying {
+                continue; // the replay reaches these rows from the store
+            }
             let Some((services, last)) = &mut c.sub else {
                 continue;
             };
@@ -615,6 +1010,7 @@ impl Server {
             c.out.extend(out);
             self.flush(token);
         }
+        self.bound_backlogs();
     }
 
     /// A buddy answered a relayed request: answer the client, audit the command.
@@ -742,4 +1138,222 @@ fn is_buddy_hello(line: &[u8]) -> bool {
     serde_json::from_slice::<serde_json::Value>(line).is_ok_and(|v| {
         v.get("type").and_then(|t| t.as_str()) == Some("hello") && v.get("buddy_pid").is_some()
     })
+}
+
+/// The rows to ask the store for: the request's limit up to [`MAX_ROWS`], and whether the cap
+/// cut it (then the reply carries a cursor to continue from).
+fn cap_rows(limit: Option<usize>) -> (usize, bool) {
+    match limit {
+        Some(l) if l <= MAX_ROWS => (l, false),
+        _ => (MAX_ROWS, true),
+    }
+}
+
+/// `items` cut into pages of about [`PAGE_BYTES`] of JSON each (an item larger than that is a
+/// page of its own); at least one page, empty when `items` is.
+fn pages<T: Serialize>(items: Vec<T>) -> Vec<Vec<T>> {
+    let mut pages = vec![Vec::new()];
+    let mut size = 0;
+    for item in items {
+        let len = serde_json::to_vec(&item).map_or(0, |v| v.len() + 1);
+        if size + len > PAGE_BYTES && pages.last().is_some_and(|p| !p.is_empty()) {
+            pages.push(Vec::new());
+            size = 0;
+        }
+        size += len;
+        if let Some(page) = pages.last_mut() {
+            page.push(item);
+        }
+    }
+    pages
+}
+
+/// Keeps the rows of `rows` that fit in [`REPLY_BYTES`] of JSON (at least one); true when
+/// some were cut.
+fn fit_bytes<T: Serialize>(rows: &mut Vec<T>) -> bool {
+    let mut size = 0;
+    let keep = rows
+        .iter()
+        .position(|r| {
+            size += serde_json::to_vec(r).map_or(0, |v| v.len() + 1);
+            size > REPLY_BYTES
+        })
+        .map_or(rows.len(), |i| i.max(1));
+    let cut = keep < rows.len();
+    rows.truncate(keep);
+    cut
+}
+
+/// `ids` each once, in the order first named: a request naming one service 100,000 times is
+/// answered once for it.
+fn unique(ids: Vec<String>) -> Vec<String> {
+    let mut seen = BTreeSet::new();
+    ids.into_iter()
+        .filter(|id| seen.insert(id.clone()))
+        .collect()
+}
+
+fn bad_value(message: String) -> (ErrorCode, String) {
+    (ErrorCode::BadValue, message)
+}
+
+/// How many connections callers without control access may hold together: [`MAX_UNPRIVILEGED`],
+/// and never more than a quarter of the descriptor limit, so that the rest stays for the
+/// buddies' links, the store and callers with control access.
+fn unprivileged_limit() -> usize {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit only writes the struct it is given.
+    let soft = if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } == 0 {
+        usize::try_from(lim.rlim_cur).unwrap_or(usize::MAX)
+    } else {
+        1024
+    };
+    MAX_UNPRIVILEGED.min(soft / 4)
+}
+
+/// EMFILE or ENFILE: out of descriptors, in this process or in the system.
+fn is_fd_limit(errno: i32) -> bool {
+    errno == nix::errno::Errno::EMFILE as i32 || errno == nix::errno::Errno::ENFILE as i32
+}
+
+/// A descriptor to give up when accept hits the limit (see [`Server::accept_all`]).
+fn spare_fd() -> Option<std::fs::File> {
+    std::fs::File::open("/dev/null").ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn peer(uid: u32) -> Peer {
+        Peer {
+            uid,
+            ..Peer::default()
+        }
+    }
+
+    #[test]
+    fn refusals_of_a_uid_are_a_few_rows_then_counted_then_one_summary_per_window() {
+        let mut log = RefusalLog::default();
+        let t0 = Instant::now();
+        for _ in 0..REFUSAL_BURST {
+            assert!(log.refused(&peer(1000), t0), "the first ones are audited");
+        }
+        for i in 0..100_000u32 {
+            assert!(!log.refused(&peer(1000), t0 + Duration::from_micros(i.into())));
+        }
+        assert!(
+            log.refused(&peer(1001), t0),
+            "another uid has its own window"
+        );
+        assert_eq!(log.deadline(), Some(t0 + REFUSAL_WINDOW));
+        assert!(log.expire(t0 + REFUSAL_WINDOW / 2).is_empty());
+        let over = log.expire(t0 + REFUSAL_WINDOW);
+        let counted: Vec<(u32, u64)> = over.iter().map(|(uid, r)| (*uid, r.more)).collect();
+        assert_eq!(counted, [(1000, 100_000), (1001, 0)]);
+        assert_eq!(log.deadline(), None);
+        assert!(
+            log.refused(&peer(1000), t0 + REFUSAL_WINDOW),
+            "a new window audits again"
+        );
+    }
+
+    #[test]
+    fn long_lists_are_split_into_lines_below_the_line_limit() {
+        let items: Vec<String> = (0..20_000).map(|i| format!("{i:0>100}")).collect();
+        let split = pages(items.clone());
+        assert!(split.len() > 1);
+        for page in &split {
+            let line = proto::encode(&Envelope {
+                id: Some(1),
+                body: ClientReply::Stats {
+                    stats: Vec::new(),
+                    more: true,
+                },
+            });
+            let size = serde_json::to_vec(page).expect("json").len() + line.len();
+            assert!(size < PAGE_BYTES + 1024, "{size}");
+        }
+        assert_eq!(split.concat(), items, "nothing lost or reordered");
+        assert_eq!(
+            pages(Vec::<u8>::new()),
+            [Vec::<u8>::new()],
+            "one empty page"
+        );
+    }
+
+    /// A server on a fresh store with `n` subscribers (all services), each on a socket pair
+    /// whose far end is returned and never read.
+    fn subscribers(n: usize) -> (tempfile::TempDir, Server, Vec<UnixStream>) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = dir.path().join("upkeeper.db");
+        drop(Store::open(&db).expect("store"));
+        let policy = Policy {
+            own_uid: nix::unistd::geteuid().as_raw(),
+            control_group: None,
+            read_group: None,
+        };
+        let mut server = Server::new(policy, Store::open_read_only(&db).expect("reader"));
+        let mut far = Vec::new();
+        for _ in 0..n {
+            let (near, other) = UnixStream::pair().expect("pair");
+            server.accept(near);
+            far.push(other);
+        }
+        let tokens: Vec<u64> = server.clients.keys().copied().collect();
+        for token in tokens {
+            server
+                .subscribe(token, None, Vec::new(), None)
+                .expect("subscribe");
+        }
+        (dir, server, far)
+    }
+
+    fn event(id: i64, cause: &str) -> EventRow {
+        EventRow {
+            id,
+            service: "web".into(),
+            record: upk_core::event::Record {
+                seq: u64::try_from(id).unwrap_or(0),
+                wall_us: 0,
+                mono_us: 0,
+                from: upk_core::event::StateName::Running,
+                to: upk_core::event::StateName::Running,
+                pid: None,
+                cause: cause.into(),
+                kind: upk_core::event::EventKind::Started,
+            },
+        }
+    }
+
+    #[test]
+    fn a_subscriber_that_never_reads_is_dropped_at_its_cap_and_all_together_are_bounded() {
+        let (_dir, mut server, _far) = subscribers(10);
+        let cause = "c".repeat(64 * 1024);
+        // 1200 events of 64 KiB: 75 MiB to each subscriber that never reads.
+        for id in 1..=1200 {
+            server.publish(&[event(id, &cause)]);
+            let total: usize = server.clients.values().map(|c| c.out.len()).sum();
+            assert!(
+                total <= MAX_BACKLOG_TOTAL,
+                "{total} bytes held at event {id}"
+            );
+            assert!(server
+                .clients
+                .values()
+                .all(|c| c.out.len() <= MAX_BACKLOG + 128 * 1024));
+        }
+        assert!(server.clients.is_empty(), "every non-reader dropped");
+    }
+
+    #[test]
+    fn row_limits_are_capped_with_a_cursor_past_the_cap() {
+        assert_eq!(cap_rows(Some(10)), (10, false));
+        assert_eq!(cap_rows(Some(MAX_ROWS)), (MAX_ROWS, false));
+        assert_eq!(cap_rows(Some(usize::MAX)), (MAX_ROWS, true));
+        assert_eq!(cap_rows(None), (MAX_ROWS, true));
+    }
 }

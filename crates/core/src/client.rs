@@ -107,9 +107,18 @@ pub enum ClientRequest {
         /// Only commands of this uid.
         #[serde(default)]
         uid: Option<u32>,
-        /// At most this many (the oldest first).
+        /// At most this many (the oldest first, or the newest with `newest_first`).
         #[serde(default)]
         limit: Option<usize>,
+        /// Only rows with a larger id (a cursor: the last id already seen).
+        #[serde(default)]
+        after_id: Option<i64>,
+        /// Only rows with a smaller id (a cursor when paging newest first).
+        #[serde(default)]
+        before_id: Option<i64>,
+        /// The newest rows first (with `limit`: the last N).
+        #[serde(default)]
+        newest_first: bool,
     },
     /// Per-service statistics over a window (default: the last 24 hours).
     Stats {
@@ -188,6 +197,12 @@ pub enum ErrorCode {
     Store,
     /// The client speaks a newer protocol version.
     Version,
+    /// A value in the request is out of range (a time window that ends before it starts, a
+    /// time whose arithmetic would overflow); the connection stays open.
+    BadValue,
+    /// The controller has too many connections from this caller (or in all) and closes this
+    /// one.
+    Busy,
 }
 
 /// A service in `list`.
@@ -229,6 +244,9 @@ pub enum ClientReply {
     Services {
         /// In id order.
         services: Vec<ServiceSummary>,
+        /// More lines of this reply follow (see [`ClientReply::more`]).
+        #[serde(default, skip_serializing_if = "is_false")]
+        more: bool,
     },
     /// A control request was carried out by the buddy.
     Done {
@@ -265,16 +283,33 @@ pub enum ClientReply {
     History {
         /// Matching events.
         events: Vec<EventRow>,
+        /// More lines of this reply follow.
+        #[serde(default, skip_serializing_if = "is_false")]
+        more: bool,
+        /// On the last line, when the controller stopped at [`MAX_ROWS`] rows before the
+        /// request's own `limit`: the id of the last row sent, to ask again with as `after_id`
+        /// (or `before_id` when newest first) for the rest.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        cursor: Option<i64>,
     },
     /// Answer to `audit`.
     Audit {
         /// Matching commands.
         commands: Vec<CommandRow>,
+        /// More lines of this reply follow.
+        #[serde(default, skip_serializing_if = "is_false")]
+        more: bool,
+        /// As in `history`: where to continue when the controller stopped at [`MAX_ROWS`].
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        cursor: Option<i64>,
     },
     /// Answer to `stats`.
     Stats {
         /// One per service.
         stats: Vec<Stats>,
+        /// More lines of this reply follow.
+        #[serde(default, skip_serializing_if = "is_false")]
+        more: bool,
     },
     /// The request failed.
     Error {
@@ -283,6 +318,87 @@ pub enum ClientReply {
         /// Why, in one sentence.
         message: String,
     },
+}
+
+/// The most rows one `history` or `audit` reply carries; a request for more (or for all) gets
+/// these and a `cursor` to continue from.
+pub const MAX_ROWS: usize = 5000;
+
+/// A reply line holds at most about this many bytes of list items; longer lists go out as
+/// several lines with the same id, all but the last marked `more`.
+pub const PAGE_BYTES: usize = 256 * 1024;
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+impl ClientReply {
+    /// Whether more lines of the same reply (the same request id) follow this one. A list
+    /// reply (`services`, `history`, `audit`, `stats`) longer than [`PAGE_BYTES`] is split
+    /// into several lines so that no line comes near the protocol's line limit; the client
+    /// appends their lists in order.
+    pub fn more(&self) -> bool {
+        match self {
+            ClientReply::Services { more, .. }
+            | ClientReply::History { more, .. }
+            | ClientReply::Audit { more, .. }
+            | ClientReply::Stats { more, .. } => *more,
+            _ => false,
+        }
+    }
+
+    /// Appends the list of `next`, a later line of the same reply, to this one's, and takes
+    /// its `more` and `cursor`. False (and nothing changed) when `next` is another kind.
+    pub fn absorb(&mut self, next: ClientReply) -> bool {
+        match (self, next) {
+            (
+                ClientReply::Services { services, more },
+                ClientReply::Services {
+                    services: n,
+                    more: m,
+                },
+            ) => {
+                services.extend(n);
+                *more = m;
+            }
+            (
+                ClientReply::History {
+                    events,
+                    more,
+                    cursor,
+                },
+                ClientReply::History {
+                    events: n,
+                    more: m,
+                    cursor: c,
+                },
+            ) => {
+                events.extend(n);
+                (*more, *cursor) = (m, c);
+            }
+            (
+                ClientReply::Audit {
+                    commands,
+                    more,
+                    cursor,
+                },
+                ClientReply::Audit {
+                    commands: n,
+                    more: m,
+                    cursor: c,
+                },
+            ) => {
+                commands.extend(n);
+                (*more, *cursor) = (m, c);
+            }
+            (ClientReply::Stats { stats, more }, ClientReply::Stats { stats: n, more: m }) => {
+                stats.extend(n);
+                *more = m;
+            }
+            _ => return false,
+        }
+        true
+    }
 }
 
 #[cfg(test)]

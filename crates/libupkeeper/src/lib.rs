@@ -18,7 +18,10 @@
 //! the controller is down (OpenRC stopping services at shutdown). It bypasses the audit store.
 //!
 //! The wire protocol is newline-delimited JSON (`docs/protocol.md`); the message types are in
-//! [`upk_core::client`], re-exported here.
+//! [`upk_core::client`], re-exported here. Long replies are hidden from callers: a list the
+//! controller sends as several lines (`more`) comes back as one `Vec`, and `history` and
+//! `audit`, which the controller answers a page at a time (a `cursor` after 5000 rows or
+//! 4 MiB), are asked again from the cursor until every row asked for has come.
 //!
 //! # Examples
 //!
@@ -166,6 +169,12 @@ pub struct AuditQuery {
     pub uid: Option<u32>,
     /// At most this many.
     pub limit: Option<usize>,
+    /// Only rows with a larger id.
+    pub after_id: Option<i64>,
+    /// Only rows with a smaller id.
+    pub before_id: Option<i64>,
+    /// The newest first (with `limit`: the last N).
+    pub newest_first: bool,
 }
 
 /// The controller socket to use: `UPKEEPER_SOCKET` if set; else the one of the controller
@@ -249,13 +258,38 @@ impl Client {
         let id = self.wire.send(request)?;
         loop {
             let msg = self.read()?;
+            if let (None, ClientReply::Error { code, message }) = (msg.id, &msg.body) {
+                // Said to no request: the controller is closing this connection (`busy`).
+                return Err(Error::Controller {
+                    code: *code,
+                    message: message.clone(),
+                });
+            }
             if msg.id != Some(id) {
                 continue; // an event pushed before a subscription was asked for: not ours
             }
-            return match msg.body {
-                ClientReply::Error { code, message } => Err(Error::Controller { code, message }),
-                body => Ok(body),
+            let mut body = match msg.body {
+                ClientReply::Error { code, message } => {
+                    return Err(Error::Controller { code, message })
+                }
+                body => body,
             };
+            // A long list comes as several lines with this id: put them back together.
+            while body.more() {
+                let next = self.read()?;
+                if next.id != Some(id) {
+                    continue;
+                }
+                if let ClientReply::Error { code, message } = next.body {
+                    return Err(Error::Controller { code, message });
+                }
+                if !body.absorb(next.body) {
+                    return Err(Error::Protocol(
+                        "a reply continued with another kind of reply".into(),
+                    ));
+                }
+            }
+            return Ok(body);
         }
     }
 
@@ -270,7 +304,7 @@ impl Client {
     /// Every configured service, with its status.
     pub fn list(&mut self) -> Result<Vec<ServiceSummary>> {
         match self.call(ClientRequest::List)? {
-            ClientReply::Services { services } => Ok(services),
+            ClientReply::Services { services, .. } => Ok(services),
             other => Err(unexpected(&other)),
         }
     }
@@ -279,7 +313,7 @@ impl Client {
     pub fn status(&mut self, services: &[&str]) -> Result<Vec<ServiceSummary>> {
         let services = services.iter().map(|s| s.to_string()).collect();
         match self.call(ClientRequest::Status { services })? {
-            ClientReply::Services { services } => Ok(services),
+            ClientReply::Services { services, .. } => Ok(services),
             other => Err(unexpected(&other)),
         }
     }
@@ -361,25 +395,65 @@ impl Client {
     }
 
     /// Stored events matching `filter`.
+    ///
+    /// The controller answers at most [`upk_core::client::MAX_ROWS`] rows per request; this
+    /// asks again from where it stopped until `filter.limit` rows (or all) have come.
     pub fn history(&mut self, filter: &HistoryFilter) -> Result<Vec<EventRow>> {
-        let filter = filter.clone();
-        match self.call(ClientRequest::History { filter })? {
-            ClientReply::History { events } => Ok(events),
-            other => Err(unexpected(&other)),
+        let mut filter = filter.clone();
+        let mut rows = Vec::new();
+        loop {
+            let request = ClientRequest::History {
+                filter: filter.clone(),
+            };
+            let (events, cursor) = match self.call(request)? {
+                ClientReply::History { events, cursor, .. } => (events, cursor),
+                other => return Err(unexpected(&other)),
+            };
+            rows.extend(events);
+            let Some(cursor) = continue_at(cursor, filter.limit, rows.len()) else {
+                return Ok(rows);
+            };
+            filter.limit = filter.limit.map(|l| l - rows.len());
+            if filter.newest_first {
+                filter.before_id = Some(cursor);
+            } else {
+                filter.after_id = Some(cursor);
+            }
         }
     }
 
     /// Audited commands.
+    ///
+    /// Paged like [`Client::history`]: every matching row (up to `query.limit`) comes back.
     pub fn audit(&mut self, query: &AuditQuery) -> Result<Vec<CommandRow>> {
-        let request = ClientRequest::Audit {
-            since_us: query.since_us,
-            until_us: query.until_us,
-            uid: query.uid,
-            limit: query.limit,
-        };
-        match self.call(request)? {
-            ClientReply::Audit { commands } => Ok(commands),
-            other => Err(unexpected(&other)),
+        let mut q = query.clone();
+        let mut rows = Vec::new();
+        loop {
+            let request = ClientRequest::Audit {
+                since_us: q.since_us,
+                until_us: q.until_us,
+                uid: q.uid,
+                limit: q.limit,
+                after_id: q.after_id,
+                before_id: q.before_id,
+                newest_first: q.newest_first,
+            };
+            let (commands, cursor) = match self.call(request)? {
+                ClientReply::Audit {
+                    commands, cursor, ..
+                } => (commands, cursor),
+                other => return Err(unexpected(&other)),
+            };
+            rows.extend(commands);
+            let Some(cursor) = continue_at(cursor, query.limit, rows.len()) else {
+                return Ok(rows);
+            };
+            q.limit = query.limit.map(|l| l - rows.len());
+            if q.newest_first {
+                q.before_id = Some(cursor);
+            } else {
+                q.after_id = Some(cursor);
+            }
         }
     }
 
@@ -397,7 +471,7 @@ impl Client {
             since_us,
             until_us,
         })? {
-            ClientReply::Stats { stats } => Ok(stats),
+            ClientReply::Stats { stats, .. } => Ok(stats),
             other => Err(unexpected(&other)),
         }
     }
@@ -477,6 +551,12 @@ impl Iterator for Subscription {
             other => Some(other),
         }
     }
+}
+
+/// Where to ask again: the controller stopped at `cursor` and fewer than `limit` rows (or
+/// not all) have come.
+fn continue_at(cursor: Option<i64>, limit: Option<usize>, got: usize) -> Option<i64> {
+    cursor.filter(|_| limit.is_none_or(|l| got < l))
 }
 
 fn unexpected(reply: &ClientReply) -> Error {

@@ -57,8 +57,8 @@ pub fn code_of(e: &Error) -> i32 {
             ErrorCode::NotFound => NOT_FOUND,
             ErrorCode::Refused => REFUSED,
             ErrorCode::Failed => FAILED,
-            ErrorCode::Unavailable | ErrorCode::Store => TEMPORARY,
-            ErrorCode::Invalid | ErrorCode::Version => USAGE,
+            ErrorCode::Unavailable | ErrorCode::Store | ErrorCode::Busy => TEMPORARY,
+            ErrorCode::Invalid | ErrorCode::Version | ErrorCode::BadValue => USAGE,
         },
     }
 }

@@ -29,16 +29,17 @@ pub fn audit(
     let (since_us, until_us) = window(w)?;
     let uid = user.map(uid_of).transpose()?;
     let mut client = ctx.connect()?;
-    // The store answers the oldest first and has no "newest first": ask for every matching
-    // command and keep the last N here.
+    // The last N: the controller picks them (newest first), printed oldest first.
     let mut rows = client.audit(&AuditQuery {
         since_us,
         until_us,
         uid,
-        limit: None,
+        limit: (lines > 0).then_some(lines),
+        newest_first: lines > 0,
+        ..AuditQuery::default()
     })?;
-    if lines > 0 && rows.len() > lines {
-        rows.drain(..rows.len() - lines);
+    if lines > 0 {
+        rows.reverse();
     }
     for row in &rows {
         if ctx.json {
@@ -128,6 +129,15 @@ pub fn stats(
         .map(|s| when::parse(s, now))
         .transpose()
         .map_err(|e| Failure::new(exit::USAGE, e))?;
+    if since_us.is_some_and(|s| s >= now) {
+        return Err(Failure::new(
+            exit::USAGE,
+            format!(
+                "--since {} is not in the past: there is nothing to count yet",
+                since.unwrap_or_default()
+            ),
+        ));
+    }
     let mut client = ctx.connect()?;
     let names: Vec<&str> = services.iter().map(String::as_str).collect();
     // The store answers an unknown service with a store error: ask the controller first so
@@ -157,7 +167,7 @@ pub fn stats(
             "from {} to {} ({})",
             when::utc(s.since_us),
             when::utc(s.until_us),
-            when::duration(s.until_us - s.since_us)
+            when::duration(s.until_us.saturating_sub(s.since_us))
         )?;
     }
     let rows: Vec<Vec<String>> = figures.iter().map(|(s, d)| stats_cells(s, d)).collect();
@@ -202,7 +212,7 @@ pub struct Derived {
 /// service's first stored event.
 pub fn derive(s: &Stats, first_us: Option<i64>) -> Derived {
     let from = first_us.map_or(s.since_us, |f| f.max(s.since_us));
-    let observed_s = (s.until_us - from).max(0) as f64 / 1e6;
+    let observed_s = s.until_us.saturating_sub(from).max(0) as f64 / 1e6;
     Derived {
         observed_s,
         restarts_per_hour: s.restarts as f64 * 3600.0 / observed_s.max(3600.0),

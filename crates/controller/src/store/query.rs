@@ -170,6 +170,50 @@ impl Store {
         raw.into_iter().map(event_row).collect()
     }
 
+    /// Up to `max` events after row id `after` of `services` (all when empty), oldest first:
+    /// one page of a subscription's replay.
+    pub fn events_after(
+        &self,
+        after: i64,
+        services: &[String],
+        max: usize,
+    ) -> Result<Vec<EventRow>> {
+        if services.len() == 1 {
+            let filter = HistoryFilter {
+                service: services.first().cloned(),
+                after_id: Some(after),
+                limit: Some(max),
+                ..HistoryFilter::default()
+            };
+            return self.history(&filter);
+        }
+        let mut rows = Vec::new();
+        let mut after = after;
+        // Several services: page through all of them and keep theirs, a bounded scan per page.
+        while rows.len() < max {
+            let filter = HistoryFilter {
+                after_id: Some(after),
+                limit: Some(max),
+                ..HistoryFilter::default()
+            };
+            let page = self.history(&filter)?;
+            let Some(last) = page.last().map(|e| e.id) else {
+                break;
+            };
+            let full = page.len() == max;
+            rows.extend(
+                page.into_iter()
+                    .filter(|e| services.is_empty() || services.contains(&e.service)),
+            );
+            if !full {
+                break;
+            }
+            after = last;
+        }
+        rows.truncate(max);
+        Ok(rows)
+    }
+
     /// Audited commands with `since <= wall_us < until`, of `uid` if given, oldest first.
     pub fn commands(
         &self,
@@ -178,18 +222,34 @@ impl Store {
         uid: Option<u32>,
         max: Option<usize>,
     ) -> Result<Vec<CommandRow>> {
-        let mut stmt = self.conn.prepare_cached(
+        let filter = HistoryFilter {
+            since_us,
+            until_us,
+            limit: max,
+            ..HistoryFilter::default()
+        };
+        self.commands_page(&filter, uid)
+    }
+
+    /// Audited commands with `since <= wall_us < until`, of `uid` if given, with ids between
+    /// `after_id` and `before_id` (exclusive), at most `limit`, oldest first unless
+    /// `newest_first` (the filter's `service` and `kinds` do not apply to commands).
+    pub fn commands_page(&self, q: &HistoryFilter, uid: Option<u32>) -> Result<Vec<CommandRow>> {
+        let order = if q.newest_first { "DESC" } else { "ASC" };
+        let mut stmt = self.conn.prepare_cached(&format!(
             "SELECT id, wall_us, uid, gid, pid, cmdline, request, service, result, ok \
              FROM commands WHERE wall_us >= ?1 AND wall_us < ?2 AND (?3 IS NULL OR uid = ?3) \
-             ORDER BY id LIMIT ?4",
-        )?;
+             AND id > ?5 AND id < ?6 ORDER BY id {order} LIMIT ?4"
+        ))?;
         let raw = stmt
             .query_map(
                 params![
-                    since_us.unwrap_or(i64::MIN),
-                    until_us.unwrap_or(i64::MAX),
+                    q.since_us.unwrap_or(i64::MIN),
+                    q.until_us.unwrap_or(i64::MAX),
                     uid,
-                    limit(max)
+                    limit(q.limit),
+                    q.after_id.unwrap_or(i64::MIN),
+                    q.before_id.unwrap_or(i64::MAX),
                 ],
                 |r| {
                     Ok((
@@ -264,7 +324,9 @@ impl Store {
 
     /// Restarts per hour, failures, uptime, time since the last failure and the flapping score
     /// of `service` over `since_us <= wall_us < until_us` (pass the current time as `until_us`).
+    /// A window that ends before it starts is taken as empty (the server refuses one).
     pub fn stats(&self, service: &str, since_us: i64, until_us: i64) -> Result<Stats> {
+        let until_us = until_us.max(since_us);
         let sid = self
             .service_id(service)?
             .ok_or_else(|| StoreError::UnknownService(service.to_owned()))?;
@@ -295,11 +357,12 @@ impl Store {
         let (mut restarts, mut failures, mut decayed) = (0u64, 0u64, 0f64);
         let mut buckets: Vec<HourBucket> = Vec::new();
         let mut advance = |to: i64, state: &Option<String>, t: &mut i64| {
-            let to = to.clamp(*t, until_us);
+            let to = to.min(until_us).max(*t);
             if let Some(s) = state {
-                observed += to - *t;
+                let span = to.saturating_sub(*t);
+                observed = observed.saturating_add(span);
                 if s == "running" || s == "ready" {
-                    up += to - *t;
+                    up = up.saturating_add(span);
                 }
             }
             *t = to;
@@ -310,9 +373,9 @@ impl Store {
             // Automatic restarts: by the restart policy, or after a cool-down.
             if kind == "started" && (cause == "policy" || cause == "cool-down over") {
                 restarts += 1;
-                let age_h = (until_us - wall) as f64 / HOUR_US as f64;
+                let age_h = until_us.saturating_sub(wall) as f64 / HOUR_US as f64;
                 decayed += (-age_h).exp2();
-                let hour = wall.div_euclid(HOUR_US) * HOUR_US;
+                let hour = wall.saturating_sub(wall.rem_euclid(HOUR_US));
                 match buckets.last_mut() {
                     Some(b) if b.start_us == hour => b.restarts += 1,
                     _ => buckets.push(HourBucket {
@@ -353,7 +416,7 @@ impl Store {
             restarts_per_hour: buckets,
             failures,
             uptime: (observed > 0).then(|| up as f64 / observed as f64),
-            since_last_failure_us: last_failure.map(|w| until_us - w),
+            since_last_failure_us: last_failure.map(|w| until_us.saturating_sub(w)),
             flapping: decayed / (decayed + FLAP_HALF),
             state,
         })

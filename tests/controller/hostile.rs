@@ -1,0 +1,484 @@
+//! Hostile and oversized input on the controller socket (issue 11): numbers that would
+//! overflow, a caller holding every connection it can, a flood of refused requests, and
+//! replies larger than a protocol line.
+
+use super::access::{probe_as, users};
+use super::*;
+use serde_json::{json, Value};
+use std::io::BufRead;
+use std::process::{Command, Stdio};
+use std::time::Instant;
+use upk_testkit::{Client, Controller};
+
+/// A sandbox with one stopped service `web` and its controller.
+fn controller_with_web() -> (Sandbox, Controller) {
+    let sb = Sandbox::new();
+    let ctl = sb.controller_file();
+    service_file(&sb, "web.conf", r#"{ "web": { ExecStart: "sleep 1000" } }"#);
+    let c = Controller::start(&sb, &ctl);
+    wait_until(Duration::from_secs(10), "web linked", || {
+        match c.client().status(&["web"]) {
+            Ok(s) if s.first().is_some_and(|s| s.linked) => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    });
+    (sb, c)
+}
+
+/// The controller still answers a fresh connection.
+fn still_serving(c: &mut Controller) {
+    assert!(
+        c.child.try_wait().expect("try_wait").is_none(),
+        "the controller died"
+    );
+    let mut fresh = Client::connect(&c.socket);
+    assert_eq!(
+        fresh.call(json!({"type": "list", "id": 1}))["type"],
+        "services"
+    );
+}
+
+#[test]
+fn stats_with_empty_range_is_an_error() {
+    let (_sb, mut c) = controller_with_web();
+    let mut raw = Client::connect(&c.socket);
+    for (since, until) in [
+        (Some(1i64), Some(0i64)),
+        (Some(5), Some(5)),
+        (None, Some(i64::MIN + 7)),
+    ] {
+        let mut req = json!({"type": "stats", "id": 2, "services": ["web"]});
+        if let Some(s) = since {
+            req["since_us"] = json!(s);
+        }
+        if let Some(u) = until {
+            req["until_us"] = json!(u);
+        }
+        let r = raw.call(req.clone());
+        assert_eq!(
+            (r["type"].as_str(), r["code"].as_str()),
+            (Some("error"), Some("bad_value")),
+            "{req} -> {r}"
+        );
+        assert!(r["message"].as_str().is_some_and(|m| !m.is_empty()), "{r}");
+    }
+    // The connection stays open after a bad value, and the controller is alive.
+    assert_eq!(
+        raw.call(json!({"type": "list", "id": 3}))["type"],
+        "services"
+    );
+    still_serving(&mut c);
+}
+
+#[test]
+fn extreme_numbers_in_read_requests_are_answered_not_fatal() {
+    let (_sb, mut c) = controller_with_web();
+    let mut raw = Client::connect(&c.socket);
+    let (min, max) = (i64::MIN, i64::MAX);
+    let requests = [
+        json!({"type": "stats", "since_us": min, "until_us": max}),
+        json!({"type": "stats", "services": ["web"], "since_us": min}),
+        json!({"type": "stats", "since_us": max - 1, "until_us": max}),
+        json!({"type": "history", "since_us": max, "until_us": min, "limit": u64::MAX}),
+        json!({"type": "history", "after_id": min, "before_id": max, "newest_first": true, "limit": u64::MAX}),
+        json!({"type": "audit", "since_us": min, "until_us": max, "limit": u64::MAX, "after_id": max}),
+        json!({"type": "audit", "uid": u32::MAX, "before_id": min, "newest_first": true}),
+    ];
+    for (i, req) in requests.iter().enumerate() {
+        let mut req = req.clone();
+        req["id"] = json!(10 + i);
+        let r = raw.call(req.clone());
+        assert!(
+            ["stats", "history", "audit"].contains(&r["type"].as_str().unwrap_or("")),
+            "{req} -> {r}"
+        );
+    }
+    still_serving(&mut c);
+}
+
+/// utime + stime of `pid`, in clock ticks.
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("stat");
+    let after = &stat[stat.rfind(')').expect("comm") + 2..];
+    let fields: Vec<&str> = after.split(' ').collect();
+    // Fields 14 and 15 of stat(5), counted after the comm (field 2) and the state (field 3).
+    fields[11].parse::<u64>().expect("utime") + fields[12].parse::<u64>().expect("stime")
+}
+
+#[test]
+fn a_user_holding_many_connections_locks_no_one_out() {
+    let (_reader_uid, _other_uid) = users();
+    let (_sb, mut c) = controller_with_web();
+    let pid = c.child.id();
+    // A descriptor limit of 1024 (a common default): the hog asks for more connections.
+    let limited = Command::new("prlimit")
+        .args([&format!("--pid={pid}"), "--nofile=1024:1024"])
+        .status()
+        .expect("prlimit");
+    assert!(limited.success());
+    let hog_script = format!(
+        "use IO::Socket::UNIX; my @s; for (1..1500) {{ my $s = IO::Socket::UNIX->new(Peer => {:?}) or last; push @s, $s; }} print scalar(@s), \"\\n\"; $| = 1; <STDIN>;",
+        c.socket.display().to_string()
+    );
+    let mut hog = Command::new("prlimit")
+        .args([
+            "--nofile=4096:4096",
+            "setpriv",
+            "--reuid=upkother",
+            "--regid=nogroup",
+            "--init-groups",
+            "--",
+            "perl",
+            "-e",
+            &hog_script,
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("perl");
+    let mut out = std::io::BufReader::new(hog.stdout.take().expect("stdout"));
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = out.read_line(&mut line);
+        let _ = tx.send(line);
+    });
+    let held = rx.recv_timeout(Duration::from_secs(60));
+    let held_ok = held.is_ok();
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        assert!(
+            held_ok,
+            "the hog's connects never all went through: the controller stopped accepting"
+        );
+        // Root gets its hello at once, over and over, while the hog holds what it could get.
+        let socket = c.socket.clone();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let t = Instant::now();
+            let r = libupkeeper::Client::connect_timeout(&socket, Duration::from_secs(5))
+                .map(|c| c.access());
+            let _ = tx.send((r.map_err(|e| e.to_string()), t.elapsed()));
+        });
+        let (access, took) = rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("root's connect returned");
+        assert_eq!(access, Ok(libupkeeper::Access::Control), "root's hello");
+        assert!(took < Duration::from_secs(3), "root's hello took {took:?}");
+        // The controller idles meanwhile: no spinning on accept.
+        let used = cpu_share(pid);
+        assert!(
+            used < 0.3,
+            "the controller used {:.0}% of a core",
+            used * 100.0
+        );
+        // The hog got its share, not everything.
+        let n: usize = held
+            .as_ref()
+            .map(|l| l.trim().parse().unwrap_or(0))
+            .unwrap_or(0);
+        assert!(n > 0, "{held:?}");
+        still_serving(&mut c);
+    }));
+    let _ = hog.kill();
+    let _ = hog.wait();
+    if let Err(e) = result {
+        std::panic::resume_unwind(e);
+    }
+}
+
+#[test]
+fn a_flood_of_refused_requests_writes_ten_rows_not_thousands() {
+    let (_reader_uid, other_uid) = users();
+    let (_sb, c) = controller_with_web();
+    let restart = r#"{"type":"restart","service":"web"}"#;
+    let mut lines = vec![r#"{"type":"hello","version":1}"#];
+    lines.extend(std::iter::repeat_n(restart, 3000));
+    let replies = probe_as("upkother", &c.socket, &lines);
+    assert_eq!(replies.len(), 3001);
+    assert!(replies[1..].iter().all(|r| r["code"] == "refused"));
+    // A marker after the flood: once root's command is stored, everything before it is.
+    let mut root = c.client();
+    let marker = root.restart("no-such-service").expect_err("not found");
+    assert_eq!(marker.code(), Some(libupkeeper::ErrorCode::NotFound));
+    let rows = wait_until(Duration::from_secs(10), "the marker audited", || {
+        let rows = c
+            .client()
+            .audit(&libupkeeper::AuditQuery::default())
+            .map_err(|e| e.to_string())?;
+        if rows
+            .iter()
+            .any(|r| r.entry.service.as_deref() == Some("no-such-service"))
+        {
+            Ok(rows)
+        } else {
+            Err(format!("{} rows", rows.len()))
+        }
+    });
+    let theirs: Vec<&libupkeeper::CommandRow> =
+        rows.iter().filter(|r| r.entry.uid == other_uid).collect();
+    assert_eq!(
+        theirs.len(),
+        10,
+        "ten rows for the flood, then counted: {theirs:?}"
+    );
+    assert!(theirs[0].entry.result.starts_with("refused"));
+}
+
+#[test]
+fn an_audit_reply_larger_than_a_line_arrives_whole() {
+    let (_sb, c) = controller_with_web();
+    let mut root = c.client();
+    // 24 audited commands of about 100 KB each: 2.4 MB of rows, more than a protocol line.
+    let long = "x".repeat(100_000);
+    for _ in 0..24 {
+        let e = root.restart(&long).expect_err("not found");
+        assert_eq!(e.code(), Some(libupkeeper::ErrorCode::NotFound));
+    }
+    let rows = wait_until(Duration::from_secs(20), "24 rows audited", || {
+        let rows = c
+            .client()
+            .audit(&libupkeeper::AuditQuery::default())
+            .map_err(|e| e.to_string())?;
+        if rows.len() >= 24 {
+            Ok(rows)
+        } else {
+            Err(format!("{} rows", rows.len()))
+        }
+    });
+    assert_eq!(rows.len(), 24);
+    assert!(
+        rows.windows(2).all(|w| w[0].id < w[1].id),
+        "oldest first, in order"
+    );
+    // The last N come from the controller, newest first, without the client reading all.
+    let last = root
+        .audit(&libupkeeper::AuditQuery {
+            limit: Some(3),
+            newest_first: true,
+            ..Default::default()
+        })
+        .expect("the last three");
+    let ids: Vec<i64> = last.iter().map(|r| r.id).collect();
+    let want: Vec<i64> = rows.iter().rev().take(3).map(|r| r.id).collect();
+    assert_eq!(ids, want);
+    // The raw protocol: every line below the limit, all but the last marked `more`.
+    let mut raw = Client::connect(&c.socket);
+    raw.send(&json!({"type": "audit", "id": 9}));
+    let mut lines: Vec<Value> = Vec::new();
+    loop {
+        let m = raw.recv().expect("a line");
+        let more = m["more"] == true;
+        lines.push(m);
+        if !more {
+            break;
+        }
+    }
+    assert!(lines.len() > 1, "split into lines");
+    let sent: Vec<i64> = lines
+        .iter()
+        .flat_map(|l| l["commands"].as_array().cloned().unwrap_or_default())
+        .map(|r| r["id"].as_i64().expect("id"))
+        .collect();
+    // 7 MB of rows is more than one reply holds (4 MiB): the last line says where to go on.
+    let last = lines.last().expect("a line");
+    assert!(sent.len() < 24, "{} rows in one reply", sent.len());
+    assert_eq!(
+        last["cursor"].as_i64(),
+        sent.last().copied(),
+        "{}",
+        last["cursor"]
+    );
+    let want: Vec<i64> = rows.iter().map(|r| r.id).collect();
+    assert_eq!(sent, want[..sent.len()]);
+}
+
+/// How many services [`every_command_answers_at_thousands_of_services`] configures:
+/// `UPK_TEST_SERVICES` or 3000 (10,000 works too and takes about a minute longer).
+fn many() -> usize {
+    std::env::var("UPK_TEST_SERVICES")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(3000)
+}
+
+#[test]
+fn every_command_answers_at_thousands_of_services() {
+    let n = many();
+    let sb = Sandbox::new();
+    let ctl = sb.controller_file();
+    let mut text = String::from("{\n");
+    for i in 0..n {
+        text.push_str(&format!(
+            "  \"svc{i:05}\": {{ ExecStart: \"sleep 1000\" }},\n"
+        ));
+    }
+    text.push('}');
+    // Added to a running controller: its first scan of thousands of services takes longer
+    // than the testkit's wait for a controller to answer.
+    let c = Controller::start(&sb, &ctl);
+    service_file(&sb, "many.conf", &text);
+    let mut root = c.client();
+    root.set_timeout(Some(Duration::from_secs(120)))
+        .expect("timeout");
+    let t = Instant::now();
+    wait_until(
+        Duration::from_secs(60 + n as u64 / 50),
+        "every buddy linked",
+        || {
+            let s = root.status(&[]).map_err(|e| e.to_string())?;
+            let linked = s.iter().filter(|s| s.linked && s.status.is_some()).count();
+            if linked == n {
+                Ok(())
+            } else {
+                Err(format!("{linked} of {} linked", s.len()))
+            }
+        },
+    );
+    eprintln!("{n} services linked in {:?}", t.elapsed());
+    let t = Instant::now();
+    assert_eq!(root.list().expect("list").len(), n);
+    let status = root.status(&[]).expect("status");
+    assert_eq!(status.len(), n);
+    assert!(
+        status.windows(2).all(|w| w[0].service < w[1].service),
+        "id order"
+    );
+    let stats = root.stats(&[], None, None).expect("stats");
+    assert_eq!(stats.len(), n);
+    eprintln!("list, status and stats of {n} in {:?}", t.elapsed());
+    // Those replies are larger than one protocol line, which is why they come in several.
+    let mut raw = Client::connect(&c.socket);
+    raw.send(&json!({"type": "status", "id": 5}));
+    let mut size = 0;
+    loop {
+        let m = raw.recv().expect("a line");
+        size += m.to_string().len();
+        if m["more"] != true {
+            break;
+        }
+    }
+    assert!(size > upk_core::proto::MAX_LINE || n < 3000, "{size} bytes");
+    still_serving_ref(&c);
+}
+
+fn still_serving_ref(c: &Controller) {
+    let mut fresh = Client::connect(&c.socket);
+    assert_eq!(
+        fresh.call(json!({"type": "hello", "version": 1}))["type"],
+        "hello"
+    );
+}
+
+#[test]
+fn a_request_naming_one_service_many_times_is_answered_once() {
+    let (_sb, mut c) = controller_with_web();
+    let mut raw = Client::connect(&c.socket);
+    let names = vec!["web"; 150_000];
+    let r = raw.call(json!({"type": "stats", "id": 1, "services": names}));
+    assert_eq!(r["type"], "stats", "{r}");
+    assert_eq!(r["stats"].as_array().map(Vec::len), Some(1));
+    let r = raw.call(json!({"type": "status", "id": 2, "services": names}));
+    assert_eq!(r["services"].as_array().map(Vec::len), Some(1));
+    still_serving(&mut c);
+}
+
+/// The share of a core `pid` uses over about two seconds.
+fn cpu_share(pid: u32) -> f64 {
+    let tick = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .ok()
+        .flatten()
+        .unwrap_or(100) as f64;
+    let (t0, c0) = (Instant::now(), cpu_ticks(pid));
+    let wait = Duration::from_secs(2);
+    wait_until(wait + Duration::from_secs(1), "two seconds", || {
+        if t0.elapsed() >= wait {
+            Ok(())
+        } else {
+            Err("not yet".to_owned())
+        }
+    });
+    (cpu_ticks(pid) - c0) as f64 / tick / t0.elapsed().as_secs_f64()
+}
+
+#[test]
+fn accept_at_the_descriptor_limit_does_not_spin() {
+    let (_sb, mut c) = controller_with_web();
+    let pid = c.child.id();
+    let limited = Command::new("prlimit")
+        .args([&format!("--pid={pid}"), "--nofile=64:64"])
+        .status()
+        .expect("prlimit");
+    assert!(limited.success());
+    // Root is never capped: 100 connections run the controller out of descriptors.
+    let held: Vec<std::os::unix::net::UnixStream> = (0..100)
+        .map(|_| std::os::unix::net::UnixStream::connect(&c.socket).expect("connect"))
+        .collect();
+    let used = cpu_share(pid);
+    assert!(
+        used < 0.3,
+        "the controller used {:.0}% of a core at its descriptor limit",
+        used * 100.0
+    );
+    drop(held);
+    // With descriptors free again, it serves at once.
+    wait_until(Duration::from_secs(10), "a hello after the limit", || {
+        libupkeeper::Client::connect_timeout(&c.socket, Duration::from_secs(2))
+            .map(drop)
+            .map_err(|e| e.to_string())
+    });
+    still_serving(&mut c);
+}
+
+/// The peak resident memory of `pid`, in KiB.
+fn peak_rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
+        .expect("VmHWM")
+}
+
+#[test]
+fn a_client_that_does_not_read_pins_bounded_memory_and_is_served_when_it_reads() {
+    let (_sb, c) = controller_with_web();
+    // One audited command of about 300 KB makes every `audit` answer that large.
+    let long = "x".repeat(100_000);
+    let e = c.client().restart(&long).expect_err("not found");
+    assert_eq!(e.code(), Some(libupkeeper::ErrorCode::NotFound));
+    wait_until(Duration::from_secs(10), "the command audited", || {
+        match c.client().audit(&libupkeeper::AuditQuery::default()) {
+            Ok(rows) if !rows.is_empty() => Ok(()),
+            other => Err(format!("{:?}", other.map(|r| r.len()))),
+        }
+    });
+    // 300 `audit` requests at once, and no read for a while: about 90 MB of answers owed.
+    let mut stream = std::os::unix::net::UnixStream::connect(&c.socket).expect("connect");
+    std::io::Write::write_all(&mut stream, &b"{\"type\":\"audit\"}\n".repeat(300)).expect("write");
+    let pid = c.child.id();
+    let settled = Instant::now();
+    wait_until(Duration::from_secs(5), "a second", || {
+        if settled.elapsed() >= Duration::from_secs(1) {
+            Ok(())
+        } else {
+            Err("not yet".to_owned())
+        }
+    });
+    let peak = peak_rss_kib(pid);
+    assert!(
+        peak < 64 * 1024,
+        "the controller holds {peak} KiB for an unread client"
+    );
+    // Read at last: every answer comes, the controller serving as the client drains.
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .expect("timeout");
+    let mut reader = std::io::BufReader::new(stream);
+    let mut line = Vec::new();
+    for i in 0..300 {
+        line.clear();
+        let n = reader.read_until(b'\n', &mut line).expect("read");
+        assert!(n > 100_000, "answer {i} is {n} bytes");
+    }
+    assert!(peak_rss_kib(pid) < 64 * 1024);
+}
