@@ -368,6 +368,12 @@ class Bench:
             s.env = self.env(s.stamp_file, lifetime_ms)
         else:
             s.env = self.env(STAMP_NAME, lifetime_ms)
+        # The buddy starts services from a clean environment (docs/servicedir.md), so the
+        # service's variables are in the script itself, for every supervisor alike:
+        # `VAR=value exec stamp` sets them for the exec'd program, with no extra process.
+        assigns = " ".join("%s=%s" % (k, shlex.quote(str(s.env[k])))
+                           for k in ("STAMP_FILE", "LIFETIME_MS", "NOTIFY_FD"))
+        s.script = self.script.replace("\nexec ", "\n%s exec " % assigns, 1)
         if kind == "upkeeper":
             conf, run, state = base / "conf", base / "run", base / "state"
             for d in (conf, run, state):
@@ -377,7 +383,7 @@ class Bench:
             s.ctl.write_text(json.dumps({"StateDir": str(state), "SvcConfigPath": str(conf),
                                          "SvcRunPath": str(run),
                                          "BuddyPollingInterval": 0.5}, indent=1) + "\n")
-            entry = {"StartScript": self.script, "InitialState": "running",
+            entry = {"StartScript": s.script, "InitialState": "running",
                      "UserRateLimit": 0, "MaxConsecutiveFailures": -1, "UserMaxRestarts": None}
             (conf / "bench.conf").write_text(json.dumps({n: entry for n in names}, indent=1) + "\n")
             s.dirs = {n: run / n for n in names}  # created by the controller's renderer
@@ -389,7 +395,7 @@ class Bench:
             d = svdir / n
             d.mkdir(parents=True)
             run = d / "run"
-            run.write_text(self.script)
+            run.write_text(s.script)
             run.chmod(0o755)
             if kind == "s6":
                 (d / "notification-fd").write_text("%d\n" % NOTIFY_FD)
