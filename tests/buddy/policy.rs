@@ -135,30 +135,3 @@ fn a_run_that_stays_up_resets_the_failure_count() {
         .collect();
     assert!(failures.iter().all(|&f| f == 1), "{failures:?}");
 }
-
-#[test]
-fn a_start_that_cannot_run_is_retried_at_most_once_a_second_and_the_buddy_stays_responsive() {
-    // Issue 11: with UserRateLimit 0 and a start that fails at once, the buddy stepped its
-    // machine forever: it answered nobody, ignored SIGTERM and grew.
-    let sb = Sandbox::new();
-    let dir = sb.service(
-        "broken",
-        &sh_service("UserRateLimit: 0, MaxConsecutiveFailures: -1", "exit 0"),
-    );
-    std::fs::remove_file(dir.action("start")).expect("no start action");
-    let mut b = sb.buddy(&dir);
-    let recs = wait_count(&b, "spawn_failed", 3, Duration::from_secs(10));
-    let t: Vec<f64> = of_kind(&recs, "spawn_failed").iter().map(mono).collect();
-    assert!(
-        gaps(&t).iter().all(|&g| g >= 1.0 - SPAWN_SLACK),
-        "retries at most once a second: {:?}",
-        gaps(&t)
-    );
-    assert_eq!(b.status().state, StateName::Backoff, "and it answers");
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(b.pid()),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .expect("SIGTERM");
-    b.wait_exit(Duration::from_secs(10));
-}
