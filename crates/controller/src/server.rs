@@ -252,6 +252,16 @@ pub struct Server {
     pub audit: Vec<CommandEntry>,
 }
 
+/// How far [`Server::serve_lines`] got.
+enum Served {
+    /// Every complete line was answered.
+    All,
+    /// It stopped at the output cap with lines perhaps left.
+    Capped,
+    /// The connection was a buddy's and went to the fleet.
+    HandedOver,
+}
+
 impl Server {
     /// The read-only connection queries use (the loop reopens it when the store's file was
     /// recreated).
@@ -394,33 +404,56 @@ impl Server {
                 }
             }
         }
+        // Serve, write, and serve again while writing made room: the requests still buffered
+        // here wake no poll of their own once the output is empty.
+        loop {
+            match self.serve_lines(token, fleet) {
+                Served::HandedOver => return,
+                Served::Capped => {}
+                Served::All => break,
+            }
+            self.flush(token);
+            match self.clients.get(&token) {
+                Some(c) if !c.closing && c.out.len() <= MAX_BACKLOG / 2 => {}
+                _ => break,
+            }
+        }
+        self.flush(token);
+        self.bound_backlogs();
+    }
+
+    /// Answers the complete request lines buffered for `token`, until they run out or its
+    /// unread output passes half the cap.
+    fn serve_lines(&mut self, token: u64, fleet: &mut Fleet) -> Served {
         loop {
             let Some(c) = self.clients.get_mut(&token) else {
-                return;
+                return Served::All;
             };
             // A client that asks faster than it reads is served again once it has read: its
             // unread output stays below the cap, and a reply is at most REPLY_BYTES.
-            if c.closing || c.out.len() > MAX_BACKLOG / 2 {
-                break;
+            if c.closing {
+                return Served::All;
+            }
+            if c.out.len() > MAX_BACKLOG / 2 {
+                return Served::Capped;
             }
             let line = match c.input.next_line() {
                 Ok(Some(line)) => line,
-                Ok(None) => break,
+                Ok(None) => return Served::All,
                 Err(e) => {
                     self.fail(token, None, ErrorCode::Invalid, e.to_string());
-                    break;
+                    return Served::All;
                 }
             };
             if std::mem::replace(&mut c.fresh, false) && is_buddy_hello(&line) {
-                return self.hand_over(token, line, fleet);
+                self.hand_over(token, line, fleet);
+                return Served::HandedOver;
             }
             match proto::decode::<ClientRequest>(&line) {
                 Ok(req) => self.request(token, req, fleet),
                 Err(message) => self.fail(token, None, ErrorCode::Invalid, message),
             }
         }
-        self.flush(token);
-        self.bound_backlogs();
     }
 
     /// Writes what is queued for `token`; drops the connection when it is finished: closing
