@@ -309,3 +309,45 @@ fn a_storm_of_crash_loops_loses_nothing_while_the_controller_listens() {
     }
     drop(c);
 }
+
+#[test]
+fn history_with_a_limit_past_one_page_returns_that_many_rows() {
+    // The controller answers at most MAX_ROWS rows a request; libupkeeper asks again from the
+    // cursor until the caller's limit is met (it once counted against the page's limit).
+    let sb = Sandbox::new();
+    let ctl = sb.controller_file();
+    let state = sb.path().join("state");
+    std::fs::create_dir_all(&state).expect("state dir");
+    let per_page = upk_core::client::MAX_ROWS as u64;
+    let records: Vec<upk_core::event::Record> = (1..=per_page * 2 + 500)
+        .map(|seq| upk_core::event::Record {
+            seq,
+            wall_us: 1_000_000 + seq as i64,
+            mono_us: seq as i64,
+            from: upk_core::event::StateName::Stopped,
+            to: upk_core::event::StateName::Running,
+            pid: Some(42),
+            cause: "test".into(),
+            kind: EventKind::Started,
+        })
+        .collect();
+    let mut store = upkeeper::store::Store::open(&state.join("upkeeper.db")).expect("store");
+    store.insert_events("old", &records).expect("insert");
+    drop(store);
+    let c = Controller::start(&sb, &ctl);
+    let want = per_page as usize * 2 + 100;
+    let filter = upk_core::history::HistoryFilter {
+        service: Some("old".into()),
+        limit: Some(want),
+        ..Default::default()
+    };
+    let rows = c.client().history(&filter).expect("history");
+    assert_eq!(rows.len(), want);
+    let seqs: Vec<u64> = rows.iter().map(|r| r.record.seq).collect();
+    assert_eq!(
+        seqs,
+        (1..=want as u64).collect::<Vec<_>>(),
+        "in order, each once"
+    );
+    drop(c);
+}

@@ -399,6 +399,7 @@ impl Client {
     /// The controller answers at most [`upk_core::client::MAX_ROWS`] rows per request; this
     /// asks again from where it stopped until `filter.limit` rows (or all) have come.
     pub fn history(&mut self, filter: &HistoryFilter) -> Result<Vec<EventRow>> {
+        let wanted = filter.limit;
         let mut filter = filter.clone();
         let mut rows = Vec::new();
         loop {
@@ -410,10 +411,11 @@ impl Client {
                 other => return Err(unexpected(&other)),
             };
             rows.extend(events);
-            let Some(cursor) = continue_at(cursor, filter.limit, rows.len()) else {
+            // Against the limit asked for, not the one left for this page.
+            let Some(cursor) = continue_at(cursor, wanted, rows.len()) else {
                 return Ok(rows);
             };
-            filter.limit = filter.limit.map(|l| l - rows.len());
+            filter.limit = wanted.map(|l| l.saturating_sub(rows.len()));
             if filter.newest_first {
                 filter.before_id = Some(cursor);
             } else {
@@ -448,7 +450,7 @@ impl Client {
             let Some(cursor) = continue_at(cursor, query.limit, rows.len()) else {
                 return Ok(rows);
             };
-            q.limit = query.limit.map(|l| l - rows.len());
+            q.limit = query.limit.map(|l| l.saturating_sub(rows.len()));
             if q.newest_first {
                 q.before_id = Some(cursor);
             } else {
