@@ -15,12 +15,14 @@
 //! * [`proto`]: the newline-delimited JSON framing and the buddy's message set; [`client`]:
 //!   the message set clients speak with the controller.
 //! * [`history`]: what the audit store answers (stored events, audited commands, statistics).
+//! * [`direct`]: when a rendered script needs no shell (the buddy's fast path).
 //! * [`fsutil`] and [`exit`]: atomic file writes and the documented exit codes.
 //!
 //! This crate holds no daemon logic and starts no processes.
 
 pub mod client;
 pub mod config;
+pub mod direct;
 pub mod event;
 pub mod exit;
 pub mod fsutil;
