@@ -314,7 +314,11 @@ class Bench:
         base = {"UserRateLimit": 0, "MaxConsecutiveFailures": -1}
         return {
             "kill": dict(base, ExecStart=self.exec_start(-1), InitialState="running"),
+            # One service per way of stopping and starting, so that the ways' MIN_AGE waits
+            # overlap.
             "ctl": dict(base, ExecStart=self.exec_start(-1), InitialState="running"),
+            "ctlsock": dict(base, ExecStart=self.exec_start(-1), InitialState="running"),
+            "ctlbuddy": dict(base, ExecStart=self.exec_start(-1), InitialState="running"),
             "crash": dict(base, ExecStart=self.exec_start(0), InitialState="stopped"),
         }
 
@@ -344,19 +348,19 @@ class Bench:
                 except (OSError, BenchError):
                     return False
                 svcs = {s["service"]: s for s in rep.get("services", [])}
-                if set(svcs) != {"kill", "ctl", "crash"}:
+                if set(svcs) != set(self.service_entries()):
                     return False
                 if not all(s.get("linked") for s in svcs.values()):
                     return False
                 return all((svcs[n].get("status") or {}).get("state") == "running"
-                           for n in ("kill", "ctl"))
-            wait_for("controller %s: 3 services linked, 2 running" % b.label, ready, 60, 0.1,
+                           for n in svcs if n != "crash")
+            wait_for("controller %s: every service linked and running" % b.label, ready, 60, 0.1,
                      lambda b=b: self.log_tail(b.kind))
         first = self.builds[0]
         self.script = (first.run / "kill" / "scripts" / "start").read_bytes()
         self.facts["scripts"] = {}
         for b in self.builds:
-            for n in ("kill", "ctl", "crash"):
+            for n in ("kill", "crash"):
                 self.facts["scripts"]["%s/%s" % (b.label, n)] = (
                     b.run / n / "scripts" / "start").read_text()
 
@@ -448,6 +452,8 @@ class Bench:
         if not a.crash_skip_peers:
             plan += [(k, 0) for k in PEERS]
         for kind, rnd in plan:
+            # The previous window's aftermath (a controller storing its records) is over.
+            time.sleep(a.crash_settle)
             build = next((b for b in self.builds if b.kind == kind), None)
             peer_seconds = a.crash_peer_seconds if kind in PEERS else a.crash_seconds
             if build is None:
@@ -531,9 +537,13 @@ class Bench:
                 if not a.no_python_clients:
                     sock = b.sock
                     methods.append((
-                        b.kind, "controller socket, python client (%s)" % b.label, d, b.pid,
-                        lambda sock=sock: controller_call(sock, {"type": "stop", "service": "ctl"}),
-                        lambda sock=sock: controller_call(sock, {"type": "start", "service": "ctl"})))
+                        b.kind, "controller socket, python client (%s)" % b.label,
+                        b.run / "ctlsock", b.pid,
+                        lambda sock=sock: controller_call(sock, {"type": "stop",
+                                                                 "service": "ctlsock"}),
+                        lambda sock=sock: controller_call(sock, {"type": "start",
+                                                                 "service": "ctlsock"})))
+                    d = b.run / "ctlbuddy"
                     bs = d / "buddy.sock"
                     methods.append((
                         b.kind, "buddy socket, python client (%s)" % b.label, d, b.pid,
@@ -805,6 +815,8 @@ def main():
     p.add_argument("--crash-peer-seconds", type=float, default=3.5,
                    help="the peers' one window (they restart once a second)")
     p.add_argument("--crash-skip-peers", action="store_true")
+    p.add_argument("--crash-settle", type=float, default=1.0,
+                   help="seconds of quiet before each crash-loop window")
     p.add_argument("--pairs", type=int, default=30, help="stop+start pairs per way")
     p.add_argument("--warmup", type=int, default=2, help="pairs per way not counted")
     p.add_argument("--no-python-clients", action="store_true",
