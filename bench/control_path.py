@@ -153,9 +153,10 @@ def main():
                                    capture_output=True, timeout=10)
                 pr.wait(5)
             return go
-        add("actions/stop PID (sh, then kill)", timed(
-            kill_with(lambda pid: [str(script), str(pid)]), n, victim),
-            "the rendered stop script run from Python until it and its target exited")
+        if script.exists():
+            add("actions/stop PID (sh, then kill)", timed(
+                kill_with(lambda pid: [str(script), str(pid)]), n, victim),
+                "the rendered stop script run from Python until it and its target exited")
         add("/usr/bin/kill PID", timed(kill_with(lambda pid: ["/usr/bin/kill", str(pid)]), n,
                                        victim), "the kill program alone")
         add("sh -c 'exec /usr/bin/kill PID'", timed(kill_with(

@@ -713,6 +713,12 @@ def report(res):
              "its own controller. Every supervisor and the floor run the same start script "
              "(the first build's rendering, `%s`), the same static `stamp`, nofile %d, on "
              "tmpfs." % ((f["start_script"] or "").strip().split("\n")[-1], f["nofile_soft"]))
+    scripts = f.get("scripts") or {}
+    for n in ("kill", "crash"):
+        texts = {b: scripts.get("%s/%s" % (b, n)) for b in builds}
+        if len(set(texts.values())) > 1:
+            L.append("**The builds render `%s`'s start script differently** (see `facts.scripts`): "
+                     "the peers run the first build's." % n)
     L.append("")
     kill = res.get("kill")
     if kill:
