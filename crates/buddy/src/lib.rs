@@ -19,13 +19,23 @@
 //! `docs/state-machine.md`, `docs/servicedir.md` and `docs/protocol.md` are the long form.
 
 pub mod buddy;
+pub mod children;
 pub mod conn;
+pub mod effects;
+pub mod fds;
 pub mod health;
 pub mod hooks;
+pub mod launch;
 pub mod logs;
 pub mod machine;
+pub mod peers;
+pub mod phone;
+pub mod records;
+pub mod requests;
 pub mod ring;
 pub mod spawn;
+pub mod startup;
+pub mod watch;
 
 use std::path::Path;
 

@@ -137,6 +137,17 @@ pub enum After {
     Exit,
 }
 
+/// How far a stop has gone: each phase is entered once, in this order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Phase {
+    /// The stop script was asked to do it; SIGTERM is due at half the KillTimeout.
+    Asked,
+    /// SIGTERM went to the group; SIGKILL is due at the KillTimeout.
+    Termed,
+    /// SIGKILL went to the group; only the group's end is awaited.
+    Killed,
+}
+
 /// The lifecycle state, carrying what each state needs.
 #[derive(Debug, Clone, PartialEq)]
 pub enum State {
@@ -146,6 +157,8 @@ pub enum State {
     Running {
         /// Main pid (also the process group and session id).
         pid: i32,
+        /// Its start time (`/proc/PID/stat` field 22), which lets a successor adopt it.
+        start: Option<u64>,
         /// When it started.
         since: Instant,
         /// It signalled readiness.
@@ -155,14 +168,14 @@ pub enum State {
     Stopping {
         /// Main pid while it lives.
         pid: Option<i32>,
+        /// Its start time, as in `Running`.
+        start: Option<u64>,
         /// The service's process group.
         pgid: i32,
         /// When the stop began.
         since: Instant,
-        /// SIGTERM went to the group.
-        termed: bool,
-        /// SIGKILL went to the group.
-        killed: bool,
+        /// How far it has gone.
+        phase: Phase,
         /// What to do when stopped.
         then: After,
     },
@@ -204,6 +217,18 @@ impl State {
             _ => None,
         }
     }
+    /// The live main process's start time, when it is known.
+    pub fn pid_start(&self) -> Option<u64> {
+        match self {
+            State::Running { start, .. } => *start,
+            State::Stopping {
+                pid: Some(_),
+                start,
+                ..
+            } => *start,
+            _ => None,
+        }
+    }
 }
 
 /// Operator commands.
@@ -230,6 +255,8 @@ pub enum Input {
     Spawned {
         /// Its pid.
         pid: i32,
+        /// Its start time, when /proc could tell.
+        start: Option<u64>,
     },
     /// The loop could not start it.
     SpawnFailed {
@@ -245,6 +272,8 @@ pub enum Input {
     Adopted {
         /// Its pid.
         pid: i32,
+        /// Its start time, from the status file.
+        start: Option<u64>,
         /// The previous buddy had seen it ready.
         ready: bool,
         /// The previous buddy had recorded its ReadyTimeout.
@@ -464,19 +493,12 @@ impl Machine {
         match &self.state {
             State::Backoff { until } | State::Paused { until } => Some(*until),
             State::Failed { retry_at } => *retry_at,
-            State::Stopping {
-                since,
-                termed,
-                killed,
-                ..
-            } => {
+            State::Stopping { since, phase, .. } => {
                 let t = self.policy.kill_timeout?;
-                if !termed {
-                    Some(*since + t / 2)
-                } else if !killed {
-                    Some(*since + t)
-                } else {
-                    None
+                match phase {
+                    Phase::Asked => Some(*since + t / 2),
+                    Phase::Termed => Some(*since + t),
+                    Phase::Killed => None,
                 }
             }
             _ => None,
@@ -489,17 +511,22 @@ impl Machine {
         match input {
             Input::Command(cmd, cause) => self.command(now, cmd, cause, &mut out),
             Input::Terminate => self.terminate(now, &mut out),
-            Input::Spawned { pid } => self.spawned(now, pid, &mut out),
+            Input::Spawned { pid, start } => self.spawned(now, pid, start, &mut out),
             Input::SpawnFailed { error, permanent } => {
                 self.spawn_failed(now, error, permanent, &mut out)
             }
             Input::StopFailed => {
-                if let State::Stopping { termed: false, .. } = self.state {
-                    self.escalate(Signal::SIGTERM, "stop script failed", &mut out);
+                if let State::Stopping {
+                    phase: Phase::Asked,
+                    ..
+                } = self.state
+                {
+                    self.escalate(Phase::Termed, "stop script failed", &mut out);
                 }
             }
             Input::Adopted {
                 pid,
+                start,
                 ready,
                 ready_timed_out,
             } => {
@@ -509,6 +536,7 @@ impl Machine {
                 let ready = ready && self.run_needs_ready;
                 let to = State::Running {
                     pid,
+                    start,
                     since: now,
                     ready,
                 };
@@ -577,9 +605,9 @@ impl Machine {
                     Want::Up
                 };
                 match &mut self.state {
-                    State::Running { pid, .. } if cmd == Command::Restart => {
-                        let pid = *pid;
-                        self.begin_stop(now, pid, After::Start, &cause, out);
+                    State::Running { pid, start, .. } if cmd == Command::Restart => {
+                        let (pid, start) = (*pid, *start);
+                        self.begin_stop(now, pid, start, After::Start, &cause, out);
                     }
                     State::Running { .. } => {}
                     State::Stopping { then, .. } => *then = After::Start,
@@ -596,9 +624,9 @@ impl Machine {
             Command::Stop => {
                 self.want = Want::Down;
                 match &mut self.state {
-                    State::Running { pid, .. } => {
-                        let pid = *pid;
-                        self.begin_stop(now, pid, After::Rest, &cause, out);
+                    State::Running { pid, start, .. } => {
+                        let (pid, start) = (*pid, *start);
+                        self.begin_stop(now, pid, start, After::Rest, &cause, out);
                     }
                     State::Stopping { then, .. } => *then = After::Rest,
                     State::Backoff { .. } | State::Paused { .. } | State::Failed { .. } => {
@@ -612,9 +640,9 @@ impl Machine {
 
     fn terminate(&mut self, now: Instant, out: &mut Vec<Output>) {
         match &mut self.state {
-            State::Running { pid, .. } => {
-                let pid = *pid;
-                self.begin_stop(now, pid, After::Exit, "buddy terminating", out);
+            State::Running { pid, start, .. } => {
+                let (pid, start) = (*pid, *start);
+                self.begin_stop(now, pid, start, After::Exit, "buddy terminating", out);
             }
             State::Stopping { then, .. } => *then = After::Exit,
             _ => out.push(Output::Exit),
@@ -625,16 +653,17 @@ impl Machine {
         &mut self,
         now: Instant,
         pid: i32,
+        start: Option<u64>,
         then: After,
         cause: &str,
         out: &mut Vec<Output>,
     ) {
         let to = State::Stopping {
             pid: Some(pid),
+            start,
             pgid: pid,
             since: now,
-            termed: false,
-            killed: false,
+            phase: Phase::Asked,
             then,
         };
         self.go(to, Some(pid), cause, EventKind::Stopping, out);
@@ -646,13 +675,14 @@ impl Machine {
         out.push(Output::Spawn);
     }
 
-    fn spawned(&mut self, now: Instant, pid: i32, out: &mut Vec<Output>) {
+    fn spawned(&mut self, now: Instant, pid: i32, start: Option<u64>, out: &mut Vec<Output>) {
         let cause = self.spawning.take().unwrap_or_default();
         self.spawn_failures = 0;
         self.last_start = Some(now);
         self.new_run(now);
         let to = State::Running {
             pid,
+            start,
             since: now,
             ready: false,
         };
@@ -671,6 +701,7 @@ impl Machine {
     fn ready(&mut self, via: String, out: &mut Vec<Output>) {
         if let State::Running {
             pid,
+            start,
             since,
             ready: false,
         } = self.state
@@ -678,6 +709,7 @@ impl Machine {
             if self.run_needs_ready {
                 let to = State::Running {
                     pid,
+                    start,
                     since,
                     ready: true,
                 };
@@ -687,12 +719,16 @@ impl Machine {
     }
 
     fn probe(&mut self, now: Instant, ok: bool, detail: String, out: &mut Vec<Output>) {
-        let (Some(h), State::Running { pid, since, .. }) =
-            (self.policy.health.clone(), &self.state)
+        let (
+            Some(h),
+            State::Running {
+                pid, start, since, ..
+            },
+        ) = (self.policy.health.clone(), &self.state)
         else {
             return;
         };
-        let (pid, since) = (*pid, *since);
+        let (pid, start, since) = (*pid, *start, *since);
         self.probe_at = Some(now + h.interval);
         let before = self.health;
         if ok {
@@ -723,7 +759,7 @@ impl Machine {
             self.ready("health check".to_owned(), out);
         }
         if self.health == Health::Unhealthy && before != Health::Unhealthy && h.restart {
-            self.begin_stop(now, pid, After::Policy, "unhealthy", out);
+            self.begin_stop(now, pid, start, After::Policy, "unhealthy", out);
         }
     }
 
@@ -799,7 +835,7 @@ impl Machine {
             }
             State::Stopping {
                 pid: Some(pid),
-                termed,
+                phase,
                 then,
                 ..
             } if pid == dead => {
@@ -811,8 +847,8 @@ impl Machine {
                 }
                 if !group_alive {
                     self.stopped(now, then, out);
-                } else if !termed {
-                    self.escalate(Signal::SIGTERM, "leftovers", out);
+                } else if phase == Phase::Asked {
+                    self.escalate(Phase::Termed, "leftovers", out);
                 }
             }
             _ => {}
@@ -939,29 +975,27 @@ impl Machine {
                 self.restarts += 1;
                 self.spawn("cool-down over".to_owned(), out);
             }
-            State::Stopping { termed: false, .. } => {
-                self.escalate(Signal::SIGTERM, "stop timeout", out)
-            }
-            State::Stopping { killed: false, .. } => {
-                self.escalate(Signal::SIGKILL, "stop timeout", out)
-            }
+            State::Stopping {
+                phase: Phase::Asked,
+                ..
+            } => self.escalate(Phase::Termed, "stop timeout", out),
+            State::Stopping {
+                phase: Phase::Termed,
+                ..
+            } => self.escalate(Phase::Killed, "stop timeout", out),
             _ => {}
         }
     }
 
-    fn escalate(&mut self, signal: Signal, cause: &str, out: &mut Vec<Output>) {
-        if let State::Stopping {
-            pgid,
-            termed,
-            killed,
-            ..
-        } = &mut self.state
-        {
+    /// Moves a stop on to `to` (`Termed`: SIGTERM, `Killed`: SIGKILL to the group).
+    fn escalate(&mut self, to: Phase, cause: &str, out: &mut Vec<Output>) {
+        if let State::Stopping { pgid, phase, .. } = &mut self.state {
             let pgid = *pgid;
-            match signal {
-                Signal::SIGKILL => *killed = true,
-                _ => *termed = true,
-            }
+            *phase = to;
+            let signal = match to {
+                Phase::Killed => Signal::SIGKILL,
+                _ => Signal::SIGTERM,
+            };
             self.kill_group(pgid, signal, cause, out);
         }
     }
