@@ -266,6 +266,61 @@ fn resolve(svc: &Service) -> Result<Creds, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use upk_core::config::{parse_services, ServiceLayer};
+
+    fn service(dir: &Path) -> Service {
+        let file = dir.join("web.conf");
+        let mut s = parse_services(
+            r#"{ "web": { ExecStart: "sleep 1000" } }"#,
+            &file,
+            &ServiceLayer::default(),
+        )
+        .expect("a service");
+        s.remove(0)
+    }
+
+    /// Starts `script` as the service's start script; the process's exe the moment the
+    /// spawn returns (posix_spawn returns after the child's exec).
+    fn exe_at_once(script: &str) -> PathBuf {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = RunDir::new(tmp.path());
+        std::fs::create_dir_all(dir.action("start").parent().expect("actions/")).expect("mkdir");
+        std::fs::write(dir.action("start"), script).expect("write");
+        std::fs::set_permissions(dir.action("start"), std::fs::Permissions::from_mode(0o755))
+            .expect("chmod");
+        let svc = service(tmp.path());
+        let mut launcher = Launcher::new(&dir, &svc).expect("launcher");
+        let null = File::options().write(true).open("/dev/null").expect("null");
+        let mut child = Child::new(dir.action("start"));
+        child.stdout = Some(null.as_fd());
+        child.stderr = Some(null.as_fd());
+        let pid = launcher.start_service(&svc, &child).expect("started");
+        let exe = std::fs::read_link(format!("/proc/{pid}/exe")).expect("exe");
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+        let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), None);
+        exe
+    }
+
+    #[test]
+    fn the_default_start_script_is_the_program_from_the_first_instant() {
+        let sleep = exe_at_once("#!/bin/sh\n# web: the start script\nexec sleep 1000\n");
+        assert_eq!(
+            sleep.file_name().and_then(|n| n.to_str()),
+            Some("sleep"),
+            "{sleep:?}"
+        );
+        // Through the script, the first instant is the shell's (it has not exec'd yet, or it
+        // has: either way the fast path above did not depend on it).
+        let shell = exe_at_once("#!/bin/sh\nexec sleep 1000 # a comment keeps the shell\n");
+        let name = shell.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        assert!(
+            ["dash", "bash", "sh", "busybox", "sleep"].contains(&name),
+            "{shell:?}"
+        );
+    }
 
     #[test]
     fn a_script_past_the_limit_is_not_read() {
