@@ -21,7 +21,7 @@ use crate::fds::Spare;
 use crate::health::{Channel, Heard};
 use crate::launch::Launcher;
 use crate::logs::{BuddyLog, Stream};
-use crate::machine::{Input, Machine, Note, Output, Policy, State};
+use crate::machine::{Input, Machine, Output, State};
 use crate::peers::Peers;
 use crate::phone::PhoneHome;
 use crate::records::Records;
@@ -29,16 +29,14 @@ use crate::watch::Drain;
 use nix::errno::Errno;
 use nix::fcntl::Flock;
 use nix::poll::{PollFd, PollFlags, PollTimeout};
-use nix::sys::signal::{self, Signal};
+use nix::sys::signal::Signal;
 use nix::sys::signalfd::SignalFd;
-use nix::unistd::Pid;
 use std::collections::VecDeque;
 use std::fs::File;
 use std::os::fd::{AsFd, OwnedFd};
 use std::time::{Duration, Instant};
 use upk_core::event::{EventKind, Exit};
 use upk_core::rundir::{RunDir, Settings};
-use upk_core::status::Status;
 
 /// How long a terminating buddy tries to deliver pending records before it exits anyway.
 const EXIT_GRACE: Duration = Duration::from_secs(3);
@@ -311,34 +309,6 @@ impl Buddy {
         self.phone_home(now);
     }
 
-    fn reload_settings(&mut self) {
-        self.log.reopen();
-        match Settings::read(&self.dir.settings()) {
-            Ok(s) => {
-                self.machine.set_policy(Policy::of(&s.service));
-                self.records.ring.resize(s.service.ringbuffer_size as usize);
-                self.launcher.reconfigure(&s.service);
-                for i in 0..self.streams.len() {
-                    self.streams[i].configure(&self.dir, &s.service);
-                    let stream = &self.streams[i];
-                    match (stream.script.is_some(), stream.logger) {
-                        (false, Some(pid)) => {
-                            let _ = signal::kill(Pid::from_raw(pid), Signal::SIGTERM);
-                        }
-                        (true, None) if stream.restart_at.is_none() => self.start_logger(i),
-                        _ => {}
-                    }
-                }
-                self.settings = s;
-                self.log.line("settings re-read");
-            }
-            Err(e) => {
-                self.launcher.reopen_redirects();
-                self.log.line(&format!("keeping the old settings: {e}"));
-            }
-        }
-    }
-
     /// Feeds `input`, carries out what the machine asks, feeds the inputs that produces, in
     /// order, then rewrites the status (and sends the records after it).
     pub(crate) fn drive(&mut self, input: Input) {
@@ -406,66 +376,6 @@ impl Buddy {
         }
         let due = self.machine_deadline().is_some_and(|d| d <= Instant::now());
         (fed < MAX_FEEDS && due).then_some(Input::Timer)
-    }
-
-    /// A record that changes no state.
-    pub(crate) fn note(&mut self, pid: Option<i32>, cause: &str, kind: EventKind) {
-        let s = self.machine.state().name();
-        let cause = cause.into();
-        self.record(Note {
-            from: s,
-            to: s,
-            pid,
-            cause,
-            kind,
-        });
-    }
-
-    pub(crate) fn record(&mut self, note: Note) {
-        let for_hooks = !self.settings.service.notify.is_empty();
-        let subscribed = self.peers.any_subscribed();
-        self.records.record(note, for_hooks, subscribed);
-        self.phone_home(Instant::now());
-    }
-
-    pub(crate) fn status(&self) -> Status {
-        let id = self.settings.service.id.to_string();
-        self.records.status(&self.machine, &id, &self.streams)
-    }
-
-    /// Rewrites the status file, then sends the records it reflects.
-    pub(crate) fn write_status(&mut self) {
-        let status = self.status();
-        let path = self.dir.status();
-        self.records
-            .write_status(&status, &path, &mut self.spare, &mut self.log);
-        let sent = self.records.take_outbox();
-        self.peers.publish(&sent);
-    }
-
-    fn must_phone_home(&self) -> bool {
-        let listening = self.peers.controller_listening();
-        let exiting = self.exit_by.is_some();
-        self.phone.needed(&self.records.ring, listening, exiting)
-    }
-
-    /// Dials the controller when the ring is 75% full (or the buddy exits) and none listens.
-    fn phone_home(&mut self, now: Instant) {
-        if !self.must_phone_home() || self.phone.next_try().is_some_and(|t| t > now) {
-            return;
-        }
-        let token = self.peers.token();
-        let (hello, exiting) = (self.hello(), self.exit_by.is_some());
-        let socket = self.settings.controller_socket.clone();
-        let retries = self.settings.service.reconnect_retries;
-        let ring = &self.records.ring;
-        let log = &mut self.log;
-        let dialled = self
-            .phone
-            .dial(now, &socket, token, hello, ring, exiting, retries, log);
-        if let Some(c) = dialled {
-            self.peers.push(c);
-        }
     }
 
     /// Exit: say so, remove the socket, leave the status for the next buddy.

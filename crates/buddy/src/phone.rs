@@ -6,6 +6,7 @@
 //! retried every [`RETRY`] ([`RETRY_EXITING`] while exiting) until `ReconnectRetries` tries
 //! are used up (negative: for ever); a controller that subscribes renews them.
 
+use crate::buddy::Buddy;
 use crate::conn::Conn;
 use crate::logs::BuddyLog;
 use crate::ring::Ring;
@@ -111,6 +112,34 @@ impl PhoneHome {
                 }
                 None
             }
+        }
+    }
+}
+
+/// The loop's side: when to dial, and the connection it adds.
+impl Buddy {
+    pub(crate) fn must_phone_home(&self) -> bool {
+        let listening = self.peers.controller_listening();
+        let exiting = self.exit_by.is_some();
+        self.phone.needed(&self.records.ring, listening, exiting)
+    }
+
+    /// Dials the controller when the ring is 75% full (or the buddy exits) and none listens.
+    pub(crate) fn phone_home(&mut self, now: Instant) {
+        if !self.must_phone_home() || self.phone.next_try().is_some_and(|t| t > now) {
+            return;
+        }
+        let token = self.peers.token();
+        let (hello, exiting) = (self.hello(), self.exit_by.is_some());
+        let socket = self.settings.controller_socket.clone();
+        let retries = self.settings.service.reconnect_retries;
+        let ring = &self.records.ring;
+        let log = &mut self.log;
+        let dialled = self
+            .phone
+            .dial(now, &socket, token, hello, ring, exiting, retries, log);
+        if let Some(c) = dialled {
+            self.peers.push(c);
         }
     }
 }

@@ -8,6 +8,7 @@
 //! event never finds the state before it. The status file is rewritten atomically; a write
 //! that fails is retried every [`STATUS_RETRY`] until it succeeds.
 
+use crate::buddy::Buddy;
 use crate::fds::{out_of_fds, Spare};
 use crate::hooks;
 use crate::logs::{BuddyLog, Stream};
@@ -185,5 +186,43 @@ impl Records {
                 self.retry_at = Some(Instant::now() + STATUS_RETRY);
             }
         }
+    }
+}
+
+/// The loop's side: what it records, and when the status is written.
+impl Buddy {
+    /// A record that changes no state.
+    pub(crate) fn note(&mut self, pid: Option<i32>, cause: &str, kind: EventKind) {
+        let s = self.machine.state().name();
+        let cause = cause.into();
+        self.record(Note {
+            from: s,
+            to: s,
+            pid,
+            cause,
+            kind,
+        });
+    }
+
+    pub(crate) fn record(&mut self, note: Note) {
+        let for_hooks = !self.settings.service.notify.is_empty();
+        let subscribed = self.peers.any_subscribed();
+        self.records.record(note, for_hooks, subscribed);
+        self.phone_home(Instant::now());
+    }
+
+    pub(crate) fn status(&self) -> Status {
+        let id = self.settings.service.id.to_string();
+        self.records.status(&self.machine, &id, &self.streams)
+    }
+
+    /// Rewrites the status file, then sends the records it reflects.
+    pub(crate) fn write_status(&mut self) {
+        let status = self.status();
+        let path = self.dir.status();
+        self.records
+            .write_status(&status, &path, &mut self.spare, &mut self.log);
+        let sent = self.records.take_outbox();
+        self.peers.publish(&sent);
     }
 }

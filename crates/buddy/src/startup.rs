@@ -1,5 +1,5 @@
-//! Start-up: everything before the loop, where any failure is fatal (exit 100 or 111, see
-//! `docs/exit-codes.md`).
+//! Taking up the run directory: everything before the loop, where any failure is fatal (exit
+//! 100 or 111, see `docs/exit-codes.md`), and taking up its settings again on SIGHUP.
 //!
 //! In order: descriptors 0-2 made safe, a session of its own, `settings.json`, the `lock`
 //! (one buddy per directory), `buddy.pid`, the clean child environment, `log/`, the signal
@@ -214,6 +214,36 @@ impl Buddy {
             self.drive(Input::Command(Command::Start, "startup: wanted up".into()));
         } else {
             self.write_status();
+        }
+    }
+
+    /// SIGHUP: the log reopened, the settings re-read (kept when unreadable), the redirects
+    /// reopened at next use, loggers started or stopped as configured.
+    pub(crate) fn reload_settings(&mut self) {
+        self.log.reopen();
+        match Settings::read(&self.dir.settings()) {
+            Ok(s) => {
+                self.machine.set_policy(Policy::of(&s.service));
+                self.records.ring.resize(s.service.ringbuffer_size as usize);
+                self.launcher.reconfigure(&s.service);
+                for i in 0..self.streams.len() {
+                    self.streams[i].configure(&self.dir, &s.service);
+                    let stream = &self.streams[i];
+                    match (stream.script.is_some(), stream.logger) {
+                        (false, Some(pid)) => {
+                            let _ = signal::kill(Pid::from_raw(pid), Signal::SIGTERM);
+                        }
+                        (true, None) if stream.restart_at.is_none() => self.start_logger(i),
+                        _ => {}
+                    }
+                }
+                self.settings = s;
+                self.log.line("settings re-read");
+            }
+            Err(e) => {
+                self.launcher.reopen_redirects();
+                self.log.line(&format!("keeping the old settings: {e}"));
+            }
         }
     }
 }
