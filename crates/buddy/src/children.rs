@@ -1,10 +1,10 @@
 //! The child registry: every process the buddy started and still has to reap, by pid, with
 //! the role it plays.
 //!
-//! A pid enters when [`crate::launch`] starts it and leaves when it is reaped ([`Children::ended`]),
-//! so the loop routes an exit with one lookup instead of asking each owner in turn. What a
-//! role needs to know about its process (a probe's or hook's timeout, who waits for an
-//! action's result, which stream a logger reads) lives in the role. Anything reaped that is
+//! A pid enters the moment it is started ([`crate::effects`]) and leaves when it is reaped
+//! ([`Children::ended`]), so the loop routes an exit with one lookup instead of asking each
+//! owner in turn. What a role needs to know about its process (a probe's or hook's timeout,
+//! who waits for an action's result, which stream a logger reads) lives in the role. Anything reaped that is
 //! not here is an orphan of the service re-parented to the buddy (a child subreaper): reaping
 //! it is all there is to do. Only [`reaped`] makes a system call.
 

@@ -111,3 +111,44 @@ impl Drain {
         self.fallback_at
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::process::CommandExt;
+    use std::process::Command;
+
+    #[test]
+    fn a_drain_holds_pidfds_only_for_members_that_are_not_our_children() {
+        // Our child `sh` (its own group) with a grandchild `sleep`, which is not ours.
+        let mut child = Command::new("/bin/sh")
+            .args(["-c", "sleep 30 & echo started; wait"])
+            .stdout(std::process::Stdio::piped())
+            .process_group(0)
+            .spawn()
+            .expect("sh");
+        let mut line = String::new();
+        let out = child.stdout.take().expect("stdout");
+        std::io::BufRead::read_line(&mut std::io::BufReader::new(out), &mut line).expect("read");
+        let pgid = child.id() as i32;
+        let mut drain = Drain::new(pgid);
+        assert!(!drain.look(Instant::now()), "the group lives");
+        assert_eq!(
+            drain.len(),
+            1,
+            "one pidfd: the grandchild; sh is heard through SIGCHLD"
+        );
+        assert_eq!(drain.deadline(), None, "no fallback poll needed");
+        assert!(group_alive(pgid));
+        let _ = signal::killpg(Pid::from_raw(pgid), signal::Signal::SIGKILL);
+        let _ = child.wait();
+        // The grandchild is reparented and reaped elsewhere; a look finds the group empty
+        // once it is gone (its pidfd is what would wake the loop).
+        let gone = (0..200).any(|_| {
+            std::thread::sleep(Duration::from_millis(10));
+            drain.look(Instant::now())
+        });
+        assert!(gone, "the group is gone");
+        assert!(drain.is_empty());
+    }
+}
