@@ -20,6 +20,8 @@ pub struct Stat {
     pub ppid: i32,
     /// Field 5: the process group.
     pub pgrp: i32,
+    /// Fields 14 + 15: user and system CPU time, in clock ticks.
+    pub cpu_ticks: u64,
     /// Field 22: the start time in clock ticks since boot; with the pid, it names a process
     /// for good (a recycled pid has a later start time).
     pub start_time: u64,
@@ -36,6 +38,8 @@ impl Stat {
             state,
             ppid: fields.get(1)?.parse().ok()?,
             pgrp: fields.get(2)?.parse().ok()?,
+            cpu_ticks: fields.get(11)?.parse::<u64>().ok()?
+                + fields.get(12)?.parse::<u64>().ok()?,
             start_time: fields.get(19)?.parse().ok()?,
         })
     }
@@ -87,7 +91,7 @@ mod tests {
 
     #[test]
     fn fields_count_from_the_last_parenthesis() {
-        let text = "4242 (a) b (c) S 1 4242 4242 0 -1 4194560 100 0 0 0 0 0 0 0 20 0 1 0 98765 1000 10 18446744073709551615\n";
+        let text = "4242 (a) b (c) S 1 4242 4242 0 -1 4194560 100 0 0 0 7 5 0 0 20 0 1 0 98765 1000 10 18446744073709551615\n";
         let s = Stat::parse(text).expect("parses");
         assert_eq!(
             s,
@@ -95,6 +99,7 @@ mod tests {
                 state: 'S',
                 ppid: 1,
                 pgrp: 4242,
+                cpu_ticks: 12,
                 start_time: 98765
             }
         );
