@@ -4,7 +4,7 @@
 //! channel, the adopted process's pidfd and a draining group's pidfds, with one timeout: the
 //! earliest of the machine's deadline, a child's timeout, a logger restart, a phone-home
 //! retry, a status-write retry and the exit deadline. What arrives becomes an input for the
-//! pure [`Machine`]; [`Buddy::drive`] feeds it, carries out its outputs, and queues the inputs
+//! pure [`Machine`]; `Buddy::drive` feeds it, carries out its outputs, and queues the inputs
 //! those produce (a spawn's result, a probe that could not start, a stop script that failed)
 //! until none is left, then rewrites the status file and sends the records. Nothing else
 //! calls [`Machine::step`], and nothing it calls drives again.
@@ -45,7 +45,7 @@ const EXIT_GRACE: Duration = Duration::from_secs(3);
 /// ring never overflows while a controller listens, and a storm of crash loops leaves the
 /// controller the CPU it needs (docs/state-machine.md).
 const HOLD_MAX: Duration = Duration::from_secs(1);
-/// Most inputs one [`Buddy::drive`] feeds the machine before the loop polls again.
+/// Most inputs one `Buddy::drive` feeds the machine before the loop polls again.
 const MAX_FEEDS: u32 = 8;
 
 /// What one `poll` found ready, fixed at poll time (handling one source may change the set).

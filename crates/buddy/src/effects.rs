@@ -4,7 +4,7 @@
 //! ([`crate::launch::Launcher`]), registers it in [`crate::children::Children`] under its role,
 //! and returns the machine's next input when there is one (a spawn's result, a probe that
 //! could not start, a stop script that failed) instead of feeding the machine itself: only
-//! [`Buddy::drive`] steps the machine. [`Buddy::child_ended`] is the other half: a reaped
+//! `Buddy::drive` steps the machine. `Buddy::child_ended` is the other half: a reaped
 //! child's role says what its end means.
 
 use crate::buddy::Buddy;

@@ -19,7 +19,7 @@
 //! Where things live, in the direction data flows:
 //!
 //! * [`startup`]: taking up the directory (before the loop, where failures are fatal; SIGHUP).
-//! * [`buddy`]: the loop: poll, dispatch, and [`buddy::Buddy::drive`], the only caller of
+//! * [`buddy`]: the loop: poll, dispatch, and `Buddy::drive`, the only caller of
 //!   `Machine::step`, which drains a queue of inputs.
 //! * [`machine`] (+ its tests): the pure lifecycle.
 //! * [`effects`]: the children the machine asks for, and what their ends mean;

@@ -1,7 +1,7 @@
 //! What the buddy answers: one function per request of `docs/protocol.md`.
 //!
-//! [`Buddy::apply`] takes the [`Intent`]s the peers produced, in order, and carries each out:
-//! commands become machine inputs (through [`Buddy::drive`]), actions and reloads become
+//! `Buddy::apply` takes the [`Intent`]s the peers produced, in order, and carries each out:
+//! commands become machine inputs (through `Buddy::drive`), actions and reloads become
 //! action runs whose result is answered when they end, and the rest (hello, status, events,
 //! subscribe, ack, signal) is answered at once. A relay is accepted only from a peer that said
 //! hello as the controller, and carries the cause of the client behind it.
