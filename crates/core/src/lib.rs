@@ -18,12 +18,15 @@
 //! * [`direct`]: when a rendered script needs no shell (the buddy's fast path).
 //! * [`procfs`]: `/proc/PID/stat`, process-group scans and pidfds, read in one place.
 //! * [`fsutil`] and [`exit`]: atomic file writes and the documented exit codes.
+//! * [`escalate`]: stopping a process group from outside a poll loop (a signal, a bounded
+//!   wait, SIGKILL), for the programs that may block.
 //!
 //! This crate holds no daemon logic and starts no processes.
 
 pub mod client;
 pub mod config;
 pub mod direct;
+pub mod escalate;
 pub mod event;
 pub mod exit;
 pub mod fsutil;

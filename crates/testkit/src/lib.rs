@@ -150,7 +150,7 @@ impl Sandbox {
             controller_socket: self.controller_socket(),
             polling_interval: 0.5,
         };
-        upkeeper::render::Renderer::builtin()
+        upk_config::render::Renderer::builtin()
             .render(&svc, &self.run_path(), &settings)
             .expect("render")
     }
