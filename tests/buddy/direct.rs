@@ -105,8 +105,9 @@ fn default_stop_and_reload_deliver_term_and_hup_without_a_script() {
     let seen = sb.file("signals");
     let program = sb.file("trapper");
     let text = format!(
-        "#!/bin/sh\ntrap 'echo hup >> {0}' HUP\ntrap 'echo term >> {0}; exit 0' TERM\nwhile :; do sleep 0.1; done\n",
-        seen.display()
+        "#!/bin/sh\ntrap 'echo hup >> {0}' HUP\ntrap 'echo term >> {0}; exit 0' TERM\necho trapped > {1}\nwhile :; do sleep 0.1; done\n",
+        seen.display(),
+        sb.file("trapped").display()
     );
     upk_testkit::write_script(&program, &text);
     let svc = format!(
@@ -116,6 +117,14 @@ fn default_stop_and_reload_deliver_term_and_hup_without_a_script() {
     let dir = sb.service("web", &svc);
     let b = sb.buddy(&dir);
     let pid = running(&b);
+    // `running` comes once the program is exec'd; a HUP before its traps are set kills it.
+    wait_until(Duration::from_secs(5), "the traps set", || {
+        if lines(&sb, "trapped") == ["trapped"] {
+            Ok(())
+        } else {
+            Err("not yet".into())
+        }
+    });
     let done = b.call(json!({"type": "reload"}));
     assert_eq!(done["type"], "action_done", "{done}");
     assert_eq!(done["exit"]["code"], 0, "{done}");
