@@ -10,26 +10,33 @@
 //! [`Fleet::reach_buddies`] keeps one subscription ([`Link`]) per buddy, spawning a buddy (in
 //! its own session, at most once a second per service) when none answers; its lock makes a
 //! duplicate exit at once, and a new buddy adopts a service left running. The first answer of
-//! a buddy after the controller starts is reconciled with the desired state in the store
-//! (`PreferBuddyStateForStopped`/`PreferBuddyStateForRunning`). A service the store already
-//! knows is rendered with the store's desired state, so `InitialState` applies only to newly
-//! configured services.
+//! a buddy after the controller starts is reconciled with the desired state ([`desired`]
+//! decides, `PreferBuddyStateForStopped`/`PreferBuddyStateForRunning`). A service the store
+//! already knows is rendered with the store's desired state, so `InitialState` applies only to
+//! newly configured services.
+//!
+//! The fleet writes to the store only through queued work ([`StoreWriter::post`],
+//! [`StoreWriter::submit`], [`StoreWriter::set_desired`]) and never waits for it: desired
+//! states are read from memory ([`Desired`]).
 //!
 //! [`order`]: crate::order
+//! [`desired`]: crate::desired
 
+use crate::desired::{self, Desired};
 use crate::diff::{config_hash, diff};
+pub use crate::link::{Answer, Link};
 use crate::load::Scan;
 use crate::render::Renderer;
-use crate::store::{Batch, ConfigChange, Configured, Origin, StoreWriter};
+use crate::store::{Batch, ConfigChange, Configured, StoreWriter};
 use nix::sys::signal::Signal;
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-use upk_core::config::{Controller, InitialState, Service};
-use upk_core::proto::{self, BuddyReply, BuddyRequest, Envelope, LineBuf, Role, PROTOCOL_VERSION};
+use upk_core::config::{Controller, Service};
+use upk_core::proto::{self, BuddyRequest, Envelope, Role, PROTOCOL_VERSION};
 use upk_core::rundir::{RunDir, Settings};
 use upk_core::status::{Status, Want};
 
@@ -42,99 +49,6 @@ pub const RETRY: Duration = Duration::from_secs(1);
 /// compete with their start-up for the CPU. A client's command links at once
 /// ([`Fleet::link_now`]).
 const FIRST_RETRY: Duration = Duration::from_millis(250);
-
-/// A buddy's reply other than a record, with the id of the request it answers.
-pub type Answer = (Option<u64>, BuddyReply);
-
-/// One event stream: a subscription we opened, or a buddy that phoned home.
-pub struct Link {
-    /// The connection.
-    pub stream: UnixStream,
-    input: LineBuf,
-    /// The service (empty until a phoning buddy said `hello`).
-    pub service: String,
-    /// The incarnation its records belong to, from the buddy's `hello` (empty before it, and
-    /// from a buddy older than incarnations).
-    pub incarnation: String,
-}
-
-impl Link {
-    /// Wraps a connection a buddy opened to phone home.
-    pub fn incoming(stream: UnixStream) -> Link {
-        Link {
-            stream,
-            input: LineBuf::default(),
-            service: String::new(),
-            incarnation: String::new(),
-        }
-    }
-
-    /// Puts back what the server read before it knew this was a buddy: the `hello` line and
-    /// whatever followed it.
-    pub fn feed(&mut self, hello: &[u8], rest: LineBuf) {
-        self.input.push(hello);
-        self.input.push(b"\n");
-        self.input.push(&rest.into_bytes());
-    }
-
-    /// Sends one request on the link; a reply with `id` comes back through [`Link::pump`].
-    pub fn request(&mut self, id: Option<u64>, body: BuddyRequest) -> std::io::Result<()> {
-        self.stream
-            .write_all(&proto::encode(&Envelope { id, body }))
-    }
-
-    /// Reads what the buddy sent: records go to `batch` (and are printed), other replies are
-    /// returned, with whether the buddy closed the link after them (a buddy told to shut down
-    /// answers, then closes: both can come in one read). An error means the link is finished
-    /// and unreadable.
-    pub fn pump(&mut self, batch: &mut Batch) -> std::io::Result<(Vec<Answer>, bool)> {
-        let mut buf = [0u8; 16 * 1024];
-        let closed = loop {
-            match self.stream.read(&mut buf) {
-                Ok(0) => break true,
-                Ok(n) => self.input.push(&buf[..n]),
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break false,
-                Err(e) => return Err(e),
-            }
-        };
-        let mut replies = Vec::new();
-        while let Some(line) = self.input.next_line().map_err(std::io::Error::other)? {
-            let msg = proto::decode::<BuddyReply>(&line).map_err(std::io::Error::other)?;
-            match msg.body {
-                BuddyReply::Hello {
-                    service,
-                    incarnation,
-                    ..
-                } => {
-                    if self.service.is_empty() {
-                        self.service = service;
-                    }
-                    self.incarnation = incarnation;
-                }
-                BuddyReply::Event { record } => {
-                    let when = upk_core::time::format_utc(record.wall_us);
-                    println!(
-                        "{when} {} #{} {}",
-                        self.service,
-                        record.seq,
-                        record.summary()
-                    );
-                    batch.push(self.origin(), record);
-                }
-                body => replies.push((msg.id, body)),
-            }
-        }
-        Ok((replies, closed))
-    }
-
-    /// Whose records this link carries: the store's key for them, and what acks match.
-    pub fn origin(&self) -> Origin {
-        Origin {
-            service: self.service.clone(),
-            incarnation: self.incarnation.clone(),
-        }
-    }
-}
 
 /// A configured service and its buddy.
 pub struct Member {
@@ -172,11 +86,18 @@ pub struct Fleet<'a> {
     /// Services unconfigured by a command, with the definition they had: they stay out until
     /// their definition changes.
     unconfigured: BTreeMap<String, String>,
+    /// What each service should do, as stored.
+    pub desired: Desired,
 }
 
 impl<'a> Fleet<'a> {
-    /// An empty fleet.
-    pub fn new(ctl: &'a Controller, renderer: &'a Renderer, writer: StoreWriter) -> Self {
+    /// An empty fleet; `desired` is what the store wants for each service it knows.
+    pub fn new(
+        ctl: &'a Controller,
+        renderer: &'a Renderer,
+        writer: StoreWriter,
+        desired: Desired,
+    ) -> Self {
         Fleet {
             ctl,
             renderer,
@@ -184,6 +105,7 @@ impl<'a> Fleet<'a> {
             members: BTreeMap::new(),
             links: Vec::new(),
             unconfigured: BTreeMap::new(),
+            desired,
         }
     }
 
@@ -265,22 +187,21 @@ impl<'a> Fleet<'a> {
             .into_iter()
             .filter(|(s, _)| !changes.unchanged.contains(&s.id))
             .collect();
-        // The store's desired states first (a read), then render and spawn service by
-        // service while the writer thread records the scan in one transaction: services start
-        // without waiting for the store's write.
-        let names: Vec<String> = todo.iter().map(|(s, _)| s.id.to_string()).collect();
-        let desired = self.writer.with_store(move |s| s.desired_of(&names))??;
+        // The desired states the store has (kept in memory), then render and spawn service
+        // by service while the writer thread records the scan in one transaction: services
+        // start without waiting for the store's write.
         let configured: Vec<Configured> = todo
             .iter()
             .map(|(svc, _)| Configured {
                 service: svc.id.to_string(),
                 uuid: svc.uuid.clone(),
                 hash: config_hash(svc),
-                initial: match svc.initial_state {
-                    InitialState::Running => "up",
-                    InitialState::Stopped => "down",
-                },
+                initial: desired::initial_want(svc.initial_state),
             })
+            .collect();
+        let desired: Vec<Option<Want>> = configured
+            .iter()
+            .map(|c| self.desired.configured(&c.service, c.initial))
             .collect();
         self.writer.post(move |s| {
             if let Err(e) = s.configure(&configured) {
@@ -291,7 +212,7 @@ impl<'a> Fleet<'a> {
         for ((svc, file), desired) in todo.into_iter().zip(desired) {
             let id = svc.id.to_string();
             // One service that cannot be set up is reported and skipped; the rest go on.
-            match self.configure(svc, file, plan.after.get(&svc.id), desired.as_deref()) {
+            match self.configure(svc, file, plan.after.get(&svc.id), desired) {
                 Ok(()) => touched.entry(file.clone()).or_default().push(id),
                 Err(e) => eprintln!("upkeeper: {id}: {e:#}"),
             }
@@ -344,16 +265,12 @@ impl<'a> Fleet<'a> {
         svc: &Service,
         file: &Path,
         needs: Option<&std::collections::BTreeSet<upk_core::config::ServiceId>>,
-        desired: Option<&str>,
+        desired: Option<Want>,
     ) -> anyhow::Result<()> {
         let id = svc.id.to_string();
         let hash = config_hash(svc);
         let mut rendered = svc.clone();
-        match desired {
-            Some("up") => rendered.initial_state = InitialState::Running,
-            Some("down") => rendered.initial_state = InitialState::Stopped,
-            _ => {}
-        }
+        rendered.initial_state = desired::rendered_initial(svc.initial_state, desired);
         let dir = self.render(&rendered)?;
         if let Some(m) = self.members.get_mut(&id) {
             // Changed: the buddy re-reads its settings, and a running service restarts.
@@ -558,43 +475,35 @@ impl<'a> Fleet<'a> {
 
     /// The first status a buddy gives this controller (the answer to its subscription): if
     /// what the buddy does differs from what the store wants, the service's
-    /// `PreferBuddyState*` keys decide who is right.
-    pub fn reconcile(&mut self, id: &str, status: &Status) {
-        let Some(m) = self.members.get_mut(id) else {
-            return;
-        };
+    /// `PreferBuddyState*` keys decide who is right ([`desired::reconcile`]). Returns the
+    /// ticket of the desired state it queued for the store, if it queued one.
+    pub fn reconcile(&mut self, id: &str, status: &Status) -> Option<u64> {
+        let m = self.members.get_mut(id)?;
         if std::mem::replace(&mut m.reconciled, true) {
-            return;
+            return None;
         }
-        let (key, prefer_stopped, prefer_running) = (
-            id.to_owned(),
+        let stored = self.desired.of(id);
+        let r = desired::reconcile(
+            stored,
+            status.want,
             m.svc.prefer_buddy_state_for_stopped,
             m.svc.prefer_buddy_state_for_running,
-        );
-        let desired = self
-            .writer
-            .with_store(move |s| s.desired(&key))
-            .ok()
-            .and_then(|r| r.ok())
-            .flatten();
-        let buddy_up = status.want != Want::Down;
-        let (tell, record) = match (desired.as_deref(), buddy_up) {
-            (Some("up"), false) if prefer_stopped => (None, "down"),
-            (Some("up"), false) => (Some(BuddyRequest::Start), "up"),
-            (Some("down"), true) if prefer_running => (None, "up"),
-            (Some("down"), true) => (Some(BuddyRequest::Stop), "down"),
-            _ => return,
-        };
+        )?;
+        let word = |w: Option<Want>| w.map_or("?", crate::store::want_str);
         eprintln!(
             "upkeeper: {id}: the store wants it {}, its buddy has it {}; {}",
-            desired.as_deref().unwrap_or("?"),
-            if buddy_up { "up" } else { "down" },
-            match tell {
-                Some(_) => "following the store",
-                None => "following the buddy (PreferBuddyState*)",
+            word(stored),
+            if status.want != Want::Down {
+                "up"
+            } else {
+                "down"
+            },
+            match r.winner {
+                desired::Winner::Store => "following the store",
+                desired::Winner::Buddy => "following the buddy (PreferBuddyState*)",
             }
         );
-        if let Some(req) = tell {
+        if let Some(req) = r.tell {
             let cause = "controller: reconciling with the desired state in the store".to_owned();
             let relay = BuddyRequest::Relay {
                 cause,
@@ -602,20 +511,20 @@ impl<'a> Fleet<'a> {
             };
             self.tell(id, relay);
         }
-        self.set_desired(id, record);
+        self.set_desired(id, r.want)
     }
 
-    /// Records what an operator (or reconciliation) wants for `id`, and waits until it is
-    /// stored: an operator told "done" must find the same wish after a controller crash.
-    pub fn set_desired(&self, id: &str, desired: &'static str) {
-        let key = id.to_owned();
-        match self
-            .writer
-            .with_store(move |s| s.set_desired(&key, desired))
-        {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => eprintln!("upkeeper: {id}: cannot store its desired state: {e}"),
-            Err(e) => eprintln!("upkeeper: {id}: cannot store its desired state: {e}"),
+    /// Records what an operator (or reconciliation) wants for `id`: at once in memory, and
+    /// queued for the store. Returns the writer's ticket, whose outcome says when it is stored
+    /// (`None`: the writer has stopped, which was said).
+    pub fn set_desired(&mut self, id: &str, want: Want) -> Option<u64> {
+        self.desired.set(id, want);
+        match self.writer.set_desired(vec![(id.to_owned(), want)]) {
+            Ok(ticket) => Some(ticket),
+            Err(e) => {
+                eprintln!("upkeeper: {id}: cannot store its desired state: {e}");
+                None
+            }
         }
     }
 }
@@ -637,12 +546,7 @@ fn subscribe(dir: &RunDir, id: &str) -> std::io::Result<Link> {
     }));
     stream.write_all(&lines)?;
     stream.set_nonblocking(true)?;
-    Ok(Link {
-        stream,
-        input: LineBuf::default(),
-        service: id.to_owned(),
-        incarnation: String::new(),
-    })
+    Ok(Link::new(stream, id))
 }
 
 /// True while some process holds the run directory's lock: a buddy lives there.

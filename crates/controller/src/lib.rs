@@ -11,9 +11,12 @@
 //! [`foreground`] is the one loop that drives all of it. Buddies own their services; the
 //! controller can die and come back without disturbing them.
 
+pub mod access;
+pub mod desired;
 pub mod diff;
 pub mod fleet;
 pub mod foreground;
+pub mod link;
 pub mod load;
 pub mod order;
 pub mod render;

@@ -2,21 +2,28 @@
 //! subscriptions, and the audit of every command.
 //!
 //! Clients connect to `StateDir/upkeeper.sock` (mode 0666: the peer's credentials decide).
-//! Each connection's access comes from SO_PEERCRED at accept: root, the controller's own user
-//! and members of `ControlGroup` may control; members of `ReadGroup` may read and subscribe;
-//! others may only say `hello`. Every control request, and every refused request, is audited
-//! in the store's `commands` with the caller's uid, gid, pid and command line.
+//! Each connection's access comes from SO_PEERCRED at accept ([`access`]). Every control
+//! request, and every refused request, is audited in the store's `commands` with the caller's
+//! uid, gid, pid and command line.
+//!
+//! The server reads the fleet and never changes it: what it needs done elsewhere it returns as
+//! [`Intent`]s, which the loop carries out (relay to a buddy, take a phoning buddy's link, store
+//! a desired state, unconfigure) and reports back ([`Server::unreachable`], [`Server::stored`]).
 //!
 //! Read requests are answered at once (status files, the store through a read-only
 //! connection). A control request is relayed to the service's buddy on the controller's link,
-//! with the caller as the cause of what it does, and answered when the buddy answers: the
-//! reply says what happened, not that something was sent. A subscription first replays
+//! with the caller as the cause of what it does, and answered when the buddy answers and the
+//! desired state it leaves is stored: the reply says what happened, not that something was
+//! sent, and the wish survives a controller crash once the caller is told. A subscription first replays
 //! stored events after the client's cursor, then receives each event as the store commits it.
 //!
 //! A buddy phoning home dials the same socket; its first line (`hello` with `buddy_pid`) hands
 //! the connection over to the fleet as an event link.
+//!
+//! [`access`]: crate::access
 
-use crate::fleet::{Fleet, Link};
+pub use crate::access::{Peer, Policy};
+use crate::fleet::Fleet;
 use crate::store::{CommandEntry, Store};
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet};
@@ -28,7 +35,7 @@ use upk_core::client::{
 };
 use upk_core::history::{EventRow, HistoryFilter};
 use upk_core::proto::{self, BuddyReply, BuddyRequest, Envelope, LineBuf, PROTOCOL_VERSION};
-use upk_core::status::{Status, Want};
+use upk_core::status::Status;
 
 /// A client whose unread output exceeds this is dropped (a subscriber that stopped reading).
 const MAX_BACKLOG: usize = 16 << 20;
@@ -59,91 +66,6 @@ const REFUSAL_WINDOW: Duration = Duration::from_secs(60);
 /// Refusals of one uid audited in full per window.
 const REFUSAL_BURST: u32 = 10;
 
-/// Who is on the other end of a connection.
-#[derive(Debug, Clone, Default)]
-pub struct Peer {
-    /// Uid (SO_PEERCRED).
-    pub uid: u32,
-    /// Primary gid.
-    pub gid: u32,
-    /// Pid.
-    pub pid: i32,
-    /// Supplementary groups (`/proc/PID/status`).
-    pub groups: Vec<u32>,
-    /// Command line (`/proc/PID/cmdline`, arguments joined by spaces).
-    pub cmdline: String,
-}
-
-impl Peer {
-    /// The credentials of the process at the other end of `stream`.
-    pub fn of(stream: &UnixStream) -> std::io::Result<Peer> {
-        let cred =
-            nix::sys::socket::getsockopt(stream, nix::sys::socket::sockopt::PeerCredentials)?;
-        let pid = cred.pid();
-        let proc_file = |f: &str| std::fs::read(format!("/proc/{pid}/{f}")).unwrap_or_default();
-        let status = String::from_utf8_lossy(&proc_file("status")).into_owned();
-        let groups = status
-            .lines()
-            .find_map(|l| l.strip_prefix("Groups:"))
-            .map(|g| {
-                g.split_whitespace()
-                    .filter_map(|n| n.parse().ok())
-                    .collect()
-            })
-            .unwrap_or_default();
-        let cmdline = proc_file("cmdline")
-            .split(|&b| b == 0)
-            .filter(|a| !a.is_empty())
-            .map(|a| String::from_utf8_lossy(a).into_owned())
-            .collect::<Vec<_>>()
-            .join(" ");
-        Ok(Peer {
-            uid: cred.uid(),
-            gid: cred.gid(),
-            pid,
-            groups,
-            cmdline,
-        })
-    }
-
-    fn in_group(&self, gid: Option<u32>) -> bool {
-        gid.is_some_and(|g| self.gid == g || self.groups.contains(&g))
-    }
-
-    /// Who asked, for the records a command causes.
-    fn cause(&self) -> String {
-        let mut what: String = self.cmdline.chars().take(200).collect();
-        if what.is_empty() {
-            what = "a client".into();
-        }
-        format!("{what} (uid {}, pid {})", self.uid, self.pid)
-    }
-}
-
-/// Who may do what.
-#[derive(Debug, Clone, Copy)]
-pub struct Policy {
-    /// The controller's effective uid: its own user may do everything.
-    pub own_uid: u32,
-    /// `ControlGroup`.
-    pub control_group: Option<u32>,
-    /// `ReadGroup`.
-    pub read_group: Option<u32>,
-}
-
-impl Policy {
-    /// The access `peer` gets.
-    pub fn access(&self, peer: &Peer) -> Access {
-        if peer.uid == 0 || peer.uid == self.own_uid || peer.in_group(self.control_group) {
-            Access::Control
-        } else if peer.in_group(self.read_group) {
-            Access::Read
-        } else {
-            Access::None
-        }
-    }
-}
-
 struct Client {
     stream: UnixStream,
     input: LineBuf,
@@ -163,13 +85,56 @@ struct Client {
     eof: bool,
 }
 
-/// A control request waiting for its buddy's answer.
+/// A control request waiting for its buddy's answer, then for the store.
 struct Pending {
     client: u64,
     id: Option<u64>,
     service: String,
     entry: CommandEntry,
     unconfigure: bool,
+    /// The buddy answered: the reply, audit result and success, sent once the desired state
+    /// it leaves is stored ([`Server::stored`]).
+    answer: Option<(ClientReply, String, bool)>,
+}
+
+/// What the server needs done by the rest of the controller: the loop carries it out.
+#[derive(Debug)]
+pub enum Intent {
+    /// Send `request` (a relay) with id `rid` to the buddy of `service`, linking now if need
+    /// be; if it cannot be sent, tell [`Server::unreachable`].
+    Relay {
+        /// The id its answer comes back with.
+        rid: u64,
+        /// The service.
+        service: String,
+        /// The relayed request.
+        request: BuddyRequest,
+    },
+    /// A buddy phoned home on this connection: an event link from now on. `hello` is its
+    /// first line and `rest` what was read after it.
+    Link {
+        /// The connection.
+        stream: UnixStream,
+        /// The `hello` line.
+        hello: Vec<u8>,
+        /// What followed it.
+        rest: LineBuf,
+    },
+    /// A command took effect: record `want` as `service`'s desired state, and tell
+    /// [`Server::stored`] with `rid` once it is stored.
+    SetWant {
+        /// The relayed request whose answer waits.
+        rid: u64,
+        /// The service.
+        service: String,
+        /// What its buddy now wants.
+        want: upk_core::status::Want,
+    },
+    /// An operator unconfigured `service`: forget it until its definition changes.
+    Unconfigure {
+        /// The service.
+        service: String,
+    },
 }
 
 /// Refusals per uid, so that a caller without access cannot grow the audit store at the rate
@@ -250,6 +215,8 @@ pub struct Server {
     spare: Option<std::fs::File>,
     /// Commands to audit, taken by the loop into the next store batch.
     pub audit: Vec<CommandEntry>,
+    /// What the loop is to do, returned by [`Server::ready`] and [`Server::answered`].
+    intents: Vec<Intent>,
 }
 
 /// How far [`Server::serve_lines`] got.
@@ -280,6 +247,7 @@ impl Server {
             refusals: RefusalLog::default(),
             spare: spare_fd(),
             audit: Vec::new(),
+            intents: Vec::new(),
         }
     }
 
@@ -391,8 +359,9 @@ impl Server {
             .map(|(t, c)| (*t, &c.stream, !c.out.is_empty()))
     }
 
-    /// The connection `token` is readable or writable: read its requests and answer them.
-    pub fn ready(&mut self, token: u64, fleet: &mut Fleet) {
+    /// The connection `token` is readable or writable: read its requests and answer them;
+    /// returns what the loop is to do for them.
+    pub fn ready(&mut self, token: u64, fleet: &Fleet) -> Vec<Intent> {
         let mut buf = [0u8; 16 * 1024];
         if let Some(c) = self.clients.get_mut(&token) {
             while !c.eof {
@@ -408,7 +377,7 @@ impl Server {
         // here wake no poll of their own once the output is empty.
         loop {
             match self.serve_lines(token, fleet) {
-                Served::HandedOver => return,
+                Served::HandedOver => return std::mem::take(&mut self.intents),
                 Served::Capped => {}
                 Served::All => break,
             }
@@ -420,11 +389,12 @@ impl Server {
         }
         self.flush(token);
         self.bound_backlogs();
+        std::mem::take(&mut self.intents)
     }
 
     /// Answers the complete request lines buffered for `token`, until they run out or its
     /// unread output passes half the cap.
-    fn serve_lines(&mut self, token: u64, fleet: &mut Fleet) -> Served {
+    fn serve_lines(&mut self, token: u64, fleet: &Fleet) -> Served {
         loop {
             let Some(c) = self.clients.get_mut(&token) else {
                 return Served::All;
@@ -446,7 +416,7 @@ impl Server {
                 }
             };
             if std::mem::replace(&mut c.fresh, false) && is_buddy_hello(&line) {
-                self.hand_over(token, line, fleet);
+                self.hand_over(token, line);
                 return Served::HandedOver;
             }
             match proto::decode::<ClientRequest>(&line) {
@@ -652,7 +622,7 @@ impl Server {
     }
 
     /// A buddy phoning home: its connection becomes an event link, if it runs as us (or root).
-    fn hand_over(&mut self, token: u64, hello: Vec<u8>, fleet: &mut Fleet) {
+    fn hand_over(&mut self, token: u64, hello: Vec<u8>) {
         let Some(c) = self.clients.remove(&token) else {
             return;
         };
@@ -663,12 +633,14 @@ impl Server {
             );
             return;
         }
-        let mut link = Link::incoming(c.stream);
-        link.feed(&hello, c.input);
-        fleet.links.push(link);
+        self.intents.push(Intent::Link {
+            stream: c.stream,
+            hello,
+            rest: c.input,
+        });
     }
 
-    fn request(&mut self, token: u64, req: Envelope<ClientRequest>, fleet: &mut Fleet) {
+    fn request(&mut self, token: u64, req: Envelope<ClientRequest>, fleet: &Fleet) {
         let Some(c) = self.clients.get(&token) else {
             return;
         };
@@ -767,7 +739,7 @@ impl Server {
         id: Option<u64>,
         body: &ClientRequest,
         peer: &Peer,
-        fleet: &mut Fleet,
+        fleet: &Fleet,
     ) -> Result<(), (ErrorCode, String)> {
         let service = body.service().unwrap_or_default().to_owned();
         let Some(member) = fleet.members.get(&service) else {
@@ -810,14 +782,6 @@ impl Server {
             cause: peer.cause(),
             request: Box::new(request),
         };
-        let unavailable = || {
-            (
-                ErrorCode::Unavailable,
-                format!("the buddy of {service} is not connected (it is being started); try again in a second"),
-            )
-        };
-        let link = fleet.link_now(&service).ok_or_else(unavailable)?;
-        link.request(Some(rid), relay).map_err(|_| unavailable())?;
         let entry = CommandEntry {
             wall_us: upk_core::time::wall_us(),
             uid: peer.uid,
@@ -835,12 +799,42 @@ impl Server {
             Pending {
                 client: token,
                 id,
-                service,
+                service: service.clone(),
                 entry,
                 unconfigure,
+                answer: None,
             },
         );
+        self.intents.push(Intent::Relay {
+            rid,
+            service,
+            request: relay,
+        });
         Ok(())
+    }
+
+    /// The relay of `rid` could not be sent (no link to the buddy, or a broken one): the
+    /// client is told to try again, and the command is audited as failed.
+    pub fn unreachable(&mut self, rid: u64) {
+        let Some(mut p) = self.pending.remove(&rid) else {
+            return;
+        };
+        let message = format!(
+            "the buddy of {} is not connected (it is being started); try again in a second",
+            p.service
+        );
+        (p.entry.result, p.entry.ok) = (message.clone(), false);
+        self.audit.push(p.entry);
+        self.fail(p.client, p.id, ErrorCode::Unavailable, message);
+        self.flush(p.client);
+    }
+
+    /// The desired state left by the command of `rid` is stored (or could not be, which was
+    /// said): its answer goes out now.
+    pub fn stored(&mut self, rid: u64) {
+        if let Some((body, result, ok)) = self.pending.get_mut(&rid).and_then(|p| p.answer.take()) {
+            self.finish(rid, body, result, ok);
+        }
     }
 
     /// Answers a read request (not `subscribe`); a list reply goes out in pages.
@@ -1046,42 +1040,49 @@ impl Server {
         self.bound_backlogs();
     }
 
-    /// A buddy answered a relayed request: answer the client, audit the command.
-    pub fn answered(&mut self, rid: u64, reply: BuddyReply, fleet: &mut Fleet) {
+    /// A buddy answered a relayed request: answer the client and audit the command, after
+    /// the loop stored the desired state it leaves ([`Intent::SetWant`]).
+    pub fn answered(&mut self, rid: u64, reply: BuddyReply) -> Vec<Intent> {
+        self.answer(rid, reply);
+        std::mem::take(&mut self.intents)
+    }
+
+    fn answer(&mut self, rid: u64, reply: BuddyReply) {
         let Some(p) = self.pending.get(&rid) else {
             return;
         };
+        if p.answer.is_some() {
+            return; // answered already, waiting for the store
+        }
         let service = p.service.clone();
         let (body, result, ok) = match reply {
             BuddyReply::Ok { status, message } => {
-                let desired = match status.want {
-                    Want::Up => "up",
-                    Want::Down => "down",
-                    Want::Once => "once",
-                };
+                let want = status.want;
                 let result = format!(
-                    "done: {} (want {desired}){}",
+                    "done: {} (want {}){}",
                     status.state.as_str(),
+                    crate::store::want_str(want),
                     message
                         .as_deref()
                         .map(|m| format!("; {m}"))
                         .unwrap_or_default()
                 );
+                let body = ClientReply::Done {
+                    service: service.clone(),
+                    status: Some(status),
+                    message,
+                };
                 if p.unconfigure {
-                    fleet.unconfigured_by_command(&service);
+                    self.intents.push(Intent::Unconfigure { service });
                 } else {
-                    fleet.set_desired(&service, desired);
+                    // Answered once the wish is stored: see `stored`.
+                    if let Some(p) = self.pending.get_mut(&rid) {
+                        p.answer = Some((body, result, true));
+                    }
+                    self.intents.push(Intent::SetWant { rid, service, want });
+                    return;
                 }
-                let status = Some(status);
-                (
-                    ClientReply::Done {
-                        service,
-                        status,
-                        message,
-                    },
-                    result,
-                    true,
-                )
+                (body, result, true)
             }
             BuddyReply::ActionDone { action, exit } => {
                 let ok = exit == upk_core::event::Exit::Exited { code: 0 };
@@ -1133,7 +1134,7 @@ impl Server {
         let lost: Vec<u64> = self
             .pending
             .iter()
-            .filter(|(_, p)| p.service == service)
+            .filter(|(_, p)| p.service == service && p.answer.is_none())
             .map(|(rid, _)| *rid)
             .collect();
         for rid in lost {

@@ -14,7 +14,7 @@
 use crate::event::Exit;
 use crate::history::{CommandRow, EventRow, HistoryFilter, Stats};
 use crate::proto::SignalSpec;
-use crate::status::Status;
+use crate::status::{Status, Want};
 use serde::{Deserialize, Serialize};
 
 /// What a client asks the controller.
@@ -220,11 +220,11 @@ pub struct ServiceSummary {
     /// Its status file, when there is one.
     #[serde(default)]
     pub status: Option<Status>,
-    /// What the controller's store wants for it (`up`, `down`, `once`): the operator's last
-    /// command through the controller, or its `InitialState`. The buddy's own `want` (in
-    /// `status`) differs when someone talked to the buddy directly.
+    /// What the controller's store wants for it (`"up"`, `"down"`, `"once"` on the wire): the
+    /// operator's last command through the controller, or its `InitialState`. The buddy's own
+    /// `want` (in `status`) differs when someone talked to the buddy directly.
     #[serde(default)]
-    pub desired: Option<String>,
+    pub desired: Option<Want>,
 }
 
 /// What the controller answers.
