@@ -407,6 +407,21 @@ mod tests {
     use crate::proto::{decode, encode, Envelope};
 
     #[test]
+    fn the_desired_state_of_a_summary_is_the_same_word_on_the_wire() {
+        for (want, word) in [(Want::Up, "up"), (Want::Down, "down"), (Want::Once, "once")] {
+            let line =
+                format!(r#"{{"service":"web","file":"f","linked":true,"desired":"{word}"}}"#);
+            let s: ServiceSummary = serde_json::from_str(&line).expect("parse");
+            assert_eq!(s.desired, Some(want));
+            let back = serde_json::to_value(&s).expect("encode");
+            assert_eq!(back["desired"], word);
+        }
+        let old: ServiceSummary =
+            serde_json::from_str(r#"{"service":"web","file":"f","linked":false}"#).expect("parse");
+        assert_eq!(old.desired, None, "a controller that sends none");
+    }
+
+    #[test]
     fn requests_read_like_the_docs() {
         let r: Envelope<ClientRequest> =
             decode(br#"{"type":"restart","id":7,"service":"api"}"#).expect("parse");
