@@ -1,11 +1,10 @@
 //! The fleet: one buddy per configured service, and one event link to each.
 //!
-//! [`Fleet::apply`] brings the services in force in line with a scan of `SvcConfigPath`:
+//! [`Fleet::apply`] carries out what [`apply::plan`] decides for a scan of `SvcConfigPath`:
 //! new services are registered in the store and rendered, changed ones re-rendered (their
-//! buddy re-reads its settings, a running service restarts), services whose definition is gone
-//! are unconfigured only with `UnconfigureOnFileRemoval`, and a file that fails validation
-//! changes nothing. Start-up order ([`order`]) decides who comes first, and a service waits
-//! until every service it needs is running.
+//! buddy re-reads its settings, a running service restarts), gone ones unconfigured. Start-up
+//! order ([`order`]) decides who comes first, and a service waits until every service it
+//! needs is running.
 //!
 //! [`Fleet::reach_buddies`] keeps one subscription ([`Link`]) per buddy, spawning a buddy (in
 //! its own session, at most once a second per service) when none answers; its lock makes a
@@ -22,8 +21,9 @@
 //! [`order`]: crate::order
 //! [`desired`]: crate::desired
 
+use crate::apply::{self, InForce};
 use crate::desired::{self, Desired};
-use crate::diff::{config_hash, diff};
+use crate::diff::config_hash;
 pub use crate::link::{Answer, Link};
 use crate::load::Scan;
 use crate::render::Renderer;
@@ -137,66 +137,34 @@ impl<'a> Fleet<'a> {
         self.link(id)
     }
 
-    /// Brings the fleet in line with a scan of the configuration.
+    /// Brings the fleet in line with a scan of the configuration: [`apply::plan`] decides,
+    /// this carries it out.
     pub fn apply(&mut self, scan: Scan) -> anyhow::Result<()> {
-        scan.errors.iter().for_each(|e| eprintln!("{e}"));
-        // Services of a file that failed validation stay as they are.
-        let kept: Vec<(Service, PathBuf)> = self
+        let in_force: BTreeMap<String, InForce> = self
             .members
-            .values()
-            .filter(|m| scan.bad_files.contains(&m.file))
-            .map(|m| (m.svc.clone(), m.file.clone()))
-            .collect();
-        // Services unconfigured by a command stay out while their definition is the same.
-        self.unconfigured.retain(|id, hash| {
-            scan.services
-                .iter()
-                .any(|(s, _)| s.id.to_string() == *id && config_hash(s) == *hash)
-        });
-        let all: Vec<(Service, PathBuf)> = scan
-            .services
-            .into_iter()
-            .filter(|(s, _)| !self.unconfigured.contains_key(&s.id.to_string()))
-            .chain(kept)
-            .collect();
-        let services: Vec<Service> = all.iter().map(|(s, _)| s.clone()).collect();
-        let plan = crate::order::plan(&services);
-        for (id, why) in &plan.blocked {
-            if !self.members.contains_key(&id.to_string()) {
-                eprintln!("upkeeper: not starting {id}: {why}");
-            }
-        }
-        // Startable services in start-up order; blocked ones that already run stay as they are.
-        let mut wanted: Vec<&(Service, PathBuf)> = plan
-            .order
             .iter()
-            .filter_map(|id| all.iter().find(|(s, _)| s.id == *id))
+            .map(|(id, m)| {
+                let f = InForce {
+                    svc: m.svc.clone(),
+                    hash: m.hash.clone(),
+                    file: m.file.clone(),
+                };
+                (id.clone(), f)
+            })
             .collect();
-        wanted.extend(all.iter().filter(|(s, _)| {
-            plan.blocked.contains_key(&s.id) && self.members.contains_key(&s.id.to_string())
-        }));
-        let current: BTreeMap<_, _> = self
-            .members
-            .values()
-            .map(|m| (m.svc.id.clone(), m.hash.clone()))
-            .collect();
-        let wanted_services: Vec<Service> = wanted.iter().map(|(s, _)| s.clone()).collect();
-        let changes = diff(&current, &wanted_services);
-
-        let todo: Vec<&(Service, PathBuf)> = wanted
-            .into_iter()
-            .filter(|(s, _)| !changes.unchanged.contains(&s.id))
-            .collect();
+        let plan = apply::plan(&in_force, &mut self.unconfigured, scan);
+        plan.said.iter().for_each(|line| eprintln!("{line}"));
         // The desired states the store has (kept in memory), then render and spawn service
         // by service while the writer thread records the scan in one transaction: services
         // start without waiting for the store's write.
-        let configured: Vec<Configured> = todo
+        let configured: Vec<Configured> = plan
+            .configure
             .iter()
-            .map(|(svc, _)| Configured {
-                service: svc.id.to_string(),
-                uuid: svc.uuid.clone(),
-                hash: config_hash(svc),
-                initial: desired::initial_want(svc.initial_state),
+            .map(|c| Configured {
+                service: c.svc.id.to_string(),
+                uuid: c.svc.uuid.clone(),
+                hash: config_hash(&c.svc),
+                initial: desired::initial_want(c.svc.initial_state),
             })
             .collect();
         let desired: Vec<Option<Want>> = configured
@@ -209,29 +177,17 @@ impl<'a> Fleet<'a> {
             }
         })?;
         let mut touched: BTreeMap<PathBuf, Vec<String>> = BTreeMap::new();
-        for ((svc, file), desired) in todo.into_iter().zip(desired) {
-            let id = svc.id.to_string();
+        for (c, desired) in plan.configure.into_iter().zip(desired) {
+            let id = c.svc.id.to_string();
             // One service that cannot be set up is reported and skipped; the rest go on.
-            match self.configure(svc, file, plan.after.get(&svc.id), desired) {
-                Ok(()) => touched.entry(file.clone()).or_default().push(id),
+            match self.configure(&c.svc, &c.file, c.waits_for, desired) {
+                Ok(()) => touched.entry(c.file).or_default().push(id),
                 Err(e) => eprintln!("upkeeper: {id}: {e:#}"),
             }
         }
-        let mut removed = 0;
-        for id in &changes.gone {
-            let key = id.to_string();
-            let Some(m) = self.members.get(&key) else {
-                continue;
-            };
-            if !m.svc.unconfigure_on_file_removal {
-                eprintln!(
-                    "upkeeper: keeping {id}: its definition is gone, and UnconfigureOnFileRemoval is false"
-                );
-                continue;
-            }
-            touched.entry(m.file.clone()).or_default().push(key.clone());
-            self.unconfigure(&key);
-            removed += 1;
+        for (id, file) in &plan.remove {
+            touched.entry(file.clone()).or_default().push(id.clone());
+            self.unconfigure(id);
         }
         for (file, services) in touched {
             let hash = std::fs::read(&file)
@@ -248,23 +204,25 @@ impl<'a> Fleet<'a> {
                 ..Batch::default()
             })?;
         }
+        let changes = &plan.changes;
         eprintln!(
             "upkeeper: configuration applied: {} added, {} changed, {} removed, {} unchanged",
             changes.added.len(),
             changes.changed.len(),
-            removed,
+            plan.remove.len(),
             changes.unchanged.len()
         );
         Ok(())
     }
 
     /// Sets up a new service, or takes a changed definition into use. `desired` is what the
-    /// store wants for it, which wins over its `InitialState`.
+    /// store wants for it, which wins over its `InitialState`; a new service's buddy starts
+    /// once `waiting_for` run.
     fn configure(
         &mut self,
         svc: &Service,
         file: &Path,
-        needs: Option<&std::collections::BTreeSet<upk_core::config::ServiceId>>,
+        waiting_for: Vec<String>,
         desired: Option<Want>,
     ) -> anyhow::Result<()> {
         let id = svc.id.to_string();
@@ -277,9 +235,6 @@ impl<'a> Fleet<'a> {
             (m.svc, m.hash, m.file, m.dir) = (svc.clone(), hash, file.to_owned(), dir);
             self.refresh_buddy(&id);
         } else {
-            let waiting_for = needs
-                .map(|n| n.iter().map(|p| p.to_string()).collect())
-                .unwrap_or_default();
             let member = Member {
                 svc: svc.clone(),
                 hash,

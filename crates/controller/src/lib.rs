@@ -12,6 +12,7 @@
 //! controller can die and come back without disturbing them.
 
 pub mod access;
+pub mod apply;
 pub mod desired;
 pub mod diff;
 pub mod fleet;
