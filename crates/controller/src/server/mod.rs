@@ -20,32 +20,35 @@
 //! A buddy phoning home dials the same socket; its first line (`hello` with `buddy_pid`) hands
 //! the connection over to the fleet as an event link.
 //!
+//! The parts: [`read`] answers read requests, [`control`] relays control requests and waits
+//! for their answers, [`refusals`] bounds what refused callers cost the audit store.
+//!
 //! [`access`]: crate::access
+
+mod control;
+mod read;
+mod refusals;
 
 pub use crate::access::{Peer, Policy};
 use crate::fleet::Fleet;
 use crate::store::{CommandEntry, Store};
+pub use control::Intent;
+use read::pages;
+use refusals::RefusalLog;
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
-use std::time::{Duration, Instant};
-use upk_core::client::{
-    Access, ClientReply, ClientRequest, ErrorCode, ServiceSummary, MAX_ROWS, PAGE_BYTES,
-};
-use upk_core::history::{EventRow, HistoryFilter};
-use upk_core::proto::{self, BuddyReply, BuddyRequest, Envelope, LineBuf, PROTOCOL_VERSION};
-use upk_core::status::Status;
+use std::time::Instant;
+use upk_core::client::{Access, ClientReply, ClientRequest, ErrorCode, MAX_ROWS};
+use upk_core::history::EventRow;
+use upk_core::proto::{self, Envelope, LineBuf, PROTOCOL_VERSION};
 
 /// A client whose unread output exceeds this is dropped (a subscriber that stopped reading).
 const MAX_BACKLOG: usize = 16 << 20;
 
 /// All clients' unread output together: past this, the client with the most is dropped.
 const MAX_BACKLOG_TOTAL: usize = 128 << 20;
-
-/// The rows of one `history` or `audit` reply stop at about this many bytes of JSON (the
-/// reply then has a cursor), so that the answers a client is owed stay below [`MAX_BACKLOG`].
-const REPLY_BYTES: usize = 4 << 20;
 
 /// Connections one uid without control access may hold; more are answered `busy` and closed.
 pub const MAX_PER_UID: usize = 32;
@@ -58,13 +61,6 @@ pub const MAX_UNPRIVILEGED: usize = 256;
 
 /// Connections taken per turn of the loop, so a flood of connects cannot starve the rest.
 const ACCEPT_PER_TURN: usize = 256;
-
-/// A caller's refusals within this window after its first [`REFUSAL_BURST`] audited ones are
-/// counted, not audited one by one; one summary row says how many there were.
-const REFUSAL_WINDOW: Duration = Duration::from_secs(60);
-
-/// Refusals of one uid audited in full per window.
-const REFUSAL_BURST: u32 = 10;
 
 struct Client {
     stream: UnixStream,
@@ -95,109 +91,6 @@ struct Pending {
     /// The buddy answered: the reply, audit result and success, sent once the desired state
     /// it leaves is stored ([`Server::stored`]).
     answer: Option<(ClientReply, String, bool)>,
-}
-
-/// What the server needs done by the rest of the controller: the loop carries it out.
-#[derive(Debug)]
-pub enum Intent {
-    /// Send `request` (a relay) with id `rid` to the buddy of `service`, linking now if need
-    /// be; if it cannot be sent, tell [`Server::unreachable`].
-    Relay {
-        /// The id its answer comes back with.
-        rid: u64,
-        /// The service.
-        service: String,
-        /// The relayed request.
-        request: BuddyRequest,
-    },
-    /// A buddy phoned home on this connection: an event link from now on. `hello` is its
-    /// first line and `rest` what was read after it.
-    Link {
-        /// The connection.
-        stream: UnixStream,
-        /// The `hello` line.
-        hello: Vec<u8>,
-        /// What followed it.
-        rest: LineBuf,
-    },
-    /// A command took effect: record `want` as `service`'s desired state, and tell
-    /// [`Server::stored`] with `rid` once it is stored.
-    SetWant {
-        /// The relayed request whose answer waits.
-        rid: u64,
-        /// The service.
-        service: String,
-        /// What its buddy now wants.
-        want: upk_core::status::Want,
-    },
-    /// An operator unconfigured `service`: forget it until its definition changes.
-    Unconfigure {
-        /// The service.
-        service: String,
-    },
-}
-
-/// Refusals per uid, so that a caller without access cannot grow the audit store at the rate
-/// it sends requests: its first refusal opens a window of [`REFUSAL_WINDOW`]; the first
-/// [`REFUSAL_BURST`] in the window are audited in full, later ones are counted, and one
-/// summary row says how many when it ends. A uid therefore writes at most
-/// `REFUSAL_BURST + 1` rows per window, whatever it sends.
-#[derive(Default)]
-struct RefusalLog {
-    windows: BTreeMap<u32, Refusals>,
-}
-
-impl RefusalLog {
-    /// Notes a refusal of `peer`; true when it is among the first of its window (audit it).
-    fn refused(&mut self, peer: &Peer, now: Instant) -> bool {
-        let r = self.windows.entry(peer.uid).or_insert_with(|| Refusals {
-            since: now,
-            since_us: upk_core::time::wall_us(),
-            audited: 0,
-            more: 0,
-            last: peer.clone(),
-        });
-        if r.audited < REFUSAL_BURST {
-            r.audited += 1;
-            return true;
-        }
-        r.more = r.more.saturating_add(1);
-        r.last = peer.clone();
-        false
-    }
-
-    /// The windows that are over at `now`, taken out.
-    fn expire(&mut self, now: Instant) -> Vec<(u32, Refusals)> {
-        let over: Vec<u32> = self
-            .windows
-            .iter()
-            .filter(|(_, r)| now.saturating_duration_since(r.since) >= REFUSAL_WINDOW)
-            .map(|(uid, _)| *uid)
-            .collect();
-        over.into_iter()
-            .filter_map(|uid| self.windows.remove(&uid).map(|r| (uid, r)))
-            .collect()
-    }
-
-    /// When the first open window ends.
-    fn deadline(&self) -> Option<Instant> {
-        self.windows
-            .values()
-            .map(|r| r.since + REFUSAL_WINDOW)
-            .min()
-    }
-}
-
-/// One caller's refusals in the current window: the first is audited, the rest counted.
-struct Refusals {
-    since: Instant,
-    since_us: i64,
-    /// Audited in full so far in this window.
-    audited: u32,
-    /// Refused since the audited ones, not yet in the store.
-    more: u64,
-    /// The last refused caller, for the summary row.
-    last: Peer,
 }
 
 /// Every client connection, and the relayed requests in flight.
@@ -575,52 +468,6 @@ impl Server {
         }
     }
 
-    /// Whether `peer`'s refusal is to be audited (see [`RefusalLog`]).
-    fn first_refusal(&mut self, peer: &Peer) -> bool {
-        let now = Instant::now();
-        self.expire_refusals(now);
-        self.refusals.refused(peer, now)
-    }
-
-    /// When the next refusal window ends (the loop calls [`Server::expire_refusals`] then).
-    pub fn deadline(&self) -> Option<Instant> {
-        self.refusals.deadline()
-    }
-
-    /// Ends the refusal windows that are over, each with one summary row for the refusals
-    /// counted in it.
-    pub fn expire_refusals(&mut self, now: Instant) {
-        for (uid, r) in self.refusals.expire(now) {
-            self.summarise_refusals(uid, r);
-        }
-    }
-
-    fn summarise_refusals(&mut self, uid: u32, r: Refusals) {
-        if r.more == 0 {
-            return;
-        }
-        let until_us = upk_core::time::wall_us();
-        self.audit.push(CommandEntry {
-            wall_us: until_us,
-            uid,
-            gid: r.last.gid,
-            pid: r.last.pid,
-            cmdline: r.last.cmdline.clone(),
-            request: serde_json::json!({
-                "type": "refused",
-                "count": r.more,
-                "since_us": r.since_us,
-                "until_us": until_us,
-            }),
-            service: None,
-            result: format!(
-                "refused: {} more requests from uid {uid} after the {REFUSAL_BURST} recorded before, counted and not recorded one by one",
-                r.more
-            ),
-            ok: false,
-        });
-    }
-
     /// A buddy phoning home: its connection becomes an event link, if it runs as us (or root).
     fn hand_over(&mut self, token: u64, hello: Vec<u8>) {
         let Some(c) = self.clients.remove(&token) else {
@@ -732,281 +579,6 @@ impl Server {
         Ok(())
     }
 
-    /// Relays a control request to the buddy; the reply comes with its answer.
-    fn control(
-        &mut self,
-        token: u64,
-        id: Option<u64>,
-        body: &ClientRequest,
-        peer: &Peer,
-        fleet: &Fleet,
-    ) -> Result<(), (ErrorCode, String)> {
-        let service = body.service().unwrap_or_default().to_owned();
-        let Some(member) = fleet.members.get(&service) else {
-            return Err(not_found(&service));
-        };
-        let request = match body.clone() {
-            ClientRequest::Start { .. } => BuddyRequest::Start,
-            ClientRequest::Stop { .. } => BuddyRequest::Stop,
-            ClientRequest::Restart { .. } => BuddyRequest::Restart,
-            ClientRequest::Reload { .. } => BuddyRequest::Reload,
-            ClientRequest::Once { .. } => BuddyRequest::Once,
-            ClientRequest::Signal { signal, group, .. } => BuddyRequest::Signal { signal, group },
-            ClientRequest::Action { name, .. } => {
-                let actions = &member.svc.custom_actions;
-                let known = actions.iter().any(|a| a.name == name)
-                    || name
-                        .parse::<usize>()
-                        .is_ok_and(|n| (1..=actions.len()).contains(&n));
-                if !known {
-                    let names: Vec<&str> = actions.iter().map(|a| a.name.as_str()).collect();
-                    return Err((
-                        ErrorCode::NotFound,
-                        format!(
-                            "{service} has no action {name:?} (it has: {})",
-                            if names.is_empty() {
-                                "none".into()
-                            } else {
-                                names.join(", ")
-                            }
-                        ),
-                    ));
-                }
-                BuddyRequest::Action { name }
-            }
-            ClientRequest::Unconfigure { .. } => BuddyRequest::Shutdown,
-            _ => return Err((ErrorCode::Invalid, "not a control request".into())),
-        };
-        let rid = self.token();
-        let relay = BuddyRequest::Relay {
-            cause: peer.cause(),
-            request: Box::new(request),
-        };
-        let entry = CommandEntry {
-            wall_us: upk_core::time::wall_us(),
-            uid: peer.uid,
-            gid: peer.gid,
-            pid: peer.pid,
-            cmdline: peer.cmdline.clone(),
-            request: serde_json::to_value(body).unwrap_or_default(),
-            service: Some(service.clone()),
-            result: String::new(),
-            ok: false,
-        };
-        let unconfigure = matches!(body, ClientRequest::Unconfigure { .. });
-        self.pending.insert(
-            rid,
-            Pending {
-                client: token,
-                id,
-                service: service.clone(),
-                entry,
-                unconfigure,
-                answer: None,
-            },
-        );
-        self.intents.push(Intent::Relay {
-            rid,
-            service,
-            request: relay,
-        });
-        Ok(())
-    }
-
-    /// The relay of `rid` could not be sent (no link to the buddy, or a broken one): the
-    /// client is told to try again, and the command is audited as failed.
-    pub fn unreachable(&mut self, rid: u64) {
-        let Some(mut p) = self.pending.remove(&rid) else {
-            return;
-        };
-        let message = format!(
-            "the buddy of {} is not connected (it is being started); try again in a second",
-            p.service
-        );
-        (p.entry.result, p.entry.ok) = (message.clone(), false);
-        self.audit.push(p.entry);
-        self.fail(p.client, p.id, ErrorCode::Unavailable, message);
-        self.flush(p.client);
-    }
-
-    /// The desired state left by the command of `rid` is stored (or could not be, which was
-    /// said): its answer goes out now.
-    pub fn stored(&mut self, rid: u64) {
-        if let Some((body, result, ok)) = self.pending.get_mut(&rid).and_then(|p| p.answer.take()) {
-            self.finish(rid, body, result, ok);
-        }
-    }
-
-    /// Answers a read request (not `subscribe`); a list reply goes out in pages.
-    fn answer_read(
-        &mut self,
-        token: u64,
-        id: Option<u64>,
-        body: ClientRequest,
-        fleet: &Fleet,
-    ) -> Result<(), (ErrorCode, String)> {
-        match self.read(body, fleet)? {
-            ClientReply::Services { services, .. } => {
-                self.send_pages(token, id, services, |services, more| {
-                    ClientReply::Services { services, more }
-                })
-            }
-            ClientReply::History { events, cursor, .. } => {
-                self.send_pages(token, id, events, |events, more| ClientReply::History {
-                    events,
-                    more,
-                    cursor: if more { None } else { cursor },
-                })
-            }
-            ClientReply::Audit {
-                commands, cursor, ..
-            } => self.send_pages(token, id, commands, |commands, more| ClientReply::Audit {
-                commands,
-                more,
-                cursor: if more { None } else { cursor },
-            }),
-            ClientReply::Stats { stats, .. } => self.send_pages(token, id, stats, |stats, more| {
-                ClientReply::Stats { stats, more }
-            }),
-            reply => self.send(token, id, reply),
-        }
-        Ok(())
-    }
-
-    /// The answer to a read request (not `subscribe`), in one piece.
-    fn read(&self, body: ClientRequest, fleet: &Fleet) -> Result<ClientReply, (ErrorCode, String)> {
-        let store = store_error;
-        Ok(match body {
-            ClientRequest::List => ClientReply::Services {
-                services: self.summaries(&fleet.members.keys().cloned().collect::<Vec<_>>(), fleet),
-                more: false,
-            },
-            ClientRequest::Status { services } => {
-                let ids: Vec<String> = if services.is_empty() {
-                    fleet.members.keys().cloned().collect()
-                } else {
-                    unique(services)
-                };
-                if let Some(unknown) = ids.iter().find(|id| !fleet.members.contains_key(*id)) {
-                    return Err(not_found(unknown));
-                }
-                ClientReply::Services {
-                    services: self.summaries(&ids, fleet),
-                    more: false,
-                }
-            }
-            ClientRequest::History { mut filter } => {
-                if let Some(id) = &filter.service {
-                    self.known(id, fleet)?;
-                }
-                let (limit, capped) = cap_rows(filter.limit);
-                filter.limit = Some(limit);
-                let mut events = self.reader.history(&filter).map_err(store)?;
-                let cut = fit_bytes(&mut events) || (capped && events.len() == limit);
-                let cursor = cut.then(|| events.last().map(|e| e.id)).flatten();
-                ClientReply::History {
-                    events,
-                    more: false,
-                    cursor,
-                }
-            }
-            ClientRequest::Audit {
-                since_us,
-                until_us,
-                uid,
-                limit,
-                after_id,
-                before_id,
-                newest_first,
-            } => {
-                let (limit, capped) = cap_rows(limit);
-                let filter = HistoryFilter {
-                    since_us,
-                    until_us,
-                    after_id,
-                    before_id,
-                    limit: Some(limit),
-                    newest_first,
-                    ..HistoryFilter::default()
-                };
-                let mut commands = self.reader.commands_page(&filter, uid).map_err(store)?;
-                let cut = fit_bytes(&mut commands) || (capped && commands.len() == limit);
-                let cursor = cut.then(|| commands.last().map(|c| c.id)).flatten();
-                ClientReply::Audit {
-                    commands,
-                    more: false,
-                    cursor,
-                }
-            }
-            ClientRequest::Stats {
-                services,
-                since_us,
-                until_us,
-            } => {
-                let until = until_us.unwrap_or_else(upk_core::time::wall_us);
-                let since = match since_us {
-                    Some(since) => since,
-                    None => until.checked_sub(24 * 3_600_000_000).ok_or_else(|| {
-                        bad_value(format!(
-                            "until_us {until} is too far in the past to count 24 hours back from"
-                        ))
-                    })?,
-                };
-                if since >= until {
-                    return Err(bad_value(format!(
-                        "the window is empty: since_us {since} is not before until_us {until}"
-                    )));
-                }
-                let ids: Vec<String> = if services.is_empty() {
-                    fleet.members.keys().cloned().collect()
-                } else {
-                    unique(services)
-                };
-                for id in &ids {
-                    self.known(id, fleet)?;
-                }
-                let stats = ids
-                    .iter()
-                    .map(|id| self.reader.stats(id, since, until))
-                    .collect::<Result<_, _>>()
-                    .map_err(store)?;
-                ClientReply::Stats { stats, more: false }
-            }
-            _ => return Err((ErrorCode::Invalid, "not a read request".into())),
-        })
-    }
-
-    /// A service is known when it is configured or has a history in the store.
-    fn known(&self, id: &str, fleet: &Fleet) -> Result<(), (ErrorCode, String)> {
-        if fleet.members.contains_key(id) || self.reader.service_uuid(id).ok().flatten().is_some() {
-            Ok(())
-        } else {
-            Err(not_found(id))
-        }
-    }
-
-    /// One summary per id: the status file, and one store query each.
-    fn summaries(&self, ids: &[String], fleet: &Fleet) -> Vec<ServiceSummary> {
-        let linked: BTreeSet<&str> = fleet.links.iter().map(|l| l.service.as_str()).collect();
-        ids.iter()
-            .map(|id| {
-                let m = fleet.members.get(id);
-                let (uuid, desired) = match self.reader.service_row(id) {
-                    Ok(Some((uuid, desired))) => (Some(uuid), desired),
-                    _ => (None, None),
-                };
-                ServiceSummary {
-                    service: id.clone(),
-                    uuid,
-                    file: m.map(|m| m.file.display().to_string()).unwrap_or_default(),
-                    linked: linked.contains(id.as_str()),
-                    status: m.and_then(|m| Status::read(&m.dir.status()).ok().flatten()),
-                    desired,
-                }
-            })
-            .collect()
-    }
-
     /// Events the store just committed: to every subscriber that wants them and has not had
     /// them yet.
     pub fn publish(&mut self, rows: &[EventRow]) {
@@ -1039,111 +611,6 @@ impl Server {
         }
         self.bound_backlogs();
     }
-
-    /// A buddy answered a relayed request: answer the client and audit the command, after
-    /// the loop stored the desired state it leaves ([`Intent::SetWant`]).
-    pub fn answered(&mut self, rid: u64, reply: BuddyReply) -> Vec<Intent> {
-        self.answer(rid, reply);
-        std::mem::take(&mut self.intents)
-    }
-
-    fn answer(&mut self, rid: u64, reply: BuddyReply) {
-        let Some(p) = self.pending.get(&rid) else {
-            return;
-        };
-        if p.answer.is_some() {
-            return; // answered already, waiting for the store
-        }
-        let service = p.service.clone();
-        let (body, result, ok) = match reply {
-            BuddyReply::Ok { status, message } => {
-                let want = status.want;
-                let result = format!(
-                    "done: {} (want {}){}",
-                    status.state.as_str(),
-                    crate::store::want_str(want),
-                    message
-                        .as_deref()
-                        .map(|m| format!("; {m}"))
-                        .unwrap_or_default()
-                );
-                let body = ClientReply::Done {
-                    service: service.clone(),
-                    status: Some(status),
-                    message,
-                };
-                if p.unconfigure {
-                    self.intents.push(Intent::Unconfigure { service });
-                } else {
-                    // Answered once the wish is stored: see `stored`.
-                    if let Some(p) = self.pending.get_mut(&rid) {
-                        p.answer = Some((body, result, true));
-                    }
-                    self.intents.push(Intent::SetWant { rid, service, want });
-                    return;
-                }
-                (body, result, true)
-            }
-            BuddyReply::ActionDone { action, exit } => {
-                let ok = exit == upk_core::event::Exit::Exited { code: 0 };
-                let result = format!(
-                    "{action}: {}",
-                    serde_json::to_string(&exit).unwrap_or_default()
-                );
-                (
-                    ClientReply::ActionDone {
-                        service,
-                        action,
-                        exit,
-                    },
-                    result,
-                    ok,
-                )
-            }
-            BuddyReply::Error { message } => return self.failed(rid, message),
-            // Not an answer to a relayed request: keep waiting for one.
-            _ => return,
-        };
-        self.finish(rid, body, result, ok);
-    }
-
-    /// A relayed request failed: the client gets the buddy's sentence.
-    fn failed(&mut self, rid: u64, message: String) {
-        let Some(p) = self.pending.get(&rid) else {
-            return;
-        };
-        let body = ClientReply::Error {
-            code: ErrorCode::Failed,
-            message: format!("{}: {message}", p.service),
-        };
-        self.finish(rid, body, format!("failed: {message}"), false);
-    }
-
-    fn finish(&mut self, rid: u64, body: ClientReply, result: String, ok: bool) {
-        let Some(mut p) = self.pending.remove(&rid) else {
-            return;
-        };
-        (p.entry.result, p.entry.ok) = (result, ok);
-        self.audit.push(p.entry);
-        self.send(p.client, p.id, body);
-        self.flush(p.client);
-    }
-
-    /// The link to `service`'s buddy is gone: its requests in flight fail.
-    pub fn link_lost(&mut self, service: &str) {
-        let lost: Vec<u64> = self
-            .pending
-            .iter()
-            .filter(|(_, p)| p.service == service && p.answer.is_none())
-            .map(|(rid, _)| *rid)
-            .collect();
-        for rid in lost {
-            self.failed(
-                rid,
-                "its buddy went away before answering; see `upkctl status`".into(),
-            );
-        }
-    }
 }
 
 fn store_error(e: crate::store::StoreError) -> (ErrorCode, String) {
@@ -1172,63 +639,6 @@ fn is_buddy_hello(line: &[u8]) -> bool {
     serde_json::from_slice::<serde_json::Value>(line).is_ok_and(|v| {
         v.get("type").and_then(|t| t.as_str()) == Some("hello") && v.get("buddy_pid").is_some()
     })
-}
-
-/// The rows to ask the store for: the request's limit up to [`MAX_ROWS`], and whether the cap
-/// cut it (then the reply carries a cursor to continue from).
-fn cap_rows(limit: Option<usize>) -> (usize, bool) {
-    match limit {
-        Some(l) if l <= MAX_ROWS => (l, false),
-        _ => (MAX_ROWS, true),
-    }
-}
-
-/// `items` cut into pages of about [`PAGE_BYTES`] of JSON each (an item larger than that is a
-/// page of its own); at least one page, empty when `items` is.
-fn pages<T: Serialize>(items: Vec<T>) -> Vec<Vec<T>> {
-    let mut pages = vec![Vec::new()];
-    let mut size = 0;
-    for item in items {
-        let len = serde_json::to_vec(&item).map_or(0, |v| v.len() + 1);
-        if size + len > PAGE_BYTES && pages.last().is_some_and(|p| !p.is_empty()) {
-            pages.push(Vec::new());
-            size = 0;
-        }
-        size += len;
-        if let Some(page) = pages.last_mut() {
-            page.push(item);
-        }
-    }
-    pages
-}
-
-/// Keeps the rows of `rows` that fit in [`REPLY_BYTES`] of JSON (at least one); true when
-/// some were cut.
-fn fit_bytes<T: Serialize>(rows: &mut Vec<T>) -> bool {
-    let mut size = 0;
-    let keep = rows
-        .iter()
-        .position(|r| {
-            size += serde_json::to_vec(r).map_or(0, |v| v.len() + 1);
-            size > REPLY_BYTES
-        })
-        .map_or(rows.len(), |i| i.max(1));
-    let cut = keep < rows.len();
-    rows.truncate(keep);
-    cut
-}
-
-/// `ids` each once, in the order first named: a request naming one service 100,000 times is
-/// answered once for it.
-fn unique(ids: Vec<String>) -> Vec<String> {
-    let mut seen = BTreeSet::new();
-    ids.into_iter()
-        .filter(|id| seen.insert(id.clone()))
-        .collect()
-}
-
-fn bad_value(message: String) -> (ErrorCode, String) {
-    (ErrorCode::BadValue, message)
 }
 
 /// How many connections callers without control access may hold together: [`MAX_UNPRIVILEGED`],
@@ -1261,63 +671,6 @@ fn spare_fd() -> Option<std::fs::File> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn peer(uid: u32) -> Peer {
-        Peer {
-            uid,
-            ..Peer::default()
-        }
-    }
-
-    #[test]
-    fn refusals_of_a_uid_are_a_few_rows_then_counted_then_one_summary_per_window() {
-        let mut log = RefusalLog::default();
-        let t0 = Instant::now();
-        for _ in 0..REFUSAL_BURST {
-            assert!(log.refused(&peer(1000), t0), "the first ones are audited");
-        }
-        for i in 0..100_000u32 {
-            assert!(!log.refused(&peer(1000), t0 + Duration::from_micros(i.into())));
-        }
-        assert!(
-            log.refused(&peer(1001), t0),
-            "another uid has its own window"
-        );
-        assert_eq!(log.deadline(), Some(t0 + REFUSAL_WINDOW));
-        assert!(log.expire(t0 + REFUSAL_WINDOW / 2).is_empty());
-        let over = log.expire(t0 + REFUSAL_WINDOW);
-        let counted: Vec<(u32, u64)> = over.iter().map(|(uid, r)| (*uid, r.more)).collect();
-        assert_eq!(counted, [(1000, 100_000), (1001, 0)]);
-        assert_eq!(log.deadline(), None);
-        assert!(
-            log.refused(&peer(1000), t0 + REFUSAL_WINDOW),
-            "a new window audits again"
-        );
-    }
-
-    #[test]
-    fn long_lists_are_split_into_lines_below_the_line_limit() {
-        let items: Vec<String> = (0..20_000).map(|i| format!("{i:0>100}")).collect();
-        let split = pages(items.clone());
-        assert!(split.len() > 1);
-        for page in &split {
-            let line = proto::encode(&Envelope {
-                id: Some(1),
-                body: ClientReply::Stats {
-                    stats: Vec::new(),
-                    more: true,
-                },
-            });
-            let size = serde_json::to_vec(page).expect("json").len() + line.len();
-            assert!(size < PAGE_BYTES + 1024, "{size}");
-        }
-        assert_eq!(split.concat(), items, "nothing lost or reordered");
-        assert_eq!(
-            pages(Vec::<u8>::new()),
-            [Vec::<u8>::new()],
-            "one empty page"
-        );
-    }
 
     /// A server on a fresh store with `n` subscribers (all services), each on a socket pair
     /// whose far end is returned and never read.
@@ -1381,13 +734,5 @@ mod tests {
                 .all(|c| c.out.len() <= MAX_BACKLOG + 128 * 1024));
         }
         assert!(server.clients.is_empty(), "every non-reader dropped");
-    }
-
-    #[test]
-    fn row_limits_are_capped_with_a_cursor_past_the_cap() {
-        assert_eq!(cap_rows(Some(10)), (10, false));
-        assert_eq!(cap_rows(Some(MAX_ROWS)), (MAX_ROWS, false));
-        assert_eq!(cap_rows(Some(usize::MAX)), (MAX_ROWS, true));
-        assert_eq!(cap_rows(None), (MAX_ROWS, true));
     }
 }
