@@ -16,7 +16,7 @@
 //! Data goes one way: configuration is loaded and rendered into the fleet ([`Fleet::apply`]),
 //! the fleet's links feed the store, the store's commits feed the server's subscribers and the
 //! acks. The server only reads the fleet; what it needs done it returns as [`Intent`]s, which
-//! this loop carries out ([`carry_out`]). The loop never waits for the store: writes are queued
+//! this loop carries out. The loop never waits for the store: writes are queued
 //! to its writer thread, and each commit comes back through the writer's wake-up; an operator's
 //! command is answered once the desired state it leaves is committed.
 //!

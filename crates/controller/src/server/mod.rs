@@ -20,8 +20,8 @@
 //! A buddy phoning home dials the same socket; its first line (`hello` with `buddy_pid`) hands
 //! the connection over to the fleet as an event link.
 //!
-//! The parts: [`read`] answers read requests, [`control`] relays control requests and waits
-//! for their answers, [`refusals`] bounds what refused callers cost the audit store.
+//! The parts: `read` answers read requests, `control` relays control requests and waits for
+//! their answers, `refusals` bounds what refused callers cost the audit store.
 //!
 //! [`access`]: crate::access
 
