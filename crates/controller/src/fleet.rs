@@ -31,7 +31,6 @@ use crate::store::{Batch, ConfigChange, Configured, StoreWriter};
 use nix::sys::signal::Signal;
 use std::collections::BTreeMap;
 use std::io::Write;
-use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -295,8 +294,9 @@ impl<'a> Fleet<'a> {
             }
         }
         if let Some(m) = self.members.get(id) {
-            if let Ok(mut s) = UnixStream::connect(m.dir.socket()) {
-                let _ = s.write_all(&proto::encode(&Envelope { id: None, body }));
+            if let Ok(s) = crate::link::connect(&m.dir.socket()) {
+                // One try: a line this short fits the empty buffer of a new connection.
+                let _ = (&s).write(&proto::encode(&Envelope { id: None, body }));
             }
         }
     }
@@ -486,22 +486,14 @@ impl<'a> Fleet<'a> {
 
 /// Opens a controller subscription to the buddy of `dir`.
 fn subscribe(dir: &RunDir, id: &str) -> std::io::Result<Link> {
-    let mut stream = UnixStream::connect(dir.socket())?;
+    let mut link = Link::new(crate::link::connect(&dir.socket())?, id);
     let hello = BuddyRequest::Hello {
         version: PROTOCOL_VERSION,
         role: Role::Controller,
     };
-    let mut lines = proto::encode(&Envelope {
-        id: None,
-        body: hello,
-    });
-    lines.extend(proto::encode(&Envelope {
-        id: None,
-        body: BuddyRequest::Subscribe,
-    }));
-    stream.write_all(&lines)?;
-    stream.set_nonblocking(true)?;
-    Ok(Link::new(stream, id))
+    link.request(None, hello)?;
+    link.request(None, BuddyRequest::Subscribe)?;
+    Ok(link)
 }
 
 /// True while some process holds the run directory's lock: a buddy lives there.

@@ -14,12 +14,29 @@
 
 use crate::store::{Batch, Origin};
 use std::io::{Read, Write};
+use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
+use std::path::Path;
 use upk_core::proto::{self, BuddyReply, BuddyRequest, Envelope, LineBuf};
 
 /// Unwritten output past which a link is reset: acks and relayed commands are at most a few
 /// hundred bytes each, so a megabyte means the buddy has not read for thousands of them.
 pub const MAX_OUTPUT: usize = 1 << 20;
+
+/// Connects to a buddy's socket without blocking: a unix socket connects at once or fails
+/// (EAGAIN when the buddy's backlog is full, as for a buddy too busy to accept), so the loop
+/// never waits in `connect`. The stream is non-blocking.
+pub fn connect(path: &Path) -> std::io::Result<UnixStream> {
+    use nix::sys::socket::{self, AddressFamily, SockFlag, SockType, UnixAddr};
+    let fd = socket::socket(
+        AddressFamily::Unix,
+        SockType::Stream,
+        SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
+        None,
+    )?;
+    socket::connect(fd.as_raw_fd(), &UnixAddr::new(path)?)?;
+    Ok(UnixStream::from(fd))
+}
 
 /// A buddy's reply other than a record, with the id of the request it answers.
 pub type Answer = (Option<u64>, BuddyReply);
@@ -230,6 +247,37 @@ mod tests {
             assert_eq!(msg.id, Some(i as u64), "in order");
             assert_eq!(msg.body, relay(i));
         }
+    }
+
+    #[test]
+    fn connecting_to_a_listener_that_does_not_accept_fails_at_once_when_its_backlog_is_full() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("buddy.sock");
+        // A listener with a backlog of one that never accepts: a buddy too busy to.
+        use nix::sys::socket::{self, AddressFamily, Backlog, SockFlag, SockType, UnixAddr};
+        let listener = socket::socket(
+            AddressFamily::Unix,
+            SockType::Stream,
+            SockFlag::SOCK_CLOEXEC,
+            None,
+        )
+        .expect("socket");
+        socket::bind(listener.as_raw_fd(), &UnixAddr::new(&path).expect("addr")).expect("bind");
+        socket::listen(&listener, Backlog::new(1).expect("backlog")).expect("listen");
+        let start = std::time::Instant::now();
+        let mut held = Vec::new();
+        let err = loop {
+            match connect(&path) {
+                Ok(s) => held.push(s),
+                Err(e) => break e,
+            }
+            assert!(held.len() < 100, "the backlog never filled");
+        };
+        assert!(!held.is_empty(), "the first connects at once");
+        assert_eq!(err.kind(), std::io::ErrorKind::WouldBlock, "{err}");
+        assert!(start.elapsed() < std::time::Duration::from_secs(5));
+        drop(listener);
+        assert!(connect(&dir.path().join("nobody.sock")).is_err());
     }
 
     #[test]
