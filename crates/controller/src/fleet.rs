@@ -431,8 +431,8 @@ impl<'a> Fleet<'a> {
     /// The first status a buddy gives this controller (the answer to its subscription): if
     /// what the buddy does differs from what the store wants, the service's
     /// `PreferBuddyState*` keys decide who is right ([`desired::reconcile`]). Returns the
-    /// ticket of the desired state it queued for the store, if it queued one.
-    pub fn reconcile(&mut self, id: &str, status: &Status) -> Option<u64> {
+    /// desired state it queued for the store, with the writer's ticket, if it queued one.
+    pub fn reconcile(&mut self, id: &str, status: &Status) -> Option<(u64, Want)> {
         let m = self.members.get_mut(id)?;
         if std::mem::replace(&mut m.reconciled, true) {
             return None;
@@ -466,7 +466,7 @@ impl<'a> Fleet<'a> {
             };
             self.tell(id, relay);
         }
-        self.set_desired(id, r.want)
+        self.set_desired(id, r.want).map(|ticket| (ticket, r.want))
     }
 
     /// Records what an operator (or reconciliation) wants for `id`: at once in memory, and

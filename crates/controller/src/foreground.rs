@@ -50,6 +50,7 @@ use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::{Duration, Instant};
 use upk_core::config::Controller;
 use upk_core::proto::BuddyReply;
+use upk_core::status::Want;
 
 /// How often the store's retention bounds are applied.
 const RETENTION_EVERY: Duration = Duration::from_secs(3600);
@@ -218,7 +219,7 @@ pub fn run(ctl: &Controller, renderer: &Renderer) -> anyhow::Result<()> {
             while matches!((&wake_rx).read(&mut drain), Ok(n) if n > 0) {}
             while let Ok(outcome) = outcomes.try_recv() {
                 match outcome.tickets.first().and_then(|t| held.remove(t)) {
-                    Some((service, rid)) => {
+                    Some((service, _, rid)) => {
                         if let Err(e) = outcome.result {
                             eprintln!("upkeeper: {service}: cannot store its desired state: {e}");
                         }
@@ -229,11 +230,20 @@ pub fn run(ctl: &Controller, renderer: &Renderer) -> anyhow::Result<()> {
                     None => committed(&mut fleet, &mut server, outcome.result),
                 }
             }
-            // The writer may have recreated the store's file: queries follow it.
+            // The writer may have recreated the store's file: queries follow it, and so do the
+            // desired states (a file put in its place has its own), but for those still queued.
             let reader = server.store_mut();
             if reader.replaced() {
-                if let Err(e) = reader.reopen() {
-                    eprintln!("upkeeper: cannot reopen the audit store for queries: {e}");
+                match reader.reopen().and_then(|()| reader.desired_all()) {
+                    Ok(stored) => {
+                        fleet.desired = Desired::new(stored);
+                        for (service, want, _) in held.values() {
+                            fleet.desired.set(service, *want);
+                        }
+                    }
+                    Err(e) => {
+                        eprintln!("upkeeper: cannot reopen the audit store for queries: {e}")
+                    }
                 }
             }
         }
@@ -308,9 +318,9 @@ pub fn run(ctl: &Controller, renderer: &Renderer) -> anyhow::Result<()> {
     }
 }
 
-/// Desired states queued for the store, by the writer's ticket: the service, and the relayed
-/// request whose answer waits for the commit (none for a reconciliation).
-type Held = BTreeMap<u64, (String, Option<u64>)>;
+/// Desired states queued for the store, by the writer's ticket: the service, what it wants, and
+/// the relayed request whose answer waits for the commit (none for a reconciliation).
+type Held = BTreeMap<u64, (String, Want, Option<u64>)>;
 
 /// A buddy's reply on its link: the answer to a relayed request, or (without an id) the status
 /// that answers the controller's subscription.
@@ -328,8 +338,8 @@ fn answer(
             carry_out(fleet, server, held, intents);
         }
         (None, BuddyReply::Ok { status, .. }) => {
-            if let Some(ticket) = fleet.reconcile(service, &status) {
-                held.insert(ticket, (service.to_owned(), None));
+            if let Some((ticket, want)) = fleet.reconcile(service, &status) {
+                held.insert(ticket, (service.to_owned(), want, None));
             }
         }
         (None, BuddyReply::Error { message }) => eprintln!("upkeeper: {service}: {message}"),
@@ -363,7 +373,7 @@ fn carry_out(fleet: &mut Fleet, server: &mut Server, held: &mut Held, intents: V
                 fleet.links.push(link);
             }
             Intent::SetWant { rid, service, want } => match fleet.set_desired(&service, want) {
-                Some(ticket) => drop(held.insert(ticket, (service, Some(rid)))),
+                Some(ticket) => drop(held.insert(ticket, (service, want, Some(rid)))),
                 None => server.stored(rid),
             },
             Intent::Unconfigure { service } => fleet.unconfigured_by_command(&service),
