@@ -14,8 +14,9 @@
 //! connection). A control request is relayed to the service's buddy on the controller's link,
 //! with the caller as the cause of what it does, and answered when the buddy answers and the
 //! desired state it leaves is stored: the reply says what happened, not that something was
-//! sent, and the wish survives a controller crash once the caller is told. A subscription first replays
-//! stored events after the client's cursor, then receives each event as the store commits it.
+//! sent, and the wish survives a controller crash once the caller is told. A subscription
+//! first replays stored events after the client's cursor, then receives each event as the
+//! store commits it.
 //!
 //! A buddy phoning home dials the same socket; its first line (`hello` with `buddy_pid`) hands
 //! the connection over to the fleet as an event link.

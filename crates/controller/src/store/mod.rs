@@ -315,9 +315,11 @@ impl Store {
     }
 
     /// Takes a scan's new and changed services into the store in one transaction: each is
-    /// registered ([`Store::ensure_service`]) and its definition's hash recorded. Returns,
-    /// for each, the desired state the store already had; a service without one gets its
-    /// `initial` desired state and `None` back.
+    /// registered ([`Store::ensure_service`]) and its definition's hash recorded; a service
+    /// without a desired state gets its `initial` one ([`Desired::configured`] does the same
+    /// in the controller's memory).
+    ///
+    /// [`Desired::configured`]: crate::desired::Desired::configured
     pub fn configure(&mut self, services: &[Configured]) -> Result<()> {
         let tx = self.conn.transaction()?;
         for c in services {
@@ -330,21 +332,6 @@ impl Store {
         }
         tx.commit()?;
         Ok(())
-    }
-
-    /// The desired state stored for each of `services` (`None`: new to the store, or never
-    /// set), read in one transaction: what [`Store::configure`] keeps.
-    pub fn desired_of(&self, services: &[String]) -> Result<Vec<Option<Want>>> {
-        let mut stmt = self
-            .conn
-            .prepare_cached("SELECT desired FROM services WHERE service = ?1")?;
-        let mut out = Vec::with_capacity(services.len());
-        for s in services {
-            out.push(want_of(
-                stmt.query_row([s], |r| r.get(0)).optional()?.flatten(),
-            ));
-        }
-        Ok(out)
     }
 
     /// The desired state of every service the store knows, removed ones included (one that
