@@ -7,8 +7,8 @@
 //! needs is running.
 //!
 //! [`Fleet::reach_buddies`] keeps one subscription ([`Link`]) per buddy, spawning a buddy (in
-//! its own session, at most once a second per service) when none answers; its lock makes a
-//! duplicate exit at once, and a new buddy adopts a service left running. The first answer of
+//! its own session, at most once a second per service, [`reach`] decides) when none answers;
+//! its lock makes a duplicate exit at once, and a new buddy adopts a service left running. The first answer of
 //! a buddy after the controller starts is reconciled with the desired state ([`desired`]
 //! decides, `PreferBuddyStateForStopped`/`PreferBuddyStateForRunning`). A service the store
 //! already knows is rendered with the store's desired state, so `InitialState` applies only to
@@ -20,34 +20,27 @@
 //!
 //! [`order`]: crate::order
 //! [`desired`]: crate::desired
+//! [`reach`]: crate::reach
 
 use crate::apply::{self, InForce};
 use crate::desired::{self, Desired};
 use crate::diff::config_hash;
 pub use crate::link::{Answer, Link};
 use crate::load::Scan;
+use crate::reach::{self, Reach};
 use crate::render::Renderer;
 use crate::store::{Batch, ConfigChange, Configured, StoreWriter};
 use nix::sys::signal::Signal;
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 use upk_core::config::{Controller, Service};
-use upk_core::proto::{self, BuddyRequest, Envelope, Role, PROTOCOL_VERSION};
+use upk_core::proto::{self, BuddyRequest, Envelope};
 use upk_core::rundir::{RunDir, Settings};
 use upk_core::status::{Status, Want};
 
-/// Least time between two spawns of one service's buddy, and the longest between two
-/// attempts to reach it.
-pub const RETRY: Duration = Duration::from_secs(1);
-
-/// The first delay before trying again to reach a buddy that did not answer: a fresh buddy
-/// is up within milliseconds, but linking a thousand of them while they start would only
-/// compete with their start-up for the CPU. A client's command links at once
-/// ([`Fleet::link_now`]).
-const FIRST_RETRY: Duration = Duration::from_millis(250);
+pub use crate::reach::RETRY;
 
 /// A configured service and its buddy.
 pub struct Member {
@@ -58,14 +51,8 @@ pub struct Member {
     pub file: PathBuf,
     /// Its run directory.
     pub dir: RunDir,
-    /// The buddy this controller spawned, until it is reaped.
-    child: Option<Child>,
-    /// When to try to reach the buddy next.
-    retry_at: Instant,
-    /// Failed attempts to reach it since it was last linked (the retry delay doubles).
-    misses: u32,
-    /// When its buddy was last spawned (at most one spawn per [`RETRY`]).
-    spawned_at: Option<Instant>,
+    /// When to reach its buddy, and the one this controller spawned.
+    reach: Reach,
     /// Its buddy has answered this controller at least once (and was reconciled then).
     reconciled: bool,
     /// Not started yet: waiting for these prerequisites to be running.
@@ -114,7 +101,7 @@ impl<'a> Fleet<'a> {
         self.members
             .iter()
             .filter(|(id, _)| !linked.contains(id.as_str()))
-            .map(|(_, m)| m.retry_at)
+            .map(|(_, m)| m.reach.retry_at)
             .min()
     }
 
@@ -239,10 +226,7 @@ impl<'a> Fleet<'a> {
                 hash,
                 file: file.to_owned(),
                 dir,
-                child: None,
-                retry_at: Instant::now(),
-                misses: 0,
-                spawned_at: None,
+                reach: Reach::new(Instant::now()),
                 reconciled: false,
                 waiting_for,
             };
@@ -333,7 +317,7 @@ impl<'a> Fleet<'a> {
         let due: Vec<String> = self
             .members
             .iter()
-            .filter(|(id, m)| m.retry_at <= now && !linked.contains(id.as_str()))
+            .filter(|(id, m)| m.reach.retry_at <= now && !linked.contains(id.as_str()))
             .map(|(id, _)| id.clone())
             .collect();
         for id in due {
@@ -341,26 +325,23 @@ impl<'a> Fleet<'a> {
         }
     }
 
-    /// Subscribes to the buddy of `id`, or spawns it (at most once per [`RETRY`]) and tries
-    /// again soon: a buddy binds its socket within milliseconds.
+    /// Subscribes to the buddy of `id`, or spawns it when [`Reach`] allows and tries again
+    /// soon: a buddy binds its socket within milliseconds.
     fn reach(&mut self, id: &str, now: Instant) {
         let Some(m) = self.members.get_mut(id) else {
             return;
         };
-        match subscribe(&m.dir, id) {
+        match reach::subscribe(&m.dir, id) {
             Ok(link) => {
-                m.misses = 0;
+                m.reach.linked();
                 self.links.push(link);
             }
             Err(_) => {
-                m.retry_at = now + (FIRST_RETRY * 2u32.pow(m.misses.min(7))).min(RETRY);
-                m.misses += 1;
-                let due = m.spawned_at.is_none_or(|t| now >= t + RETRY);
                 // A buddy that holds its lock but did not answer (busy, or not listening yet)
                 // is reached again later, never doubled.
-                if m.waiting_for.is_empty() && due && m.child.is_none() && !holds_lock(&m.dir) {
-                    m.spawned_at = Some(now);
-                    spawn_buddy(&self.ctl.upk_buddy_path, id, m);
+                if m.reach.missed(now, !m.waiting_for.is_empty()) && !reach::holds_lock(&m.dir) {
+                    let child = reach::spawn_buddy(&self.ctl.upk_buddy_path, id, &m.dir);
+                    m.reach.spawned(now, child);
                 }
             }
         }
@@ -394,7 +375,7 @@ impl<'a> Fleet<'a> {
             if let Some(m) = self.members.get_mut(&id) {
                 if still.is_empty() {
                     eprintln!("upkeeper: {id}: its prerequisites run; starting it");
-                    m.retry_at = Instant::now();
+                    m.reach.retry_at = Instant::now();
                 }
                 m.waiting_for = still;
             }
@@ -404,20 +385,13 @@ impl<'a> Fleet<'a> {
     /// A link ended: reach its buddy again soon (spawning a new one at most once a second).
     pub fn link_lost(&mut self, service: &str) {
         if let Some(m) = self.members.get_mut(service) {
-            (m.retry_at, m.misses) = (Instant::now() + FIRST_RETRY, 0);
+            m.reach.lost(Instant::now());
         }
     }
 
     /// Reaps buddies the controller spawned that have exited.
     pub fn reap(&mut self) {
-        for m in self.members.values_mut() {
-            if m.child
-                .as_mut()
-                .is_some_and(|c| !matches!(c.try_wait(), Ok(None)))
-            {
-                m.child = None;
-            }
-        }
+        self.members.values_mut().for_each(|m| m.reach.reap());
     }
 
     /// The store could not be written: drop every link and subscribe again a second later, so
@@ -425,7 +399,9 @@ impl<'a> Fleet<'a> {
     pub fn resubscribe_later(&mut self) {
         self.links.clear();
         let later = Instant::now() + RETRY;
-        self.members.values_mut().for_each(|m| m.retry_at = later);
+        self.members
+            .values_mut()
+            .for_each(|m| m.reach.retry_at = later);
     }
 
     /// The first status a buddy gives this controller (the answer to its subscription): if
@@ -481,48 +457,5 @@ impl<'a> Fleet<'a> {
                 None
             }
         }
-    }
-}
-
-/// Opens a controller subscription to the buddy of `dir`.
-fn subscribe(dir: &RunDir, id: &str) -> std::io::Result<Link> {
-    let mut link = Link::new(crate::link::connect(&dir.socket())?, id);
-    let hello = BuddyRequest::Hello {
-        version: PROTOCOL_VERSION,
-        role: Role::Controller,
-    };
-    link.request(None, hello)?;
-    link.request(None, BuddyRequest::Subscribe)?;
-    Ok(link)
-}
-
-/// True while some process holds the run directory's lock: a buddy lives there.
-fn holds_lock(dir: &RunDir) -> bool {
-    let Ok(file) = std::fs::File::open(dir.lock()) else {
-        return false;
-    };
-    match nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockSharedNonblock) {
-        Ok(_unlocked_on_drop) => false,
-        Err((_, e)) => e == nix::errno::Errno::EWOULDBLOCK,
-    }
-}
-
-/// Starts `buddy RUN-DIR` with stdin and stdout on /dev/null and stderr appended to
-/// `log/buddy`. No pre_exec, so std spawns with posix_spawn (no copy of the controller's
-/// memory): the buddy itself leaves our session and clears the signal mask it inherits.
-fn spawn_buddy(buddy: &Path, id: &str, m: &mut Member) {
-    let log = match upk_core::fsutil::open_append(&m.dir.log_file("buddy"), 0o640) {
-        Ok(f) => f,
-        Err(e) => return eprintln!("upkeeper: {id}: cannot open its log/buddy: {e}"),
-    };
-    let spawned = Command::new(buddy)
-        .arg(m.dir.root())
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn();
-    match spawned {
-        Ok(c) => m.child = Some(c),
-        Err(e) => eprintln!("upkeeper: {id}: cannot start {}: {e}", buddy.display()),
     }
 }

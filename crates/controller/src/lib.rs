@@ -20,6 +20,7 @@ pub mod foreground;
 pub mod link;
 pub mod load;
 pub mod order;
+pub mod reach;
 pub mod render;
 pub mod server;
 pub mod store;
