@@ -14,7 +14,8 @@
 #               installed files never contain it.
 #   SYSCONFDIR  configuration root (default /etc for PREFIX=/usr, PREFIX/etc otherwise).
 #   BINDIR      directory holding upkeeper, upk_buddy, upkctl and uptop already built; when
-#               unset, `cargo build --release --workspace --bins` builds them into target/release.
+#               unset, `cargo build --release --workspace --bins` builds them into target/release,
+#               and upk_buddy and upkctl are built for the musl target too when it is installed.
 #
 # The controller goes to PREFIX/sbin (a system daemon, run by init as root); upkctl and uptop
 # to PREFIX/bin; the buddy is not for people to run and goes to PREFIX/libexec/upkeeper.
@@ -28,13 +29,28 @@ if [ -z "${SYSCONFDIR:-}" ]; then
 	if [ "$PREFIX" = /usr ]; then SYSCONFDIR=/etc; else SYSCONFDIR=$PREFIX/etc; fi
 fi
 
+# The buddy (one per service) and upkctl (one per command) are installed as they are measured
+# in docs/benchmarks.md: static musl, non-PIE (.cargo/config.toml), which start in a tenth of
+# the time of a glibc PIE and keep a third of its private memory. Without the musl target the
+# glibc builds are installed, and this says so.
+MUSLDIR=
 if [ -z "${BINDIR:-}" ]; then
 	(cd "$SRC" && cargo build --release --workspace --bins)
 	BINDIR=$SRC/target/release
+	musl=$(uname -m)-unknown-linux-musl
+	if (cd "$SRC" && cargo build --release -p upk-buddy -p upkctl --target "$musl"); then
+		MUSLDIR=$SRC/target/$musl/release
+	else
+		echo "install.sh: no $musl build (rustup target add $musl): installing the glibc upk_buddy and upkctl, larger and slower to start than the ones measured (docs/benchmarks.md)" >&2
+	fi
 fi
 for b in upkeeper upk_buddy upkctl uptop; do
 	[ -x "$BINDIR/$b" ] || { echo "install.sh: $BINDIR/$b is missing or not executable" >&2; exit 1; }
 done
+# The binary to install for $1: the musl one when it was built.
+built() {
+	if [ -n "$MUSLDIR" ] && [ -x "$MUSLDIR/$1" ]; then echo "$MUSLDIR/$1"; else echo "$BINDIR/$1"; fi
+}
 
 sbin=$PREFIX/sbin
 bin=$PREFIX/bin
@@ -59,8 +75,8 @@ install -d "$D$sbin" "$D$bin" "$D$libexec" "$D$share/templates" "$D$share/hooks"
 	"$D$PREFIX/share/fish/vendor_completions.d" "$D$SYSCONFDIR/upkeeper/upkeeper.d"
 
 install -m 0755 "$BINDIR/upkeeper" "$D$sbin/upkeeper"
-install -m 0755 "$BINDIR/upk_buddy" "$D$libexec/upk_buddy"
-install -m 0755 "$BINDIR/upkctl" "$D$bin/upkctl"
+install -m 0755 "$(built upk_buddy)" "$D$libexec/upk_buddy"
+install -m 0755 "$(built upkctl)" "$D$bin/upkctl"
 install -m 0755 "$BINDIR/uptop" "$D$bin/uptop"
 
 # The controller embeds its templates; these copies are for reading and for --templates.

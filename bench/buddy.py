@@ -58,6 +58,7 @@ THROTTLES = {
     "supervise": "sleeps 1 s after every start (before it can reap); the child lives 1.1 s",
 }
 NOFILE = 1024
+STAMP_NAME = "stamps"  # each service's stamp file, in its working directory
 # The readiness descriptor: s6-supervise opens it (file `notification-fd`), nobody else does;
 # NOTIFY_FD is in every supervisor's environment, stamp writes a newline there if it is a pipe.
 
@@ -242,7 +243,10 @@ class Bench:
         if static.returncode != 0:
             subprocess.run(["cc", "-O2", "-o", str(self.stamp), str(src)], check=True)
         self.facts["stamp_static"] = static.returncode == 0
-        self.script = "#!/bin/sh\nexec %s\n" % self.stamp
+        # The buddy starts services from a clean environment (docs/servicedir.md), so stamp
+        # gets its settings as arguments, for every supervisor alike; the stamp file is
+        # relative to the service's working directory (its run or service directory).
+        self.script = "#!/bin/sh\nexec %s %s %%d %d\n" % (self.stamp, STAMP_NAME, NOTIFY_FD)
         # Everything started from here on inherits this soft limit.
         _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
         if hard != resource.RLIM_INFINITY and hard < NOFILE:
@@ -255,7 +259,7 @@ class Bench:
              "NOTIFY_FD": str(NOTIFY_FD)}
         return e
 
-    def render_upk(self, phase, names):
+    def render_upk(self, phase, names, lifetime_ms):
         """Renders run directories for `names` with `upkeeper render`; returns {name: dir}."""
         base = self.root / ("upk-" + phase)
         conf, run, state = base / "conf", base / "run", base / "state"
@@ -264,7 +268,7 @@ class Bench:
         ctl = base / "upkeeper.conf"
         ctl.write_text(json.dumps({"StateDir": str(state), "SvcConfigPath": str(conf),
                                    "SvcRunPath": str(run)}) + "\n")
-        entry = {"StartScript": self.script, "InitialState": "running", "UserRateLimit": 0}
+        entry = {"StartScript": self.script % lifetime_ms, "InitialState": "running", "UserRateLimit": 0}
         (conf / "bench.conf").write_text(json.dumps({n: entry for n in names}, indent=1) + "\n")
         out = subprocess.run([str(self.bins["upkeeper"]), "--config", str(ctl), "render"],
                              capture_output=True, text=True, stdin=subprocess.DEVNULL)
@@ -329,7 +333,7 @@ class Bench:
     def memory(self):
         a = self.args
         names = ["m%03d" % i for i in range(a.services)]
-        upk = self.render_upk("mem", names)
+        upk = self.render_upk("mem", names, -1)
         samples = {k: [] for k in a.kinds}
         rounds = []
         breakdown = {}
@@ -345,10 +349,12 @@ class Bench:
                     dirs = self.peer_dirs(kind, "mem%d" % rnd, names)
                 stamps = {}
                 started = {}
-                sdir = self.root / "stamps" / ("mem%d-%s" % (rnd, kind))
-                sdir.mkdir(parents=True)
                 for n in names:
-                    stamps[n] = sdir / n
+                    stamps[n] = dirs[n] / STAMP_NAME
+                    try:
+                        stamps[n].unlink()  # the buddies' run directories serve every round
+                    except FileNotFoundError:
+                        pass
                     env = self.env(stamps[n], -1)
                     if kind == "upk_buddy":
                         env.update(a.buddy_env)
@@ -428,17 +434,15 @@ class Bench:
 
     def latency(self):
         a = self.args
-        upk = self.render_upk("lat", ["lat"])
+        upk = self.render_upk("lat", ["lat"], a.lifetime)
         self.upk_dirs = upk
         stamps, started, order = {}, {}, []
-        sdir = self.root / "stamps" / "lat"
-        sdir.mkdir(parents=True)
         stagger = a.lifetime / 1000.0 / len(a.kinds)
         t0 = time.monotonic()
         try:
             for i, kind in enumerate(a.kinds):
                 d = upk["lat"] if kind == "upk_buddy" else self.peer_dirs(kind, "lat", ["lat"])["lat"]
-                stamps[kind] = sdir / kind
+                stamps[kind] = d / STAMP_NAME
                 env = self.env(stamps[kind], a.lifetime)
                 if kind == "upk_buddy":
                     env.update(a.buddy_env)

@@ -15,6 +15,7 @@
  */
 #include <errno.h>
 #include <fcntl.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -43,15 +44,52 @@ static void stamp(const char *path, char kind)
 	close(fd);
 }
 
-int main(void)
+static const char *stamp_path;
+
+/* "T <ns>\n" with nothing but async-signal-safe calls, then death by SIGTERM. */
+static void on_term(int sig)
 {
-	const char *path = getenv("STAMP_FILE");
-	const char *life = getenv("LIFETIME_MS");
+	struct timespec ts;
+	char buf[32], *p = buf + sizeof buf;
+	unsigned long long ns;
+	int fd;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	ns = (unsigned long long)ts.tv_sec * 1000000000ULL + (unsigned long long)ts.tv_nsec;
+	*--p = '\n';
+	do {
+		*--p = (char)('0' + ns % 10);
+		ns /= 10;
+	} while (ns);
+	*--p = ' ';
+	*--p = 'T';
+	if (stamp_path && *stamp_path) {
+		fd = open(stamp_path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0644);
+		if (fd >= 0) {
+			if (write(fd, p, (size_t)(buf + sizeof buf - p)) < 0) {
+				/* the bench notices a missing stamp */
+			}
+			close(fd);
+		}
+	}
+	signal(sig, SIG_DFL);
+	raise(sig);
+}
+
+int main(int argc, char **argv)
+{
+	const char *path = argc > 1 ? argv[1] : getenv("STAMP_FILE");
+	const char *life = argc > 2 ? argv[2] : getenv("LIFETIME_MS");
 	long ms = life && *life ? strtol(life, NULL, 10) : 1100;
-	const char *notify = getenv("NOTIFY_FD");
+	const char *notify = argc > 3 ? argv[3] : getenv("NOTIFY_FD");
 	struct timespec req, rem;
 	struct stat st;
+	struct sigaction sa;
 
+	stamp_path = path;
+	memset(&sa, 0, sizeof sa);
+	sa.sa_handler = on_term;
+	sigaction(SIGTERM, &sa, NULL);
 	stamp(path, 'S');
 	if (notify && *notify) {
 		int fd = atoi(notify);

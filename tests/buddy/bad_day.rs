@@ -159,10 +159,7 @@ fn services_start_from_a_clean_documented_environment() {
 
 /// utime + stime of a process, in clock ticks.
 fn cpu_ticks(pid: i32) -> u64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("stat");
-    let rest = &stat[stat.rfind(')').expect("comm") + 2..];
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    f[11].parse::<u64>().expect("utime") + f[12].parse::<u64>().expect("stime")
+    upk_core::procfs::Stat::of(pid).expect("stat").cpu_ticks
 }
 
 fn open_fds(pid: i32) -> usize {

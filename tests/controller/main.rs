@@ -5,6 +5,7 @@
 
 mod access;
 mod audit_trail;
+mod basics;
 mod config;
 mod health;
 mod hostile;

@@ -18,18 +18,7 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
-use std::time::Instant;
 use upk_core::event::Exit;
-
-/// A probe in flight.
-pub struct ProbeRun {
-    /// Its pid (and process group).
-    pub pid: i32,
-    /// When it must be done.
-    pub deadline: Instant,
-    /// Its group was killed at the deadline.
-    pub timed_out: bool,
-}
 
 /// The detail of a probe's record: how it ended and the first line it wrote.
 pub fn probe_detail(exit: Exit, timed_out: bool, output: &Path, timeout: f64) -> String {

@@ -1,5 +1,5 @@
-//! Notification hooks: which hooks an event calls for, the context they get, and the runs in
-//! flight.
+//! Notification hooks: which hooks an event calls for and the context they get (the runs in
+//! flight are in the child registry).
 //!
 //! A hook is `scripts/hook@<name>`, run by the buddy with the buddy's own credentials (it is
 //! the operator's code, not the service's: it may page someone or mark an OpenRC service
@@ -17,7 +17,6 @@
 use std::collections::VecDeque;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::Path;
-use std::time::Instant;
 use upk_core::config::HookEvent;
 use upk_core::event::{Exit, Record};
 
@@ -27,20 +26,6 @@ pub const RECENT: usize = 10;
 const TAIL_LINES: usize = 20;
 /// How much of the stderr file is read to find them.
 const TAIL_BYTES: u64 = 8192;
-
-/// A hook in flight.
-pub struct HookRun {
-    /// Its pid (and process group).
-    pub pid: i32,
-    /// The hook's name.
-    pub hook: String,
-    /// The event it runs for.
-    pub event: HookEvent,
-    /// When its Timeout ends.
-    pub deadline: Instant,
-    /// Its group was killed at the deadline.
-    pub timed_out: bool,
-}
 
 /// What the service looks like when the event happens.
 pub struct Context<'a> {

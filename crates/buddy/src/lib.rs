@@ -16,16 +16,42 @@
 //! log lines, and only `poll` itself failing (EINVAL, ENOMEM: nothing a retry mends) ends it
 //! with 111.
 //!
+//! Where things live, in the direction data flows:
+//!
+//! * [`startup`]: taking up the directory (before the loop, where failures are fatal; SIGHUP).
+//! * [`buddy`]: the loop: poll, dispatch, and `Buddy::drive`, the only caller of
+//!   `Machine::step`, which drains a queue of inputs.
+//! * [`machine`] (+ its tests): the pure lifecycle.
+//! * [`effects`]: the children the machine asks for, and what their ends mean;
+//!   [`children`]: the registry of children by role; [`launch`]: the one launch path and its
+//!   context (and the fast path past `/bin/sh`); [`spawn`]: the fork/exec itself;
+//!   [`health`], [`hooks`], [`logs`]: what probes, hooks and loggers need beyond that.
+//! * [`watch`]: processes watched but not reaped (an adopted service, a draining group).
+//! * [`peers`]: the socket and who may talk, producing intents; [`requests`]: what they are
+//!   answered; [`conn`]: one peer's framing; [`phone`]: dialling the controller.
+//! * [`records`]: records and the status file; [`ring`]: the ring an ack empties.
+//! * [`fds`]: what happens when descriptors run out.
+//!
 //! `docs/state-machine.md`, `docs/servicedir.md` and `docs/protocol.md` are the long form.
 
 pub mod buddy;
+pub mod children;
 pub mod conn;
+pub mod effects;
+pub mod fds;
 pub mod health;
 pub mod hooks;
+pub mod launch;
 pub mod logs;
 pub mod machine;
+pub mod peers;
+pub mod phone;
+pub mod records;
+pub mod requests;
 pub mod ring;
 pub mod spawn;
+pub mod startup;
+pub mod watch;
 
 use std::path::Path;
 

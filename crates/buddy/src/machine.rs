@@ -137,6 +137,34 @@ pub enum After {
     Exit,
 }
 
+/// How far a stop has gone: each phase is entered once, in this order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Phase {
+    /// The stop script was asked to do it; SIGTERM is due at half the KillTimeout.
+    Asked,
+    /// SIGTERM went to the group; SIGKILL is due at the KillTimeout.
+    Termed,
+    /// SIGKILL went to the group; only the group's end is awaited.
+    Killed,
+}
+
+/// What one run of the service carries from its start (or adoption) to its end: kept in the
+/// state, so that nothing of a run outlives it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Run {
+    /// The run has a readiness protocol: fixed at its start, so that settings re-read
+    /// meanwhile (SIGHUP) apply from the next start, when the channel exists.
+    pub needs_ready: bool,
+    /// The run missed ReadyTimeout.
+    pub ready_timed_out: bool,
+    /// Its health (`Unknown` until the probes decide).
+    pub health: Health,
+    /// Failed probes in a row.
+    pub probe_failures: u32,
+    /// When the next probe is due; `None` while one runs.
+    pub probe_at: Option<Instant>,
+}
+
 /// The lifecycle state, carrying what each state needs.
 #[derive(Debug, Clone, PartialEq)]
 pub enum State {
@@ -146,23 +174,29 @@ pub enum State {
     Running {
         /// Main pid (also the process group and session id).
         pid: i32,
+        /// Its start time (`/proc/PID/stat` field 22), which lets a successor adopt it.
+        start: Option<u64>,
         /// When it started.
         since: Instant,
         /// It signalled readiness.
         ready: bool,
+        /// Readiness and health of this run.
+        run: Run,
     },
     /// A stop is in progress.
     Stopping {
         /// Main pid while it lives.
         pid: Option<i32>,
+        /// Its start time, as in `Running`.
+        start: Option<u64>,
         /// The service's process group.
         pgid: i32,
         /// When the stop began.
         since: Instant,
-        /// SIGTERM went to the group.
-        termed: bool,
-        /// SIGKILL went to the group.
-        killed: bool,
+        /// How far it has gone.
+        phase: Phase,
+        /// The run being stopped (its health is reported while its main process lives).
+        run: Run,
         /// What to do when stopped.
         then: After,
     },
@@ -204,6 +238,25 @@ impl State {
             _ => None,
         }
     }
+    /// The current run, from start to the end of its stop.
+    pub fn run(&self) -> Option<&Run> {
+        match self {
+            State::Running { run, .. } | State::Stopping { run, .. } => Some(run),
+            _ => None,
+        }
+    }
+    /// The live main process's start time, when it is known.
+    pub fn pid_start(&self) -> Option<u64> {
+        match self {
+            State::Running { start, .. } => *start,
+            State::Stopping {
+                pid: Some(_),
+                start,
+                ..
+            } => *start,
+            _ => None,
+        }
+    }
 }
 
 /// Operator commands.
@@ -230,6 +283,8 @@ pub enum Input {
     Spawned {
         /// Its pid.
         pid: i32,
+        /// Its start time, when /proc could tell.
+        start: Option<u64>,
     },
     /// The loop could not start it.
     SpawnFailed {
@@ -245,6 +300,8 @@ pub enum Input {
     Adopted {
         /// Its pid.
         pid: i32,
+        /// Its start time, from the status file.
+        start: Option<u64>,
         /// The previous buddy had seen it ready.
         ready: bool,
         /// The previous buddy had recorded its ReadyTimeout.
@@ -337,17 +394,6 @@ pub struct Machine {
     spawning: Option<String>,
     /// Failed starts in a row (reset by a start that succeeds): the least delay grows with it.
     spawn_failures: u32,
-    /// Health of the current run (`Unknown` until the probes decide).
-    health: Health,
-    /// Failed probes in a row.
-    probe_failures: u32,
-    /// When the next probe is due; `None` while one runs or nothing runs.
-    probe_at: Option<Instant>,
-    /// This run missed ReadyTimeout.
-    ready_timed_out: bool,
-    /// This run has a readiness protocol: fixed at its start, so that settings re-read
-    /// meanwhile (SIGHUP) apply from the next start, when the channel exists.
-    run_needs_ready: bool,
     rng: fastrand::Rng,
 }
 
@@ -365,11 +411,6 @@ impl Machine {
             last_exit: None,
             spawning: None,
             spawn_failures: 0,
-            health: Health::Unknown,
-            probe_failures: 0,
-            probe_at: None,
-            ready_timed_out: false,
-            run_needs_ready: false,
             rng: fastrand::Rng::with_seed(seed),
         }
     }
@@ -396,18 +437,19 @@ impl Machine {
     }
     /// The health of the current run, when the service has a health check and runs.
     pub fn health(&self) -> Option<Health> {
-        (self.policy.health.is_some() && self.state.pid().is_some()).then_some(self.health)
+        let run = self.state.run().filter(|_| self.state.pid().is_some())?;
+        self.policy.health.as_ref().map(|_| run.health)
     }
     /// The service (while it runs: this run) has a readiness protocol.
     pub fn needs_ready(&self) -> bool {
-        match self.state.pid() {
-            Some(_) => self.run_needs_ready,
+        match self.state.run().filter(|_| self.state.pid().is_some()) {
+            Some(run) => run.needs_ready,
             None => self.policy.needs_ready,
         }
     }
-    /// This run missed ReadyTimeout.
+    /// This run missed ReadyTimeout (false when nothing runs).
     pub fn ready_timed_out(&self) -> bool {
-        self.ready_timed_out
+        self.state.run().is_some_and(|r| r.ready_timed_out)
     }
     /// Takes up the `failed` state a previous buddy left: the restart policy gave up, and that
     /// holds until a command (or the cool-down, counted again from now), whoever supervises
@@ -428,7 +470,7 @@ impl Machine {
     pub fn deadline(&self) -> Option<Instant> {
         [
             self.state_deadline(),
-            self.probe_at,
+            self.probe_deadline(),
             self.ready_deadline(),
             self.stable_deadline(),
         ]
@@ -437,14 +479,23 @@ impl Machine {
         .min()
     }
 
+    /// Probes are about a running service; a stop ends them, the next run schedules its own.
+    fn probe_deadline(&self) -> Option<Instant> {
+        match &self.state {
+            State::Running { run, .. } => run.probe_at,
+            _ => None,
+        }
+    }
+
     fn ready_deadline(&self) -> Option<Instant> {
-        match self.state {
+        match &self.state {
             State::Running {
                 since,
                 ready: false,
+                run,
                 ..
-            } if self.run_needs_ready && !self.ready_timed_out => {
-                Some(since + self.policy.ready_timeout?)
+            } if run.needs_ready && !run.ready_timed_out => {
+                Some(*since + self.policy.ready_timeout?)
             }
             _ => None,
         }
@@ -464,19 +515,12 @@ impl Machine {
         match &self.state {
             State::Backoff { until } | State::Paused { until } => Some(*until),
             State::Failed { retry_at } => *retry_at,
-            State::Stopping {
-                since,
-                termed,
-                killed,
-                ..
-            } => {
+            State::Stopping { since, phase, .. } => {
                 let t = self.policy.kill_timeout?;
-                if !termed {
-                    Some(*since + t / 2)
-                } else if !killed {
-                    Some(*since + t)
-                } else {
-                    None
+                match phase {
+                    Phase::Asked => Some(*since + t / 2),
+                    Phase::Termed => Some(*since + t),
+                    Phase::Killed => None,
                 }
             }
             _ => None,
@@ -489,28 +533,35 @@ impl Machine {
         match input {
             Input::Command(cmd, cause) => self.command(now, cmd, cause, &mut out),
             Input::Terminate => self.terminate(now, &mut out),
-            Input::Spawned { pid } => self.spawned(now, pid, &mut out),
+            Input::Spawned { pid, start } => self.spawned(now, pid, start, &mut out),
             Input::SpawnFailed { error, permanent } => {
                 self.spawn_failed(now, error, permanent, &mut out)
             }
             Input::StopFailed => {
-                if let State::Stopping { termed: false, .. } = self.state {
-                    self.escalate(Signal::SIGTERM, "stop script failed", &mut out);
+                if let State::Stopping {
+                    phase: Phase::Asked,
+                    ..
+                } = self.state
+                {
+                    self.escalate(Phase::Termed, "stop script failed", &mut out);
                 }
             }
             Input::Adopted {
                 pid,
+                start,
                 ready,
                 ready_timed_out,
             } => {
                 self.last_start = Some(now);
-                self.new_run(now);
-                self.ready_timed_out = ready_timed_out;
-                let ready = ready && self.run_needs_ready;
+                let mut run = self.new_run(now);
+                run.ready_timed_out = ready_timed_out;
+                let ready = ready && run.needs_ready;
                 let to = State::Running {
                     pid,
+                    start,
                     since: now,
                     ready,
+                    run,
                 };
                 self.go(to, Some(pid), "adoption", EventKind::Adopted, &mut out);
             }
@@ -550,10 +601,6 @@ impl Machine {
             cause: cause.to_owned(),
             kind,
         }));
-        if !matches!(to, State::Running { .. }) {
-            // Probes are about a running service; the next run schedules its own.
-            self.probe_at = None;
-        }
         self.state = to;
     }
 
@@ -577,9 +624,8 @@ impl Machine {
                     Want::Up
                 };
                 match &mut self.state {
-                    State::Running { pid, .. } if cmd == Command::Restart => {
-                        let pid = *pid;
-                        self.begin_stop(now, pid, After::Start, &cause, out);
+                    State::Running { .. } if cmd == Command::Restart => {
+                        self.begin_stop(now, After::Start, &cause, out);
                     }
                     State::Running { .. } => {}
                     State::Stopping { then, .. } => *then = After::Start,
@@ -596,9 +642,8 @@ impl Machine {
             Command::Stop => {
                 self.want = Want::Down;
                 match &mut self.state {
-                    State::Running { pid, .. } => {
-                        let pid = *pid;
-                        self.begin_stop(now, pid, After::Rest, &cause, out);
+                    State::Running { .. } => {
+                        self.begin_stop(now, After::Rest, &cause, out);
                     }
                     State::Stopping { then, .. } => *then = After::Rest,
                     State::Backoff { .. } | State::Paused { .. } | State::Failed { .. } => {
@@ -612,30 +657,29 @@ impl Machine {
 
     fn terminate(&mut self, now: Instant, out: &mut Vec<Output>) {
         match &mut self.state {
-            State::Running { pid, .. } => {
-                let pid = *pid;
-                self.begin_stop(now, pid, After::Exit, "buddy terminating", out);
+            State::Running { .. } => {
+                self.begin_stop(now, After::Exit, "buddy terminating", out);
             }
             State::Stopping { then, .. } => *then = After::Exit,
             _ => out.push(Output::Exit),
         }
     }
 
-    fn begin_stop(
-        &mut self,
-        now: Instant,
-        pid: i32,
-        then: After,
-        cause: &str,
-        out: &mut Vec<Output>,
-    ) {
+    fn begin_stop(&mut self, now: Instant, then: After, cause: &str, out: &mut Vec<Output>) {
+        let State::Running {
+            pid, start, run, ..
+        } = self.state.clone()
+        else {
+            return;
+        };
         let to = State::Stopping {
             pid: Some(pid),
+            start,
             pgid: pid,
             since: now,
-            termed: false,
-            killed: false,
+            phase: Phase::Asked,
             then,
+            run,
         };
         self.go(to, Some(pid), cause, EventKind::Stopping, out);
         out.push(Output::RunStop { pid });
@@ -646,40 +690,48 @@ impl Machine {
         out.push(Output::Spawn);
     }
 
-    fn spawned(&mut self, now: Instant, pid: i32, out: &mut Vec<Output>) {
+    fn spawned(&mut self, now: Instant, pid: i32, start: Option<u64>, out: &mut Vec<Output>) {
         let cause = self.spawning.take().unwrap_or_default();
         self.spawn_failures = 0;
         self.last_start = Some(now);
-        self.new_run(now);
+        let run = self.new_run(now);
         let to = State::Running {
             pid,
+            start,
             since: now,
             ready: false,
+            run,
         };
         self.go(to, Some(pid), &cause, EventKind::Started, out);
     }
 
     /// A run begins: health unknown, not ready, first probe one interval from now.
-    fn new_run(&mut self, now: Instant) {
-        self.health = Health::Unknown;
-        self.probe_failures = 0;
-        self.ready_timed_out = false;
-        self.run_needs_ready = self.policy.needs_ready;
-        self.probe_at = self.policy.health.as_ref().map(|h| now + h.interval);
+    fn new_run(&self, now: Instant) -> Run {
+        Run {
+            needs_ready: self.policy.needs_ready,
+            ready_timed_out: false,
+            health: Health::Unknown,
+            probe_failures: 0,
+            probe_at: self.policy.health.as_ref().map(|h| now + h.interval),
+        }
     }
 
     fn ready(&mut self, via: String, out: &mut Vec<Output>) {
         if let State::Running {
             pid,
+            start,
             since,
             ready: false,
-        } = self.state
+            run,
+        } = self.state.clone()
         {
-            if self.run_needs_ready {
+            if run.needs_ready {
                 let to = State::Running {
                     pid,
+                    start,
                     since,
                     ready: true,
+                    run,
                 };
                 self.go(to, Some(pid), "readiness", EventKind::Ready { via }, out);
             }
@@ -687,31 +739,36 @@ impl Machine {
     }
 
     fn probe(&mut self, now: Instant, ok: bool, detail: String, out: &mut Vec<Output>) {
-        let (Some(h), State::Running { pid, since, .. }) =
-            (self.policy.health.clone(), &self.state)
+        let (
+            Some(h),
+            State::Running {
+                pid, since, run, ..
+            },
+        ) = (self.policy.health.clone(), &mut self.state)
         else {
             return;
         };
         let (pid, since) = (*pid, *since);
-        self.probe_at = Some(now + h.interval);
-        let before = self.health;
+        run.probe_at = Some(now + h.interval);
+        let before = run.health;
         if ok {
-            self.probe_failures = 0;
-            self.health = Health::Healthy;
+            run.probe_failures = 0;
+            run.health = Health::Healthy;
         } else if now.saturating_duration_since(since) >= h.start_period {
-            self.probe_failures += 1;
-            if self.probe_failures >= h.retries {
-                self.health = Health::Unhealthy;
+            run.probe_failures += 1;
+            if run.probe_failures >= h.retries {
+                run.health = Health::Unhealthy;
             }
         }
-        if self.health != before {
+        let (health, failures) = (run.health, run.probe_failures);
+        if health != before {
             let kind = EventKind::Health {
-                health: self.health,
-                failures: self.probe_failures,
+                health,
+                failures,
                 detail,
             };
             self.note(Some(pid), "health check", kind, out);
-            match (before, self.health) {
+            match (before, health) {
                 (Health::Unhealthy, Health::Healthy) => {
                     out.push(Output::Notify(HookEvent::Recovered))
                 }
@@ -722,8 +779,8 @@ impl Machine {
         if ok && h.readiness {
             self.ready("health check".to_owned(), out);
         }
-        if self.health == Health::Unhealthy && before != Health::Unhealthy && h.restart {
-            self.begin_stop(now, pid, After::Policy, "unhealthy", out);
+        if health == Health::Unhealthy && before != Health::Unhealthy && h.restart {
+            self.begin_stop(now, After::Policy, "unhealthy", out);
         }
     }
 
@@ -799,7 +856,7 @@ impl Machine {
             }
             State::Stopping {
                 pid: Some(pid),
-                termed,
+                phase,
                 then,
                 ..
             } if pid == dead => {
@@ -811,8 +868,8 @@ impl Machine {
                 }
                 if !group_alive {
                     self.stopped(now, then, out);
-                } else if !termed {
-                    self.escalate(Signal::SIGTERM, "leftovers", out);
+                } else if phase == Phase::Asked {
+                    self.escalate(Phase::Termed, "leftovers", out);
                 }
             }
             _ => {}
@@ -898,13 +955,19 @@ impl Machine {
 
     fn timer(&mut self, now: Instant, out: &mut Vec<Output>) {
         let due = |t: Option<Instant>| t.is_some_and(|t| t <= now);
-        if due(self.probe_at) {
-            self.probe_at = None;
+        if due(self.probe_deadline()) {
+            if let State::Running { run, .. } = &mut self.state {
+                run.probe_at = None;
+            }
             out.push(Output::RunProbe);
         }
         if due(self.ready_deadline()) {
-            self.ready_timed_out = true;
-            if let State::Running { pid, since, .. } = self.state {
+            if let State::Running {
+                pid, since, run, ..
+            } = &mut self.state
+            {
+                run.ready_timed_out = true;
+                let (pid, since) = (*pid, *since);
                 let after = now.saturating_duration_since(since).as_secs_f64();
                 self.note(
                     Some(pid),
@@ -939,29 +1002,27 @@ impl Machine {
                 self.restarts += 1;
                 self.spawn("cool-down over".to_owned(), out);
             }
-            State::Stopping { termed: false, .. } => {
-                self.escalate(Signal::SIGTERM, "stop timeout", out)
-            }
-            State::Stopping { killed: false, .. } => {
-                self.escalate(Signal::SIGKILL, "stop timeout", out)
-            }
+            State::Stopping {
+                phase: Phase::Asked,
+                ..
+            } => self.escalate(Phase::Termed, "stop timeout", out),
+            State::Stopping {
+                phase: Phase::Termed,
+                ..
+            } => self.escalate(Phase::Killed, "stop timeout", out),
             _ => {}
         }
     }
 
-    fn escalate(&mut self, signal: Signal, cause: &str, out: &mut Vec<Output>) {
-        if let State::Stopping {
-            pgid,
-            termed,
-            killed,
-            ..
-        } = &mut self.state
-        {
+    /// Moves a stop on to `to` (`Termed`: SIGTERM, `Killed`: SIGKILL to the group).
+    fn escalate(&mut self, to: Phase, cause: &str, out: &mut Vec<Output>) {
+        if let State::Stopping { pgid, phase, .. } = &mut self.state {
             let pgid = *pgid;
-            match signal {
-                Signal::SIGKILL => *killed = true,
-                _ => *termed = true,
-            }
+            *phase = to;
+            let signal = match to {
+                Phase::Killed => Signal::SIGKILL,
+                _ => Signal::SIGTERM,
+            };
             self.kill_group(pgid, signal, cause, out);
         }
     }
@@ -981,7 +1042,6 @@ impl Machine {
 
     fn stopped(&mut self, now: Instant, then: After, out: &mut Vec<Output>) {
         self.go(State::Stopped, None, "stop", EventKind::Stopped, out);
-        self.probe_at = None;
         match then {
             After::Rest => {}
             After::Policy if self.want == Want::Up => self.after_death(now, Duration::ZERO, out),

@@ -42,7 +42,13 @@ impl Rig {
         let mut out = self.m.step(now, input);
         if out.contains(&Output::Spawn) {
             self.next_pid += 1;
-            out.extend(self.m.step(now, Input::Spawned { pid: self.next_pid }));
+            out.extend(self.m.step(
+                now,
+                Input::Spawned {
+                    pid: self.next_pid,
+                    start: None,
+                },
+            ));
         }
         out
     }
@@ -450,7 +456,13 @@ fn failed_starts_back_off_from_one_second_and_grow_even_with_rate_limit_zero() {
     }
     assert_eq!(delays, [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 60.0, 60.0, 60.0]);
     // A start that works ends the back-off: the next crash restarts at once again.
-    r.m.step(r.at(t), Input::Spawned { pid: 7 });
+    r.m.step(
+        r.at(t),
+        Input::Spawned {
+            pid: 7,
+            start: None,
+        },
+    );
     r.die(t + 0.5);
     assert_eq!(r.deadline_secs(), Some(t + 0.5));
 }

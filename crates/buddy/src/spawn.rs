@@ -140,9 +140,12 @@ pub struct Stdio<'a> {
 }
 
 /// What some children get beyond the usual: environment variables (hooks' context,
-/// `NOTIFY_SOCKET`) and one more descriptor (s6's notification fd).
-#[derive(Default)]
+/// `NOTIFY_SOCKET`), one more descriptor (s6's notification fd), and an argv\[0\] other
+/// than the program's path (a program exec'd without the shell, named as the script wrote it).
+#[derive(Default, Clone)]
 pub struct Extra<'a> {
+    /// argv\[0\]; the program's path when `None`.
+    pub argv0: Option<String>,
     /// Set in the child's environment, over the inherited one.
     pub env: Vec<(String, String)>,
     /// `(fd, n)`: the child gets `fd` as descriptor `n`.
@@ -168,6 +171,9 @@ pub fn spawn(
     }
     let owned = |fd: BorrowedFd<'_>| fd.try_clone_to_owned().map(process::Stdio::from);
     let mut cmd = Command::new(program);
+    if let Some(argv0) = &extra.argv0 {
+        cmd.arg0(argv0);
+    }
     cmd.args(args)
         .current_dir(cwd)
         .stdin(owned(stdio.stdin)?)
@@ -250,7 +256,10 @@ fn posix_spawn(
     let cstr = |b: &[u8]| CString::new(b).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput));
     let prog = cstr(program.as_os_str().as_bytes())?;
     let dir = cstr(cwd.as_os_str().as_bytes())?;
-    let mut owned = vec![prog.clone()];
+    let mut owned = vec![match &extra.argv0 {
+        Some(a) => cstr(a.as_bytes())?,
+        None => prog.clone(),
+    }];
     for a in args {
         owned.push(cstr(a.as_bytes())?);
     }

@@ -9,19 +9,22 @@
 //! [`storewatch`]),
 //! serves clients on its socket ([`server`]) and follows `SvcConfigPath` ([`watch`], [`diff`]).
 //! [`foreground`] is the one loop that drives all of it. Buddies own their services; the
-//! controller can die and come back without disturbing them.
+//! controller can die and come back without disturbing them. [`load`], [`render`] and [`diff`]
+//! are the `upk-config` crate's, shared with `upkctl` and re-exported here.
+
+// Loading, rendering and diffing live in `upk-config`, shared with upkctl and the test kit,
+// which must not link the daemon (SQLite, inotify). Re-exported under their old names so that
+// `crate::render::Renderer` and `upkeeper::load::scan` keep meaning what they meant.
+pub use upk_config::{diff, load, render};
 
 pub mod access;
 pub mod apply;
 pub mod desired;
-pub mod diff;
 pub mod fleet;
 pub mod foreground;
 pub mod link;
-pub mod load;
 pub mod order;
 pub mod reach;
-pub mod render;
 pub mod server;
 pub mod store;
 pub mod storewatch;

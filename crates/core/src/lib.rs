@@ -16,17 +16,22 @@
 //!   the message set clients speak with the controller.
 //! * [`history`]: what the audit store answers (stored events, audited commands, statistics).
 //! * [`direct`]: when a rendered script needs no shell (the buddy's fast path).
+//! * [`procfs`]: `/proc/PID/stat`, process-group scans and pidfds, read in one place.
 //! * [`fsutil`] and [`exit`]: atomic file writes and the documented exit codes.
+//! * [`escalate`]: stopping a process group from outside a poll loop (a signal, a bounded
+//!   wait, SIGKILL), for the programs that may block.
 //!
 //! This crate holds no daemon logic and starts no processes.
 
 pub mod client;
 pub mod config;
 pub mod direct;
+pub mod escalate;
 pub mod event;
 pub mod exit;
 pub mod fsutil;
 pub mod history;
+pub mod procfs;
 pub mod proto;
 pub mod rundir;
 pub mod status;

@@ -148,17 +148,12 @@ pub fn new_incarnation() -> String {
 
 /// The start time of a process (`/proc/PID/stat` field 22), or `None` if it is gone.
 pub fn process_start_time(pid: i32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name (field 2) is in parentheses and may contain spaces: split after it.
-    let rest = &stat[stat.rfind(')')? + 2..];
-    // rest starts at field 3 (state); field 22 is index 19 from here.
-    rest.split_whitespace().nth(19)?.parse().ok()
+    crate::procfs::Stat::of(pid).map(|s| s.start_time)
 }
 
 /// The one-letter state of a process (`/proc/PID/stat` field 3), or `None` if it is gone.
 pub fn process_state(pid: i32) -> Option<char> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    stat[stat.rfind(')')? + 2..].chars().next()
+    crate::procfs::Stat::of(pid).map(|s| s.state)
 }
 
 #[cfg(test)]

@@ -194,6 +194,32 @@ pub fn socket_path(config: Option<&Path>) -> Result<PathBuf> {
     Ok(own)
 }
 
+/// Connects to a unix socket within `bound`. A connect to a listener whose backlog is full
+/// (a controller that stopped accepting) blocks until a slot frees; the kernel bounds that wait
+/// by the socket's send timeout, set before the connect, and then fails with `EAGAIN`.
+fn dial(socket: &Path, bound: Duration) -> std::io::Result<UnixStream> {
+    use nix::sys::socket::{self, sockopt, AddressFamily, SockFlag, SockType, UnixAddr};
+    let fd = socket::socket(
+        AddressFamily::Unix,
+        SockType::Stream,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )?;
+    let addr = UnixAddr::new(socket)?;
+    // Zero means "no timeout" to the kernel: the smallest bound it takes is a microsecond.
+    let bound = bound.max(Duration::from_micros(1));
+    let timeval = nix::sys::time::TimeVal::new(
+        bound.as_secs().min(i64::MAX as u64) as i64,
+        i64::from(bound.subsec_micros()),
+    );
+    socket::setsockopt(&fd, sockopt::SendTimeout, &timeval)?;
+    socket::connect(std::os::fd::AsRawFd::as_raw_fd(&fd), &addr)?;
+    let stream = UnixStream::from(fd);
+    // The bound was for the connect; writes wait as `set_timeout` says.
+    stream.set_write_timeout(None)?;
+    Ok(stream)
+}
+
 /// One connection to the controller.
 #[derive(Debug)]
 pub struct Client {
@@ -210,12 +236,16 @@ impl Client {
         Client::connect_timeout(socket, HELLO_TIMEOUT)
     }
 
-    /// [`Client::connect`] with another bound on the wait for `hello`. Later requests wait
-    /// without a bound until [`Client::set_timeout`] sets one.
+    /// [`Client::connect`] with another bound on the connection and the wait for `hello`.
+    /// Later requests wait without a bound until [`Client::set_timeout`] sets one.
     pub fn connect_timeout(socket: &Path, hello: Duration) -> Result<Client> {
-        let stream = UnixStream::connect(socket).map_err(|source| Error::Unreachable {
-            path: socket.to_owned(),
-            source,
+        let stream = dial(socket, hello).map_err(|source| match source.kind() {
+            // The listener's backlog stayed full for the whole bound: a wedged controller.
+            std::io::ErrorKind::WouldBlock => Error::TimedOut(hello),
+            _ => Error::Unreachable {
+                path: socket.to_owned(),
+                source,
+            },
         })?;
         let mut client = Client {
             wire: Wire::new(stream)?,
@@ -567,4 +597,43 @@ fn unexpected(reply: &ClientReply) -> Error {
         .and_then(|v| v.get("type")?.as_str().map(str::to_owned))
         .unwrap_or_default();
     Error::Protocol(format!("a `{kind}` reply"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::net::UnixListener;
+    use std::time::Instant;
+
+    /// A listener that never accepts, its backlog filled: the connect itself must give up at
+    /// the bound, not wait for a slot for ever.
+    #[test]
+    fn a_connect_to_a_full_backlog_times_out_at_the_bound() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("sock");
+        let _listener = UnixListener::bind(&path).expect("bind");
+        let mut queued = Vec::new();
+        let full = loop {
+            match dial(&path, Duration::from_millis(20)) {
+                Ok(s) => queued.push(s),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break true,
+                Err(e) => panic!("connect: {e}"),
+            }
+            if queued.len() > 100_000 {
+                break false;
+            }
+        };
+        assert!(full, "the backlog never filled");
+        let t = Instant::now();
+        let got = Client::connect_timeout(&path, Duration::from_millis(300));
+        let took = t.elapsed();
+        assert!(
+            matches!(got, Err(Error::TimedOut(_))),
+            "expected a time-out, got {got:?}"
+        );
+        assert!(
+            took >= Duration::from_millis(250) && took < Duration::from_secs(10),
+            "gave up after {took:?}"
+        );
+    }
 }

@@ -150,7 +150,7 @@ impl Sandbox {
             controller_socket: self.controller_socket(),
             polling_interval: 0.5,
         };
-        upkeeper::render::Renderer::builtin()
+        upk_config::render::Renderer::builtin()
             .render(&svc, &self.run_path(), &settings)
             .expect("render")
     }
@@ -211,12 +211,7 @@ impl Sandbox {
         self.processes("upk_buddy")
             .into_iter()
             .filter(|&pid| {
-                let ppid = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-                    .ok()
-                    .and_then(|s| {
-                        let rest = s[s.rfind(')')? + 2..].to_owned();
-                        rest.split_whitespace().nth(1)?.parse::<i32>().ok()
-                    });
+                let ppid = upk_core::procfs::Stat::of(pid).map(|s| s.ppid);
                 !ppid.is_some_and(|p| cmdline(p).contains("upk_buddy"))
             })
             .collect()

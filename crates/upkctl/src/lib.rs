@@ -65,17 +65,10 @@ impl Ctx {
     /// A connection to the controller, every reply bounded by `--timeout`.
     pub fn connect(&self) -> Result<Client> {
         let socket = self.socket()?;
-        // `Client::connect` waits for the controller's `hello` without a bound (a stopped or
-        // wedged controller still accepts connections): connect on a thread and stop waiting
-        // for it at the timeout. A thread left blocked ends with the process.
-        let (tx, rx) = std::sync::mpsc::channel();
-        let path = socket.clone();
-        std::thread::spawn(move || {
-            let _ = tx.send(Client::connect(&path));
-        });
-        let mut client = match rx.recv_timeout(self.timeout) {
-            Ok(connected) => connected?,
-            Err(_) => {
+        // The connection and the controller's `hello` are bounded by `--timeout` (a stopped or
+        // wedged controller still accepts connections, or stops accepting them).
+        let mut client = match Client::connect_timeout(&socket, self.timeout) {
+            Err(libupkeeper::Error::TimedOut(_)) => {
                 return Err(Failure::new(
                     exit::TIMED_OUT,
                     format!(
@@ -85,6 +78,7 @@ impl Ctx {
                     ),
                 ))
             }
+            connected => connected?,
         };
         client.set_timeout(Some(self.timeout))?;
         Ok(client)

@@ -1,7 +1,7 @@
 //! `check` and `render`: configuration without the controller.
 //!
-//! Both use the controller's own code (upk_core's loaders, `upkeeper::load` and
-//! `upkeeper::render::Renderer`), so upkctl accepts exactly what the controller accepts and
+//! Both use the controller's own code (upk_core's loaders, `upk_config::load` and
+//! `upk_config::render::Renderer`), so upkctl accepts exactly what the controller accepts and
 //! shows exactly what it would write. `render` writes into a scratch directory that is removed
 //! afterwards: the live run directories belong to the controller and the buddies.
 
@@ -10,9 +10,9 @@ use crate::{print_json, warn, Ctx};
 use serde::Serialize;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use upk_config::render::{RenderError, Renderer};
 use upk_core::config::{self, ConfigErrors};
 use upk_core::rundir::Settings;
-use upkeeper::render::{RenderError, Renderer};
 
 /// One checked file.
 #[derive(Debug, Serialize)]
@@ -175,7 +175,7 @@ fn check_services(file: &Path, defaults: &config::ServiceLayer) -> Checked {
 /// Every service file of `dir` in name order, and ids defined twice (the controller keeps
 /// the first and ignores the second).
 fn check_dir(dir: &Path, defaults: &config::ServiceLayer, checked: &mut Vec<Checked>) {
-    let files = match upkeeper::load::service_files(dir) {
+    let files = match upk_config::load::service_files(dir) {
         Ok(f) => f,
         Err(e) => {
             checked.push(Checked {
@@ -254,7 +254,7 @@ pub fn render(
         Some(dir) => Renderer::from_dir(dir).map_err(render_failure)?,
         None => Renderer::builtin(),
     };
-    let scan = upkeeper::load::scan(&ctl);
+    let scan = upk_config::load::scan(&ctl);
     for e in &scan.errors {
         eprintln!("{e}");
     }

@@ -10,7 +10,6 @@
 //! are never touched, so rendering never deletes logs; the FIFOs of configured loggers are
 //! created if missing.
 
-use nix::fcntl::{renameat2, RenameFlags};
 use std::fs;
 use std::io::{self, Write};
 use std::os::unix::fs::{symlink, OpenOptionsExt, PermissionsExt};
@@ -277,7 +276,7 @@ fn make_fifos(dir: &RunDir, svc: &Service) -> Result<(), RenderError> {
 /// Moves `new` to `target`, atomically exchanging with an existing `target`; the old content
 /// ends up at `new`, inside the scratch directory that is removed afterwards.
 fn swap_in(new: &Path, target: &Path) -> Result<(), RenderError> {
-    match renameat2(None, new, None, target, RenameFlags::RENAME_EXCHANGE) {
+    match exchange(new, target) {
         Ok(()) => Ok(()),
         Err(nix::errno::Errno::ENOENT) => fs::rename(new, target).map_err(io_err(target)),
         Err(e) => Err(RenderError::Io {
@@ -296,4 +295,27 @@ fn remove_any(path: &Path) -> Result<(), RenderError> {
             source: e,
         }),
     }
+}
+
+/// `renameat2(RENAME_EXCHANGE)` by its system call: nix wraps it for glibc only, and the
+/// clients that render (upkctl) are built for musl as well.
+fn exchange(a: &Path, b: &Path) -> nix::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = |p: &Path| std::ffi::CString::new(p.as_os_str().as_bytes());
+    let (a, b) = (
+        path(a).map_err(|_| nix::errno::Errno::EINVAL)?,
+        path(b).map_err(|_| nix::errno::Errno::EINVAL)?,
+    );
+    // SAFETY: both are NUL-terminated paths that outlive the call; the kernel reads them only.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_renameat2,
+            libc::AT_FDCWD,
+            a.as_ptr(),
+            libc::AT_FDCWD,
+            b.as_ptr(),
+            libc::RENAME_EXCHANGE,
+        )
+    };
+    nix::errno::Errno::result(r).map(drop)
 }

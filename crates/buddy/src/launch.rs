@@ -1,0 +1,338 @@
+//! The one path every child is started by, and the context it owns: the working directory
+//! (the run directory), the service's credentials, stdin from `/dev/null`, and the redirect
+//! files for stdout and stderr.
+//!
+//! A caller describes only what differs ([`Child`]: the program, its arguments, whose
+//! credentials, any descriptor of its own, [`Extra`]); everything else is the context's, so
+//! the service, its scripts, probes, hooks and loggers cannot drift apart. The redirect files
+//! are opened at first use for the service's user and kept until SIGHUP ([`Launcher::reconfigure`]),
+//! so a restart opens nothing.
+//!
+//! It also holds the fast path ([`upk_core::direct`]): the start script is read at each start
+//! (at most [`SCRIPT_MAX`] bytes) and, when it is the default `exec PROGRAM ARGS` that needs no
+//! shell, the program is started directly, with the argv the shell would have built and the
+//! `PWD` it would have exported; if that fails, the script runs as it always did, so errors
+//! (sh's exit 127 and its message) are the shell's. [`signal_plan`] says when a stop or
+//! reload script is only `kill -SIG $1`. `docs/servicedir.md` says exactly when.
+
+use crate::logs::{open_redirects, Redirects};
+use crate::spawn::{self, Creds, Extra, Stdio};
+use std::fs::File;
+use std::io::Read;
+use std::os::fd::{AsFd, BorrowedFd};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use upk_core::config::Service;
+use upk_core::direct::{self, Direct};
+use upk_core::rundir::RunDir;
+
+/// The longest script the fast path reads; a longer one simply runs.
+pub const SCRIPT_MAX: u64 = 64 << 10;
+
+/// Whose credentials a child runs with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum As {
+    /// The service's (SetUID/SetGID): the service, its scripts, probes and loggers.
+    Service,
+    /// The buddy's own: hooks, which are the operator's code.
+    Buddy,
+}
+
+/// What one child needs beyond the shared context.
+#[derive(Clone)]
+pub struct Child<'a> {
+    /// The program to execute.
+    pub program: PathBuf,
+    /// Its arguments (after argv\[0\]).
+    pub args: Vec<String>,
+    /// Whose credentials.
+    pub creds: As,
+    /// stdin; `/dev/null` when `None`.
+    pub stdin: Option<BorrowedFd<'a>>,
+    /// stdout; the stdout redirect when `None`.
+    pub stdout: Option<BorrowedFd<'a>>,
+    /// stderr; the stderr redirect when `None`.
+    pub stderr: Option<BorrowedFd<'a>>,
+    /// Environment, one more descriptor, argv\[0\].
+    pub extra: Extra<'a>,
+}
+
+impl<'a> Child<'a> {
+    /// `program` with the context's defaults: no arguments, the service's credentials,
+    /// `/dev/null` in, the redirect files out.
+    pub fn new(program: PathBuf) -> Child<'a> {
+        Child {
+            program,
+            args: Vec::new(),
+            creds: As::Service,
+            stdin: None,
+            stdout: None,
+            stderr: None,
+            extra: Extra::default(),
+        }
+    }
+}
+
+/// Why a child did not start: one sentence, and the error number when there is one.
+#[derive(Debug)]
+pub struct Failed {
+    /// One sentence.
+    pub message: String,
+    /// The OS error, e.g. EPERM from a refused privilege drop.
+    pub errno: Option<i32>,
+}
+
+impl From<String> for Failed {
+    fn from(message: String) -> Failed {
+        Failed {
+            message,
+            errno: None,
+        }
+    }
+}
+
+/// The context every child is started in.
+pub struct Launcher {
+    dir: RunDir,
+    /// The run directory as `getcwd` names it: the `PWD` a shell would export.
+    pwd: String,
+    creds: Result<Creds, String>,
+    redirects: Option<Redirects>,
+    devnull: File,
+}
+
+impl Launcher {
+    /// The context of `svc` in `dir`.
+    pub fn new(dir: &RunDir, svc: &Service) -> std::io::Result<Launcher> {
+        let pwd = std::fs::canonicalize(dir.root())
+            .unwrap_or_else(|_| dir.root().to_owned())
+            .display()
+            .to_string();
+        Ok(Launcher {
+            dir: dir.clone(),
+            pwd,
+            creds: resolve(svc),
+            redirects: None,
+            devnull: File::open("/dev/null")?,
+        })
+    }
+
+    /// The service's credentials, or why they cannot be had.
+    pub fn creds(&self) -> Result<&Creds, &str> {
+        self.creds.as_ref().map_err(String::as_str)
+    }
+
+    /// Settings were re-read (SIGHUP): credentials resolved again, redirects reopened at
+    /// next use (they may have been rotated or reconfigured).
+    pub fn reconfigure(&mut self, svc: &Service) {
+        self.creds = resolve(svc);
+        self.redirects = None;
+    }
+
+    /// The redirect files are reopened at next use (rotated logs, SIGHUP).
+    pub fn reopen_redirects(&mut self) {
+        self.redirects = None;
+    }
+
+    /// Looks the credentials up again if they failed (the user may have been created since).
+    pub fn retry_creds(&mut self, svc: &Service) {
+        if self.creds.is_err() {
+            self.creds = resolve(svc);
+        }
+    }
+
+    /// Starts `child` in the context; returns its pid.
+    pub fn launch(&mut self, svc: &Service, child: &Child<'_>) -> Result<i32, Failed> {
+        if child.creds == As::Service && (child.stdout.is_none() || child.stderr.is_none()) {
+            self.open_redirects(svc)?;
+        }
+        let buddy = Creds::default();
+        let creds = match child.creds {
+            As::Service => self.creds.as_ref().map_err(Clone::clone)?,
+            As::Buddy => &buddy,
+        };
+        let redirect = |pick: fn(&Redirects) -> &File| {
+            self.redirects
+                .as_ref()
+                .map(|r| pick(r).as_fd())
+                .ok_or_else(|| "no redirect files".to_owned())
+        };
+        let stdio = Stdio {
+            stdin: child.stdin.unwrap_or(self.devnull.as_fd()),
+            stdout: match child.stdout {
+                Some(fd) => fd,
+                None => redirect(|r| &r.stdout)?,
+            },
+            stderr: match child.stderr {
+                Some(fd) => fd,
+                None => redirect(|r| &r.stderr)?,
+            },
+        };
+        spawn::spawn(
+            &child.program,
+            &child.args,
+            self.dir.root(),
+            creds,
+            stdio,
+            &child.extra,
+        )
+        .map_err(|e| Failed {
+            message: format!("cannot execute {}: {e}", child.program.display()),
+            errno: e.raw_os_error(),
+        })
+    }
+
+    /// Starts the service from `child` (its start script): directly when the script is the
+    /// default `exec PROGRAM ARGS` and the program is found in `PATH`, else (or when that
+    /// start fails) through the script.
+    pub fn start_service(&mut self, svc: &Service, child: &Child<'_>) -> Result<i32, Failed> {
+        if let Some(Direct::Exec(argv)) = read_script(&child.program)
+            .as_deref()
+            .and_then(direct::plan)
+        {
+            if let Some(program) = argv.first().and_then(|a| self.lookup(a)) {
+                let mut direct = child.clone();
+                direct.program = program;
+                direct.args = argv[1..].to_vec();
+                direct.extra.argv0 = argv.first().cloned();
+                // dash exports the working directory it finds; the program must see it too.
+                direct.extra.env.push(("PWD".into(), self.pwd.clone()));
+                if let Ok(pid) = self.launch(svc, &direct) {
+                    return Ok(pid);
+                }
+                // The shell's `exec` reports this failure its own way (exit 126 or 127 and a
+                // line on stderr): let it.
+            }
+        }
+        self.launch(svc, child)
+    }
+
+    /// The redirect files, opened at first use.
+    fn open_redirects(&mut self, svc: &Service) -> Result<(), String> {
+        if self.redirects.is_none() {
+            // Opened for the service's user: what it could not write, it cannot redirect to.
+            let creds = self.creds.as_ref().map_err(Clone::clone)?;
+            let r = open_redirects(&self.dir, svc, creds).map_err(|e| e.to_string())?;
+            self.redirects = Some(r);
+        }
+        Ok(())
+    }
+
+    /// `name` as the shell's `exec` finds it: a path when it holds a slash, else the first
+    /// executable regular file of that name in `PATH` (an empty entry is the working
+    /// directory). `None`: the shell would not find it either; let it say so.
+    fn lookup(&self, name: &str) -> Option<PathBuf> {
+        if name.contains('/') {
+            return Some(PathBuf::from(name));
+        }
+        let path = std::env::var("PATH").unwrap_or_default();
+        path.split(':').find_map(|entry| {
+            let dir = if entry.is_empty() {
+                self.dir.root()
+            } else {
+                Path::new(entry)
+            };
+            let candidate = dir.join(name);
+            let meta = std::fs::metadata(&candidate).ok()?;
+            (meta.is_file() && meta.permissions().mode() & 0o111 != 0).then_some(candidate)
+        })
+    }
+}
+
+/// The signal a stop or reload script only sends to `$1` (`exec kill [-SIG] $1`), read from
+/// the script now; `None`: the script must run.
+pub fn signal_plan(script: &Path) -> Option<i32> {
+    match direct::plan(&read_script(script)?)? {
+        Direct::Signal(sig) => Some(sig),
+        Direct::Exec(_) => None,
+    }
+}
+
+/// The text of a script, when it is short enough for the fast path and UTF-8.
+fn read_script(path: &Path) -> Option<String> {
+    let mut text = String::new();
+    File::open(path)
+        .ok()?
+        .take(SCRIPT_MAX + 1)
+        .read_to_string(&mut text)
+        .ok()?;
+    (text.len() as u64 <= SCRIPT_MAX).then_some(text)
+}
+
+fn resolve(svc: &Service) -> Result<Creds, String> {
+    Creds::resolve(svc, nix::unistd::geteuid(), nix::unistd::getegid())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use upk_core::config::{parse_services, ServiceLayer};
+
+    fn service(dir: &Path) -> Service {
+        let file = dir.join("web.conf");
+        let mut s = parse_services(
+            r#"{ "web": { ExecStart: "sleep 1000" } }"#,
+            &file,
+            &ServiceLayer::default(),
+        )
+        .expect("a service");
+        s.remove(0)
+    }
+
+    /// Starts `script` as the service's start script; the process's exe the moment the
+    /// spawn returns (posix_spawn returns after the child's exec).
+    fn exe_at_once(script: &str) -> PathBuf {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = RunDir::new(tmp.path());
+        std::fs::create_dir_all(dir.action("start").parent().expect("actions/")).expect("mkdir");
+        std::fs::write(dir.action("start"), script).expect("write");
+        std::fs::set_permissions(dir.action("start"), std::fs::Permissions::from_mode(0o755))
+            .expect("chmod");
+        let svc = service(tmp.path());
+        let mut launcher = Launcher::new(&dir, &svc).expect("launcher");
+        let null = File::options().write(true).open("/dev/null").expect("null");
+        let mut child = Child::new(dir.action("start"));
+        child.stdout = Some(null.as_fd());
+        child.stderr = Some(null.as_fd());
+        let pid = launcher.start_service(&svc, &child).expect("started");
+        let exe = std::fs::read_link(format!("/proc/{pid}/exe")).expect("exe");
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+        let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), None);
+        exe
+    }
+
+    #[test]
+    fn the_default_start_script_is_the_program_from_the_first_instant() {
+        let sleep = exe_at_once("#!/bin/sh\n# web: the start script\nexec sleep 1000\n");
+        assert_eq!(
+            sleep.file_name().and_then(|n| n.to_str()),
+            Some("sleep"),
+            "{sleep:?}"
+        );
+        // Through the script, the first instant is the shell's (it has not exec'd yet, or it
+        // has: either way the fast path above did not depend on it).
+        let shell = exe_at_once("#!/bin/sh\nexec sleep 1000 # a comment keeps the shell\n");
+        let name = shell.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        assert!(
+            ["dash", "bash", "sh", "busybox", "sleep"].contains(&name),
+            "{shell:?}"
+        );
+    }
+
+    #[test]
+    fn a_script_past_the_limit_is_not_read() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let small = dir.path().join("small");
+        std::fs::write(&small, "#!/bin/sh\nexec kill -HUP $1\n").expect("write");
+        assert_eq!(signal_plan(&small), Some(libc::SIGHUP));
+        let big = dir.path().join("big");
+        let mut text = "#!/bin/sh\nexec kill $1\n".to_owned();
+        text.push_str(&"#\n".repeat(SCRIPT_MAX as usize));
+        std::fs::write(&big, text).expect("write");
+        assert_eq!(signal_plan(&big), None);
+        assert_eq!(signal_plan(&dir.path().join("missing")), None);
+    }
+}
