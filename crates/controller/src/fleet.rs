@@ -1,140 +1,46 @@
 //! The fleet: one buddy per configured service, and one event link to each.
 //!
-//! [`Fleet::apply`] brings the services in force in line with a scan of `SvcConfigPath`:
+//! [`Fleet::apply`] carries out what [`apply::plan`] decides for a scan of `SvcConfigPath`:
 //! new services are registered in the store and rendered, changed ones re-rendered (their
-//! buddy re-reads its settings, a running service restarts), services whose definition is gone
-//! are unconfigured only with `UnconfigureOnFileRemoval`, and a file that fails validation
-//! changes nothing. Start-up order ([`order`]) decides who comes first, and a service waits
-//! until every service it needs is running.
+//! buddy re-reads its settings, a running service restarts), gone ones unconfigured. Start-up
+//! order ([`order`]) decides who comes first, and a service waits until every service it
+//! needs is running.
 //!
 //! [`Fleet::reach_buddies`] keeps one subscription ([`Link`]) per buddy, spawning a buddy (in
-//! its own session, at most once a second per service) when none answers; its lock makes a
-//! duplicate exit at once, and a new buddy adopts a service left running. The first answer of
-//! a buddy after the controller starts is reconciled with the desired state in the store
-//! (`PreferBuddyStateForStopped`/`PreferBuddyStateForRunning`). A service the store already
-//! knows is rendered with the store's desired state, so `InitialState` applies only to newly
-//! configured services.
+//! its own session, at most once a second per service, [`reach`] decides) when none answers;
+//! its lock makes a duplicate exit at once, and a new buddy adopts a service left running. The first answer of
+//! a buddy after the controller starts is reconciled with the desired state ([`desired`]
+//! decides, `PreferBuddyStateForStopped`/`PreferBuddyStateForRunning`). A service the store
+//! already knows is rendered with the store's desired state, so `InitialState` applies only to
+//! newly configured services.
+//!
+//! The fleet writes to the store only through queued work ([`StoreWriter::post`],
+//! [`StoreWriter::submit`], [`StoreWriter::set_desired`]) and never waits for it: desired
+//! states are read from memory ([`Desired`]).
 //!
 //! [`order`]: crate::order
+//! [`desired`]: crate::desired
+//! [`reach`]: crate::reach
 
-use crate::diff::{config_hash, diff};
+use crate::apply::{self, InForce};
+use crate::desired::{self, Desired};
+use crate::diff::config_hash;
+pub use crate::link::{Answer, Link};
 use crate::load::Scan;
+use crate::reach::{self, Reach};
 use crate::render::Renderer;
-use crate::store::{Batch, ConfigChange, Configured, Origin, StoreWriter};
+use crate::store::{Batch, ConfigChange, Configured, StoreWriter};
 use nix::sys::signal::Signal;
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
-use std::os::unix::net::UnixStream;
+use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
-use upk_core::config::{Controller, InitialState, Service};
-use upk_core::proto::{self, BuddyReply, BuddyRequest, Envelope, LineBuf, Role, PROTOCOL_VERSION};
+use std::time::Instant;
+use upk_core::config::{Controller, Service};
+use upk_core::proto::{self, BuddyRequest, Envelope};
 use upk_core::rundir::{RunDir, Settings};
 use upk_core::status::{Status, Want};
 
-/// Least time between two spawns of one service's buddy, and the longest between two
-/// attempts to reach it.
-pub const RETRY: Duration = Duration::from_secs(1);
-
-/// The first delay before trying again to reach a buddy that did not answer: a fresh buddy
-/// is up within milliseconds, but linking a thousand of them while they start would only
-/// compete with their start-up for the CPU. A client's command links at once
-/// ([`Fleet::link_now`]).
-const FIRST_RETRY: Duration = Duration::from_millis(250);
-
-/// A buddy's reply other than a record, with the id of the request it answers.
-pub type Answer = (Option<u64>, BuddyReply);
-
-/// One event stream: a subscription we opened, or a buddy that phoned home.
-pub struct Link {
-    /// The connection.
-    pub stream: UnixStream,
-    input: LineBuf,
-    /// The service (empty until a phoning buddy said `hello`).
-    pub service: String,
-    /// The incarnation its records belong to, from the buddy's `hello` (empty before it, and
-    /// from a buddy older than incarnations).
-    pub incarnation: String,
-}
-
-impl Link {
-    /// Wraps a connection a buddy opened to phone home.
-    pub fn incoming(stream: UnixStream) -> Link {
-        Link {
-            stream,
-            input: LineBuf::default(),
-            service: String::new(),
-            incarnation: String::new(),
-        }
-    }
-
-    /// Puts back what the server read before it knew this was a buddy: the `hello` line and
-    /// whatever followed it.
-    pub fn feed(&mut self, hello: &[u8], rest: LineBuf) {
-        self.input.push(hello);
-        self.input.push(b"\n");
-        self.input.push(&rest.into_bytes());
-    }
-
-    /// Sends one request on the link; a reply with `id` comes back through [`Link::pump`].
-    pub fn request(&mut self, id: Option<u64>, body: BuddyRequest) -> std::io::Result<()> {
-        self.stream
-            .write_all(&proto::encode(&Envelope { id, body }))
-    }
-
-    /// Reads what the buddy sent: records go to `batch` (and are printed), other replies are
-    /// returned, with whether the buddy closed the link after them (a buddy told to shut down
-    /// answers, then closes: both can come in one read). An error means the link is finished
-    /// and unreadable.
-    pub fn pump(&mut self, batch: &mut Batch) -> std::io::Result<(Vec<Answer>, bool)> {
-        let mut buf = [0u8; 16 * 1024];
-        let closed = loop {
-            match self.stream.read(&mut buf) {
-                Ok(0) => break true,
-                Ok(n) => self.input.push(&buf[..n]),
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break false,
-                Err(e) => return Err(e),
-            }
-        };
-        let mut replies = Vec::new();
-        while let Some(line) = self.input.next_line().map_err(std::io::Error::other)? {
-            let msg = proto::decode::<BuddyReply>(&line).map_err(std::io::Error::other)?;
-            match msg.body {
-                BuddyReply::Hello {
-                    service,
-                    incarnation,
-                    ..
-                } => {
-                    if self.service.is_empty() {
-                        self.service = service;
-                    }
-                    self.incarnation = incarnation;
-                }
-                BuddyReply::Event { record } => {
-                    let when = upk_core::time::format_utc(record.wall_us);
-                    println!(
-                        "{when} {} #{} {}",
-                        self.service,
-                        record.seq,
-                        record.summary()
-                    );
-                    batch.push(self.origin(), record);
-                }
-                body => replies.push((msg.id, body)),
-            }
-        }
-        Ok((replies, closed))
-    }
-
-    /// Whose records this link carries: the store's key for them, and what acks match.
-    pub fn origin(&self) -> Origin {
-        Origin {
-            service: self.service.clone(),
-            incarnation: self.incarnation.clone(),
-        }
-    }
-}
+pub use crate::reach::RETRY;
 
 /// A configured service and its buddy.
 pub struct Member {
@@ -145,14 +51,8 @@ pub struct Member {
     pub file: PathBuf,
     /// Its run directory.
     pub dir: RunDir,
-    /// The buddy this controller spawned, until it is reaped.
-    child: Option<Child>,
-    /// When to try to reach the buddy next.
-    retry_at: Instant,
-    /// Failed attempts to reach it since it was last linked (the retry delay doubles).
-    misses: u32,
-    /// When its buddy was last spawned (at most one spawn per [`RETRY`]).
-    spawned_at: Option<Instant>,
+    /// When to reach its buddy, and the one this controller spawned.
+    reach: Reach,
     /// Its buddy has answered this controller at least once (and was reconciled then).
     reconciled: bool,
     /// Not started yet: waiting for these prerequisites to be running.
@@ -172,11 +72,18 @@ pub struct Fleet<'a> {
     /// Services unconfigured by a command, with the definition they had: they stay out until
     /// their definition changes.
     unconfigured: BTreeMap<String, String>,
+    /// What each service should do, as stored.
+    pub desired: Desired,
 }
 
 impl<'a> Fleet<'a> {
-    /// An empty fleet.
-    pub fn new(ctl: &'a Controller, renderer: &'a Renderer, writer: StoreWriter) -> Self {
+    /// An empty fleet; `desired` is what the store wants for each service it knows.
+    pub fn new(
+        ctl: &'a Controller,
+        renderer: &'a Renderer,
+        writer: StoreWriter,
+        desired: Desired,
+    ) -> Self {
         Fleet {
             ctl,
             renderer,
@@ -184,6 +91,7 @@ impl<'a> Fleet<'a> {
             members: BTreeMap::new(),
             links: Vec::new(),
             unconfigured: BTreeMap::new(),
+            desired,
         }
     }
 
@@ -193,7 +101,7 @@ impl<'a> Fleet<'a> {
         self.members
             .iter()
             .filter(|(id, _)| !linked.contains(id.as_str()))
-            .map(|(_, m)| m.retry_at)
+            .map(|(_, m)| m.reach.retry_at)
             .min()
     }
 
@@ -215,72 +123,39 @@ impl<'a> Fleet<'a> {
         self.link(id)
     }
 
-    /// Brings the fleet in line with a scan of the configuration.
+    /// Brings the fleet in line with a scan of the configuration: [`apply::plan`] decides,
+    /// this carries it out.
     pub fn apply(&mut self, scan: Scan) -> anyhow::Result<()> {
-        scan.errors.iter().for_each(|e| eprintln!("{e}"));
-        // Services of a file that failed validation stay as they are.
-        let kept: Vec<(Service, PathBuf)> = self
+        let in_force: BTreeMap<String, InForce> = self
             .members
-            .values()
-            .filter(|m| scan.bad_files.contains(&m.file))
-            .map(|m| (m.svc.clone(), m.file.clone()))
-            .collect();
-        // Services unconfigured by a command stay out while their definition is the same.
-        self.unconfigured.retain(|id, hash| {
-            scan.services
-                .iter()
-                .any(|(s, _)| s.id.to_string() == *id && config_hash(s) == *hash)
-        });
-        let all: Vec<(Service, PathBuf)> = scan
-            .services
-            .into_iter()
-            .filter(|(s, _)| !self.unconfigured.contains_key(&s.id.to_string()))
-            .chain(kept)
-            .collect();
-        let services: Vec<Service> = all.iter().map(|(s, _)| s.clone()).collect();
-        let plan = crate::order::plan(&services);
-        for (id, why) in &plan.blocked {
-            if !self.members.contains_key(&id.to_string()) {
-                eprintln!("upkeeper: not starting {id}: {why}");
-            }
-        }
-        // Startable services in start-up order; blocked ones that already run stay as they are.
-        let mut wanted: Vec<&(Service, PathBuf)> = plan
-            .order
             .iter()
-            .filter_map(|id| all.iter().find(|(s, _)| s.id == *id))
-            .collect();
-        wanted.extend(all.iter().filter(|(s, _)| {
-            plan.blocked.contains_key(&s.id) && self.members.contains_key(&s.id.to_string())
-        }));
-        let current: BTreeMap<_, _> = self
-            .members
-            .values()
-            .map(|m| (m.svc.id.clone(), m.hash.clone()))
-            .collect();
-        let wanted_services: Vec<Service> = wanted.iter().map(|(s, _)| s.clone()).collect();
-        let changes = diff(&current, &wanted_services);
-
-        let todo: Vec<&(Service, PathBuf)> = wanted
-            .into_iter()
-            .filter(|(s, _)| !changes.unchanged.contains(&s.id))
-            .collect();
-        // The store's desired states first (a read), then render and spawn service by
-        // service while the writer thread records the scan in one transaction: services start
-        // without waiting for the store's write.
-        let names: Vec<String> = todo.iter().map(|(s, _)| s.id.to_string()).collect();
-        let desired = self.writer.with_store(move |s| s.desired_of(&names))??;
-        let configured: Vec<Configured> = todo
-            .iter()
-            .map(|(svc, _)| Configured {
-                service: svc.id.to_string(),
-                uuid: svc.uuid.clone(),
-                hash: config_hash(svc),
-                initial: match svc.initial_state {
-                    InitialState::Running => "up",
-                    InitialState::Stopped => "down",
-                },
+            .map(|(id, m)| {
+                let f = InForce {
+                    svc: m.svc.clone(),
+                    hash: m.hash.clone(),
+                    file: m.file.clone(),
+                };
+                (id.clone(), f)
             })
+            .collect();
+        let plan = apply::plan(&in_force, &mut self.unconfigured, scan);
+        plan.said.iter().for_each(|line| eprintln!("{line}"));
+        // The desired states the store has (kept in memory), then render and spawn service
+        // by service while the writer thread records the scan in one transaction: services
+        // start without waiting for the store's write.
+        let configured: Vec<Configured> = plan
+            .configure
+            .iter()
+            .map(|c| Configured {
+                service: c.svc.id.to_string(),
+                uuid: c.svc.uuid.clone(),
+                hash: config_hash(&c.svc),
+                initial: desired::initial_want(c.svc.initial_state),
+            })
+            .collect();
+        let desired: Vec<Option<Want>> = configured
+            .iter()
+            .map(|c| self.desired.configured(&c.service, c.initial))
             .collect();
         self.writer.post(move |s| {
             if let Err(e) = s.configure(&configured) {
@@ -288,29 +163,17 @@ impl<'a> Fleet<'a> {
             }
         })?;
         let mut touched: BTreeMap<PathBuf, Vec<String>> = BTreeMap::new();
-        for ((svc, file), desired) in todo.into_iter().zip(desired) {
-            let id = svc.id.to_string();
+        for (c, desired) in plan.configure.into_iter().zip(desired) {
+            let id = c.svc.id.to_string();
             // One service that cannot be set up is reported and skipped; the rest go on.
-            match self.configure(svc, file, plan.after.get(&svc.id), desired.as_deref()) {
-                Ok(()) => touched.entry(file.clone()).or_default().push(id),
+            match self.configure(&c.svc, &c.file, c.waits_for, desired) {
+                Ok(()) => touched.entry(c.file).or_default().push(id),
                 Err(e) => eprintln!("upkeeper: {id}: {e:#}"),
             }
         }
-        let mut removed = 0;
-        for id in &changes.gone {
-            let key = id.to_string();
-            let Some(m) = self.members.get(&key) else {
-                continue;
-            };
-            if !m.svc.unconfigure_on_file_removal {
-                eprintln!(
-                    "upkeeper: keeping {id}: its definition is gone, and UnconfigureOnFileRemoval is false"
-                );
-                continue;
-            }
-            touched.entry(m.file.clone()).or_default().push(key.clone());
-            self.unconfigure(&key);
-            removed += 1;
+        for (id, file) in &plan.remove {
+            touched.entry(file.clone()).or_default().push(id.clone());
+            self.unconfigure(id);
         }
         for (file, services) in touched {
             let hash = std::fs::read(&file)
@@ -327,51 +190,43 @@ impl<'a> Fleet<'a> {
                 ..Batch::default()
             })?;
         }
+        let changes = &plan.changes;
         eprintln!(
             "upkeeper: configuration applied: {} added, {} changed, {} removed, {} unchanged",
             changes.added.len(),
             changes.changed.len(),
-            removed,
+            plan.remove.len(),
             changes.unchanged.len()
         );
         Ok(())
     }
 
     /// Sets up a new service, or takes a changed definition into use. `desired` is what the
-    /// store wants for it, which wins over its `InitialState`.
+    /// store wants for it, which wins over its `InitialState`; a new service's buddy starts
+    /// once `waiting_for` run.
     fn configure(
         &mut self,
         svc: &Service,
         file: &Path,
-        needs: Option<&std::collections::BTreeSet<upk_core::config::ServiceId>>,
-        desired: Option<&str>,
+        waiting_for: Vec<String>,
+        desired: Option<Want>,
     ) -> anyhow::Result<()> {
         let id = svc.id.to_string();
         let hash = config_hash(svc);
         let mut rendered = svc.clone();
-        match desired {
-            Some("up") => rendered.initial_state = InitialState::Running,
-            Some("down") => rendered.initial_state = InitialState::Stopped,
-            _ => {}
-        }
+        rendered.initial_state = desired::rendered_initial(svc.initial_state, desired);
         let dir = self.render(&rendered)?;
         if let Some(m) = self.members.get_mut(&id) {
             // Changed: the buddy re-reads its settings, and a running service restarts.
             (m.svc, m.hash, m.file, m.dir) = (svc.clone(), hash, file.to_owned(), dir);
             self.refresh_buddy(&id);
         } else {
-            let waiting_for = needs
-                .map(|n| n.iter().map(|p| p.to_string()).collect())
-                .unwrap_or_default();
             let member = Member {
                 svc: svc.clone(),
                 hash,
                 file: file.to_owned(),
                 dir,
-                child: None,
-                retry_at: Instant::now(),
-                misses: 0,
-                spawned_at: None,
+                reach: Reach::new(Instant::now()),
                 reconciled: false,
                 waiting_for,
             };
@@ -423,8 +278,9 @@ impl<'a> Fleet<'a> {
             }
         }
         if let Some(m) = self.members.get(id) {
-            if let Ok(mut s) = UnixStream::connect(m.dir.socket()) {
-                let _ = s.write_all(&proto::encode(&Envelope { id: None, body }));
+            if let Ok(s) = crate::link::connect(&m.dir.socket()) {
+                // One try: a line this short fits the empty buffer of a new connection.
+                let _ = (&s).write(&proto::encode(&Envelope { id: None, body }));
             }
         }
     }
@@ -461,7 +317,7 @@ impl<'a> Fleet<'a> {
         let due: Vec<String> = self
             .members
             .iter()
-            .filter(|(id, m)| m.retry_at <= now && !linked.contains(id.as_str()))
+            .filter(|(id, m)| m.reach.retry_at <= now && !linked.contains(id.as_str()))
             .map(|(id, _)| id.clone())
             .collect();
         for id in due {
@@ -469,26 +325,23 @@ impl<'a> Fleet<'a> {
         }
     }
 
-    /// Subscribes to the buddy of `id`, or spawns it (at most once per [`RETRY`]) and tries
-    /// again soon: a buddy binds its socket within milliseconds.
+    /// Subscribes to the buddy of `id`, or spawns it when [`Reach`] allows and tries again
+    /// soon: a buddy binds its socket within milliseconds.
     fn reach(&mut self, id: &str, now: Instant) {
         let Some(m) = self.members.get_mut(id) else {
             return;
         };
-        match subscribe(&m.dir, id) {
+        match reach::subscribe(&m.dir, id) {
             Ok(link) => {
-                m.misses = 0;
+                m.reach.linked();
                 self.links.push(link);
             }
             Err(_) => {
-                m.retry_at = now + (FIRST_RETRY * 2u32.pow(m.misses.min(7))).min(RETRY);
-                m.misses += 1;
-                let due = m.spawned_at.is_none_or(|t| now >= t + RETRY);
                 // A buddy that holds its lock but did not answer (busy, or not listening yet)
                 // is reached again later, never doubled.
-                if m.waiting_for.is_empty() && due && m.child.is_none() && !holds_lock(&m.dir) {
-                    m.spawned_at = Some(now);
-                    spawn_buddy(&self.ctl.upk_buddy_path, id, m);
+                if m.reach.missed(now, !m.waiting_for.is_empty()) && !reach::holds_lock(&m.dir) {
+                    let child = reach::spawn_buddy(&self.ctl.upk_buddy_path, id, &m.dir);
+                    m.reach.spawned(now, child);
                 }
             }
         }
@@ -522,7 +375,7 @@ impl<'a> Fleet<'a> {
             if let Some(m) = self.members.get_mut(&id) {
                 if still.is_empty() {
                     eprintln!("upkeeper: {id}: its prerequisites run; starting it");
-                    m.retry_at = Instant::now();
+                    m.reach.retry_at = Instant::now();
                 }
                 m.waiting_for = still;
             }
@@ -532,20 +385,13 @@ impl<'a> Fleet<'a> {
     /// A link ended: reach its buddy again soon (spawning a new one at most once a second).
     pub fn link_lost(&mut self, service: &str) {
         if let Some(m) = self.members.get_mut(service) {
-            (m.retry_at, m.misses) = (Instant::now() + FIRST_RETRY, 0);
+            m.reach.lost(Instant::now());
         }
     }
 
     /// Reaps buddies the controller spawned that have exited.
     pub fn reap(&mut self) {
-        for m in self.members.values_mut() {
-            if m.child
-                .as_mut()
-                .is_some_and(|c| !matches!(c.try_wait(), Ok(None)))
-            {
-                m.child = None;
-            }
-        }
+        self.members.values_mut().for_each(|m| m.reach.reap());
     }
 
     /// The store could not be written: drop every link and subscribe again a second later, so
@@ -553,48 +399,42 @@ impl<'a> Fleet<'a> {
     pub fn resubscribe_later(&mut self) {
         self.links.clear();
         let later = Instant::now() + RETRY;
-        self.members.values_mut().for_each(|m| m.retry_at = later);
+        self.members
+            .values_mut()
+            .for_each(|m| m.reach.retry_at = later);
     }
 
     /// The first status a buddy gives this controller (the answer to its subscription): if
     /// what the buddy does differs from what the store wants, the service's
-    /// `PreferBuddyState*` keys decide who is right.
-    pub fn reconcile(&mut self, id: &str, status: &Status) {
-        let Some(m) = self.members.get_mut(id) else {
-            return;
-        };
+    /// `PreferBuddyState*` keys decide who is right ([`desired::reconcile`]). Returns the
+    /// desired state it queued for the store, with the writer's ticket, if it queued one.
+    pub fn reconcile(&mut self, id: &str, status: &Status) -> Option<(u64, Want)> {
+        let m = self.members.get_mut(id)?;
         if std::mem::replace(&mut m.reconciled, true) {
-            return;
+            return None;
         }
-        let (key, prefer_stopped, prefer_running) = (
-            id.to_owned(),
+        let stored = self.desired.of(id);
+        let r = desired::reconcile(
+            stored,
+            status.want,
             m.svc.prefer_buddy_state_for_stopped,
             m.svc.prefer_buddy_state_for_running,
-        );
-        let desired = self
-            .writer
-            .with_store(move |s| s.desired(&key))
-            .ok()
-            .and_then(|r| r.ok())
-            .flatten();
-        let buddy_up = status.want != Want::Down;
-        let (tell, record) = match (desired.as_deref(), buddy_up) {
-            (Some("up"), false) if prefer_stopped => (None, "down"),
-            (Some("up"), false) => (Some(BuddyRequest::Start), "up"),
-            (Some("down"), true) if prefer_running => (None, "up"),
-            (Some("down"), true) => (Some(BuddyRequest::Stop), "down"),
-            _ => return,
-        };
+        )?;
+        let word = |w: Option<Want>| w.map_or("?", crate::store::want_str);
         eprintln!(
             "upkeeper: {id}: the store wants it {}, its buddy has it {}; {}",
-            desired.as_deref().unwrap_or("?"),
-            if buddy_up { "up" } else { "down" },
-            match tell {
-                Some(_) => "following the store",
-                None => "following the buddy (PreferBuddyState*)",
+            word(stored),
+            if status.want != Want::Down {
+                "up"
+            } else {
+                "down"
+            },
+            match r.winner {
+                desired::Winner::Store => "following the store",
+                desired::Winner::Buddy => "following the buddy (PreferBuddyState*)",
             }
         );
-        if let Some(req) = tell {
+        if let Some(req) = r.tell {
             let cause = "controller: reconciling with the desired state in the store".to_owned();
             let relay = BuddyRequest::Relay {
                 cause,
@@ -602,76 +442,20 @@ impl<'a> Fleet<'a> {
             };
             self.tell(id, relay);
         }
-        self.set_desired(id, record);
+        self.set_desired(id, r.want).map(|ticket| (ticket, r.want))
     }
 
-    /// Records what an operator (or reconciliation) wants for `id`, and waits until it is
-    /// stored: an operator told "done" must find the same wish after a controller crash.
-    pub fn set_desired(&self, id: &str, desired: &'static str) {
-        let key = id.to_owned();
-        match self
-            .writer
-            .with_store(move |s| s.set_desired(&key, desired))
-        {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => eprintln!("upkeeper: {id}: cannot store its desired state: {e}"),
-            Err(e) => eprintln!("upkeeper: {id}: cannot store its desired state: {e}"),
+    /// Records what an operator (or reconciliation) wants for `id`: at once in memory, and
+    /// queued for the store. Returns the writer's ticket, whose outcome says when it is stored
+    /// (`None`: the writer has stopped, which was said).
+    pub fn set_desired(&mut self, id: &str, want: Want) -> Option<u64> {
+        self.desired.set(id, want);
+        match self.writer.set_desired(vec![(id.to_owned(), want)]) {
+            Ok(ticket) => Some(ticket),
+            Err(e) => {
+                eprintln!("upkeeper: {id}: cannot store its desired state: {e}");
+                None
+            }
         }
-    }
-}
-
-/// Opens a controller subscription to the buddy of `dir`.
-fn subscribe(dir: &RunDir, id: &str) -> std::io::Result<Link> {
-    let mut stream = UnixStream::connect(dir.socket())?;
-    let hello = BuddyRequest::Hello {
-        version: PROTOCOL_VERSION,
-        role: Role::Controller,
-    };
-    let mut lines = proto::encode(&Envelope {
-        id: None,
-        body: hello,
-    });
-    lines.extend(proto::encode(&Envelope {
-        id: None,
-        body: BuddyRequest::Subscribe,
-    }));
-    stream.write_all(&lines)?;
-    stream.set_nonblocking(true)?;
-    Ok(Link {
-        stream,
-        input: LineBuf::default(),
-        service: id.to_owned(),
-        incarnation: String::new(),
-    })
-}
-
-/// True while some process holds the run directory's lock: a buddy lives there.
-fn holds_lock(dir: &RunDir) -> bool {
-    let Ok(file) = std::fs::File::open(dir.lock()) else {
-        return false;
-    };
-    match nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockSharedNonblock) {
-        Ok(_unlocked_on_drop) => false,
-        Err((_, e)) => e == nix::errno::Errno::EWOULDBLOCK,
-    }
-}
-
-/// Starts `buddy RUN-DIR` with stdin and stdout on /dev/null and stderr appended to
-/// `log/buddy`. No pre_exec, so std spawns with posix_spawn (no copy of the controller's
-/// memory): the buddy itself leaves our session and clears the signal mask it inherits.
-fn spawn_buddy(buddy: &Path, id: &str, m: &mut Member) {
-    let log = match upk_core::fsutil::open_append(&m.dir.log_file("buddy"), 0o640) {
-        Ok(f) => f,
-        Err(e) => return eprintln!("upkeeper: {id}: cannot open its log/buddy: {e}"),
-    };
-    let spawned = Command::new(buddy)
-        .arg(m.dir.root())
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn();
-    match spawned {
-        Ok(c) => m.child = Some(c),
-        Err(e) => eprintln!("upkeeper: {id}: cannot start {}: {e}", buddy.display()),
     }
 }

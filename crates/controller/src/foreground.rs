@@ -13,6 +13,13 @@
 //! store cannot be written, the links are dropped and re-subscribed a second later, so the
 //! buddies send their unacknowledged backlog again (the store skips what it has).
 //!
+//! Data goes one way: configuration is loaded and rendered into the fleet ([`Fleet::apply`]),
+//! the fleet's links feed the store, the store's commits feed the server's subscribers and the
+//! acks. The server only reads the fleet; what it needs done it returns as [`Intent`]s, which
+//! this loop carries out. The loop never waits for the store: writes are queued
+//! to its writer thread, and each commit comes back through the writer's wake-up; an operator's
+//! command is answered once the desired state it leaves is committed.
+//!
 //! A lock on `StateDir/upkeeper.lock` makes a second controller on the same state exit at once.
 //! SIGTERM and SIGINT end the controller and leave buddies and services running.
 //!
@@ -20,10 +27,11 @@
 //! [`server`]: crate::server
 //! [`watch`]: crate::watch
 
-use crate::fleet::Fleet;
+use crate::desired::Desired;
+use crate::fleet::{Fleet, Link};
 use crate::load;
 use crate::render::Renderer;
-use crate::server::{Policy, Server};
+use crate::server::{Intent, Policy, Server};
 use crate::store::{Batch, Retention, Store, StoreWriter};
 use crate::storewatch::StoreWatch;
 use crate::watch::Watcher;
@@ -32,6 +40,7 @@ use nix::fcntl::{Flock, FlockArg};
 use nix::poll::{PollFd, PollFlags, PollTimeout};
 use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
+use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{Read, Write};
 use std::os::fd::AsFd;
@@ -41,6 +50,7 @@ use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::{Duration, Instant};
 use upk_core::config::Controller;
 use upk_core::proto::BuddyReply;
+use upk_core::status::Want;
 
 /// How often the store's retention bounds are applied.
 const RETENTION_EVERY: Duration = Duration::from_secs(3600);
@@ -104,6 +114,10 @@ pub fn run(ctl: &Controller, renderer: &Renderer) -> anyhow::Result<()> {
         StoreWatch::new(&db).with_context(|| format!("watching {}", ctl.state_dir.display()))?;
     let reader = Store::open_read_only(&db)
         .with_context(|| format!("opening the audit store {} for queries", db.display()))?;
+    // Read once, here: from now on the fleet keeps the desired states in memory.
+    let desired = reader
+        .desired_all()
+        .with_context(|| format!("reading desired states from {}", db.display()))?;
     let policy = Policy {
         own_uid: nix::unistd::geteuid().as_raw(),
         control_group: ctl.control_group,
@@ -120,7 +134,10 @@ pub fn run(ctl: &Controller, renderer: &Renderer) -> anyhow::Result<()> {
     let mut next_retention = Instant::now() + RETENTION_FIRST;
     let retention_state = std::sync::Arc::new(AtomicU8::new(RETENTION_IDLE));
 
-    let mut fleet = Fleet::new(ctl, renderer, writer);
+    let mut fleet = Fleet::new(ctl, renderer, writer, Desired::new(desired));
+    // Desired states queued for the store: ticket -> service, and the relayed request whose
+    // answer waits for it.
+    let mut held: Held = BTreeMap::new();
     fleet.apply(load::scan(ctl))?;
     eprintln!(
         "upkeeper: {} services under {}; serving {}; events follow (Ctrl-C leaves them running)",
@@ -156,12 +173,14 @@ pub fn run(ctl: &Controller, renderer: &Renderer) -> anyhow::Result<()> {
             PollFd::new(store_watch.fd(), PollFlags::POLLIN),
         ];
         let links = fleet.links.len();
-        fds.extend(
-            fleet
-                .links
-                .iter()
-                .map(|l| PollFd::new(l.stream.as_fd(), PollFlags::POLLIN)),
-        );
+        fds.extend(fleet.links.iter().map(|l| {
+            let flags = if l.wants_write() {
+                PollFlags::POLLIN | PollFlags::POLLOUT
+            } else {
+                PollFlags::POLLIN
+            };
+            PollFd::new(l.stream.as_fd(), flags)
+        }));
         let clients: Vec<u64> = server.fds().map(|(t, _, _)| t).collect();
         fds.extend(server.fds().map(|(_, stream, out)| {
             let flags = if out {
@@ -199,13 +218,32 @@ pub fn run(ctl: &Controller, renderer: &Renderer) -> anyhow::Result<()> {
             let mut drain = [0u8; 64];
             while matches!((&wake_rx).read(&mut drain), Ok(n) if n > 0) {}
             while let Ok(outcome) = outcomes.try_recv() {
-                committed(&mut fleet, &mut server, outcome.result);
+                match outcome.tickets.first().and_then(|t| held.remove(t)) {
+                    Some((service, _, rid)) => {
+                        if let Err(e) = outcome.result {
+                            eprintln!("upkeeper: {service}: cannot store its desired state: {e}");
+                        }
+                        if let Some(rid) = rid {
+                            server.stored(rid);
+                        }
+                    }
+                    None => committed(&mut fleet, &mut server, outcome.result),
+                }
             }
-            // The writer may have recreated the store's file: queries follow it.
+            // The writer may have recreated the store's file: queries follow it, and so do the
+            // desired states (a file put in its place has its own), but for those still queued.
             let reader = server.store_mut();
             if reader.replaced() {
-                if let Err(e) = reader.reopen() {
-                    eprintln!("upkeeper: cannot reopen the audit store for queries: {e}");
+                match reader.reopen().and_then(|()| reader.desired_all()) {
+                    Ok(stored) => {
+                        fleet.desired = Desired::new(stored);
+                        for (service, want, _) in held.values() {
+                            fleet.desired.set(service, *want);
+                        }
+                    }
+                    Err(e) => {
+                        eprintln!("upkeeper: cannot reopen the audit store for queries: {e}")
+                    }
                 }
             }
         }
@@ -227,7 +265,8 @@ pub fn run(ctl: &Controller, renderer: &Renderer) -> anyhow::Result<()> {
         }
         for (i, token) in clients.iter().enumerate() {
             if ready[FIXED_FDS + links + i] {
-                server.ready(*token, &mut fleet);
+                let intents = server.ready(*token, &fleet);
+                carry_out(&mut fleet, &mut server, &mut held, intents);
             }
         }
         // Links that a phoning buddy handed over just now may hold lines already: read them too.
@@ -238,12 +277,17 @@ pub fn run(ctl: &Controller, renderer: &Renderer) -> anyhow::Result<()> {
         let mut closed = Vec::new();
         for (i, link) in fleet.links.iter_mut().enumerate() {
             if i >= links || ready[FIXED_FDS + i] {
+                // Writable: the rest of what it was sent (an error breaks the link).
+                let _ = link.flush();
                 // An unreadable link (I/O error, garbage) is finished like a closed one.
                 let (got, gone) = link.pump(&mut batch).unwrap_or((Vec::new(), true));
                 replies.extend(got.into_iter().map(|(id, r)| (link.service.clone(), id, r)));
                 if gone {
                     closed.push(i);
                 }
+            } else if link.is_broken() {
+                // Reset (see `Link`): dropped like a closed link, and reached again.
+                closed.push(i);
             }
         }
         let closed: Vec<String> = closed
@@ -252,7 +296,7 @@ pub fn run(ctl: &Controller, renderer: &Renderer) -> anyhow::Result<()> {
             .map(|i| fleet.links.swap_remove(i).service)
             .collect();
         for (service, id, reply) in replies {
-            answer(&mut fleet, &mut server, &service, id, reply);
+            answer(&mut fleet, &mut server, &mut held, &service, id, reply);
         }
         for service in closed {
             fleet.link_lost(&service);
@@ -274,20 +318,66 @@ pub fn run(ctl: &Controller, renderer: &Renderer) -> anyhow::Result<()> {
     }
 }
 
+/// Desired states queued for the store, by the writer's ticket: the service, what it wants, and
+/// the relayed request whose answer waits for the commit (none for a reconciliation).
+type Held = BTreeMap<u64, (String, Want, Option<u64>)>;
+
 /// A buddy's reply on its link: the answer to a relayed request, or (without an id) the status
 /// that answers the controller's subscription.
 fn answer(
     fleet: &mut Fleet,
     server: &mut Server,
+    held: &mut Held,
     service: &str,
     id: Option<u64>,
     reply: BuddyReply,
 ) {
     match (id, reply) {
-        (Some(rid), reply) => server.answered(rid, reply, fleet),
-        (None, BuddyReply::Ok { status, .. }) => fleet.reconcile(service, &status),
+        (Some(rid), reply) => {
+            let intents = server.answered(rid, reply);
+            carry_out(fleet, server, held, intents);
+        }
+        (None, BuddyReply::Ok { status, .. }) => {
+            if let Some((ticket, want)) = fleet.reconcile(service, &status) {
+                held.insert(ticket, (service.to_owned(), want, None));
+            }
+        }
         (None, BuddyReply::Error { message }) => eprintln!("upkeeper: {service}: {message}"),
         _ => {}
+    }
+}
+
+/// Carries out what the server asked for, and tells it how it went where it waits.
+fn carry_out(fleet: &mut Fleet, server: &mut Server, held: &mut Held, intents: Vec<Intent>) {
+    for intent in intents {
+        match intent {
+            Intent::Relay {
+                rid,
+                service,
+                request,
+            } => {
+                let sent = fleet
+                    .link_now(&service)
+                    .is_some_and(|l| l.request(Some(rid), request).is_ok());
+                if !sent {
+                    server.unreachable(rid);
+                }
+            }
+            Intent::Link {
+                stream,
+                hello,
+                rest,
+            } => {
+                let mut link = Link::incoming(stream);
+                link.feed(&hello, rest);
+                fleet.links.push(link);
+            }
+            Intent::SetWant { rid, service, want } => match fleet.set_desired(&service, want) {
+                Some(ticket) => drop(held.insert(ticket, (service, want, Some(rid)))),
+                None => server.stored(rid),
+            },
+            Intent::Unconfigure { service } => fleet.unconfigured_by_command(&service),
+        }
     }
 }
 

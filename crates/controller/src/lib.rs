@@ -17,9 +17,14 @@
 // `crate::render::Renderer` and `upkeeper::load::scan` keep meaning what they meant.
 pub use upk_config::{diff, load, render};
 
+pub mod access;
+pub mod apply;
+pub mod desired;
 pub mod fleet;
 pub mod foreground;
+pub mod link;
 pub mod order;
+pub mod reach;
 pub mod server;
 pub mod store;
 pub mod storewatch;

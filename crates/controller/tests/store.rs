@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use upk_core::event::{EventKind, Exit, Record, StateName};
+use upk_core::status::Want;
 use upkeeper::store::{
     Batch, CommandEntry, ConfigChange, HistoryFilter, Origin, Retention, Store, StoreError,
     StoreWriter, MIGRATIONS,
@@ -709,7 +710,7 @@ fn a_service_keeps_its_uuid_forever() {
         store.ensure_service("web", None).expect("again"),
         (id, uuid.clone())
     );
-    store.set_desired("web", "up").expect("desired");
+    store.set_desired("web", Want::Up).expect("desired");
     store.set_config_hash("web", "h1").expect("hash");
     store.mark_removed("web").expect("removed");
     drop(store);
@@ -741,7 +742,7 @@ fn a_service_keeps_its_uuid_forever() {
         db_uuid
     );
     assert!(matches!(
-        store.set_desired("nobody", "up"),
+        store.set_desired("nobody", Want::Up),
         Err(StoreError::UnknownService(_))
     ));
 }

@@ -14,7 +14,7 @@
 use crate::event::Exit;
 use crate::history::{CommandRow, EventRow, HistoryFilter, Stats};
 use crate::proto::SignalSpec;
-use crate::status::Status;
+use crate::status::{Status, Want};
 use serde::{Deserialize, Serialize};
 
 /// What a client asks the controller.
@@ -220,11 +220,11 @@ pub struct ServiceSummary {
     /// Its status file, when there is one.
     #[serde(default)]
     pub status: Option<Status>,
-    /// What the controller's store wants for it (`up`, `down`, `once`): the operator's last
-    /// command through the controller, or its `InitialState`. The buddy's own `want` (in
-    /// `status`) differs when someone talked to the buddy directly.
+    /// What the controller's store wants for it (`"up"`, `"down"`, `"once"` on the wire): the
+    /// operator's last command through the controller, or its `InitialState`. The buddy's own
+    /// `want` (in `status`) differs when someone talked to the buddy directly.
     #[serde(default)]
-    pub desired: Option<String>,
+    pub desired: Option<Want>,
 }
 
 /// What the controller answers.
@@ -405,6 +405,21 @@ impl ClientReply {
 mod tests {
     use super::*;
     use crate::proto::{decode, encode, Envelope};
+
+    #[test]
+    fn the_desired_state_of_a_summary_is_the_same_word_on_the_wire() {
+        for (want, word) in [(Want::Up, "up"), (Want::Down, "down"), (Want::Once, "once")] {
+            let line =
+                format!(r#"{{"service":"web","file":"f","linked":true,"desired":"{word}"}}"#);
+            let s: ServiceSummary = serde_json::from_str(&line).expect("parse");
+            assert_eq!(s.desired, Some(want));
+            let back = serde_json::to_value(&s).expect("encode");
+            assert_eq!(back["desired"], word);
+        }
+        let old: ServiceSummary =
+            serde_json::from_str(r#"{"service":"web","file":"f","linked":false}"#).expect("parse");
+        assert_eq!(old.desired, None, "a controller that sends none");
+    }
 
     #[test]
     fn requests_read_like_the_docs() {

@@ -184,12 +184,7 @@ pub fn differs(status: &Status) -> bool {
 /// else the buddy's.
 pub fn wanted(s: &ServiceSummary) -> Option<Want> {
     let st = s.status.as_ref()?;
-    Some(match s.desired.as_deref() {
-        Some("up") => Want::Up,
-        Some("down") => Want::Down,
-        Some("once") => Want::Once,
-        _ => st.want,
-    })
+    Some(s.desired.unwrap_or(st.want))
 }
 
 /// [`differs`] for a listed service, against [`wanted`].
@@ -421,10 +416,10 @@ pub(crate) mod tests {
             !summary_differs(&s),
             "without the controller's word, the buddy's want"
         );
-        s.desired = Some("up".into());
+        s.desired = Some(Want::Up);
         assert!(summary_differs(&s));
         assert_eq!(wanted(&s), Some(Want::Up));
-        s.desired = Some("down".into());
+        s.desired = Some(Want::Down);
         assert!(!summary_differs(&s));
     }
 

@@ -21,6 +21,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rusqlite::{ffi, Connection, OpenFlags, OptionalExtension};
+use upk_core::status::Want;
 
 pub use schema::{current_version, MIGRATIONS};
 pub use upk_core::history::{
@@ -135,8 +136,8 @@ pub struct Configured {
     pub uuid: Option<String>,
     /// The SHA-256 of its definition.
     pub hash: String,
-    /// Its desired state if the store has none: from `InitialState` (`up` or `down`).
-    pub initial: &'static str,
+    /// Its desired state if the store has none: from `InitialState` (up or down).
+    pub initial: Want,
 }
 
 /// One connection to the store.
@@ -314,9 +315,11 @@ impl Store {
     }
 
     /// Takes a scan's new and changed services into the store in one transaction: each is
-    /// registered ([`Store::ensure_service`]) and its definition's hash recorded. Returns,
-    /// for each, the desired state the store already had; a service without one gets its
-    /// `initial` desired state and `None` back.
+    /// registered ([`Store::ensure_service`]) and its definition's hash recorded; a service
+    /// without a desired state gets its `initial` one ([`Desired::configured`] does the same
+    /// in the controller's memory).
+    ///
+    /// [`Desired::configured`]: crate::desired::Desired::configured
     pub fn configure(&mut self, services: &[Configured]) -> Result<()> {
         let tx = self.conn.transaction()?;
         for c in services {
@@ -325,28 +328,38 @@ impl Store {
                 "UPDATE services SET config_hash = ?2, desired = COALESCE(desired, ?3) \
                  WHERE service = ?1",
             )?
-            .execute(rusqlite::params![c.service, c.hash, c.initial])?;
+            .execute(rusqlite::params![c.service, c.hash, want_str(c.initial)])?;
         }
         tx.commit()?;
         Ok(())
     }
 
-    /// The desired state stored for each of `services` (`None`: new to the store, or never
-    /// set), read in one transaction: what [`Store::configure`] keeps.
-    pub fn desired_of(&self, services: &[String]) -> Result<Vec<Option<String>>> {
+    /// The desired state of every service the store knows, removed ones included (one that
+    /// comes back keeps its wish): what the controller loads once before its loop and then
+    /// keeps in memory, as the store's only writer.
+    pub fn desired_all(&self) -> Result<std::collections::BTreeMap<String, Want>> {
         let mut stmt = self
             .conn
-            .prepare_cached("SELECT desired FROM services WHERE service = ?1")?;
-        let mut out = Vec::with_capacity(services.len());
-        for s in services {
-            out.push(stmt.query_row([s], |r| r.get(0)).optional()?.flatten());
+            .prepare("SELECT service, desired FROM services WHERE desired IS NOT NULL")?;
+        let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get(1)?)))?;
+        let mut out = std::collections::BTreeMap::new();
+        for row in rows {
+            let (service, desired) = row?;
+            if let Some(want) = want_of(desired) {
+                out.insert(service, want);
+            }
         }
         Ok(out)
     }
 
-    /// Records the desired state (`up`, `down`, ...) of a known service.
-    pub fn set_desired(&mut self, service: &str, desired: &str) -> Result<()> {
-        self.update_service(service, "desired = ?2", desired)
+    /// Records the desired state of a known service.
+    pub fn set_desired(&mut self, service: &str, desired: Want) -> Result<()> {
+        let tx = self.conn.transaction()?;
+        if !write::set_desired(&tx, service, desired)? {
+            return Err(StoreError::UnknownService(service.to_owned()));
+        }
+        tx.commit()?;
+        Ok(())
     }
 
     /// Records the hash of a known service's rendered definition.
@@ -386,26 +399,28 @@ impl Store {
 
     /// The desired state stored for `service` (`up`, `down`, `once`), if any: what an
     /// operator last asked for, or the service's `InitialState` when it was configured.
-    pub fn desired(&self, service: &str) -> Result<Option<String>> {
-        Ok(self
-            .conn
-            .query_row(
-                "SELECT desired FROM services WHERE service = ?1",
-                [service],
-                |r| r.get(0),
-            )
-            .optional()?
-            .flatten())
+    pub fn desired(&self, service: &str) -> Result<Option<Want>> {
+        Ok(want_of(
+            self.conn
+                .query_row(
+                    "SELECT desired FROM services WHERE service = ?1",
+                    [service],
+                    |r| r.get(0),
+                )
+                .optional()?
+                .flatten(),
+        ))
     }
 
     /// The UUID and desired state of `service` in one query (for `list`, which asks for
     /// every service); `None` when it has no row.
-    pub fn service_row(&self, service: &str) -> Result<Option<(String, Option<String>)>> {
+    pub fn service_row(&self, service: &str) -> Result<Option<(String, Option<Want>)>> {
         Ok(self
             .conn
             .prepare_cached("SELECT uuid, desired FROM services WHERE service = ?1")?
             .query_row([service], |r| Ok((r.get(0)?, r.get(1)?)))
-            .optional()?)
+            .optional()?
+            .map(|(uuid, desired)| (uuid, want_of(desired))))
     }
 
     /// The newest event's row id (0 when there is none): where a subscription starts.
@@ -413,5 +428,25 @@ impl Store {
         Ok(self
             .conn
             .query_row("SELECT COALESCE(MAX(id), 0) FROM events", [], |r| r.get(0))?)
+    }
+}
+
+/// How a desired state is stored: the same lowercase word as on the wire (serde's).
+pub(crate) fn want_str(want: Want) -> &'static str {
+    match want {
+        Want::Up => "up",
+        Want::Down => "down",
+        Want::Once => "once",
+    }
+}
+
+/// A stored desired state; a word this upkeeper does not know (written by hand, or by a newer
+/// one) counts as none.
+fn want_of(stored: Option<String>) -> Option<Want> {
+    match stored.as_deref()? {
+        "up" => Some(Want::Up),
+        "down" => Some(Want::Down),
+        "once" => Some(Want::Once),
+        _ => None,
     }
 }

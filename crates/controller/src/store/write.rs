@@ -372,6 +372,18 @@ pub(crate) fn insert_config_change(tx: &Transaction, c: &ConfigChange) -> Result
     Ok(tx.last_insert_rowid())
 }
 
+/// Records the desired state of `service`; false when the store knows no such service.
+pub(crate) fn set_desired(
+    tx: &Transaction,
+    service: &str,
+    want: upk_core::status::Want,
+) -> Result<bool> {
+    let n = tx
+        .prepare_cached("UPDATE services SET desired = ?2 WHERE service = ?1")?
+        .execute(params![service, super::want_str(want)])?;
+    Ok(n > 0)
+}
+
 pub(crate) fn apply(tx: &Transaction, batch: &Batch) -> Result<Committed> {
     let mut done = Committed::default();
     for (origin, records) in &batch.events {

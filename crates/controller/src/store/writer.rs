@@ -11,6 +11,11 @@
 //! again with whatever comes next; an empty batch is a valid retry, made on a connection opened
 //! anew. A database file deleted while in use is written back from the open connection before
 //! the next transaction, so nothing it committed is lost.
+//!
+//! The controller's loop never waits for this thread: it queues batches ([`StoreWriter::submit`]),
+//! desired states ([`StoreWriter::set_desired`]) and jobs ([`StoreWriter::post`]), and learns
+//! of each ticket's commit through the callback, which wakes its poll. [`StoreWriter::with_store`]
+//! is a blocking round trip, for tests and tools, not for a loop.
 
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -19,6 +24,7 @@ use std::thread::JoinHandle;
 
 use super::write::{self, Batch, Committed};
 use super::{Result, Store, StoreError};
+use upk_core::status::Want;
 
 /// Most items (records, commands, changes) merged into one transaction.
 pub const MAX_MERGE: usize = 100_000;
@@ -43,6 +49,7 @@ type Call = Box<dyn FnOnce(&mut Store) + Send>;
 
 enum Msg {
     Batch(u64, Batch),
+    Desired(u64, Vec<(String, Want)>),
     Call(Call),
 }
 
@@ -109,8 +116,19 @@ impl StoreWriter {
         Ok(ticket)
     }
 
+    /// Queues desired states to record, in one transaction of their own after the work queued
+    /// before them; returns the ticket that the [`Outcome`] reporting their commit names (its
+    /// `result` holds an empty [`Committed`], or the error). A service the store does not know
+    /// is skipped with a warning.
+    pub fn set_desired(&self, wants: Vec<(String, Want)>) -> Result<u64> {
+        let ticket = self.next.fetch_add(1, Ordering::Relaxed);
+        self.send(Msg::Desired(ticket, wants))?;
+        Ok(ticket)
+    }
+
     /// Runs `f` on the writer's connection, after the work queued before it, and waits for its
-    /// result: services (`ensure_service`, `set_desired`, ...), retention, the size limit.
+    /// result: the size limit, queries of what was written (tests, tools). It blocks for as long
+    /// as the queue ahead of it takes: never call it from a poll loop.
     pub fn with_store<R, F>(&self, f: F) -> Result<R>
     where
         R: Send + 'static,
@@ -193,6 +211,18 @@ fn commit(store: &mut Store, parts: &[&Batch]) -> Result<Committed> {
     Ok(done)
 }
 
+/// Records desired states in one transaction; unknown services are skipped (said on stderr).
+fn store_desired(store: &mut Store, wants: &[(String, Want)]) -> Result<()> {
+    let tx = store.conn.transaction()?;
+    for (service, want) in wants {
+        if !write::set_desired(&tx, service, *want)? {
+            eprintln!("upkeeper: {service}: cannot store its desired state: the store knows no such service");
+        }
+    }
+    tx.commit()?;
+    Ok(())
+}
+
 fn run<F: FnMut(Outcome)>(mut store: Store, rx: Receiver<Msg>, mut on_done: F) {
     let mut carry = Batch::default();
     let mut dropped = 0u64;
@@ -209,6 +239,18 @@ fn run<F: FnMut(Outcome)>(mut store: Store, rx: Receiver<Msg>, mut on_done: F) {
         let (ticket, batch) = match msg {
             Msg::Call(f) => {
                 f(&mut store);
+                continue;
+            }
+            Msg::Desired(t, wants) => {
+                let result = prepare(&mut store, &mut reopen)
+                    .and_then(|()| store_desired(&mut store, &wants));
+                reopen |= matches!(&result, Err(e) if e.is_unwritable());
+                on_done(Outcome {
+                    tickets: vec![t],
+                    result: result.map(|()| Committed::default()),
+                    carried: carry.len(),
+                    dropped,
+                });
                 continue;
             }
             Msg::Batch(t, b) => (t, b),

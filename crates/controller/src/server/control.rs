@@ -1,0 +1,262 @@
+//! Control requests: relayed to the service's buddy, answered when the buddy has answered
+//! and the desired state it leaves is stored, audited either way. What the loop must do for
+//! them (send the relay, store the desired state, unconfigure) is returned as [`Intent`]s.
+
+use super::{not_found, Peer, Pending, Server};
+use crate::fleet::Fleet;
+use crate::store::CommandEntry;
+use std::os::unix::net::UnixStream;
+use upk_core::client::{ClientReply, ClientRequest, ErrorCode};
+use upk_core::proto::{BuddyReply, BuddyRequest, LineBuf};
+
+/// What the server needs done by the rest of the controller: the loop carries it out.
+#[derive(Debug)]
+pub enum Intent {
+    /// Send `request` (a relay) with id `rid` to the buddy of `service`, linking now if need
+    /// be; if it cannot be sent, tell [`Server::unreachable`].
+    Relay {
+        /// The id its answer comes back with.
+        rid: u64,
+        /// The service.
+        service: String,
+        /// The relayed request.
+        request: BuddyRequest,
+    },
+    /// A buddy phoned home on this connection: an event link from now on. `hello` is its
+    /// first line and `rest` what was read after it.
+    Link {
+        /// The connection.
+        stream: UnixStream,
+        /// The `hello` line.
+        hello: Vec<u8>,
+        /// What followed it.
+        rest: LineBuf,
+    },
+    /// A command took effect: record `want` as `service`'s desired state, and tell
+    /// [`Server::stored`] with `rid` once it is stored.
+    SetWant {
+        /// The relayed request whose answer waits.
+        rid: u64,
+        /// The service.
+        service: String,
+        /// What its buddy now wants.
+        want: upk_core::status::Want,
+    },
+    /// An operator unconfigured `service`: forget it until its definition changes.
+    Unconfigure {
+        /// The service.
+        service: String,
+    },
+}
+
+impl Server {
+    /// Relays a control request to the buddy; the reply comes with its answer.
+    pub(super) fn control(
+        &mut self,
+        token: u64,
+        id: Option<u64>,
+        body: &ClientRequest,
+        peer: &Peer,
+        fleet: &Fleet,
+    ) -> Result<(), (ErrorCode, String)> {
+        let service = body.service().unwrap_or_default().to_owned();
+        let Some(member) = fleet.members.get(&service) else {
+            return Err(not_found(&service));
+        };
+        let request = match body.clone() {
+            ClientRequest::Start { .. } => BuddyRequest::Start,
+            ClientRequest::Stop { .. } => BuddyRequest::Stop,
+            ClientRequest::Restart { .. } => BuddyRequest::Restart,
+            ClientRequest::Reload { .. } => BuddyRequest::Reload,
+            ClientRequest::Once { .. } => BuddyRequest::Once,
+            ClientRequest::Signal { signal, group, .. } => BuddyRequest::Signal { signal, group },
+            ClientRequest::Action { name, .. } => {
+                let actions = &member.svc.custom_actions;
+                let known = actions.iter().any(|a| a.name == name)
+                    || name
+                        .parse::<usize>()
+                        .is_ok_and(|n| (1..=actions.len()).contains(&n));
+                if !known {
+                    let names: Vec<&str> = actions.iter().map(|a| a.name.as_str()).collect();
+                    return Err((
+                        ErrorCode::NotFound,
+                        format!(
+                            "{service} has no action {name:?} (it has: {})",
+                            if names.is_empty() {
+                                "none".into()
+                            } else {
+                                names.join(", ")
+                            }
+                        ),
+                    ));
+                }
+                BuddyRequest::Action { name }
+            }
+            ClientRequest::Unconfigure { .. } => BuddyRequest::Shutdown,
+            _ => return Err((ErrorCode::Invalid, "not a control request".into())),
+        };
+        let rid = self.token();
+        let relay = BuddyRequest::Relay {
+            cause: peer.cause(),
+            request: Box::new(request),
+        };
+        let entry = CommandEntry {
+            wall_us: upk_core::time::wall_us(),
+            uid: peer.uid,
+            gid: peer.gid,
+            pid: peer.pid,
+            cmdline: peer.cmdline.clone(),
+            request: serde_json::to_value(body).unwrap_or_default(),
+            service: Some(service.clone()),
+            result: String::new(),
+            ok: false,
+        };
+        let unconfigure = matches!(body, ClientRequest::Unconfigure { .. });
+        self.pending.insert(
+            rid,
+            Pending {
+                client: token,
+                id,
+                service: service.clone(),
+                entry,
+                unconfigure,
+                answer: None,
+            },
+        );
+        self.intents.push(Intent::Relay {
+            rid,
+            service,
+            request: relay,
+        });
+        Ok(())
+    }
+
+    /// The relay of `rid` could not be sent (no link to the buddy, or a broken one): the
+    /// client is told to try again, and the command is audited as failed.
+    pub fn unreachable(&mut self, rid: u64) {
+        let Some(mut p) = self.pending.remove(&rid) else {
+            return;
+        };
+        let message = format!(
+            "the buddy of {} is not connected (it is being started); try again in a second",
+            p.service
+        );
+        (p.entry.result, p.entry.ok) = (message.clone(), false);
+        self.audit.push(p.entry);
+        self.fail(p.client, p.id, ErrorCode::Unavailable, message);
+        self.flush(p.client);
+    }
+
+    /// The desired state left by the command of `rid` is stored (or could not be, which was
+    /// said): its answer goes out now.
+    pub fn stored(&mut self, rid: u64) {
+        if let Some((body, result, ok)) = self.pending.get_mut(&rid).and_then(|p| p.answer.take()) {
+            self.finish(rid, body, result, ok);
+        }
+    }
+
+    /// A buddy answered a relayed request: answer the client and audit the command, after
+    /// the loop stored the desired state it leaves ([`Intent::SetWant`]).
+    pub fn answered(&mut self, rid: u64, reply: BuddyReply) -> Vec<Intent> {
+        self.answer(rid, reply);
+        std::mem::take(&mut self.intents)
+    }
+
+    fn answer(&mut self, rid: u64, reply: BuddyReply) {
+        let Some(p) = self.pending.get(&rid) else {
+            return;
+        };
+        if p.answer.is_some() {
+            return; // answered already, waiting for the store
+        }
+        let service = p.service.clone();
+        let (body, result, ok) = match reply {
+            BuddyReply::Ok { status, message } => {
+                let want = status.want;
+                let result = format!(
+                    "done: {} (want {}){}",
+                    status.state.as_str(),
+                    crate::store::want_str(want),
+                    message
+                        .as_deref()
+                        .map(|m| format!("; {m}"))
+                        .unwrap_or_default()
+                );
+                let body = ClientReply::Done {
+                    service: service.clone(),
+                    status: Some(status),
+                    message,
+                };
+                if p.unconfigure {
+                    self.intents.push(Intent::Unconfigure { service });
+                } else {
+                    // Answered once the wish is stored: see `stored`.
+                    if let Some(p) = self.pending.get_mut(&rid) {
+                        p.answer = Some((body, result, true));
+                    }
+                    self.intents.push(Intent::SetWant { rid, service, want });
+                    return;
+                }
+                (body, result, true)
+            }
+            BuddyReply::ActionDone { action, exit } => {
+                let ok = exit == upk_core::event::Exit::Exited { code: 0 };
+                let result = format!(
+                    "{action}: {}",
+                    serde_json::to_string(&exit).unwrap_or_default()
+                );
+                (
+                    ClientReply::ActionDone {
+                        service,
+                        action,
+                        exit,
+                    },
+                    result,
+                    ok,
+                )
+            }
+            BuddyReply::Error { message } => return self.failed(rid, message),
+            // Not an answer to a relayed request: keep waiting for one.
+            _ => return,
+        };
+        self.finish(rid, body, result, ok);
+    }
+
+    /// A relayed request failed: the client gets the buddy's sentence.
+    fn failed(&mut self, rid: u64, message: String) {
+        let Some(p) = self.pending.get(&rid) else {
+            return;
+        };
+        let body = ClientReply::Error {
+            code: ErrorCode::Failed,
+            message: format!("{}: {message}", p.service),
+        };
+        self.finish(rid, body, format!("failed: {message}"), false);
+    }
+
+    fn finish(&mut self, rid: u64, body: ClientReply, result: String, ok: bool) {
+        let Some(mut p) = self.pending.remove(&rid) else {
+            return;
+        };
+        (p.entry.result, p.entry.ok) = (result, ok);
+        self.audit.push(p.entry);
+        self.send(p.client, p.id, body);
+        self.flush(p.client);
+    }
+
+    /// The link to `service`'s buddy is gone: its requests in flight fail.
+    pub fn link_lost(&mut self, service: &str) {
+        let lost: Vec<u64> = self
+            .pending
+            .iter()
+            .filter(|(_, p)| p.service == service && p.answer.is_none())
+            .map(|(rid, _)| *rid)
+            .collect();
+        for rid in lost {
+            self.failed(
+                rid,
+                "its buddy went away before answering; see `upkctl status`".into(),
+            );
+        }
+    }
+}
