@@ -3,13 +3,16 @@
 //! # Theory of operation
 //!
 //! The controller turns configuration into running buddies and their events into history: it
-//! loads the controller file and every service file ([`load`]), orders start-up ([`order`]),
-//! renders each service's run directory ([`render`]), keeps one buddy per service and one event
-//! link to each ([`fleet`]), writes every event and command into the audit store ([`store`], guarded by
-//! [`storewatch`]),
-//! serves clients on its socket ([`server`]) and follows `SvcConfigPath` ([`watch`], [`diff`]).
-//! [`foreground`] is the one loop that drives all of it. Buddies own their services; the
-//! controller can die and come back without disturbing them. [`load`], [`render`] and [`diff`]
+//! loads the controller file and every service file ([`load`]), decides what a scan changes
+//! ([`apply`]), orders start-up ([`order`]), renders each service's run directory
+//! ([`render`]), keeps one buddy per service and one event link to each ([`fleet`], [`reach`],
+//! [`link`]), knows what each service should be doing ([`desired`]), writes every event and
+//! command into the audit store ([`store`], guarded by [`storewatch`]), serves clients on its
+//! socket ([`server`], [`access`]) and follows `SvcConfigPath` ([`watch`], [`diff`]).
+//! [`foreground`] is the one loop that drives all of it and carries the server's intents to the
+//! fleet and the store: data flows config -> render -> fleet -> store -> server, one way
+//! (`docs/architecture.md`). Buddies own their services; the controller can die and come back
+//! without disturbing them. [`load`], [`render`] and [`diff`]
 //! are the `upk-config` crate's, shared with `upkctl` and re-exported here.
 
 // Loading, rendering and diffing live in `upk-config`, shared with upkctl and the test kit,
