@@ -187,6 +187,7 @@ class Bench:
         self.bins = {}
         self.script = None
         self.facts = {}
+        self.peer_env = {}
 
     # -- processes
 
@@ -370,15 +371,25 @@ class Bench:
         d = self.root / "peers" / ("%s-%s" % (kind, phase)) / name
         d.mkdir(parents=True)
         text = (self.builds[0].run / name / "scripts" / "start").read_bytes()
-        (d / "run").write_bytes(text)
-        (d / "run").chmod(0o755)
+        if self.args.no_shell:
+            # `run` is the program itself (a symlink to stamp), its arguments as variables:
+            # no shell for anyone, the floor at the kernel's cost.
+            words = text.decode().strip().splitlines()[-1].split()
+            assert words[0] == "exec" and len(words) == 5, words
+            (d / "run").symlink_to(self.stamp)
+            self.peer_env[str(d)] = {"PATH": PATH_ENV, "STAMP_FILE": words[2],
+                                     "LIFETIME_MS": words[3], "NOTIFY_FD": words[4]}
+        else:
+            (d / "run").write_bytes(text)
+            (d / "run").chmod(0o755)
         if kind == "s6-supervise":
             (d / "notification-fd").write_text("%d\n" % NOTIFY_FD)
         return d
 
     def spawn_peer(self, kind, d):
         exe = self.floor if kind == "floor" else self.bins[kind]
-        return self.spawn("%s-%s" % (kind, d.parent.name), [str(exe), str(d)], cwd=d)
+        return self.spawn("%s-%s" % (kind, d.parent.name), [str(exe), str(d)], cwd=d,
+                          env=self.peer_env.get(str(d)))
 
     def wait_up(self, what, d, n_starts, sup_pid, timeout=15.0):
         """Until d/stamps holds n_starts "S" and a stamp process runs in d; returns its pid."""
@@ -710,9 +721,13 @@ def report(res):
     L.append("Builds: " + "; ".join("`%s` = %s (buddy sha256 %s...)" % (
         b, f["binaries"]["upk_buddy:" + b]["source"],
         f["binaries"]["upk_buddy:" + b]["sha256"][:12]) for b in builds) + ". Each runs under "
-             "its own controller. Every supervisor and the floor run the same start script "
-             "(the first build's rendering, `%s`), the same static `stamp`, nofile %d, on "
-             "tmpfs." % ((f["start_script"] or "").strip().split("\n")[-1], f["nofile_soft"]))
+             "its own controller. " + (
+                 "The peers and the floor run the program itself (`run` is a symlink to "
+                 "`stamp`, its arguments as variables: no shell for anyone); the buddies their "
+                 "rendered start script (`%s`)" if a.get("no_shell") else
+                 "Every supervisor and the floor run the same start script (the first build's "
+                 "rendering, `%s`)") % (f["start_script"] or "").strip().split("\n")[-1] +
+             ", the same static `stamp`, nofile %d, on tmpfs." % f["nofile_soft"])
     scripts = f.get("scripts") or {}
     for n in ("kill", "crash"):
         texts = {b: scripts.get("%s/%s" % (b, n)) for b in builds}
@@ -830,6 +845,9 @@ def main():
     p.add_argument("--mem-services", type=int, default=100)
     p.add_argument("--mem-skip-runsv", action="store_true")
     p.add_argument("--settle", type=float, default=2.0)
+    p.add_argument("--no-shell", action="store_true",
+                   help="the peers' and the floor's run is the program itself, not the buddy's "
+                        "start script (kill and crash only)")
     p.add_argument("--skip", default="", help="comma-separated: kill,crash,control,memory")
     p.add_argument("--note", default="", help="a sentence printed in bold under the heading")
     p.add_argument("--label", default="", help="suffix of the results file name")

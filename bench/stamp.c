@@ -78,10 +78,13 @@ static void on_term(int sig)
 
 int main(int argc, char **argv)
 {
-	const char *path = argc > 1 ? argv[1] : getenv("STAMP_FILE");
-	const char *life = argc > 2 ? argv[2] : getenv("LIFETIME_MS");
+	/* The variables win when set: s6-supervise runs ./run with the service directory as
+	 * argv[1] (fastpath.py --no-shell makes ./run this program); the buddy clears the
+	 * environment, so its services get their settings as arguments. */
+	const char *path = getenv("STAMP_FILE") ? getenv("STAMP_FILE") : argc > 1 ? argv[1] : NULL;
+	const char *life = getenv("LIFETIME_MS") ? getenv("LIFETIME_MS") : argc > 2 ? argv[2] : NULL;
 	long ms = life && *life ? strtol(life, NULL, 10) : 1100;
-	const char *notify = argc > 3 ? argv[3] : getenv("NOTIFY_FD");
+	const char *notify = getenv("NOTIFY_FD") ? getenv("NOTIFY_FD") : argc > 3 ? argv[3] : NULL;
 	struct timespec req, rem;
 	struct stat st;
 	struct sigaction sa;
