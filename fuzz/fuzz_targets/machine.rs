@@ -96,7 +96,10 @@ impl World {
                     } else {
                         self.next_pid += 1;
                         self.child = Some(self.next_pid);
-                        Input::Spawned { pid: self.next_pid }
+                        Input::Spawned {
+                            pid: self.next_pid,
+                            start: Some(self.next_pid as u64),
+                        }
                     }
                 }
                 // The default stop script is `kill <pid>`.
@@ -225,6 +228,7 @@ fuzz_target!(|data: &[u8]| {
                     w.child = Some(w.next_pid);
                     w.feed(Input::Adopted {
                         pid: w.next_pid,
+                        start: b.flag().then_some(7),
                         ready: b.flag(),
                         ready_timed_out: false,
                     });
