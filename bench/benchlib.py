@@ -114,3 +114,32 @@ def results_path(kind, label):
         path = out / ("%s-%d.json" % (stem, i))
         i += 1
     return path
+
+
+def command_output(argv):
+    """What `argv` prints, stripped, run in the repository; None if it cannot run."""
+    import subprocess
+    try:
+        return subprocess.run(argv, capture_output=True, text=True, cwd=REPO,
+                              stdin=subprocess.DEVNULL).stdout.strip()
+    except OSError:
+        return None
+
+
+def host_facts(packages):
+    """What every results file says about the machine: date, cores, kernel, and the Debian
+    version of each package named."""
+    import platform
+    return {
+        "date": datetime.datetime.now().isoformat(timespec="seconds"),
+        "nproc": os.cpu_count(),
+        "kernel": platform.release(),
+        "packages": {pkg: command_output(["dpkg-query", "-W", "-f", "${Version}", pkg])
+                     for pkg in packages},
+    }
+
+
+def file_facts(path):
+    """Size and sha256 of a binary that was measured."""
+    import hashlib
+    return {"bytes": path.stat().st_size, "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}

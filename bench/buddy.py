@@ -24,11 +24,8 @@ to it) and the tmpfs directory is removed, also on Ctrl-C or an error. See bench
 """
 
 import argparse
-import datetime
-import hashlib
 import json
 import os
-import platform
 import re
 import resource
 import shutil
@@ -41,7 +38,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchlib import (BENCH, NOTIFY_FD, REPO, BenchError, alive, become_subreaper, fmt, kill_pid,
+from benchlib import (command_output, file_facts, host_facts, BENCH, NOTIFY_FD, REPO, BenchError, alive, become_subreaper, fmt, kill_pid,
                       proc_stat, reap, results_path, summary, to_json)
 
 
@@ -528,27 +525,13 @@ class Bench:
 
 
 def machine_facts(bench):
-    def cmd(argv):
-        try:
-            return subprocess.run(argv, capture_output=True, text=True, cwd=REPO,
-                                  stdin=subprocess.DEVNULL).stdout.strip()
-        except OSError:
-            return None
-
-    pkgs = {}
-    for kind, pkg in PEER_PACKAGES.items():
-        pkgs[pkg] = cmd(["dpkg-query", "-W", "-f", "${Version}", pkg])
+    cmd = command_output
     return {
-        "date": datetime.datetime.now().isoformat(timespec="seconds"),
-        "nproc": os.cpu_count(),
-        "kernel": platform.release(),
+        **host_facts(PEER_PACKAGES.values()),
         "rustc": cmd(["rustc", "--version"]),
         "git": cmd(["git", "rev-parse", "--short", "HEAD"]),
         "git_dirty": bool(cmd(["git", "status", "--porcelain", "--untracked-files=no"])),
-        "packages": pkgs,
-        "binaries": {k: {"path": str(p), "bytes": p.stat().st_size,
-                         "sha256": hashlib.sha256(p.read_bytes()).hexdigest()}
-                     for k, p in bench.bins.items()},
+        "binaries": {k: {"path": str(p), **file_facts(p)} for k, p in bench.bins.items()},
         "stamp_static": bench.facts.get("stamp_static"),
         "buddy_build": bench.facts.get("buddy_build"),
         "nofile_soft": NOFILE,

@@ -28,11 +28,8 @@ to it) and the tmpfs directory is removed, also on Ctrl-C or an error. See bench
 """
 
 import argparse
-import datetime
-import hashlib
 import json
 import os
-import platform
 import re
 import resource
 import shlex
@@ -47,7 +44,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchlib import (BENCH, NOTIFY_FD, REPO, BenchError, alive, become_subreaper, fmt, kill_pid,
+from benchlib import (command_output, file_facts, host_facts, BENCH, NOTIFY_FD, REPO, BenchError, alive, become_subreaper, fmt, kill_pid,
                       proc_stat, reap, results_path, summary, to_json)
 
 
@@ -899,26 +896,13 @@ def git_state():
 
 
 def machine_facts(bench):
-    def cmd(argv):
-        try:
-            return subprocess.run(argv, capture_output=True, text=True, cwd=REPO,
-                                  stdin=subprocess.DEVNULL).stdout.strip()
-        except OSError:
-            return None
-
     return {
-        "date": datetime.datetime.now().isoformat(timespec="seconds"),
-        "nproc": os.cpu_count(),
-        "kernel": platform.release(),
-        "rustc": cmd(["rustc", "--version"]),
+        **host_facts(PACKAGES.values()),
+        "rustc": command_output(["rustc", "--version"]),
         "git": (bench.facts.get("git_at_start") or {}).get("commit"),
         "git_dirty": (bench.facts.get("git_at_start") or {}).get("dirty"),
         "git_at_end": git_state(),
-        "packages": {pkg: cmd(["dpkg-query", "-W", "-f", "${Version}", pkg])
-                     for pkg in PACKAGES.values()},
-        "binaries": {k: {"path": str(p).replace(str(bench.root), "<tmp>"),
-                         "bytes": p.stat().st_size,
-                         "sha256": hashlib.sha256(p.read_bytes()).hexdigest()}
+        "binaries": {k: {"path": str(p).replace(str(bench.root), "<tmp>"), **file_facts(p)}
                      for k, p in bench.bins.items() if p.exists()},
         "sources": bench.facts.get("sources"),
         "stamp_static": bench.facts.get("stamp_static"),

@@ -26,11 +26,8 @@ directory is removed, also on Ctrl-C or an error. Every wait has a bound. See be
 """
 
 import argparse
-import datetime
-import hashlib
 import json
 import os
-import platform
 import resource
 import shutil
 import signal
@@ -42,7 +39,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchlib import (BENCH, NOTIFY_FD, REPO, BenchError, alive, become_subreaper, fmt, kill_pid,
+from benchlib import (command_output, file_facts, host_facts, BENCH, NOTIFY_FD, REPO, BenchError, alive, become_subreaper, fmt, kill_pid,
                       proc_stat, reap, results_path, summary, to_json)
 from buddy import descendants, kill_everything, smaps_rollup
 
@@ -680,24 +677,12 @@ class Bench:
 
 
 def machine_facts(bench):
-    def cmd(argv):
-        try:
-            return subprocess.run(argv, capture_output=True, text=True, cwd=REPO,
-                                  stdin=subprocess.DEVNULL).stdout.strip()
-        except OSError:
-            return None
-
     return {
-        "date": datetime.datetime.now().isoformat(timespec="seconds"),
-        "nproc": os.cpu_count(),
-        "kernel": platform.release(),
-        "git": cmd(["git", "rev-parse", "--short", "HEAD"]),
-        "packages": {pkg: cmd(["dpkg-query", "-W", "-f", "${Version}", pkg])
-                     for pkg in PEER_PACKAGES.values()},
+        **host_facts(PEER_PACKAGES.values()),
+        "git": command_output(["git", "rev-parse", "--short", "HEAD"]),
         "binaries": {k: {"source": str(next((b.src[k.split(":")[0]] for b in bench.builds
                                               if k.endswith(":" + b.label)), p)),
-                         "bytes": p.stat().st_size,
-                         "sha256": hashlib.sha256(p.read_bytes()).hexdigest()}
+                         **file_facts(p)}
                      for k, p in bench.bins.items() if p.exists()},
         "builds": [b.label for b in bench.builds],
         "start_script": bench.script.decode() if bench.script else None,
