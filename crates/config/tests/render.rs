@@ -111,6 +111,7 @@ fn render_sample(renderer: &Renderer, run: &Path) -> upk_core::rundir::RunDir {
         service: svc.clone(),
         controller_socket: run.join("ctl.sock"),
         polling_interval: 0.5,
+        cgroup: None,
     };
     renderer.render(&svc, run, &settings).expect("render")
 }

@@ -238,11 +238,7 @@ impl<'a> Fleet<'a> {
     }
 
     fn render(&self, svc: &Service) -> anyhow::Result<RunDir> {
-        let settings = Settings {
-            service: svc.clone(),
-            controller_socket: self.ctl.socket_path(),
-            polling_interval: self.ctl.buddy_polling_interval,
-        };
+        let settings = Settings::new(&self.ctl, svc);
         Ok(self
             .renderer
             .render(svc, &self.ctl.svc_run_path, &settings)?)

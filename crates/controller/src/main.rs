@@ -101,11 +101,7 @@ fn run(args: Args) -> anyhow::Result<i32> {
                 .iter()
                 .filter(|s| services.is_empty() || services.contains(&s.id.to_string()))
             {
-                let settings = upk_core::rundir::Settings {
-                    service: svc.clone(),
-                    controller_socket: ctl.socket_path(),
-                    polling_interval: ctl.buddy_polling_interval,
-                };
+                let settings = upk_core::rundir::Settings::new(&ctl, svc);
                 let dir = renderer.render(svc, &ctl.svc_run_path, &settings)?;
                 println!("{}", dir.root().display());
             }

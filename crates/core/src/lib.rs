@@ -16,13 +16,15 @@
 //!   the message set clients speak with the controller.
 //! * [`history`]: what the audit store answers (stored events, audited commands, statistics).
 //! * [`direct`]: when a rendered script needs no shell (the buddy's fast path).
-//! * [`procfs`]: `/proc/PID/stat`, process-group scans and pidfds, read in one place.
+//! * [`procfs`]: `/proc/PID/stat`, process-group scans and pidfds, read in one place;
+//!   [`cgroup`]: where the cgroup hierarchies are and what a cgroup says.
 //! * [`fsutil`] and [`exit`]: atomic file writes and the documented exit codes.
 //! * [`escalate`]: stopping a process group from outside a poll loop (a signal, a bounded
 //!   wait, SIGKILL), for the programs that may block.
 //!
 //! This crate holds no daemon logic and starts no processes.
 
+pub mod cgroup;
 pub mod client;
 pub mod config;
 pub mod direct;

@@ -114,9 +114,26 @@ pub struct Settings {
     /// The controller's BuddyPollingInterval in seconds, recorded for operators reading the
     /// directory; the buddy paces nothing by it (it pushes records as they happen).
     pub polling_interval: f64,
+    /// The service's cgroup, relative to the buddy's own in each hierarchy (`upkeeper/web`);
+    /// `None`: its processes are kept by their process group only (docs/containment.md).
+    #[serde(default)]
+    pub cgroup: Option<String>,
 }
 
 impl Settings {
+    /// What the buddy of `service` runs by under the controller `ctl`.
+    pub fn new(ctl: &crate::config::Controller, service: &Service) -> Settings {
+        Settings {
+            cgroup: ctl
+                .cgroup
+                .as_ref()
+                .map(|base| format!("{base}/{}", service.id)),
+            service: service.clone(),
+            controller_socket: ctl.socket_path(),
+            polling_interval: ctl.buddy_polling_interval,
+        }
+    }
+
     /// Reads `settings.json`; the error is one sentence naming the file.
     pub fn read(path: &Path) -> Result<Settings, String> {
         let bytes =

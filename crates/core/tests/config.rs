@@ -59,9 +59,10 @@ fn seed_sample_loads_as_a_controller_file() {
     assert_eq!(d.set_uid, Some(IdSpec::Id(0)));
     assert_eq!(d.initial_state, Some(InitialState::Stopped));
     // The sample sets every key of the seed (the first 31), to exactly the built-in
-    // defaults; the keys upkeeper added later (health, readiness, backoff, hooks) it leaves out.
+    // defaults; the keys upkeeper added later (health, readiness, backoff, hooks, limits) it
+    // leaves out.
     assert_eq!(d.over(&ServiceLayer::builtin()), ServiceLayer::builtin());
-    assert_eq!(SERVICE_KEYS.len(), 43);
+    assert_eq!(SERVICE_KEYS.len(), 65);
     assert_eq!(SERVICE_KEYS[30], "PreferBuddyStateForRunning");
     assert_eq!((d.health_check.clone(), d.notify.clone()), (None, None));
     let mut only_seed = ServiceLayer::builtin();
@@ -77,6 +78,29 @@ fn seed_sample_loads_as_a_controller_file() {
     only_seed.restart_delay_max = None;
     only_seed.failed_retry_after = None;
     only_seed.notify = None;
+    // Containment and limits (issue 14).
+    only_seed.working_directory = None;
+    only_seed.environment = None;
+    only_seed.environment_file = None;
+    only_seed.limit_nofile = None;
+    only_seed.limit_nproc = None;
+    only_seed.limit_core = None;
+    only_seed.limit_as = None;
+    only_seed.limit_memlock = None;
+    only_seed.limit_stack = None;
+    only_seed.limit_cpu = None;
+    only_seed.limit_fsize = None;
+    only_seed.nice = None;
+    only_seed.io_scheduling_class = None;
+    only_seed.io_scheduling_priority = None;
+    only_seed.oom_score_adjust = None;
+    only_seed.umask = None;
+    only_seed.no_new_privileges = None;
+    only_seed.memory_max = None;
+    only_seed.memory_high = None;
+    only_seed.cpu_weight = None;
+    only_seed.cpu_quota = None;
+    only_seed.tasks_max = None;
     assert_eq!(*d, only_seed);
 }
 

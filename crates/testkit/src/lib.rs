@@ -128,6 +128,18 @@ impl Sandbox {
         path
     }
 
+    /// The controller key `Cgroup` of this sandbox's instances (the default for its
+    /// `SvcRunPath`): services' cgroups are under it, and dropping the sandbox removes it.
+    pub fn cgroup_name(&self) -> String {
+        config::default_cgroup(&self.run_path())
+    }
+
+    /// The unified-hierarchy directory of service `id`'s cgroup, where this host has one.
+    pub fn cgroup_dir(&self, id: &str) -> Option<PathBuf> {
+        let base = upk_core::cgroup::Hierarchies::of_self().unified?;
+        Some(base.join(self.cgroup_name()).join(id))
+    }
+
     /// The socket a buddy phones home to.
     pub fn controller_socket(&self) -> PathBuf {
         self.path().join("ctl.sock")
@@ -149,6 +161,7 @@ impl Sandbox {
             service: svc.clone(),
             controller_socket: self.controller_socket(),
             polling_interval: 0.5,
+            cgroup: Some(format!("{}/{id}", self.cgroup_name())),
         };
         upk_config::render::Renderer::builtin()
             .render(&svc, &self.run_path(), &settings)
@@ -325,7 +338,46 @@ impl Drop for Sandbox {
                 std::thread::sleep(Duration::from_millis(5));
             }
         }
+        remove_cgroups(&self.cgroup_name());
     }
+}
+
+/// Removes the cgroup subtree `name` (leaves first) from every hierarchy; its processes are
+/// gone by now, so each directory is empty of them.
+fn remove_cgroups(name: &str) {
+    let h = upk_core::cgroup::Hierarchies::of_self();
+    let bases = h.unified.iter().chain(h.v1.iter().map(|(_, d)| d));
+    for base in bases {
+        let root = base.join(name);
+        if !root.is_dir() {
+            continue;
+        }
+        let mut dirs: Vec<PathBuf> = walk_dirs(&root);
+        dirs.sort_by_key(|d| std::cmp::Reverse(d.components().count()));
+        for d in dirs {
+            // A member may take a moment to leave after SIGKILL.
+            let end = Instant::now() + Duration::from_secs(2);
+            while std::fs::remove_dir(&d).is_err() && Instant::now() < end && d.exists() {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+    }
+}
+
+fn walk_dirs(root: &Path) -> Vec<PathBuf> {
+    let mut out = vec![root.to_owned()];
+    let mut i = 0;
+    while i < out.len() {
+        if let Ok(entries) = std::fs::read_dir(&out[i]) {
+            for e in entries.flatten() {
+                if e.file_type().is_ok_and(|t| t.is_dir()) {
+                    out.push(e.path());
+                }
+            }
+        }
+        i += 1;
+    }
+    out
 }
 
 /// Pids whose initial environment carries this sandbox's marker.

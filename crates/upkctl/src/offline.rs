@@ -292,11 +292,7 @@ pub fn render(
                 ),
             ));
         };
-        let settings = Settings {
-            service: svc.clone(),
-            controller_socket: ctl.socket_path(),
-            polling_interval: ctl.buddy_polling_interval,
-        };
+        let settings = Settings::new(&ctl, svc);
         let dir = renderer
             .render(svc, scratch.path(), &settings)
             .map_err(render_failure)?;

@@ -8,8 +8,8 @@
 //! explicit `Null` that resets the key to unset, `None` means "not given here".
 
 use super::model::{
-    CustomAction, HealthAction, Hook, HookEvent, IdSpec, InitialState, Readiness, Service,
-    ServiceId, MAX_CUSTOM_ACTIONS,
+    CustomAction, EnvFile, HealthAction, Hook, HookEvent, IdSpec, InitialState, IoClass, Readiness,
+    RlimitValue, Service, ServiceId, MAX_CUSTOM_ACTIONS,
 };
 use crate::rundir::RESERVED_SCRIPTS;
 use serde_json::Value;
@@ -525,6 +525,218 @@ fn merge_hooks(upper: &[Hook], lower: &[Hook]) -> Vec<Hook> {
     out
 }
 
+/// An integer from `min` to `max`.
+fn bounded_i64(v: &Value, min: i64, max: i64) -> Parsed<i64> {
+    match integer(v)? {
+        i if (min..=max).contains(&i) => Ok(i),
+        i => problem(format!("must be between {min} and {max}, found {i}")),
+    }
+}
+
+/// A count or size: a whole number, a string with a binary suffix (`64K`, `512M`, `2G`,
+/// `1T`), or `infinity` (`unlimited`, `max`) for `u64::MAX`.
+fn amount(v: &Value) -> Parsed<u64> {
+    let text = match v {
+        Value::String(s) => s.trim().to_owned(),
+        Value::Number(_) => {
+            return match integer(v)? {
+                i if i >= 0 => Ok(i as u64),
+                i => problem(format!("must not be negative, found {i}")),
+            }
+        }
+        _ => return expected("a number or a string such as \"512M\" or \"infinity\"", v),
+    };
+    amount_text(&text).map_or_else(|m| problem(m), Ok)
+}
+
+fn amount_text(text: &str) -> Result<u64, String> {
+    if ["infinity", "unlimited", "max"].contains(&text.to_ascii_lowercase().as_str()) {
+        return Ok(u64::MAX);
+    }
+    let (digits, shift) = match text.char_indices().last() {
+        Some((i, c)) if c.is_ascii_alphabetic() => {
+            let shift = match c.to_ascii_uppercase() {
+                'K' => 10,
+                'M' => 20,
+                'G' => 30,
+                'T' => 40,
+                _ => return Err(format!("{text:?}: the suffix must be K, M, G or T")),
+            };
+            (&text[..i], shift)
+        }
+        _ => (text, 0),
+    };
+    let n: u64 = digits.trim().parse().map_err(|_| {
+        format!("{text:?} is not a whole number, a size such as \"512M\", or \"infinity\"")
+    })?;
+    n.checked_mul(1u64 << shift)
+        .filter(|&b| b < u64::MAX)
+        .ok_or_else(|| format!("{text:?} is too large"))
+}
+
+/// `Limit*`: one value for both limits, or `"soft:hard"`; the soft limit may not exceed the
+/// hard one.
+fn rlimit(v: &Value) -> Parsed<RlimitValue> {
+    let (soft, hard) = match v.as_str().and_then(|s| s.split_once(':')) {
+        Some((a, b)) => (
+            amount_text(a.trim()).map_or_else(|m| problem(m), Ok)?,
+            amount_text(b.trim()).map_or_else(|m| problem(m), Ok)?,
+        ),
+        None => {
+            let n = amount(v)?;
+            (n, n)
+        }
+    };
+    if soft > hard {
+        return problem(format!(
+            "the soft limit {soft} is above the hard limit {hard}"
+        ));
+    }
+    Ok(RlimitValue { soft, hard })
+}
+
+fn nice(v: &Value) -> Parsed<i32> {
+    bounded_i64(v, -20, 19).map(|n| n as i32)
+}
+
+fn oom_score_adjust(v: &Value) -> Parsed<i32> {
+    bounded_i64(v, -1000, 1000).map(|n| n as i32)
+}
+
+fn io_class(v: &Value) -> Parsed<IoClass> {
+    match string(v)?.to_ascii_lowercase().as_str() {
+        "realtime" | "rt" => Ok(IoClass::Realtime),
+        "best-effort" | "be" => Ok(IoClass::BestEffort),
+        "idle" => Ok(IoClass::Idle),
+        _ => problem("must be \"realtime\", \"best-effort\" or \"idle\""),
+    }
+}
+
+fn io_priority(v: &Value) -> Parsed<u8> {
+    bounded_i64(v, 0, 7).map(|n| n as u8)
+}
+
+/// `UMask`: octal digits in a string (`"0027"`), as JSON has no octal numbers.
+fn umask(v: &Value) -> Parsed<u32> {
+    let text = string(v)?;
+    match u32::from_str_radix(text.trim(), 8) {
+        Ok(m) if m <= 0o777 && !text.trim().is_empty() => Ok(m),
+        _ => problem(format!(
+            "{text:?} must be octal digits from \"0000\" to \"0777\" (a string: \"0022\")"
+        )),
+    }
+}
+
+/// An absolute path.
+fn absolute(v: &Value) -> Parsed<PathBuf> {
+    let path = PathBuf::from(non_empty(v)?);
+    if path.is_absolute() {
+        Ok(path)
+    } else {
+        problem(format!("{} must be an absolute path", path.display()))
+    }
+}
+
+/// A variable name as shells take it.
+fn env_name_ok(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+        && name.len() <= 256
+}
+
+/// `Environment`: an object of variable names to strings (numbers and booleans are written
+/// as text).
+fn environment(v: &Value) -> Parsed<Vec<(String, String)>> {
+    let Some(map) = v.as_object() else {
+        return expected("an object mapping variable names to values", v);
+    };
+    let mut out = Vec::new();
+    let mut errs = Vec::new();
+    for (name, value) in map {
+        let at = Some(name.clone());
+        let text = match value {
+            Value::String(s) => s.clone(),
+            Value::Number(n) => n.to_string(),
+            Value::Bool(b) => b.to_string(),
+            other => {
+                errs.push(Problem {
+                    at,
+                    message: format!("{name}: expected a string, found {}", kind(other)),
+                });
+                continue;
+            }
+        };
+        if !env_name_ok(name) {
+            errs.push(Problem {
+                at,
+                message: format!("{name:?} is not a variable name (letters, digits and _)"),
+            });
+        } else if text.contains('\0') {
+            errs.push(Problem {
+                at,
+                message: format!("{name}: the value must not contain a NUL byte"),
+            });
+        } else {
+            out.push((name.clone(), text));
+        }
+    }
+    if errs.is_empty() {
+        Ok(out)
+    } else {
+        Err(errs)
+    }
+}
+
+/// `EnvironmentFile`: an absolute path; `-/path` when a missing file is no error.
+fn env_file(v: &Value) -> Parsed<EnvFile> {
+    let text = non_empty(v)?;
+    let (optional, path) = match text.strip_prefix('-') {
+        Some(rest) => (true, rest),
+        None => (false, text.as_str()),
+    };
+    let path = absolute(&Value::String(path.to_owned()))?;
+    Ok(EnvFile { path, optional })
+}
+
+fn memory(v: &Value) -> Parsed<u64> {
+    match amount(v)? {
+        n if n >= 4096 => Ok(n),
+        n => problem(format!("must be at least 4096 bytes (4K), found {n}")),
+    }
+}
+
+fn cpu_weight(v: &Value) -> Parsed<u32> {
+    bounded_u32(v, 1, 10_000)
+}
+
+/// `CPUQuota`: percent of one CPU, as a number or `"50%"`.
+fn cpu_quota(v: &Value) -> Parsed<f64> {
+    let n = match v {
+        Value::String(s) => match s.trim().trim_end_matches('%').trim().parse::<f64>() {
+            Ok(n) if n.is_finite() => n,
+            _ => return problem(format!("{s:?} is not a percentage such as \"50%\"")),
+        },
+        _ => number(v)?,
+    };
+    if n > 0.0 && n <= 100_000.0 {
+        Ok(n)
+    } else {
+        problem(format!(
+            "must be more than 0% and at most 100000%, found {n}"
+        ))
+    }
+}
+
+fn tasks_max(v: &Value) -> Parsed<u64> {
+    match amount(v)? {
+        0 => problem("must be at least 1"),
+        n => Ok(n),
+    }
+}
+
 macro_rules! service_keys {
     ($( $(#[$doc:meta])* $key:ident => $field:ident : $ty:ty = $default:expr, $parse:expr; )*) => {
         /// Service keys as given by one layer (built-in, `ServiceDefaults`, or a service
@@ -625,6 +837,28 @@ service_keys! {
     RestartDelayMax => restart_delay_max: f64 = 300.0, plain(positive);
     FailedRetryAfter => failed_retry_after: Option<f64> = None, nullable(positive);
     Notify => notify: Vec<Hook> = Vec::new(), plain(hooks);
+    WorkingDirectory => working_directory: PathBuf = PathBuf::from("/"), plain(absolute);
+    Environment => environment: Vec<(String, String)> = Vec::new(), plain(environment);
+    EnvironmentFile => environment_file: Option<EnvFile> = None, nullable(env_file);
+    LimitNOFILE => limit_nofile: Option<RlimitValue> = None, nullable(rlimit);
+    LimitNPROC => limit_nproc: Option<RlimitValue> = None, nullable(rlimit);
+    LimitCORE => limit_core: Option<RlimitValue> = None, nullable(rlimit);
+    LimitAS => limit_as: Option<RlimitValue> = None, nullable(rlimit);
+    LimitMEMLOCK => limit_memlock: Option<RlimitValue> = None, nullable(rlimit);
+    LimitSTACK => limit_stack: Option<RlimitValue> = None, nullable(rlimit);
+    LimitCPU => limit_cpu: Option<RlimitValue> = None, nullable(rlimit);
+    LimitFSIZE => limit_fsize: Option<RlimitValue> = None, nullable(rlimit);
+    Nice => nice: Option<i32> = None, nullable(nice);
+    IOSchedulingClass => io_scheduling_class: Option<IoClass> = None, nullable(io_class);
+    IOSchedulingPriority => io_scheduling_priority: Option<u8> = None, nullable(io_priority);
+    OOMScoreAdjust => oom_score_adjust: Option<i32> = None, nullable(oom_score_adjust);
+    UMask => umask: Option<u32> = None, nullable(umask);
+    NoNewPrivileges => no_new_privileges: bool = false, plain(boolean);
+    MemoryMax => memory_max: Option<u64> = None, nullable(memory);
+    MemoryHigh => memory_high: Option<u64> = None, nullable(memory);
+    CPUWeight => cpu_weight: Option<u32> = None, nullable(cpu_weight);
+    CPUQuota => cpu_quota: Option<f64> = None, nullable(cpu_quota);
+    TasksMax => tasks_max: Option<u64> = None, nullable(tasks_max);
 }
 
 /// The canonical spelling of a service key written in any case.
@@ -671,7 +905,7 @@ mod tests {
         assert_eq!(s.max_consecutive_failures, -1);
         assert_eq!(s.exec_stop.as_deref(), Some("kill"));
         assert!(s.prefer_buddy_state_for_running);
-        assert_eq!(SERVICE_KEYS.len(), 43);
+        assert_eq!(SERVICE_KEYS.len(), 65);
         assert_eq!(canonical_key("setuid"), Some("SetUID"));
     }
 
@@ -719,6 +953,73 @@ mod tests {
         );
         l.set("StartPriority", &json!(5.0)).expect("integral float");
         assert_eq!(l.start_priority, Some(5));
+    }
+
+    #[test]
+    fn limits() {
+        let mut l = ServiceLayer::default();
+        let msg = |r: Parsed<()>| r.expect_err("should fail")[0].message.clone();
+        l.set("LimitNOFILE", &json!(4096)).expect("a number");
+        assert_eq!(
+            l.limit_nofile,
+            Some(Some(RlimitValue {
+                soft: 4096,
+                hard: 4096
+            }))
+        );
+        l.set("LimitNOFILE", &json!("1024:infinity"))
+            .expect("soft:hard");
+        assert_eq!(
+            l.limit_nofile,
+            Some(Some(RlimitValue {
+                soft: 1024,
+                hard: u64::MAX
+            }))
+        );
+        l.set("LimitAS", &json!("2G")).expect("a size");
+        assert_eq!(
+            l.limit_as,
+            Some(Some(RlimitValue {
+                soft: 2 << 30,
+                hard: 2 << 30
+            }))
+        );
+        assert!(msg(l.set("LimitCORE", &json!("9:1"))).contains("above the hard"));
+        assert!(msg(l.set("LimitCORE", &json!(-1))).contains("negative"));
+        assert!(msg(l.set("LimitCORE", &json!("99999999999T"))).contains("too large"));
+        assert!(msg(l.set("LimitCORE", &json!("5Q"))).contains("suffix"));
+        assert!(msg(l.set("Nice", &json!(20))).contains("between -20 and 19"));
+        assert!(msg(l.set("OOMScoreAdjust", &json!(-1001))).contains("-1000"));
+        l.set("UMask", &json!("0027")).expect("octal");
+        assert_eq!(l.umask, Some(Some(0o027)));
+        assert!(msg(l.set("UMask", &json!("0999"))).contains("octal"));
+        assert!(msg(l.set("UMask", &json!(22))).contains("string"));
+        assert!(msg(l.set("WorkingDirectory", &json!("srv"))).contains("absolute"));
+        l.set("EnvironmentFile", &json!("-/etc/default/x"))
+            .expect("optional");
+        assert_eq!(
+            l.environment_file,
+            Some(Some(EnvFile {
+                path: "/etc/default/x".into(),
+                optional: true
+            }))
+        );
+        l.set("Environment", &json!({"A": "1", "B_2": 3}))
+            .expect("env");
+        assert_eq!(
+            l.environment,
+            Some(vec![("A".into(), "1".into()), ("B_2".into(), "3".into())])
+        );
+        assert!(msg(l.set("Environment", &json!({"1A": "x"}))).contains("variable name"));
+        assert!(msg(l.set("MemoryMax", &json!(100))).contains("4096"));
+        l.set("MemoryMax", &json!("64M")).expect("memory");
+        assert_eq!(l.memory_max, Some(Some(64 << 20)));
+        l.set("CPUQuota", &json!("50%")).expect("percent");
+        assert_eq!(l.cpu_quota, Some(Some(50.0)));
+        assert!(msg(l.set("CPUQuota", &json!(0))).contains("more than 0"));
+        assert!(msg(l.set("TasksMax", &json!(0))).contains("at least 1"));
+        assert!(msg(l.set("IOSchedulingClass", &json!("fast"))).contains("best-effort"));
+        assert!(msg(l.set("IOSchedulingPriority", &json!(8))).contains("between 0 and 7"));
     }
 
     #[test]

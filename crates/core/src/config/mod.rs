@@ -19,8 +19,8 @@ mod validate;
 pub use keys::{check_action_name, ServiceLayer, MAX_RINGBUFFER_SIZE, MAX_SECONDS, SERVICE_KEYS};
 pub use model::*;
 pub use validate::{
-    controller_file, load_controller, load_controller_or_defaults, load_services, parse_controller,
-    parse_services, CONTROLLER_KEYS, MAX_ERRORS, MAX_FILE_SIZE, MAX_HISTORY_DAYS,
+    controller_file, default_cgroup, load_controller, load_controller_or_defaults, load_services,
+    parse_controller, parse_services, CONTROLLER_KEYS, MAX_ERRORS, MAX_FILE_SIZE, MAX_HISTORY_DAYS,
     MAX_HISTORY_EVENTS, MAX_SCRIPT_SIZE,
 };
 

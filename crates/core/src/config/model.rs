@@ -208,6 +208,200 @@ pub struct Service {
     pub failed_retry_after: Option<f64>,
     /// Notification hooks (ServiceDefaults' and the entry's, merged by name).
     pub notify: Vec<Hook>,
+    /// The service's working directory (and its scripts').
+    #[serde(default = "root_dir")]
+    pub working_directory: PathBuf,
+    /// Variables set over the clean base environment, in order.
+    #[serde(default)]
+    pub environment: Vec<(String, String)>,
+    /// `KEY=VALUE` lines read at each start, over `environment`; `optional`: a missing file
+    /// is no error (written `-/path`, as systemd does).
+    #[serde(default)]
+    pub environment_file: Option<EnvFile>,
+    /// `LimitNOFILE`: open files.
+    #[serde(default)]
+    pub limit_nofile: Option<RlimitValue>,
+    /// `LimitNPROC`: processes of the service's user.
+    #[serde(default)]
+    pub limit_nproc: Option<RlimitValue>,
+    /// `LimitCORE`: core file size, bytes.
+    #[serde(default)]
+    pub limit_core: Option<RlimitValue>,
+    /// `LimitAS`: address space, bytes.
+    #[serde(default)]
+    pub limit_as: Option<RlimitValue>,
+    /// `LimitMEMLOCK`: locked memory, bytes.
+    #[serde(default)]
+    pub limit_memlock: Option<RlimitValue>,
+    /// `LimitSTACK`: stack size, bytes.
+    #[serde(default)]
+    pub limit_stack: Option<RlimitValue>,
+    /// `LimitCPU`: CPU time, seconds.
+    #[serde(default)]
+    pub limit_cpu: Option<RlimitValue>,
+    /// `LimitFSIZE`: file size, bytes.
+    #[serde(default)]
+    pub limit_fsize: Option<RlimitValue>,
+    /// Scheduling priority, -20 to 19.
+    #[serde(default)]
+    pub nice: Option<i32>,
+    /// The I/O scheduling class.
+    #[serde(default)]
+    pub io_scheduling_class: Option<IoClass>,
+    /// The I/O priority within its class, 0 (highest) to 7 (best effort's default is 4).
+    #[serde(default)]
+    pub io_scheduling_priority: Option<u8>,
+    /// `/proc/PID/oom_score_adj`, -1000 to 1000.
+    #[serde(default)]
+    pub oom_score_adjust: Option<i32>,
+    /// The file-mode creation mask.
+    #[serde(default)]
+    pub umask: Option<u32>,
+    /// `PR_SET_NO_NEW_PRIVS`: neither it nor its children gain privileges by exec.
+    #[serde(default)]
+    pub no_new_privileges: bool,
+    /// `MemoryMax`, bytes (`u64::MAX`: unlimited): past it the OOM killer ends a process.
+    #[serde(default)]
+    pub memory_max: Option<u64>,
+    /// `MemoryHigh`, bytes: past it the service is throttled and reclaimed (cgroup v2 only).
+    #[serde(default)]
+    pub memory_high: Option<u64>,
+    /// `CPUWeight`, 1 to 10000 (100 is everyone's default).
+    #[serde(default)]
+    pub cpu_weight: Option<u32>,
+    /// `CPUQuota`, percent of one CPU (200 is two CPUs).
+    #[serde(default)]
+    pub cpu_quota: Option<f64>,
+    /// `TasksMax`: processes and threads (`u64::MAX`: unlimited).
+    #[serde(default)]
+    pub tasks_max: Option<u64>,
+}
+
+fn root_dir() -> PathBuf {
+    PathBuf::from("/")
+}
+
+impl Service {
+    /// The resource limits it sets, in key order.
+    pub fn rlimits(&self) -> Vec<(Rlimit, RlimitValue)> {
+        let all = [
+            self.limit_nofile,
+            self.limit_nproc,
+            self.limit_core,
+            self.limit_as,
+            self.limit_memlock,
+            self.limit_stack,
+            self.limit_cpu,
+            self.limit_fsize,
+        ];
+        Rlimit::ALL
+            .into_iter()
+            .zip(all)
+            .filter_map(|(r, v)| Some((r, v?)))
+            .collect()
+    }
+
+    /// True when a cgroup controller's limit is set.
+    pub fn has_cgroup_limits(&self) -> bool {
+        self.memory_max.is_some()
+            || self.memory_high.is_some()
+            || self.cpu_weight.is_some()
+            || self.cpu_quota.is_some()
+            || self.tasks_max.is_some()
+    }
+}
+
+/// `EnvironmentFile`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EnvFile {
+    /// An absolute path.
+    pub path: PathBuf,
+    /// A missing file is no error.
+    pub optional: bool,
+}
+
+/// The resource limits a service key can set, named as systemd's `Limit*` keys.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Rlimit {
+    /// `LimitNOFILE`: open files.
+    Nofile,
+    /// `LimitNPROC`: processes of the user.
+    Nproc,
+    /// `LimitCORE`: core file size, bytes.
+    Core,
+    /// `LimitAS`: address space, bytes.
+    As,
+    /// `LimitMEMLOCK`: locked memory, bytes.
+    Memlock,
+    /// `LimitSTACK`: stack size, bytes.
+    Stack,
+    /// `LimitCPU`: CPU time, seconds.
+    Cpu,
+    /// `LimitFSIZE`: file size, bytes.
+    Fsize,
+}
+
+impl Rlimit {
+    /// Every one, in key order.
+    pub const ALL: [Rlimit; 8] = [
+        Rlimit::Nofile,
+        Rlimit::Nproc,
+        Rlimit::Core,
+        Rlimit::As,
+        Rlimit::Memlock,
+        Rlimit::Stack,
+        Rlimit::Cpu,
+        Rlimit::Fsize,
+    ];
+
+    /// Its service key.
+    pub fn key(self) -> &'static str {
+        match self {
+            Rlimit::Nofile => "LimitNOFILE",
+            Rlimit::Nproc => "LimitNPROC",
+            Rlimit::Core => "LimitCORE",
+            Rlimit::As => "LimitAS",
+            Rlimit::Memlock => "LimitMEMLOCK",
+            Rlimit::Stack => "LimitSTACK",
+            Rlimit::Cpu => "LimitCPU",
+            Rlimit::Fsize => "LimitFSIZE",
+        }
+    }
+
+    /// Its line in `/proc/PID/limits`.
+    pub fn proc_name(self) -> &'static str {
+        match self {
+            Rlimit::Nofile => "Max open files",
+            Rlimit::Nproc => "Max processes",
+            Rlimit::Core => "Max core file size",
+            Rlimit::As => "Max address space",
+            Rlimit::Memlock => "Max locked memory",
+            Rlimit::Stack => "Max stack size",
+            Rlimit::Cpu => "Max cpu time",
+            Rlimit::Fsize => "Max file size",
+        }
+    }
+}
+
+/// A soft and a hard limit; `u64::MAX` is unlimited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RlimitValue {
+    /// The soft limit.
+    pub soft: u64,
+    /// The hard limit.
+    pub hard: u64,
+}
+
+/// An I/O scheduling class (`IOSchedulingClass`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum IoClass {
+    /// Real time (root only).
+    Realtime,
+    /// Best effort, the kernel's default.
+    BestEffort,
+    /// Only when the disk is otherwise idle.
+    Idle,
 }
 
 /// What an unhealthy service leads to (`HealthAction`).
@@ -319,6 +513,9 @@ pub struct Controller {
     pub history_max_age_days: Option<f64>,
     /// At most this many rows are kept per history table (the newest).
     pub history_max_events: Option<u64>,
+    /// Services' cgroups are made under this path (relative to the controller's own cgroup
+    /// in each hierarchy); `None`: no cgroups, process groups only.
+    pub cgroup: Option<String>,
     /// Service keys applied under every service entry.
     pub service_defaults: super::ServiceLayer,
 }

@@ -32,6 +32,7 @@ pub const CONTROLLER_KEYS: &[&str] = &[
     "ReadGroup",
     "HistoryMaxAgeDays",
     "HistoryMaxEvents",
+    "Cgroup",
     "ServiceDefaults",
 ];
 
@@ -256,7 +257,7 @@ fn parse_controller_for(src: &str, file: &Path, euid: u32) -> Result<Controller,
         .unwrap_or(Path::new("."));
     let base = std::path::absolute(base).unwrap_or_else(|_| base.to_owned());
     doc.duplicates(&[], str::to_lowercase, "key");
-    let (mut state_dir_set, mut run_path_set) = (false, false);
+    let (mut state_dir_set, mut run_path_set, mut cgroup_set) = (false, false, false);
     let mut seen = HashSet::new();
     for (key, value) in &obj {
         let kpath = vec![key.clone()];
@@ -358,6 +359,13 @@ fn parse_controller_for(src: &str, file: &Path, euid: u32) -> Result<Controller,
                     format!("{canon}: expected a number, found {}", kind(value)),
                 ),
             },
+            "Cgroup" => match cgroup_name(value) {
+                Ok(name) => {
+                    c.cgroup = name;
+                    cgroup_set = true;
+                }
+                Err(msg) => doc.at_value(&kpath, format!("{canon}: {msg}")),
+            },
             _ => match value {
                 Value::Object(m) => {
                     let hint = "it belongs at the top level, not in ServiceDefaults";
@@ -379,6 +387,9 @@ fn parse_controller_for(src: &str, file: &Path, euid: u32) -> Result<Controller,
     }
     if state_dir_set && !run_path_set {
         c.svc_run_path = c.state_dir.join("buddies");
+    }
+    if !cgroup_set {
+        c.cgroup = Some(default_cgroup(&c.svc_run_path));
     }
     if doc.errors.is_empty() {
         Ok(c)
@@ -763,19 +774,22 @@ impl Controller {
     /// with effective uid `euid`: system paths for root, XDG paths for everyone else, so that a
     /// newcomer's `upkeeper` runs without any set-up.
     pub fn defaults(euid: u32) -> Controller {
-        let common =
-            |state_dir: PathBuf, svc_config_path, svc_run_path, upk_buddy_path| Controller {
-                state_dir,
-                svc_config_path,
-                svc_run_path,
-                upk_buddy_path,
-                buddy_polling_interval: 0.5,
-                control_group: None,
-                read_group: None,
-                history_max_age_days: Some(90.0),
-                history_max_events: Some(10_000_000),
-                service_defaults: ServiceLayer::default(),
-            };
+        let common = |state_dir: PathBuf,
+                      svc_config_path,
+                      svc_run_path: PathBuf,
+                      upk_buddy_path| Controller {
+            cgroup: Some(default_cgroup(&svc_run_path)),
+            state_dir,
+            svc_config_path,
+            svc_run_path,
+            upk_buddy_path,
+            buddy_polling_interval: 0.5,
+            control_group: None,
+            read_group: None,
+            history_max_age_days: Some(90.0),
+            history_max_events: Some(10_000_000),
+            service_defaults: ServiceLayer::default(),
+        };
         // A buddy next to the running binary (a build tree, a tarball) wins over the
         // installed location, for root and users alike.
         let buddy = std::env::current_exe()
@@ -799,6 +813,57 @@ impl Controller {
             state_dir.join("buddies"),
             buddy,
         )
+    }
+}
+
+/// The run path of the system instance, whose services' cgroups are `upkeeper/<id>`.
+const SYSTEM_RUN_PATH: &str = "/run/upkeeper/buddies";
+
+/// `Cgroup` when it is not given: `upkeeper` for the system instance, and for any other
+/// `upkeeper-` and eight hex digits of its `SvcRunPath` (FNV-1a), so that two instances on
+/// one host (a user's, a test's) never share a service's cgroup.
+pub fn default_cgroup(svc_run_path: &Path) -> String {
+    if svc_run_path == Path::new(SYSTEM_RUN_PATH) {
+        return "upkeeper".into();
+    }
+    let hash = svc_run_path
+        .as_os_str()
+        .as_encoded_bytes()
+        .iter()
+        .fold(0x811c_9dc5_u32, |h, b| {
+            (h ^ u32::from(*b)).wrapping_mul(0x0100_0193)
+        });
+    format!("upkeeper-{hash:08x}")
+}
+
+/// `Cgroup`: `false` (no cgroups: process groups only), or a relative path of plain names.
+fn cgroup_name(value: &Value) -> Result<Option<String>, String> {
+    match value {
+        Value::Bool(false) => Ok(None),
+        Value::String(s) => {
+            let ok = |part: &str| {
+                !part.is_empty()
+                    && part != "."
+                    && part != ".."
+                    && part.len() <= 64
+                    && !part.starts_with("cgroup.")
+                    && part
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || "_.@+-".contains(c))
+            };
+            if s.len() <= 255 && s.split('/').all(ok) {
+                Ok(Some(s.clone()))
+            } else {
+                Err(format!(
+                    "{s:?} must be a relative path of names made of letters, digits and _.@+- \
+                     (not `.`, `..` or `cgroup.*`)"
+                ))
+            }
+        }
+        other => Err(format!(
+            "expected a relative cgroup path or false, found {}",
+            kind(other)
+        )),
     }
 }
 
