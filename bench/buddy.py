@@ -266,7 +266,9 @@ class Bench:
         ctl.write_text(json.dumps({"StateDir": str(state), "SvcConfigPath": str(conf),
                                    "SvcRunPath": str(run)}) + "\n")
         entry = {"StartScript": self.script % lifetime_ms, "InitialState": "running", "UserRateLimit": 0}
-        (conf / "bench.conf").write_text(json.dumps({n: entry for n in names}, indent=1) + "\n")
+        # Services run in `/` by default: each one's stamps in its run directory.
+        entries = {n: dict(entry, WorkingDirectory=str(run / n)) for n in names}
+        (conf / "bench.conf").write_text(json.dumps(entries, indent=1) + "\n")
         out = subprocess.run([str(self.bins["upkeeper"]), "--config", str(ctl), "render"],
                              capture_output=True, text=True, stdin=subprocess.DEVNULL)
         if out.returncode != 0:

@@ -382,7 +382,10 @@ class Bench:
                                          "BuddyPollingInterval": 0.5}, indent=1) + "\n")
             entry = {"StartScript": s.script, "InitialState": "running",
                      "UserRateLimit": 0, "MaxConsecutiveFailures": -1, "UserMaxRestarts": None}
-            (conf / "bench.conf").write_text(json.dumps({n: entry for n in names}, indent=1) + "\n")
+            # Services run in `/` by default: each one's stamps in its run directory, where
+            # the peers run theirs.
+            entries = {n: dict(entry, WorkingDirectory=str(run / n)) for n in names}
+            (conf / "bench.conf").write_text(json.dumps(entries, indent=1) + "\n")
             s.dirs = {n: run / n for n in names}  # created by the controller's renderer
             s.argv = [str(self.bins["upkeeper"]), "--config", str(s.ctl), "run"]
             age(conf)

@@ -308,9 +308,9 @@ class Bench:
         # ExecStart without /bin/sh may do so here, and the peers run the same words via sh.
         return "%s %s %d %d" % (self.stamp, STAMPS, lifetime_ms, NOTIFY_FD)
 
-    def service_entries(self):
+    def service_entries(self, run=None):
         base = {"UserRateLimit": 0, "MaxConsecutiveFailures": -1}
-        return {
+        entries = {
             "kill": dict(base, ExecStart=self.exec_start(-1), InitialState="running"),
             # One service per way of stopping and starting, so that the ways' MIN_AGE waits
             # overlap.
@@ -319,20 +319,29 @@ class Bench:
             "ctlbuddy": dict(base, ExecStart=self.exec_start(-1), InitialState="running"),
             "crash": dict(base, ExecStart=self.exec_start(0), InitialState="stopped"),
         }
+        if run is not None:
+            # Services run in `/` by default; the stamps are relative to the run directory,
+            # where the peers run theirs.
+            for name, e in entries.items():
+                e["WorkingDirectory"] = str(run / name)
+        return entries
 
-    def write_ctl(self, base, entries):
+    def write_ctl(self, base, entries, cgroup=True):
         conf, run, state = base / "conf", base / "run", base / "state"
         for d in (conf, run, state):
             d.mkdir(parents=True, exist_ok=True)
         ctl = base / "upkeeper.conf"
-        ctl.write_text(json.dumps({"StateDir": str(state), "SvcConfigPath": str(conf),
-                                   "SvcRunPath": str(run)}, indent=1) + "\n")
+        keys = {"StateDir": str(state), "SvcConfigPath": str(conf), "SvcRunPath": str(run)}
+        if not cgroup:
+            keys["Cgroup"] = False
+        ctl.write_text(json.dumps(keys, indent=1) + "\n")
         (conf / "bench.conf").write_text(json.dumps(entries, indent=1) + "\n")
         return ctl, run, state
 
     def start_controllers(self):
         for b in self.builds:
-            b.ctl, b.run, state = self.write_ctl(b.base, self.service_entries())
+            entries = self.service_entries(b.base / "run")
+            b.ctl, b.run, state = self.write_ctl(b.base, entries, b.label not in self.args.no_cgroup)
             b.sock = state / "upkeeper.sock"
             b.pid = self.spawn(b.kind, [str(b.bin / "upkeeper"), "--config", str(b.ctl), "run"])
         for b in self.builds:
@@ -611,7 +620,8 @@ class Bench:
             if build is not None:
                 entry = {"ExecStart": self.exec_start(-1), "InitialState": "running",
                          "UserRateLimit": 0}
-                ctl, run, _ = self.write_ctl(base, {n: entry for n in names})
+                entries = {n: dict(entry, WorkingDirectory=str(base / "run" / n)) for n in names}
+                ctl, run, _ = self.write_ctl(base, entries, build.label not in a.no_cgroup)
                 r = subprocess.run([str(build.bin / "upkeeper"), "--config", str(ctl), "render"],
                                    capture_output=True, text=True, stdin=subprocess.DEVNULL)
                 if r.returncode != 0:
@@ -833,6 +843,9 @@ def main():
     p.add_argument("--no-shell", action="store_true",
                    help="the peers' and the floor's run is the program itself, not the buddy's "
                         "start script (kill and crash only)")
+    p.add_argument("--no-cgroup", action="append", default=[], metavar="LABEL",
+                   help="this build's controller has `Cgroup: false` (services kept by their "
+                        "process group): the same binaries with and without cgroups side by side")
     p.add_argument("--skip", default="", help="comma-separated: kill,crash,control,memory")
     p.add_argument("--note", default="", help="a sentence printed in bold under the heading")
     p.add_argument("--label", default="", help="suffix of the results file name")

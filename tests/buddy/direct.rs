@@ -53,12 +53,10 @@ fn the_default_start_script_execs_the_program_itself_with_the_shells_argv() {
     let stat = upk_core::procfs::Stat::of(pid).expect("stat");
     assert_eq!(stat.ppid, b.pid(), "the buddy's own child");
     assert_eq!(stat.pgrp, pid, "in a session of its own");
-    let pwd = std::fs::canonicalize(dir.root()).expect("run dir");
-    assert_eq!(
-        env_of(pid, "PWD"),
-        Some(pwd.display().to_string()),
-        "sh's PWD"
-    );
+    // The service's working directory (WorkingDirectory, `/` by default), as sh exports it.
+    assert_eq!(env_of(pid, "PWD").as_deref(), Some("/"), "sh's PWD");
+    let cwd = std::fs::read_link(format!("/proc/{pid}/cwd")).expect("cwd");
+    assert_eq!(cwd, std::path::Path::new("/"));
     assert_eq!(env_of(pid, "UPK_SERVICE").as_deref(), Some("web"));
     // The rendered script stays the contract on disk.
     let script = std::fs::read_to_string(dir.action("start")).expect("start script");

@@ -3,6 +3,7 @@
 
 mod adopt;
 mod bad_day;
+mod contain;
 mod direct;
 mod health;
 mod lifecycle;

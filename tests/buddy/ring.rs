@@ -162,6 +162,7 @@ fn a_status_file_with_seq_at_u64_max_begins_a_new_incarnation() {
         needs_ready: false,
         ready_timed_out: false,
         health: None,
+        containment: Default::default(),
     };
     forged.write(&dir.status()).expect("forged status");
     let b = sb.buddy(&dir);

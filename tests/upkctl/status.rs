@@ -23,7 +23,7 @@ fn status_and_list_show_every_service_in_text_and_json() {
         .join(" ");
     assert_eq!(
         header,
-        "SERVICE STATE WANT PID UPTIME RESTARTS LAST EXIT HEALTH"
+        "SERVICE STATE WANT PID UPTIME RESTARTS LAST EXIT HEALTH CPU MEMORY"
     );
     let rows = table(&out.stdout);
     let ids: Vec<&str> = rows.iter().map(|r| r[0].as_str()).collect();
@@ -34,9 +34,15 @@ fn status_and_list_show_every_service_in_text_and_json() {
         ("running", "up", web.pid.expect("pid").to_string())
     );
     assert!(r[4].ends_with('s'), "an uptime: {r:?}");
-    assert_eq!(&r[5..], ["0", "-", "-"]);
+    assert_eq!(&r[5..8], ["0", "-", "-"]);
+    // What it costs: CPU time and memory, read from its cgroup as the controller answers.
+    assert!(r[8].ends_with('s'), "a CPU time: {r:?}");
+    assert!(r[9].ends_with(['B', 'K', 'M']), "memory: {r:?}");
     let r = row(&out.stdout, "idle");
-    assert_eq!(&r[1..], ["stopped", "down", "-", "-", "0", "-", "-"]);
+    assert_eq!(
+        &r[1..],
+        ["stopped", "down", "-", "-", "0", "-", "-", "-", "-"]
+    );
 
     let out = w.upkctl(&["status", "web", "--json"]);
     out.expect(code::OK);

@@ -16,6 +16,7 @@
 //! the loop goes on ("from now on, we must not die").
 
 use crate::children::{self, Children};
+use crate::contain::Contain;
 use crate::effects::kill_group;
 use crate::fds::Spare;
 use crate::health::{Channel, Heard};
@@ -68,6 +69,8 @@ pub struct Buddy {
     pub(crate) children: Children,
     /// The one way children start, and their shared context.
     pub(crate) launcher: Launcher,
+    /// Where the service's processes are kept (its cgroup, or its process group).
+    pub(crate) contain: Contain,
     pub(crate) peers: Peers,
     pub(crate) phone: PhoneHome,
     pub(crate) streams: [Stream; 2],
@@ -158,6 +161,9 @@ impl Buddy {
         );
         let drains = self.drain.iter().flat_map(Drain::fds);
         fds.extend(drains.map(|fd| PollFd::new(fd, PollFlags::POLLIN)));
+        // A cgroup's `cgroup.events` signals a change with POLLPRI (it always reads as ready).
+        let events = self.drain.as_ref().and(self.contain.events());
+        fds.extend(events.map(|fd| PollFd::new(fd, PollFlags::POLLPRI)));
         let first_peer = fds.len();
         fds.extend(peer_fds);
         let timeout = match timeout {
@@ -182,12 +188,13 @@ impl Buddy {
         let adopted = next(self.adopted.is_some(), 1);
         let channel = next(self.channel.is_some(), 1);
         let drain = next(true, self.drain.as_ref().map_or(0, Drain::len));
+        let events = next(events.is_some(), 1);
         Ok(Ready {
             signals: !flags[0].is_empty(),
             listener: !flags[first_peer].is_empty(),
             adopted,
             channel,
-            drain,
+            drain: drain || events,
             conns: tokens
                 .into_iter()
                 .zip(flags[first_peer + 1..].iter().copied())
@@ -206,7 +213,7 @@ impl Buddy {
         if ready.adopted {
             self.adopted = None;
             if let Some(pid) = self.machine.state().pid() {
-                let group_alive = crate::watch::group_alive(pid);
+                let group_alive = self.contain.alive(pid);
                 let exit = Exit::Unknown;
                 self.drive(Input::Died {
                     pid,
@@ -273,9 +280,18 @@ impl Buddy {
         }
     }
 
-    /// Looks at a draining group again (a member ended, or the fallback poll is due).
+    /// Looks at a draining group again (a member ended, the cgroup changed, or the fallback
+    /// poll is due). With a cgroup, the cgroup decides.
     fn look_at_drain(&mut self, now: Instant) {
-        if self.drain.as_mut().is_some_and(|d| d.look(now)) {
+        let Some(drain) = self.drain.as_mut() else {
+            return;
+        };
+        let gone = if self.contain.events().is_some() {
+            !self.contain.alive(drain.pgid())
+        } else {
+            drain.look(now)
+        };
+        if gone {
             self.drain = None;
             self.drive(Input::GroupGone);
         }
@@ -342,8 +358,13 @@ impl Buddy {
                     return Some(Input::StopFailed);
                 }
             },
-            Output::KillGroup { pgid, signal } => kill_group(pgid, signal),
-            Output::Record(note) => self.record(note),
+            Output::KillGroup { pgid, signal } => self.contain.signal(pgid, signal),
+            Output::Record(mut note) => {
+                if let Some(pid) = note.pid {
+                    self.contain.explain(&mut note.kind, pid);
+                }
+                self.record(note)
+            }
             Output::RunProbe => return self.run_probe(),
             Output::Notify(event) => self.notify(event),
             Output::Exit => {
@@ -366,7 +387,12 @@ impl Buddy {
                 pid: None, pgid, ..
             } if self.drain.is_none() => {
                 let mut drain = Drain::new(pgid);
-                if drain.look(Instant::now()) {
+                let gone = if self.contain.events().is_some() {
+                    !self.contain.alive(pgid)
+                } else {
+                    drain.look(Instant::now())
+                };
+                if gone {
                     return Some(Input::GroupGone);
                 }
                 self.drain = Some(drain);
@@ -392,6 +418,9 @@ impl Buddy {
         }
         let _ = std::fs::remove_file(self.dir.socket());
         let _ = std::fs::remove_file(self.dir.pidfile());
+        if self.machine.state().pid().is_none() {
+            self.contain.remove();
+        }
         self.write_status();
         self.log.line("exiting");
         upk_core::exit::OK

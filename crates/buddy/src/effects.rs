@@ -11,7 +11,7 @@ use crate::buddy::Buddy;
 use crate::children::{ReplyTo, Role};
 use crate::health::{self, Channel};
 use crate::hooks;
-use crate::launch::{self, As, Child, Failed};
+use crate::launch::{self, As, Child, Failed, Part};
 use crate::machine::{Input, State};
 use nix::sys::signal::{self, Signal};
 use nix::unistd::Pid;
@@ -39,9 +39,21 @@ impl Buddy {
                 permanent: true,
             };
         }
+        let left = self.contain.clear_for_run();
+        if left > 0 {
+            let kind = EventKind::Signaled {
+                signal: libc::SIGKILL,
+                group: true,
+            };
+            self.log.line(&format!(
+                "killed {left} processes left in the cgroup by the last run"
+            ));
+            self.note(None, "leftovers", kind);
+        }
         match self.launch_service() {
             Ok(pid) => {
                 self.adopted = None;
+                self.contain.run_began(pid);
                 self.children.add(pid, Role::Service);
                 // With the pid, the start time is what lets a successor adopt the process:
                 // out of descriptors (reading /proc takes one), the spare one is given up.
@@ -86,6 +98,8 @@ impl Buddy {
         child.extra.fd = child_end.as_ref().map(|(fd, n)| (fd.as_fd(), *n));
         child.stdout = self.streams[0].write_end();
         child.stderr = self.streams[1].write_end();
+        child.part = Part::Service;
+        child.joins = self.contain.joins();
         self.launcher.start_service(&self.settings.service, &child)
     }
 
@@ -207,6 +221,7 @@ impl Buddy {
         child.extra.env = hooks::env(name, &ctx);
         // The buddy's own credentials: a hook is the operator's code, not the service's.
         child.creds = As::Buddy;
+        child.part = Part::Plumbing;
         child.stdout = Some(log.as_fd());
         child.stderr = Some(log.as_fd());
         let svc = &self.settings.service;
@@ -286,6 +301,7 @@ impl Buddy {
             let stdin = stream.logger_end().map_err(|e| e.to_string())?;
             let mut child = Child::new(script);
             child.stdin = Some(stdin.as_fd());
+            child.part = Part::Plumbing;
             let svc = &self.settings.service;
             self.launcher
                 .launch(svc, &child)
@@ -324,7 +340,7 @@ impl Buddy {
             Role::Service => Some(Input::Died {
                 pid,
                 exit,
-                group_alive: crate::watch::group_alive(pid),
+                group_alive: self.contain.alive(pid),
             }),
             Role::Probe { timed_out, .. } => {
                 let svc = &self.settings.service;

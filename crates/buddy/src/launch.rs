@@ -16,7 +16,7 @@
 //! reload script is only `kill -SIG $1`. `docs/servicedir.md` says exactly when.
 
 use crate::logs::{open_redirects, Redirects};
-use crate::spawn::{self, Creds, Extra, Stdio};
+use crate::spawn::{self, Creds, Extra, Setup, Stdio};
 use std::fs::File;
 use std::io::Read;
 use std::os::fd::{AsFd, BorrowedFd};
@@ -38,6 +38,20 @@ pub enum As {
     Buddy,
 }
 
+/// What a child is to the service, which decides its working directory, environment and
+/// limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Part {
+    /// The service itself (`actions/start`): in `WorkingDirectory`, with `Environment`,
+    /// `EnvironmentFile` and the limits, joining the service's cgroups.
+    Service,
+    /// A script acting on it (stop, reload, custom actions, the health probe): as the
+    /// service, but outside its cgroup.
+    Script,
+    /// upkeeper's plumbing (loggers, hooks): in the run directory, with the base environment.
+    Plumbing,
+}
+
 /// What one child needs beyond the shared context.
 #[derive(Clone)]
 pub struct Child<'a> {
@@ -55,6 +69,10 @@ pub struct Child<'a> {
     pub stderr: Option<BorrowedFd<'a>>,
     /// Environment, one more descriptor, argv\[0\].
     pub extra: Extra<'a>,
+    /// What it is to the service.
+    pub part: Part,
+    /// `cgroup.procs` files it joins (the service only).
+    pub joins: Vec<BorrowedFd<'a>>,
 }
 
 impl<'a> Child<'a> {
@@ -69,6 +87,8 @@ impl<'a> Child<'a> {
             stdout: None,
             stderr: None,
             extra: Extra::default(),
+            part: Part::Script,
+            joins: Vec::new(),
         }
     }
 }
@@ -94,8 +114,6 @@ impl From<String> for Failed {
 /// The context every child is started in.
 pub struct Launcher {
     dir: RunDir,
-    /// The run directory as `getcwd` names it: the `PWD` a shell would export.
-    pwd: String,
     creds: Result<Creds, String>,
     redirects: Option<Redirects>,
     devnull: File,
@@ -104,13 +122,8 @@ pub struct Launcher {
 impl Launcher {
     /// The context of `svc` in `dir`.
     pub fn new(dir: &RunDir, svc: &Service) -> std::io::Result<Launcher> {
-        let pwd = std::fs::canonicalize(dir.root())
-            .unwrap_or_else(|_| dir.root().to_owned())
-            .display()
-            .to_string();
         Ok(Launcher {
             dir: dir.clone(),
-            pwd,
             creds: resolve(svc),
             redirects: None,
             devnull: File::open("/dev/null")?,
@@ -157,6 +170,25 @@ impl Launcher {
                 .map(|r| pick(r).as_fd())
                 .ok_or_else(|| "no redirect files".to_owned())
         };
+        let of_service = child.part != Part::Plumbing;
+        let cwd = if of_service {
+            svc.working_directory.as_path()
+        } else {
+            self.dir.root()
+        };
+        let mut extra = child.extra.clone();
+        let mut setup = Setup::default();
+        if of_service {
+            let mut env = svc.environment.clone();
+            if let Some(file) = &svc.environment_file {
+                env.extend(read_env_file(&file.path, file.optional)?);
+            }
+            env.retain(|(k, _)| !extra.env.iter().any(|(e, _)| e == k));
+            env.append(&mut extra.env);
+            extra.env = env;
+            setup = limits(svc);
+        }
+        setup.joins = child.joins.clone();
         let stdio = Stdio {
             stdin: child.stdin.unwrap_or(self.devnull.as_fd()),
             stdout: match child.stdout {
@@ -171,10 +203,11 @@ impl Launcher {
         spawn::spawn(
             &child.program,
             &child.args,
-            self.dir.root(),
+            cwd,
             creds,
             stdio,
-            &child.extra,
+            &extra,
+            &setup,
         )
         .map_err(|e| Failed {
             message: format!("cannot execute {}: {e}", child.program.display()),
@@ -190,13 +223,18 @@ impl Launcher {
             .as_deref()
             .and_then(direct::plan)
         {
-            if let Some(program) = argv.first().and_then(|a| self.lookup(a)) {
+            if let Some(program) = argv.first().and_then(|a| lookup(a, &svc.working_directory)) {
                 let mut direct = child.clone();
                 direct.program = program;
                 direct.args = argv[1..].to_vec();
                 direct.extra.argv0 = argv.first().cloned();
                 // dash exports the working directory it finds; the program must see it too.
-                direct.extra.env.push(("PWD".into(), self.pwd.clone()));
+                let pwd = std::fs::canonicalize(&svc.working_directory)
+                    .unwrap_or_else(|_| svc.working_directory.clone());
+                direct
+                    .extra
+                    .env
+                    .push(("PWD".into(), pwd.display().to_string()));
                 if let Ok(pid) = self.launch(svc, &direct) {
                     return Ok(pid);
                 }
@@ -217,25 +255,145 @@ impl Launcher {
         }
         Ok(())
     }
+}
 
-    /// `name` as the shell's `exec` finds it: a path when it holds a slash, else the first
-    /// executable regular file of that name in `PATH` (an empty entry is the working
-    /// directory). `None`: the shell would not find it either; let it say so.
-    fn lookup(&self, name: &str) -> Option<PathBuf> {
-        if name.contains('/') {
-            return Some(PathBuf::from(name));
+/// `name` as the shell's `exec` finds it: a path when it holds a slash, else the first
+/// executable regular file of that name in `PATH` (an empty entry is the working directory
+/// `cwd`). `None`: the shell would not find it either; let it say so.
+fn lookup(name: &str, cwd: &Path) -> Option<PathBuf> {
+    if name.contains('/') {
+        return Some(PathBuf::from(name));
+    }
+    let path = std::env::var("PATH").unwrap_or_default();
+    path.split(':').find_map(|entry| {
+        let dir = if entry.is_empty() {
+            cwd
+        } else {
+            Path::new(entry)
+        };
+        let candidate = dir.join(name);
+        let meta = std::fs::metadata(&candidate).ok()?;
+        (meta.is_file() && meta.permissions().mode() & 0o111 != 0).then_some(candidate)
+    })
+}
+
+/// The most an `EnvironmentFile` may hold.
+pub const ENV_FILE_MAX: u64 = 64 << 10;
+
+/// `EnvironmentFile` read now: `KEY=VALUE` lines, with `#` comments, blank lines, an
+/// optional `export ` and one pair of quotes around the value, as systemd and shells' conf
+/// files have them. A line that is none of these is an error naming it.
+fn read_env_file(path: &Path, optional: bool) -> Result<Vec<(String, String)>, Failed> {
+    let text = match File::open(path) {
+        Ok(f) => {
+            let mut text = String::new();
+            f.take(ENV_FILE_MAX + 1)
+                .read_to_string(&mut text)
+                .map_err(|e| format!("EnvironmentFile {}: {e}", path.display()))?;
+            if text.len() as u64 > ENV_FILE_MAX {
+                return Err(format!(
+                    "EnvironmentFile {} is larger than {ENV_FILE_MAX} bytes",
+                    path.display()
+                )
+                .into());
+            }
+            text
         }
-        let path = std::env::var("PATH").unwrap_or_default();
-        path.split(':').find_map(|entry| {
-            let dir = if entry.is_empty() {
-                self.dir.root()
-            } else {
-                Path::new(entry)
+        Err(e) if optional && e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(format!("EnvironmentFile {}: {e}", path.display()).into()),
+    };
+    parse_env(&text)
+        .map_err(|(n, why)| format!("EnvironmentFile {} line {n}: {why}", path.display()).into())
+}
+
+/// The pairs of an environment file's text, or the (1-based) line that is wrong and why.
+pub fn parse_env(text: &str) -> Result<Vec<(String, String)>, (usize, &'static str)> {
+    let mut out = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let line = line.strip_prefix("export ").unwrap_or(line).trim_start();
+        let Some((key, value)) = line.split_once('=') else {
+            return Err((i + 1, "expected KEY=VALUE"));
+        };
+        let key = key.trim_end();
+        let mut chars = key.chars();
+        let name_ok = chars
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+            && chars.all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if !name_ok {
+            return Err((i + 1, "the name must be letters, digits and _"));
+        }
+        let value = value.trim();
+        let unquoted = ['"', '\'']
+            .iter()
+            .find_map(|q| value.strip_prefix(*q)?.strip_suffix(*q))
+            .unwrap_or(value);
+        if unquoted.contains('\0') {
+            return Err((i + 1, "the value holds a NUL byte"));
+        }
+        out.push((key.to_owned(), unquoted.to_owned()));
+    }
+    Ok(out)
+}
+
+/// The process attributes of `svc` as a child sets them on itself.
+fn limits(svc: &Service) -> Setup<'static> {
+    use upk_core::config::{IoClass, Rlimit};
+    let resource = |r: Rlimit| -> i32 {
+        // The constants' type differs across libc targets; every value fits an i32.
+        #[allow(clippy::unnecessary_cast)]
+        let n = match r {
+            Rlimit::Nofile => libc::RLIMIT_NOFILE,
+            Rlimit::Nproc => libc::RLIMIT_NPROC,
+            Rlimit::Core => libc::RLIMIT_CORE,
+            Rlimit::As => libc::RLIMIT_AS,
+            Rlimit::Memlock => libc::RLIMIT_MEMLOCK,
+            Rlimit::Stack => libc::RLIMIT_STACK,
+            Rlimit::Cpu => libc::RLIMIT_CPU,
+            Rlimit::Fsize => libc::RLIMIT_FSIZE,
+        } as i32;
+        n
+    };
+    let lim = |v: u64| {
+        if v == u64::MAX {
+            libc::RLIM_INFINITY
+        } else {
+            v as libc::rlim_t
+        }
+    };
+    let ioprio = match (svc.io_scheduling_class, svc.io_scheduling_priority) {
+        (None, None) => None,
+        (class, level) => {
+            let class = match class.unwrap_or(IoClass::BestEffort) {
+                IoClass::Realtime => 1,
+                IoClass::BestEffort => 2,
+                IoClass::Idle => 3,
             };
-            let candidate = dir.join(name);
-            let meta = std::fs::metadata(&candidate).ok()?;
-            (meta.is_file() && meta.permissions().mode() & 0o111 != 0).then_some(candidate)
-        })
+            Some(class << 13 | i32::from(level.unwrap_or(4)))
+        }
+    };
+    Setup {
+        joins: Vec::new(),
+        rlimits: svc
+            .rlimits()
+            .into_iter()
+            .map(|(r, v)| {
+                let l = libc::rlimit {
+                    rlim_cur: lim(v.soft),
+                    rlim_max: lim(v.hard),
+                };
+                (resource(r), l)
+            })
+            .collect(),
+        nice: svc.nice,
+        ioprio,
+        oom_score_adj: svc.oom_score_adjust,
+        umask: svc.umask,
+        no_new_privs: svc.no_new_privileges,
     }
 }
 

@@ -37,6 +37,7 @@
 pub mod buddy;
 pub mod children;
 pub mod conn;
+pub mod contain;
 pub mod effects;
 pub mod fds;
 pub mod health;

@@ -845,6 +845,8 @@ impl Machine {
                 let kind = EventKind::Died {
                     exit,
                     uptime: uptime.as_secs_f64(),
+                    oom: false,
+                    usage: None,
                 };
                 // The record's `to` is fixed below by the policy; note it as a death first.
                 self.note(Some(pid), "exit", kind, out);
@@ -862,7 +864,17 @@ impl Machine {
             } if pid == dead => {
                 self.last_exit = Some(exit);
                 let uptime = self.last_start.map_or(0.0, |s| secs(now, s));
-                self.note(Some(pid), "stop", EventKind::Died { exit, uptime }, out);
+                self.note(
+                    Some(pid),
+                    "stop",
+                    EventKind::Died {
+                        exit,
+                        uptime,
+                        oom: false,
+                        usage: None,
+                    },
+                    out,
+                );
                 if let State::Stopping { pid, .. } = &mut self.state {
                     *pid = None;
                 }

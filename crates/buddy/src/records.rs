@@ -151,6 +151,7 @@ impl Records {
             needs_ready: machine.needs_ready(),
             ready_timed_out: machine.ready_timed_out(),
             health: machine.health(),
+            containment: Default::default(),
         }
     }
 
@@ -213,7 +214,17 @@ impl Buddy {
 
     pub(crate) fn status(&self) -> Status {
         let id = self.settings.service.id.to_string();
-        self.records.status(&self.machine, &id, &self.streams)
+        let mut status = self.records.status(&self.machine, &id, &self.streams);
+        status.containment = Box::new(self.contain.describe());
+        status
+    }
+
+    /// Records what containment has newly to say (no cgroup, a limit not enforced).
+    pub(crate) fn note_containment(&mut self) {
+        for note in self.contain.take_fresh() {
+            self.log.line(&format!("containment: {note}"));
+            self.note(None, "containment", EventKind::Containment { note });
+        }
     }
 
     /// Rewrites the status file, then sends the records it reflects.

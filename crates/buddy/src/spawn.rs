@@ -6,10 +6,11 @@
 //! child, which refuses to exec if any id is not what was asked or root can be regained.
 //! Credentials are resolved once (at start-up and on SIGHUP), never between fork and exec.
 //!
-//! Two paths, one contract: when no credentials change, `posix_spawn` (a vfork-style clone in
-//! glibc and musl: no page tables to copy, the restart path's largest cost) with the session,
-//! the empty mask and default dispositions as spawn attributes; otherwise std's `Command` with
-//! a checked privilege drop between fork and exec.
+//! Two paths, one contract: when no credentials change and the child has nothing to do to
+//! itself ([`Setup`]: cgroups to join, limits), `posix_spawn` (a vfork-style clone in glibc
+//! and musl: no page tables to copy, the restart path's largest cost) with the session, the
+//! empty mask and default dispositions as spawn attributes; otherwise std's `Command` with
+//! the setup and a checked privilege drop between fork and exec.
 
 use nix::unistd::{Gid, Group, Uid, User};
 use std::io;
@@ -152,6 +153,102 @@ pub struct Extra<'a> {
     pub fd: Option<(BorrowedFd<'a>, i32)>,
 }
 
+/// What a child does to itself between fork and exec, beyond its credentials: join its
+/// cgroups, set its limits and priorities. Everything is prepared here, before the fork, so
+/// the child only makes system calls.
+#[derive(Default)]
+pub struct Setup<'a> {
+    /// `cgroup.procs` files the child writes `0` to (joining before it can fork).
+    pub joins: Vec<BorrowedFd<'a>>,
+    /// `setrlimit` calls.
+    pub rlimits: Vec<(i32, libc::rlimit)>,
+    /// `setpriority`.
+    pub nice: Option<i32>,
+    /// `ioprio_set` with this value (class << 13 | level).
+    pub ioprio: Option<i32>,
+    /// Written to `/proc/self/oom_score_adj`.
+    pub oom_score_adj: Option<i32>,
+    /// `umask`.
+    pub umask: Option<u32>,
+    /// `PR_SET_NO_NEW_PRIVS`.
+    pub no_new_privs: bool,
+}
+
+impl Setup<'_> {
+    /// Nothing to do: the posix_spawn path can start the child.
+    pub fn is_empty(&self) -> bool {
+        self.joins.is_empty()
+            && self.rlimits.is_empty()
+            && self.nice.is_none()
+            && self.ioprio.is_none()
+            && self.oom_score_adj.is_none()
+            && self.umask.is_none()
+            && !self.no_new_privs
+    }
+}
+
+/// `-1` from a libc call as an error.
+fn ok(rc: libc::c_int) -> io::Result<()> {
+    if rc < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+/// Applies `setup` in the child (between fork and exec: system calls only, no allocation).
+/// `oom` is `oom_score_adj`'s value as text, made before the fork.
+fn apply(
+    joins: &[i32],
+    rlimits: &[(i32, libc::rlimit)],
+    setup: (Option<i32>, Option<i32>, Option<u32>),
+    oom: Option<&[u8]>,
+) -> io::Result<()> {
+    for &fd in joins {
+        // SAFETY: write(2) from a buffer we own to a descriptor the parent keeps open.
+        if unsafe { libc::write(fd, b"0".as_ptr().cast(), 1) } != 1 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    for (resource, lim) in rlimits {
+        // SAFETY: setrlimit reads the struct we pass. The resource's type differs by libc.
+        #[allow(clippy::useless_conversion)]
+        ok(unsafe { libc::setrlimit((*resource).try_into().unwrap_or_default(), lim) })?;
+    }
+    let (nice, ioprio, umask) = setup;
+    if let Some(n) = nice {
+        // SAFETY: setpriority takes plain integers. The `which` type differs by libc.
+        #[allow(clippy::useless_conversion)]
+        ok(unsafe { libc::setpriority(libc::PRIO_PROCESS.try_into().unwrap_or_default(), 0, n) })?;
+    }
+    if let Some(prio) = ioprio {
+        const IOPRIO_WHO_PROCESS: libc::c_long = 1;
+        // SAFETY: ioprio_set takes plain integers.
+        let rc = unsafe { libc::syscall(libc::SYS_ioprio_set, IOPRIO_WHO_PROCESS, 0, prio) };
+        if rc < 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    if let Some(text) = oom {
+        let path = b"/proc/self/oom_score_adj\0";
+        // SAFETY: a NUL-terminated path we own; the descriptor is closed on every path.
+        unsafe {
+            let fd = libc::open(path.as_ptr().cast(), libc::O_WRONLY | libc::O_CLOEXEC);
+            ok(fd)?;
+            let n = libc::write(fd, text.as_ptr().cast(), text.len());
+            libc::close(fd);
+            if n < 0 {
+                return Err(io::Error::last_os_error());
+            }
+        }
+    }
+    if let Some(m) = umask {
+        // SAFETY: umask cannot fail.
+        unsafe { libc::umask(m as libc::mode_t) };
+    }
+    Ok(())
+}
+
 /// Starts `program args...` in `cwd` in a new session with `creds`; returns its pid. The child
 /// inherits the buddy's environment (which carries `UPK_SERVICE`), plus the new user's HOME,
 /// USER and LOGNAME when credentials change, plus `extra`.
@@ -165,8 +262,9 @@ pub fn spawn(
     creds: &Creds,
     stdio: Stdio<'_>,
     extra: &Extra<'_>,
+    setup: &Setup<'_>,
 ) -> io::Result<i32> {
-    if creds.uid.is_none() && creds.gid.is_none() {
+    if creds.uid.is_none() && creds.gid.is_none() && setup.is_empty() {
         return posix_spawn(program, args, cwd, stdio, extra);
     }
     let owned = |fd: BorrowedFd<'_>| fd.try_clone_to_owned().map(process::Stdio::from);
@@ -186,15 +284,27 @@ pub fn spawn(
     let extra_fd = extra
         .fd
         .map(|(fd, n)| (std::os::fd::AsRawFd::as_raw_fd(&fd), n));
+    let joins: Vec<i32> = setup
+        .joins
+        .iter()
+        .map(std::os::fd::AsRawFd::as_raw_fd)
+        .collect();
+    let rlimits = setup.rlimits.clone();
+    let attrs = (setup.nice, setup.ioprio, setup.umask);
+    let oom = setup.oom_score_adj.map(|n| n.to_string().into_bytes());
+    let no_new_privs = setup.no_new_privs;
     // SAFETY: the closure runs between fork and exec and only makes async-signal-safe system
-    // calls (sigprocmask, setsid, dup2, fcntl, setgroups, setgid, setuid and the get*id family); it
-    // allocates nothing.
+    // calls (sigprocmask, setsid, write, setrlimit, setpriority, ioprio_set, open, umask,
+    // dup2, fcntl, setgroups, setgid, setuid, prctl and the get*id family); it allocates
+    // nothing: what it needs was made before the fork.
     unsafe {
         cmd.pre_exec(move || {
             // The buddy blocks the signals it reads from its signalfd; the mask survives
             // fork and exec, and a service with SIGTERM blocked could never be stopped.
             nix::sys::signal::SigSet::empty().thread_set_mask()?;
             nix::unistd::setsid()?;
+            // Cgroups first (before anything can fork), limits while still privileged.
+            apply(&joins, &rlimits, attrs, oom.as_deref())?;
             if let Some((fd, n)) = extra_fd {
                 // dup2 leaves the copy without FD_CLOEXEC; the same number would keep it.
                 if fd == n {
@@ -210,14 +320,17 @@ pub fn spawn(
                 nix::unistd::setgroups(&groups)?;
                 nix::unistd::setgid(gid)?;
                 nix::unistd::setuid(uid)?;
-                let ok = nix::unistd::getuid() == uid
+                let same = nix::unistd::getuid() == uid
                     && nix::unistd::geteuid() == uid
                     && nix::unistd::getgid() == gid
                     && nix::unistd::getegid() == gid
                     && (uid.is_root() || nix::unistd::setuid(Uid::from_raw(0)).is_err());
-                if !ok {
+                if !same {
                     return Err(io::Error::from_raw_os_error(libc::EPERM));
                 }
+            }
+            if no_new_privs {
+                ok(libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0))?;
             }
             Ok(())
         });

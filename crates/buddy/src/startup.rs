@@ -107,6 +107,7 @@ impl Buddy {
             .map_err(|e| temporary("PR_SET_CHILD_SUBREAPER", e))?;
 
         let listener = bind(&dir)?;
+        let contain = crate::contain::Contain::open(settings.cgroup.as_deref(), &settings.service);
         let launcher =
             Launcher::new(&dir, &settings.service).map_err(|e| temporary("/dev/null", e))?;
         let previous = Status::read(&dir.status()).unwrap_or_else(|e| {
@@ -132,6 +133,7 @@ impl Buddy {
             phone: PhoneHome::new(svc.reconnect_retries),
             dir,
             launcher,
+            contain,
             children: Children::default(),
             signals,
             peers: Peers::new(listener),
@@ -165,6 +167,7 @@ impl Buddy {
             cause: "startup".into(),
             kind: EventKind::BuddyStarted { buddy_pid },
         });
+        self.note_containment();
         // Loggers of a killed predecessor still read our FIFOs: retire them before starting
         // ours (what they had not read yet stays in the pipe for the new ones).
         for old in previous
@@ -187,6 +190,13 @@ impl Buddy {
                 self.adopted = Some(fd);
                 self.log
                     .line(&format!("adopting running service pid {pid}"));
+                if !self.contain.adopt(pid) && self.contain.has_cgroup() {
+                    let note = format!(
+                        "the adopted pid {pid} is not in the service's cgroup: this run is kept by its process group"
+                    );
+                    self.log.line(&note);
+                    self.note(Some(pid), "containment", EventKind::Containment { note });
+                }
                 let ready = previous
                     .as_ref()
                     .is_some_and(|p| p.state == StateName::Ready);
@@ -226,6 +236,7 @@ impl Buddy {
                 self.machine.set_policy(Policy::of(&s.service));
                 self.records.ring.resize(s.service.ringbuffer_size as usize);
                 self.launcher.reconfigure(&s.service);
+                self.contain.reconfigure(&s.service);
                 for i in 0..self.streams.len() {
                     self.streams[i].configure(&self.dir, &s.service);
                     let stream = &self.streams[i];
@@ -239,6 +250,7 @@ impl Buddy {
                 }
                 self.settings = s;
                 self.log.line("settings re-read");
+                self.note_containment();
             }
             Err(e) => {
                 self.launcher.reopen_redirects();

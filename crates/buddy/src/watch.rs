@@ -91,6 +91,11 @@ impl Drain {
         false
     }
 
+    /// The group it watches.
+    pub fn pgid(&self) -> i32 {
+        self.pgid
+    }
+
     /// The descriptors to poll.
     pub fn fds(&self) -> impl Iterator<Item = BorrowedFd<'_>> {
         self.fds.iter().map(|f| f.as_fd())

@@ -238,7 +238,7 @@ impl<'a> Fleet<'a> {
     }
 
     fn render(&self, svc: &Service) -> anyhow::Result<RunDir> {
-        let settings = Settings::new(&self.ctl, svc);
+        let settings = Settings::new(self.ctl, svc);
         Ok(self
             .renderer
             .render(svc, &self.ctl.svc_run_path, &settings)?)

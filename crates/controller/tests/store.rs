@@ -177,6 +177,8 @@ fn a_lost_record_is_stored_with_its_count_and_read_back_whole() {
                 core: true,
             },
             uptime: 1.5,
+            oom: false,
+            usage: None,
         },
     );
     store
@@ -415,6 +417,8 @@ fn history_filters_by_service_time_kind_and_cursor() {
             EventKind::Died {
                 exit: Exit::Exited { code: 1 },
                 uptime: 30.0,
+                oom: false,
+                usage: None,
             },
         ));
     }
@@ -493,6 +497,8 @@ fn crash_loop() -> Vec<Record> {
             EventKind::Died {
                 exit: Exit::Exited { code: 2 },
                 uptime: 60.0,
+                oom: false,
+                usage: None,
             },
         ));
         v.push(rec(
@@ -893,6 +899,8 @@ fn measure_insert_rate() {
                     EventKind::Died {
                         exit: Exit::Exited { code: 1 },
                         uptime: 0.1,
+                        oom: false,
+                        usage: None,
                     },
                 )
             })

@@ -11,6 +11,7 @@
 //! mount whose root is not `/` (a cgroup namespace) is accounted for. Everything here
 //! only parses and reads; creating, joining and killing is the buddy's (`contain.rs`).
 
+use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
 /// One cgroup mount from `/proc/self/mountinfo`.
@@ -225,6 +226,145 @@ pub fn number(text: &str) -> Option<u64> {
     }
 }
 
+/// What a service costs now: CPU time, memory and tasks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Usage {
+    /// CPU time, microseconds: the cgroup's since it was made (every process that ever ran
+    /// in it), or without a cgroup the main process's own.
+    pub cpu_us: u64,
+    /// Memory in use, bytes: the memory controller's count, or the resident sets of the
+    /// cgroup's processes (without a cgroup, of the main process).
+    pub memory: u64,
+    /// The highest memory use the kernel saw (a memory controller only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_peak: Option<u64>,
+    /// Processes.
+    pub tasks: u32,
+}
+
+impl Usage {
+    /// CPU time as people read it: `0.42s`, `3m12s`, `5h07m`.
+    pub fn cpu_text(&self) -> String {
+        let s = self.cpu_us / 1_000_000;
+        match s {
+            0..=59 => format!("{:.2}s", self.cpu_us as f64 / 1e6),
+            60..=3599 => format!("{}m{:02}s", s / 60, s % 60),
+            _ => format!("{}h{:02}m", s / 3600, s / 60 % 60),
+        }
+    }
+
+    /// Memory in binary units: `812K`, `12.5M`, `1.2G`.
+    pub fn memory_text(&self) -> String {
+        bytes_text(self.memory)
+    }
+}
+
+/// Bytes in binary units, one decimal below 10 of a unit: `512B`, `812K`, `12.5M`, `1.2G`.
+pub fn bytes_text(n: u64) -> String {
+    let units = ["B", "K", "M", "G", "T", "P"];
+    let mut v = n as f64;
+    let mut i = 0;
+    while v >= 1024.0 && i + 1 < units.len() {
+        v /= 1024.0;
+        i += 1;
+    }
+    if i == 0 || v >= 10.0 {
+        format!("{:.0}{}", v, units[i])
+    } else {
+        format!("{:.1}{}", v, units[i])
+    }
+}
+
+/// Where a service is kept, as its buddy writes it into the status file.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Containment {
+    /// The unified cgroup holding the service's current run; `None`: its process group.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cgroup: Option<PathBuf>,
+    /// The v1 cgroup of the memory controller, when a limit put the service in one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory: Option<PathBuf>,
+    /// Why there is no cgroup, and each limit that is not enforced: one sentence each.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
+}
+
+impl Containment {
+    /// The usage of the service whose main process is `pid`, read now: its cgroup's, or
+    /// without one the main process's own (a scan of `/proc` for its group would cost a
+    /// reader of many services too much).
+    pub fn usage(&self, pid: Option<i32>) -> Usage {
+        let members = match (&self.cgroup, pid) {
+            (Some(dir), _) => procs(dir),
+            (None, Some(p)) if p > 1 => vec![p],
+            _ => Vec::new(),
+        };
+        let read = |dir: &Path, file: &str| std::fs::read_to_string(dir.join(file)).ok();
+        let ticks = || {
+            // SAFETY: sysconf reads a constant.
+            let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+            members
+                .iter()
+                .filter_map(|&p| crate::procfs::Stat::of(p))
+                .map(|s| s.cpu_ticks.saturating_mul(1_000_000) / hz)
+                .fold(0u64, u64::saturating_add)
+        };
+        let cpu_us = self
+            .cgroup
+            .as_deref()
+            .and_then(|d| keyed(&read(d, "cpu.stat")?, "usage_usec"))
+            .unwrap_or_else(ticks);
+        let kernel = |d: &Path, now: &str, peak: &str| {
+            Some((
+                number(&read(d, now)?)?,
+                read(d, peak).and_then(|t| number(&t)),
+            ))
+        };
+        let counted = self
+            .cgroup
+            .as_deref()
+            .and_then(|d| kernel(d, "memory.current", "memory.peak"))
+            .or_else(|| {
+                let d = self.memory.as_deref()?;
+                kernel(d, "memory.usage_in_bytes", "memory.max_usage_in_bytes")
+            });
+        let (memory, memory_peak) = counted.unwrap_or_else(|| {
+            // SAFETY: sysconf reads a constant.
+            let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(1) as u64;
+            let rss = members
+                .iter()
+                .filter_map(|p| std::fs::read_to_string(format!("/proc/{p}/statm")).ok())
+                .filter_map(|t| t.split_whitespace().nth(1)?.parse::<u64>().ok())
+                .fold(0u64, |a, pages| {
+                    a.saturating_add(pages.saturating_mul(page))
+                });
+            (rss, None)
+        });
+        Usage {
+            cpu_us,
+            memory,
+            memory_peak,
+            tasks: u32::try_from(members.len()).unwrap_or(u32::MAX),
+        }
+    }
+
+    /// OOM kills counted by the service's memory controller (v2 `memory.events`, v1
+    /// `memory.oom_control`); `None` without one.
+    pub fn oom_kills(&self) -> Option<u64> {
+        let read = |d: &Path, f: &str| std::fs::read_to_string(d.join(f)).ok();
+        let v2 = self
+            .cgroup
+            .as_deref()
+            .and_then(|d| keyed(&read(d, "memory.events")?, "oom_kill"));
+        v2.or_else(|| {
+            keyed(
+                &read(self.memory.as_deref()?, "memory.oom_control")?,
+                "oom_kill",
+            )
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -291,6 +431,17 @@ mod tests {
         assert_eq!(keyed("usage_usec x\n", "usage_usec"), None);
         assert_eq!(number("max\n"), Some(u64::MAX));
         assert_eq!(number("123\n"), Some(123));
+        assert_eq!(bytes_text(512), "512B");
+        assert_eq!(bytes_text(5 << 20), "5.0M");
+        assert_eq!(bytes_text(300 << 20), "300M");
+        assert_eq!(bytes_text(u64::MAX), "16384P");
+        let u = |cpu_us| Usage {
+            cpu_us,
+            ..Usage::default()
+        };
+        assert_eq!(u(420_000).cpu_text(), "0.42s");
+        assert_eq!(u(192_000_000).cpu_text(), "3m12s");
+        assert_eq!(u(18_420_000_000).cpu_text(), "5h07m");
         let me = std::process::id() as i32;
         let own = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
         if let Some(l) = parse_membership(&own)

@@ -225,6 +225,10 @@ pub struct ServiceSummary {
     /// `want` (in `status`) differs when someone talked to the buddy directly.
     #[serde(default)]
     pub desired: Option<Want>,
+    /// What it costs now (CPU time, memory, tasks), read by the controller as it answers;
+    /// absent when it does not run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<crate::cgroup::Usage>,
 }
 
 /// What the controller answers.

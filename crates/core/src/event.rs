@@ -96,6 +96,10 @@ impl std::fmt::Display for Exit {
     }
 }
 
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
 /// What happened. Serialised with a `kind` tag; the remaining fields are the detail.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", tag = "kind")]
@@ -122,6 +126,13 @@ pub enum EventKind {
         exit: Exit,
         /// Seconds it ran.
         uptime: f64,
+        /// The service's memory controller counted an OOM kill during this run.
+        #[serde(default, skip_serializing_if = "is_false")]
+        oom: bool,
+        /// What the run cost, read as it ended (CPU over the run, memory peak where the
+        /// kernel keeps one).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        usage: Option<crate::cgroup::Usage>,
     },
     /// A stop began.
     Stopping,
@@ -221,6 +232,12 @@ pub enum EventKind {
         /// How.
         exit: Exit,
     },
+    /// Something about how the service is kept or limited: no cgroup and why, a limit not
+    /// enforced (one sentence).
+    Containment {
+        /// The sentence.
+        note: String,
+    },
     /// Records were dropped; this one stands in for them.
     Lost {
         /// How many records were lost.
@@ -285,7 +302,16 @@ impl Record {
             EventKind::Started => "started".into(),
             EventKind::SpawnFailed { error } => format!("could not start: {error}"),
             EventKind::Adopted => "adopted a running service".into(),
-            EventKind::Died { exit, uptime } => format!("{exit} after {uptime:.3}s"),
+            EventKind::Died {
+                exit, uptime, oom, ..
+            } => format!(
+                "{exit}{} after {uptime:.3}s",
+                if *oom {
+                    " (out of memory: the OOM killer)"
+                } else {
+                    ""
+                }
+            ),
             EventKind::Stopping => "stopping".into(),
             EventKind::Signaled { signal, group } => {
                 let name = nix::sys::signal::Signal::try_from(*signal).map_or("?", |s| s.as_str());
@@ -338,6 +364,7 @@ impl Record {
             EventKind::LoggerStarted { stream } => format!("{stream} logger started"),
             EventKind::LoggerDied { stream, exit } => format!("{stream} logger {exit}"),
             EventKind::Lost { count, reason } => format!("{count} events lost ({reason})"),
+            EventKind::Containment { note } => format!("containment: {note}"),
         };
         let pid = self.pid.map(|p| format!(" pid {p}")).unwrap_or_default();
         let arrow = if self.from == self.to {
@@ -369,6 +396,8 @@ mod tests {
                     core: false,
                 },
                 uptime: 0.5,
+                oom: false,
+                usage: None,
             },
         };
         let text = serde_json::to_string(&r).expect("serialise");

@@ -76,6 +76,10 @@ pub struct Status {
     /// Its health, when it has a HealthCheck and runs.
     #[serde(default)]
     pub health: Option<Health>,
+    /// Where its processes are kept (a cgroup, or the process group) and the limits that
+    /// are not enforced.
+    #[serde(default)]
+    pub containment: Box<crate::cgroup::Containment>,
 }
 
 /// A process identified beyond its (recyclable) pid.

@@ -77,6 +77,7 @@ use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+pub use upk_core::cgroup::{Containment, Usage};
 pub use upk_core::client::{Access, ClientReply, ClientRequest, ErrorCode, ServiceSummary};
 pub use upk_core::event::{EventKind, Exit, Record, StateName};
 pub use upk_core::history::{CommandEntry, CommandRow, EventRow, HistoryFilter, HourBucket, Stats};

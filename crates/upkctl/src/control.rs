@@ -425,6 +425,7 @@ mod tests {
             needs_ready: false,
             ready_timed_out: false,
             health: None,
+            containment: Default::default(),
         }
     }
 

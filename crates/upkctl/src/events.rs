@@ -240,6 +240,8 @@ mod tests {
         let died = row(EventKind::Died {
             exit: Exit::Exited { code: 1 },
             uptime: 0.5,
+            oom: false,
+            usage: None,
         });
         assert_eq!(kind_of(&died), "died");
         assert_eq!(kind_of(&row(EventKind::BuddyExiting)), "buddy_exiting");

@@ -45,6 +45,10 @@ pub struct Row {
     pub buddy_alive: Option<bool>,
     /// The file that defines it (`null` without the controller).
     pub file: Option<String>,
+    /// What it costs now (`null` without the controller, or when it does not run).
+    pub usage: Option<libupkeeper::Usage>,
+    /// Its cgroup, or why it has none, and the limits not enforced.
+    pub containment: Option<libupkeeper::Containment>,
 }
 
 impl Row {
@@ -66,6 +70,8 @@ impl Row {
             linked: None,
             buddy_alive: None,
             file: None,
+            usage: None,
+            containment: st.map(|s| (*s.containment).clone()),
         }
     }
 
@@ -73,6 +79,7 @@ impl Row {
         Row {
             linked: Some(s.linked),
             file: Some(s.file.clone()),
+            usage: s.usage,
             ..Row::new(s.service.clone(), s.status.as_ref(), now_us)
         }
     }
@@ -99,6 +106,8 @@ impl Row {
             self.restarts.map_or_else(dash, |r| r.to_string()),
             self.last_exit.map_or_else(dash, |e| e.to_string()),
             self.health.clone().unwrap_or_else(dash),
+            self.usage.map_or_else(dash, |u| u.cpu_text()),
+            self.usage.map_or_else(dash, |u| u.memory_text()),
         ]
     }
 }
@@ -121,7 +130,7 @@ struct Report {
     services: Vec<Row>,
 }
 
-const HEADER: [&str; 8] = [
+const HEADER: [&str; 10] = [
     "SERVICE",
     "STATE",
     "WANT",
@@ -130,6 +139,8 @@ const HEADER: [&str; 8] = [
     "RESTARTS",
     "LAST EXIT",
     "HEALTH",
+    "CPU",
+    "MEMORY",
 ];
 
 /// `upkctl status [SERVICE...]`.

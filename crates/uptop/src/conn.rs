@@ -4,8 +4,8 @@
 //! A session is two libupkeeper connections. The first subscribes to every service's events;
 //! a reader thread owns it and forwards each event to the view as it arrives (nothing polls).
 //! The second asks: the snapshot when a session starts, the service list again after events
-//! (a burst of events is one `list`), and a service's history and statistics for the detail
-//! pane. Commands get a connection and a thread each, because a control request is answered
+//! (a burst of events is one `list`) and every two seconds (the services' CPU and memory), and
+//! a service's history and statistics for the detail pane. Commands get a connection and a thread each, because a control request is answered
 //! only when the buddy has carried it out, and the view must not wait for that.
 //!
 //! When the subscription ends, the session is over: the view hears `Unreachable`, and the
@@ -22,6 +22,8 @@ use std::time::Duration;
 
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
+/// How often the service list (with each service's usage) is asked for when no event comes.
+const USAGE_REFRESH: Duration = Duration::from_secs(2);
 /// Bounds every query, so a controller that hangs is noticed.
 const QUERY_TIMEOUT: Duration = Duration::from_secs(10);
 /// Bounds a command: a stop may take the service's KillTimeout.
@@ -140,7 +142,13 @@ impl Connection {
     /// gone (`None`).
     fn serve(&self, mut query: Client, requests: &Receiver<Request>) -> Option<(i64, String)> {
         loop {
-            let first = requests.recv().ok()?;
+            // Without events the list is still asked for every USAGE_REFRESH, for the
+            // services' CPU and memory.
+            let first = match requests.recv_timeout(USAGE_REFRESH) {
+                Ok(r) => r,
+                Err(RecvTimeoutError::Timeout) => Request::Refresh,
+                Err(RecvTimeoutError::Disconnected) => return None,
+            };
             let mut refresh = false;
             // Everything already queued is handled together: many events, one `list`.
             for request in std::iter::once(first).chain(requests.try_iter()) {

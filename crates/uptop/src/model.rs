@@ -203,6 +203,9 @@ pub struct Fleet {
     services: Vec<ServiceSummary>,
     activity: HashMap<String, Activity>,
     empty: Activity,
+    /// Each running service's CPU time when its usage was last seen (µs, and when), and the
+    /// share of one CPU it used between the last two looks.
+    cpu: HashMap<String, (u64, i64, Option<f64>)>,
 }
 
 impl Default for Fleet {
@@ -212,6 +215,7 @@ impl Default for Fleet {
             services: Vec::new(),
             activity: HashMap::new(),
             empty: Activity::default(),
+            cpu: HashMap::new(),
         }
     }
 }
@@ -251,12 +255,12 @@ impl Fleet {
                 starts,
             } => {
                 self.link = Link::Connected { pid, access };
-                self.services = services;
+                self.set_services(services, now_us);
                 for row in starts {
                     self.record(row);
                 }
             }
-            Update::Services(services) => self.services = services,
+            Update::Services(services) => self.set_services(services, now_us),
             Update::Event(row) => self.record(row),
             Update::Unreachable(error) => {
                 let since_us = match &self.link {
@@ -281,6 +285,30 @@ impl Fleet {
         for activity in self.activity.values_mut() {
             activity.forget_before(now_us - HOUR_US);
         }
+    }
+
+    /// A new list of services: the CPU share of each is its CPU time since the last list
+    /// over the wall time between them.
+    fn set_services(&mut self, services: Vec<ServiceSummary>, now_us: i64) {
+        let mut cpu = HashMap::new();
+        for s in &services {
+            let Some(u) = s.usage else { continue };
+            let share = match self.cpu.get(&s.service) {
+                Some(&(before, at, _)) if now_us > at && u.cpu_us >= before => {
+                    Some((u.cpu_us - before) as f64 / (now_us - at) as f64 * 100.0)
+                }
+                Some(&(_, at, share)) if now_us == at => share,
+                _ => None,
+            };
+            cpu.insert(s.service.clone(), (u.cpu_us, now_us, share));
+        }
+        self.cpu = cpu;
+        self.services = services;
+    }
+
+    /// The share of one CPU (percent) service `id` used between the last two lists.
+    pub fn cpu_percent(&self, id: &str) -> Option<f64> {
+        self.cpu.get(id).and_then(|c| c.2)
     }
 
     fn record(&mut self, row: EventRow) {
@@ -351,6 +379,7 @@ pub(crate) mod tests {
             needs_ready: false,
             ready_timed_out: false,
             health: None,
+            containment: Default::default(),
         }
     }
 
@@ -362,6 +391,7 @@ pub(crate) mod tests {
             linked: true,
             status: Some(status(id, state, want)),
             desired: None,
+            usage: None,
         }
     }
 

@@ -19,7 +19,7 @@ use ratatui::Frame;
 /// Slices of the restart sparkline in a row (five minutes each).
 const ROW_BINS: usize = 12;
 
-const HEADINGS: [&str; 8] = [
+const HEADINGS: [&str; 10] = [
     "SERVICE",
     "STATE",
     "WANT",
@@ -28,6 +28,8 @@ const HEADINGS: [&str; 8] = [
     "RESTARTS/1h",
     "LAST EXIT",
     "HEALTH",
+    "CPU%",
+    "MEM",
 ];
 
 const KEYS: &str = "q quit  ↑↓/jk select  s sort  I invert  / filter  d detail  \
@@ -133,6 +135,8 @@ fn draw_table(frame: &mut Frame, app: &App, area: Rect, now_us: i64) {
         Constraint::Length(16),
         Constraint::Length(14),
         Constraint::Length(6),
+        Constraint::Length(5),
+        Constraint::Length(6),
     ];
     let stale = !app.fleet.connected();
     let table_rows = rows.iter().map(|s| {
@@ -183,6 +187,12 @@ fn service_row<'a>(app: &App, s: &'a ServiceSummary, now_us: i64) -> Row<'a> {
         Cell::from(restarts),
         Cell::from(st.last_exit.as_ref().map_or("-".into(), text::exit)),
         Cell::from(st.health.map_or("-", |h| h.as_str())),
+        Cell::from(
+            app.fleet
+                .cpu_percent(&s.service)
+                .map_or("-".into(), |p| format!("{p:.1}")),
+        ),
+        Cell::from(s.usage.map_or("-".into(), |u| u.memory_text())),
     ])
 }
 
@@ -258,7 +268,7 @@ fn prompt_line(app: &App) -> Line<'static> {
 }
 
 fn draw_help(frame: &mut Frame) {
-    const HELP: [&str; 14] = [
+    const HELP: [&str; 16] = [
         "↑ ↓ j k PgUp PgDn g G   select a service",
         "s                       sort by the next column",
         "I                       reverse the sort order",
@@ -272,6 +282,8 @@ fn draw_help(frame: &mut Frame) {
         "running, wanted down but running, or a once that failed.",
         "RESTARTS/1h: automatic restarts in the last hour, and when",
         "(twelve five-minute slices, oldest first).",
+        "CPU%: the share of one CPU since the last refresh; MEM: memory",
+        "in use (its cgroup's, see docs/containment.md).",
         "Any key closes this help.",
     ];
     let area = frame.area();
@@ -330,15 +342,26 @@ mod tests {
                 core: false,
             });
         }
+        let usage = |cpu_us| libupkeeper::Usage {
+            cpu_us,
+            memory: 5 << 20,
+            memory_peak: None,
+            tasks: 1,
+        };
+        web.usage = Some(usage(1_000_000));
         app.update(
             Update::Connected {
                 pid: 42,
                 access: Access::Control,
-                services: vec![summary("cron", StateName::Failed, Want::Up), web],
+                services: vec![summary("cron", StateName::Failed, Want::Up), web.clone()],
                 starts: vec![event(1, "web", NOW - 1, EventKind::Started, "policy")],
             },
-            NOW,
+            NOW - 2_000_000,
         );
+        // Two lists 2 s apart, 0.5 s of CPU between them: 25% of one CPU.
+        web.usage = Some(usage(1_500_000));
+        let cron = summary("cron", StateName::Failed, Want::Up);
+        app.update(Update::Services(vec![cron, web]), NOW);
         app
     }
 
@@ -370,7 +393,9 @@ mod tests {
                 "1",
                 "▁▁▁▁▁▁▁▁▁▁▁▂",
                 "SIGKILL",
-                "-"
+                "-",
+                "25.0",
+                "5.0M"
             ]
         );
         let cron = lines

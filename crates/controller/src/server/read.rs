@@ -175,13 +175,18 @@ impl Server {
                     Ok(Some((uuid, desired))) => (Some(uuid), desired),
                     _ => (None, None),
                 };
+                let status = m.and_then(|m| Status::read(&m.dir.status()).ok().flatten());
+                let usage = status
+                    .as_ref()
+                    .and_then(|s| Some(s.containment.usage(Some(s.pid?))));
                 ServiceSummary {
                     service: id.clone(),
                     uuid,
                     file: m.map(|m| m.file.display().to_string()).unwrap_or_default(),
                     linked: linked.contains(id.as_str()),
-                    status: m.and_then(|m| Status::read(&m.dir.status()).ok().flatten()),
+                    status,
                     desired,
+                    usage,
                 }
             })
             .collect()

@@ -546,7 +546,7 @@ fn amount(v: &Value) -> Parsed<u64> {
         }
         _ => return expected("a number or a string such as \"512M\" or \"infinity\"", v),
     };
-    amount_text(&text).map_or_else(|m| problem(m), Ok)
+    amount_text(&text).map_or_else(problem, Ok)
 }
 
 fn amount_text(text: &str) -> Result<u64, String> {
@@ -579,8 +579,8 @@ fn amount_text(text: &str) -> Result<u64, String> {
 fn rlimit(v: &Value) -> Parsed<RlimitValue> {
     let (soft, hard) = match v.as_str().and_then(|s| s.split_once(':')) {
         Some((a, b)) => (
-            amount_text(a.trim()).map_or_else(|m| problem(m), Ok)?,
-            amount_text(b.trim()).map_or_else(|m| problem(m), Ok)?,
+            amount_text(a.trim()).map_or_else(problem, Ok)?,
+            amount_text(b.trim()).map_or_else(problem, Ok)?,
         ),
         None => {
             let n = amount(v)?;
