@@ -360,9 +360,7 @@ impl Buddy {
             },
             Output::KillGroup { pgid, signal } => self.contain.signal(pgid, signal),
             Output::Record(mut note) => {
-                if let Some(pid) = note.pid {
-                    self.contain.explain(&mut note.kind, pid);
-                }
+                self.contain.explain(&mut note.kind);
                 self.record(note)
             }
             Output::RunProbe => return self.run_probe(),

@@ -2,9 +2,9 @@
 //! process group; and the cgroup limits.
 //!
 //! A service whose buddy has a unified (v2) cgroup for it lives in a leaf of its own,
-//! `<the buddy's cgroup>/<Cgroup>/<id>`: the service joins it between fork and exec (the
-//! child writes to `cgroup.procs`, see `spawn.rs`), so a double fork and `setsid` cannot
-//! leave it. Then "the group is alive" means `populated 1` in `cgroup.events` (polled for
+//! `<the buddy's cgroup>/<Cgroup>/<id>`: the service is cloned into it (`clone3` with
+//! `CLONE_INTO_CGROUP`, `clone.rs`; on older kernels the child writes to `cgroup.procs`
+//! before exec), so a double fork and `setsid` cannot leave it. Then "the group is alive" means `populated 1` in `cgroup.events` (polled for
 //! its change, [`Contain::events`]); a signal to "the group" goes to every member, and
 //! SIGKILL is `cgroup.kill`; leftovers of a run are killed before the next one starts, so
 //! restarts never pile up copies. Without a cgroup (no cgroup2 mount, no permission,
@@ -23,8 +23,9 @@ use nix::unistd::Pid;
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek};
 use std::os::fd::{AsFd, BorrowedFd};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-use upk_core::cgroup::{self, Containment, Hierarchies};
+use upk_core::cgroup::{self, Containment, Cost, Hierarchies};
 use upk_core::config::Service;
 use upk_core::event::{EventKind, Exit};
 
@@ -58,8 +59,12 @@ impl Leaf {
 /// The service's unified cgroup.
 struct Unified {
     leaf: Leaf,
+    /// The leaf's directory, open: what `clone3` starts the service in.
+    dir: File,
     /// `cgroup.events`, read again at each look (a read also re-arms its poll event).
     events: File,
+    /// `cpu.stat`, kept open: read at each start and death, on the restart path.
+    cpu_stat: Option<File>,
     /// Our own cgroup's directory, under which the subtree is made.
     base: PathBuf,
 }
@@ -75,9 +80,12 @@ pub struct Contain {
     notes: Vec<String>,
     /// Notes not yet recorded.
     fresh: Vec<String>,
+    /// The service's cgroup path below our own (`Settings::cgroup`).
     rel: Option<String>,
     /// The cgroup's CPU time and OOM kills when the current run began.
     at_start: (u64, Option<u64>),
+    /// A memory controller counts the service (v2 in the leaf, or a v1 leaf).
+    memory: bool,
 }
 
 impl Contain {
@@ -92,6 +100,7 @@ impl Contain {
             fresh: Vec::new(),
             rel: rel.map(str::to_owned),
             at_start: (0, None),
+            memory: false,
         };
         let h = Hierarchies::of_self();
         match (rel, &h.unified) {
@@ -113,9 +122,17 @@ impl Contain {
         let leaf = Leaf::make(base.join(rel))?;
         let events = File::open(leaf.dir.join("cgroup.events"))
             .map_err(|e| format!("cannot open {}/cgroup.events: {e}", leaf.dir.display()))?;
+        let dir = OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_DIRECTORY)
+            .open(&leaf.dir)
+            .map_err(|e| format!("cannot open {}: {e}", leaf.dir.display()))?;
+        let cpu_stat = File::open(leaf.dir.join("cpu.stat")).ok();
         Ok(Unified {
             leaf,
+            dir,
             events,
+            cpu_stat,
             base: base.to_owned(),
         })
     }
@@ -134,6 +151,15 @@ impl Contain {
     }
 
     fn configure(&mut self, svc: &Service, h: &Hierarchies) {
+        self.set_limits(svc, h);
+        let v2 = self.unified.as_ref().is_some_and(|u| {
+            std::fs::read_to_string(u.leaf.dir.join("cgroup.controllers"))
+                .is_ok_and(|t| t.split_whitespace().any(|c| c == "memory"))
+        });
+        self.memory = v2 || self.v1.iter().any(|(c, _)| c == "memory");
+    }
+
+    fn set_limits(&mut self, svc: &Service, h: &Hierarchies) {
         let max = |v: Option<u64>| match v {
             None | Some(u64::MAX) => "max".to_owned(),
             Some(n) => n.to_string(),
@@ -203,8 +229,19 @@ impl Contain {
         }
     }
 
+    /// The leaf's CPU time so far, from the open `cpu.stat`.
+    fn cpu_us(&mut self) -> Option<u64> {
+        let f = self.unified.as_mut()?.cpu_stat.as_mut()?;
+        let mut text = String::new();
+        f.rewind().ok()?;
+        f.read_to_string(&mut text).ok()?;
+        cgroup::keyed(&text, "usage_usec")
+    }
+
     /// True when the unified leaf can hold `ctl`'s files: it is enabled down to the leaf,
-    /// or can be (each ancestor from our own cgroup down gets `+ctl` in its subtree_control).
+    /// or can be within our subtree (each directory between our own cgroup and the leaf gets
+    /// `+ctl` in its subtree_control). Our own cgroup is not ours to change: if it does not
+    /// pass the controller down, the leaf cannot have it.
     fn enable_unified(&self, ctl: &str) -> bool {
         let Some(u) = &self.unified else { return false };
         let has = |d: &Path| {
@@ -217,13 +254,14 @@ impl Contain {
         let Ok(rel) = u.leaf.dir.strip_prefix(&u.base) else {
             return false;
         };
+        let parts: Vec<_> = rel.components().collect();
         let mut dir = u.base.clone();
-        for part in rel.components() {
-            if !has(&dir) && dir != u.base {
+        for part in &parts[..parts.len().saturating_sub(1)] {
+            dir.push(part);
+            if !has(&dir) {
                 return false;
             }
             let _ = std::fs::write(dir.join("cgroup.subtree_control"), format!("+{ctl}"));
-            dir.push(part);
         }
         has(&u.leaf.dir)
     }
@@ -272,12 +310,17 @@ impl Contain {
         }
     }
 
-    /// The descriptors a new run writes `0` to, joining its cgroups.
+    /// The unified leaf a new run starts in: its directory (for `clone3`) and its
+    /// `cgroup.procs` (to join by, where the kernel cannot clone into a cgroup).
+    pub fn start_in(&self) -> Option<(BorrowedFd<'_>, BorrowedFd<'_>)> {
+        self.unified
+            .as_ref()
+            .map(|u| (u.dir.as_fd(), u.leaf.procs.as_fd()))
+    }
+
+    /// The v1 leaves' `cgroup.procs`, which a new run writes `0` to, joining them.
     pub fn joins(&self) -> Vec<BorrowedFd<'_>> {
-        let unified = self.unified.iter().map(|u| u.leaf.procs.as_fd());
-        unified
-            .chain(self.v1.iter().map(|(_, l)| l.procs.as_fd()))
-            .collect()
+        self.v1.iter().map(|(_, l)| l.procs.as_fd()).collect()
     }
 
     /// The unified leaf's `cgroup.events`, to poll (POLLPRI) while a stop waits for the
@@ -327,6 +370,9 @@ impl Contain {
     /// leave two copies. The new run is inside the leaf.
     pub fn clear_for_run(&mut self) -> usize {
         self.run_inside = self.unified.is_some();
+        if self.populated() != Some(true) {
+            return 0;
+        }
         let Some(u) = &self.unified else { return 0 };
         let left = cgroup::procs(&u.leaf.dir).len();
         if left > 0 {
@@ -335,33 +381,46 @@ impl Contain {
         left
     }
 
-    /// The run began: its costs count from now. The v1 memory peak is reset (v2 keeps
-    /// `memory.peak` since the leaf was made).
-    pub fn run_began(&mut self, pgid: i32) {
-        let c = self.describe();
-        if let Some(m) = &c.memory {
-            let _ = std::fs::write(m.join("memory.max_usage_in_bytes"), "0");
-        }
-        self.at_start = (c.usage(Some(pgid)).cpu_us, c.oom_kills());
+    /// The run began: its costs count from now. Only counters are read here (this is on
+    /// the restart path): the cgroup's CPU time from the open `cpu.stat` and, with a memory
+    /// controller, its OOM kills; the v1 memory peak is reset (v2 keeps `memory.peak` since
+    /// the leaf was made).
+    pub fn run_began(&mut self) {
+        let oom = if self.memory {
+            let c = self.describe();
+            if let Some(m) = &c.memory {
+                let _ = std::fs::write(m.join("memory.max_usage_in_bytes"), "0");
+            }
+            c.oom_kills()
+        } else {
+            None
+        };
+        self.at_start = (self.cpu_us().unwrap_or(0), oom);
     }
 
-    /// Fills in a death record: what the run cost, and whether the OOM killer ended it.
-    pub fn explain(&self, kind: &mut EventKind, pgid: i32) {
+    /// Fills in a death record from the cgroup's counters: what the run cost, and whether
+    /// the OOM killer ended it.
+    pub fn explain(&mut self, kind: &mut EventKind) {
         let EventKind::Died {
-            oom, usage, exit, ..
+            oom, cost, exit, ..
         } = kind
         else {
             return;
         };
-        let c = self.describe();
-        let mut u = c.usage(Some(pgid));
-        u.cpu_us = u.cpu_us.saturating_sub(self.at_start.0);
+        if !self.run_inside {
+            return;
+        }
+        let Some(cpu) = self.cpu_us() else { return };
+        let c = self.memory.then(|| self.describe());
+        *cost = Some(Cost {
+            cpu_us: cpu.saturating_sub(self.at_start.0),
+            memory_peak: c.as_ref().and_then(Containment::memory_peak),
+        });
         let killed = matches!(exit, Exit::Killed { signal: 9, .. });
         *oom = killed
-            && c.oom_kills()
+            && c.and_then(|c| c.oom_kills())
                 .zip(self.at_start.1)
                 .is_some_and(|(now, then)| now > then);
-        *usage = Some(u);
     }
 
     /// A service adopted from a predecessor: kept by the cgroup only if it is in the leaf.

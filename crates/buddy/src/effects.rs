@@ -53,7 +53,7 @@ impl Buddy {
         match self.launch_service() {
             Ok(pid) => {
                 self.adopted = None;
-                self.contain.run_began(pid);
+                self.contain.run_began();
                 self.children.add(pid, Role::Service);
                 // With the pid, the start time is what lets a successor adopt the process:
                 // out of descriptors (reading /proc takes one), the spare one is given up.
@@ -99,6 +99,7 @@ impl Buddy {
         child.stdout = self.streams[0].write_end();
         child.stderr = self.streams[1].write_end();
         child.part = Part::Service;
+        child.cgroup = self.contain.start_in();
         child.joins = self.contain.joins();
         self.launcher.start_service(&self.settings.service, &child)
     }

@@ -71,7 +71,9 @@ pub struct Child<'a> {
     pub extra: Extra<'a>,
     /// What it is to the service.
     pub part: Part,
-    /// `cgroup.procs` files it joins (the service only).
+    /// The unified cgroup it starts in, and `cgroup.procs` files it joins (the service only).
+    pub cgroup: Option<(BorrowedFd<'a>, BorrowedFd<'a>)>,
+    /// `cgroup.procs` files of v1 hierarchies it joins (the service only).
     pub joins: Vec<BorrowedFd<'a>>,
 }
 
@@ -88,6 +90,7 @@ impl<'a> Child<'a> {
             stderr: None,
             extra: Extra::default(),
             part: Part::Script,
+            cgroup: None,
             joins: Vec::new(),
         }
     }
@@ -188,6 +191,7 @@ impl Launcher {
             extra.env = env;
             setup = limits(svc);
         }
+        setup.cgroup = child.cgroup;
         setup.joins = child.joins.clone();
         let stdio = Stdio {
             stdin: child.stdin.unwrap_or(self.devnull.as_fd()),
@@ -377,6 +381,7 @@ fn limits(svc: &Service) -> Setup<'static> {
         }
     };
     Setup {
+        cgroup: None,
         joins: Vec::new(),
         rlimits: svc
             .rlimits()
@@ -477,6 +482,32 @@ mod tests {
         assert!(
             ["dash", "bash", "sh", "busybox", "sleep"].contains(&name),
             "{shell:?}"
+        );
+    }
+
+    #[test]
+    fn environment_files_read_as_systemd_and_shells_write_them() {
+        let text = "# comment\n\nA=1\nexport B = two words \nC=\"quoted # kept\"\nD='x'\nE=\n";
+        let pairs = parse_env(text).expect("parses");
+        let want = [
+            ("A", "1"),
+            ("B", "two words"),
+            ("C", "quoted # kept"),
+            ("D", "x"),
+            ("E", ""),
+        ];
+        let want: Vec<(String, String)> = want
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        assert_eq!(pairs, want);
+        assert_eq!(
+            parse_env("ok=1\nnot a pair\n"),
+            Err((2, "expected KEY=VALUE"))
+        );
+        assert_eq!(
+            parse_env("1X=2\n"),
+            Err((1, "the name must be letters, digits and _"))
         );
     }
 

@@ -36,6 +36,7 @@
 
 pub mod buddy;
 pub mod children;
+pub mod clone;
 pub mod conn;
 pub mod contain;
 pub mod effects;

@@ -846,7 +846,7 @@ impl Machine {
                     exit,
                     uptime: uptime.as_secs_f64(),
                     oom: false,
-                    usage: None,
+                    cost: None,
                 };
                 // The record's `to` is fixed below by the policy; note it as a death first.
                 self.note(Some(pid), "exit", kind, out);
@@ -871,7 +871,7 @@ impl Machine {
                         exit,
                         uptime,
                         oom: false,
-                        usage: None,
+                        cost: None,
                     },
                     out,
                 );

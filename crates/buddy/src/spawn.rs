@@ -156,8 +156,12 @@ pub struct Extra<'a> {
 /// What a child does to itself between fork and exec, beyond its credentials: join its
 /// cgroups, set its limits and priorities. Everything is prepared here, before the fork, so
 /// the child only makes system calls.
-#[derive(Default)]
+#[derive(Default, Clone)]
 pub struct Setup<'a> {
+    /// The unified cgroup to start the child in: its directory (for `clone3`'s
+    /// `CLONE_INTO_CGROUP`) and its `cgroup.procs` (to join after a fork where the kernel
+    /// has no `clone3`).
+    pub cgroup: Option<(BorrowedFd<'a>, BorrowedFd<'a>)>,
     /// `cgroup.procs` files the child writes `0` to (joining before it can fork).
     pub joins: Vec<BorrowedFd<'a>>,
     /// `setrlimit` calls.
@@ -177,7 +181,8 @@ pub struct Setup<'a> {
 impl Setup<'_> {
     /// Nothing to do: the posix_spawn path can start the child.
     pub fn is_empty(&self) -> bool {
-        self.joins.is_empty()
+        self.cgroup.is_none()
+            && self.joins.is_empty()
             && self.rlimits.is_empty()
             && self.nice.is_none()
             && self.ioprio.is_none()
@@ -188,7 +193,7 @@ impl Setup<'_> {
 }
 
 /// `-1` from a libc call as an error.
-fn ok(rc: libc::c_int) -> io::Result<()> {
+pub(crate) fn ok(rc: libc::c_int) -> io::Result<()> {
     if rc < 0 {
         Err(io::Error::last_os_error())
     } else {
@@ -198,7 +203,7 @@ fn ok(rc: libc::c_int) -> io::Result<()> {
 
 /// Applies `setup` in the child (between fork and exec: system calls only, no allocation).
 /// `oom` is `oom_score_adj`'s value as text, made before the fork.
-fn apply(
+pub(crate) fn apply(
     joins: &[i32],
     rlimits: &[(i32, libc::rlimit)],
     setup: (Option<i32>, Option<i32>, Option<u32>),
@@ -264,6 +269,18 @@ pub fn spawn(
     extra: &Extra<'_>,
     setup: &Setup<'_>,
 ) -> io::Result<i32> {
+    if let Some((dir, procs)) = setup.cgroup {
+        match crate::clone::spawn_into(dir, program, args, cwd, creds, stdio, extra, setup) {
+            Err(e) if crate::clone::unsupported(&e) => {
+                // No clone3 into a cgroup here: fork, and the child joins by `cgroup.procs`.
+                let mut joined = setup.clone();
+                joined.cgroup = None;
+                joined.joins.insert(0, procs);
+                return spawn(program, args, cwd, creds, stdio, extra, &joined);
+            }
+            started => return started,
+        }
+    }
     if creds.uid.is_none() && creds.gid.is_none() && setup.is_empty() {
         return posix_spawn(program, args, cwd, stdio, extra);
     }
@@ -345,6 +362,30 @@ extern "C" {
     static environ: *const *mut libc::c_char;
 }
 
+/// The process environment with `over` set over it, as `KEY=VALUE` strings for `execve`.
+pub(crate) fn environment(over: &[(String, String)]) -> io::Result<Vec<std::ffi::CString>> {
+    use std::os::unix::ffi::{OsStrExt, OsStringExt};
+    let cstr = |b: Vec<u8>| {
+        std::ffi::CString::new(b).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))
+    };
+    let mut out = Vec::new();
+    for (k, v) in std::env::vars_os() {
+        if !over.iter().any(|(e, _)| std::ffi::OsStr::new(e) == k) {
+            let mut kv = k.into_vec();
+            kv.push(b'=');
+            kv.extend(v.as_bytes());
+            out.push(cstr(kv)?);
+        }
+    }
+    // A later pair wins over an earlier one of the same name, as with `Command::env`.
+    for (i, (k, v)) in over.iter().enumerate() {
+        if !over[i + 1..].iter().any(|(later, _)| later == k) {
+            out.push(cstr(format!("{k}={v}").into_bytes())?);
+        }
+    }
+    Ok(out)
+}
+
 /// Turns a posix_spawn* return value (an error number, not -1/errno) into a `Result`.
 fn check(rc: libc::c_int) -> io::Result<()> {
     match rc {
@@ -365,7 +406,7 @@ fn posix_spawn(
     use std::ffi::CString;
     use std::mem::MaybeUninit;
     use std::os::fd::AsRawFd;
-    use std::os::unix::ffi::{OsStrExt, OsStringExt};
+    use std::os::unix::ffi::OsStrExt;
     let cstr = |b: &[u8]| CString::new(b).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput));
     let prog = cstr(program.as_os_str().as_bytes())?;
     let dir = cstr(cwd.as_os_str().as_bytes())?;
@@ -379,20 +420,11 @@ fn posix_spawn(
     let mut argv: Vec<*mut libc::c_char> = owned.iter().map(|a| a.as_ptr().cast_mut()).collect();
     argv.push(std::ptr::null_mut());
     // The inherited environment as is, unless there is something to add.
-    let mut env_owned = Vec::new();
-    if !extra.env.is_empty() {
-        for (k, v) in std::env::vars_os() {
-            if !extra.env.iter().any(|(e, _)| std::ffi::OsStr::new(e) == k) {
-                let mut kv = k.into_vec();
-                kv.push(b'=');
-                kv.extend(v.as_bytes());
-                env_owned.push(cstr(&kv)?);
-            }
-        }
-        for (k, v) in &extra.env {
-            env_owned.push(cstr(format!("{k}={v}").as_bytes())?);
-        }
-    }
+    let env_owned = if extra.env.is_empty() {
+        Vec::new()
+    } else {
+        environment(&extra.env)?
+    };
     let mut envp: Vec<*mut libc::c_char> =
         env_owned.iter().map(|a| a.as_ptr().cast_mut()).collect();
     envp.push(std::ptr::null_mut());

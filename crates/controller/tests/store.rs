@@ -178,7 +178,7 @@ fn a_lost_record_is_stored_with_its_count_and_read_back_whole() {
             },
             uptime: 1.5,
             oom: false,
-            usage: None,
+            cost: None,
         },
     );
     store
@@ -418,7 +418,7 @@ fn history_filters_by_service_time_kind_and_cursor() {
                 exit: Exit::Exited { code: 1 },
                 uptime: 30.0,
                 oom: false,
-                usage: None,
+                cost: None,
             },
         ));
     }
@@ -498,7 +498,7 @@ fn crash_loop() -> Vec<Record> {
                 exit: Exit::Exited { code: 2 },
                 uptime: 60.0,
                 oom: false,
-                usage: None,
+                cost: None,
             },
         ));
         v.push(rec(
@@ -900,7 +900,7 @@ fn measure_insert_rate() {
                         exit: Exit::Exited { code: 1 },
                         uptime: 0.1,
                         oom: false,
-                        usage: None,
+                        cost: None,
                     },
                 )
             })

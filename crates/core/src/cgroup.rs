@@ -242,6 +242,17 @@ pub struct Usage {
     pub tasks: u32,
 }
 
+/// What one run cost, recorded with its death (a cgroup's counters only: they outlive the
+/// processes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Cost {
+    /// CPU time of the run, microseconds (every process of it, the dead included).
+    pub cpu_us: u64,
+    /// The highest memory use the kernel saw during the run (a memory controller only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_peak: Option<u64>,
+}
+
 impl Usage {
     /// CPU time as people read it: `0.42s`, `3m12s`, `5h07m`.
     pub fn cpu_text(&self) -> String {
@@ -346,6 +357,19 @@ impl Containment {
             memory_peak,
             tasks: u32::try_from(members.len()).unwrap_or(u32::MAX),
         }
+    }
+
+    /// The cgroup's CPU time so far (`cpu.stat` `usage_usec`); `None` without a cgroup.
+    pub fn cpu_us(&self) -> Option<u64> {
+        let text = std::fs::read_to_string(self.cgroup.as_deref()?.join("cpu.stat")).ok()?;
+        keyed(&text, "usage_usec")
+    }
+
+    /// The memory controller's peak (v2 `memory.peak`, v1 `memory.max_usage_in_bytes`).
+    pub fn memory_peak(&self) -> Option<u64> {
+        let read = |d: &Path, f: &str| number(&std::fs::read_to_string(d.join(f)).ok()?);
+        let v2 = self.cgroup.as_deref().and_then(|d| read(d, "memory.peak"));
+        v2.or_else(|| read(self.memory.as_deref()?, "memory.max_usage_in_bytes"))
     }
 
     /// OOM kills counted by the service's memory controller (v2 `memory.events`, v1

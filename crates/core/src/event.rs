@@ -129,10 +129,10 @@ pub enum EventKind {
         /// The service's memory controller counted an OOM kill during this run.
         #[serde(default, skip_serializing_if = "is_false")]
         oom: bool,
-        /// What the run cost, read as it ended (CPU over the run, memory peak where the
-        /// kernel keeps one).
+        /// What the run cost, read from its cgroup as it ended (CPU over the run, memory peak
+        /// where the kernel keeps one); absent without a cgroup.
         #[serde(default, skip_serializing_if = "Option::is_none")]
-        usage: Option<crate::cgroup::Usage>,
+        cost: Option<crate::cgroup::Cost>,
     },
     /// A stop began.
     Stopping,
@@ -397,7 +397,7 @@ mod tests {
                 },
                 uptime: 0.5,
                 oom: false,
-                usage: None,
+                cost: None,
             },
         };
         let text = serde_json::to_string(&r).expect("serialise");

@@ -241,7 +241,7 @@ mod tests {
             exit: Exit::Exited { code: 1 },
             uptime: 0.5,
             oom: false,
-            usage: None,
+            cost: None,
         });
         assert_eq!(kind_of(&died), "died");
         assert_eq!(kind_of(&row(EventKind::BuddyExiting)), "buddy_exiting");

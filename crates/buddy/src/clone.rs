@@ -1,0 +1,253 @@
+//! Starting the service straight into its cgroup: `clone3` with `CLONE_INTO_CGROUP`.
+//!
+//! A process that joins a cgroup by writing to `cgroup.procs` is migrated, and migration takes
+//! the kernel's cgroup-wide thread-group lock for writing: an RCU grace period, measured here
+//! at about 8 ms a restart (docs/benchmarks.md). A process cloned into its cgroup is never
+//! migrated; it begins there. Neither glibc's nor musl's spawn functions can ask for that,
+//! so this module makes the `clone3` call itself, fork-style (the child gets a copy of the
+//! buddy's small address space), and the child does what `spawn.rs`'s `Command` path does
+//! between fork and exec: an empty signal mask and default dispositions, its own session,
+//! the limits, its standard descriptors and the extra one, the working directory, the
+//! credentials (checked), `no_new_privs`, and `execve`. Everything it needs (argv, envp,
+//! paths, descriptors) is made before the clone, so the child only makes system calls; an
+//! exec failure comes back as its errno through a close-on-exec pipe, as std's does.
+//!
+//! Kernels before 5.7 do not know `CLONE_INTO_CGROUP` (and before 5.3 not `clone3`):
+//! [`unsupported`] says so, and `spawn.rs` falls back to a fork that joins by `cgroup.procs`.
+
+use crate::spawn::{apply, environment, ok, Creds, Extra, Setup, Stdio};
+use std::ffi::CString;
+use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// `clone3`'s argument (`struct clone_args`, up to `cgroup`: the kernel 5.7 layout).
+#[repr(C)]
+#[derive(Default)]
+struct CloneArgs {
+    flags: u64,
+    pidfd: u64,
+    child_tid: u64,
+    parent_tid: u64,
+    exit_signal: u64,
+    stack: u64,
+    stack_size: u64,
+    tls: u64,
+    set_tid: u64,
+    set_tid_size: u64,
+    cgroup: u64,
+}
+
+/// `CLONE_INTO_CGROUP` from `linux/sched.h` (not in every libc crate target).
+const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
+
+/// Set once the kernel has said it cannot clone into a cgroup: later spawns go straight to
+/// the fallback.
+static UNSUPPORTED: AtomicBool = AtomicBool::new(false);
+
+/// True when `e` means "this kernel cannot clone into a cgroup", not "this start failed".
+pub fn unsupported(e: &io::Error) -> bool {
+    UNSUPPORTED.load(Ordering::Relaxed)
+        && matches!(
+            e.raw_os_error(),
+            Some(libc::ENOSYS | libc::E2BIG | libc::EINVAL)
+        )
+}
+
+/// Starts `program args...` in the cgroup whose directory is `cgroup`, as `spawn::spawn`
+/// would; returns its pid.
+#[allow(clippy::too_many_arguments)]
+pub fn spawn_into(
+    cgroup: BorrowedFd<'_>,
+    program: &Path,
+    args: &[String],
+    cwd: &Path,
+    creds: &Creds,
+    stdio: Stdio<'_>,
+    extra: &Extra<'_>,
+    setup: &Setup<'_>,
+) -> io::Result<i32> {
+    if UNSUPPORTED.load(Ordering::Relaxed) {
+        return Err(io::Error::from_raw_os_error(libc::ENOSYS));
+    }
+    let cstr = |b: &[u8]| CString::new(b).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput));
+    let prog = cstr(program.as_os_str().as_bytes())?;
+    let dir = cstr(cwd.as_os_str().as_bytes())?;
+    let mut owned = vec![match &extra.argv0 {
+        Some(a) => cstr(a.as_bytes())?,
+        None => prog.clone(),
+    }];
+    for a in args {
+        owned.push(cstr(a.as_bytes())?);
+    }
+    let mut argv: Vec<*const libc::c_char> = owned.iter().map(|a| a.as_ptr()).collect();
+    argv.push(std::ptr::null());
+    let over: Vec<(String, String)> = creds.env.iter().chain(&extra.env).cloned().collect();
+    let env_owned = environment(&over)?;
+    let mut envp: Vec<*const libc::c_char> = env_owned.iter().map(|a| a.as_ptr()).collect();
+    envp.push(std::ptr::null());
+    let fds = [
+        stdio.stdin.as_raw_fd(),
+        stdio.stdout.as_raw_fd(),
+        stdio.stderr.as_raw_fd(),
+    ];
+    let extra_fd = extra.fd.map(|(fd, n)| (fd.as_raw_fd(), n));
+    let joins: Vec<i32> = setup.joins.iter().map(AsRawFd::as_raw_fd).collect();
+    let oom = setup.oom_score_adj.map(|n| n.to_string().into_bytes());
+    let attrs = (setup.nice, setup.ioprio, setup.umask);
+    let ids = creds.uid.zip(creds.gid);
+    let groups: Vec<libc::gid_t> = creds.groups.iter().map(|g| g.as_raw()).collect();
+
+    let mut pipe = [0; 2];
+    // SAFETY: pipe2 writes two descriptors into the array we own.
+    ok(unsafe { libc::pipe2(pipe.as_mut_ptr(), libc::O_CLOEXEC) })?;
+    let [from_child, to_parent] = pipe;
+    let mut cl = CloneArgs {
+        flags: CLONE_INTO_CGROUP,
+        exit_signal: libc::SIGCHLD as u64,
+        cgroup: cgroup.as_raw_fd() as u64,
+        ..CloneArgs::default()
+    };
+    // SAFETY: clone3 reads the struct we own, of the size we pass. Without CLONE_VM the
+    // child has its own copy of our memory, like after fork; the buddy has one thread.
+    let pid = unsafe {
+        libc::syscall(
+            libc::SYS_clone3,
+            &mut cl as *mut CloneArgs,
+            std::mem::size_of::<CloneArgs>(),
+        )
+    };
+    if pid == 0 {
+        // The child: system calls only, then execve or _exit.
+        let err = child(
+            &fds,
+            extra_fd,
+            &joins,
+            &setup.rlimits,
+            attrs,
+            oom.as_deref(),
+            &dir,
+            ids,
+            &groups,
+            setup.no_new_privs,
+            &prog,
+            &argv,
+            &envp,
+        );
+        let code = err.raw_os_error().unwrap_or(libc::EIO);
+        // SAFETY: write and _exit are async-signal-safe; the buffer is ours.
+        unsafe {
+            libc::write(to_parent, (&code as *const i32).cast(), 4);
+            libc::_exit(127);
+        }
+    }
+    // SAFETY: the write end is ours, and only the child needs it.
+    unsafe { libc::close(to_parent) };
+    if pid < 0 {
+        let e = io::Error::last_os_error();
+        // SAFETY: the read end is ours.
+        unsafe { libc::close(from_child) };
+        if matches!(
+            e.raw_os_error(),
+            Some(libc::ENOSYS | libc::E2BIG | libc::EINVAL)
+        ) {
+            UNSUPPORTED.store(true, Ordering::Relaxed);
+        }
+        return Err(e);
+    }
+    let pid = pid as i32;
+    let mut code = [0u8; 4];
+    let got = loop {
+        // SAFETY: read into the buffer we own from the descriptor we own.
+        let n = unsafe { libc::read(from_child, code.as_mut_ptr().cast(), 4) };
+        if n >= 0 || io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
+            break n;
+        }
+    };
+    // SAFETY: the read end is ours.
+    unsafe { libc::close(from_child) };
+    if got == 4 {
+        // It never exec'd: reap it here, and say why.
+        let mut status = 0;
+        // SAFETY: waitpid on our own child.
+        unsafe { libc::waitpid(pid, &mut status, 0) };
+        return Err(io::Error::from_raw_os_error(i32::from_ne_bytes(code)));
+    }
+    Ok(pid)
+}
+
+/// What the cloned child does before exec; returns only on failure.
+#[allow(clippy::too_many_arguments)]
+fn child(
+    fds: &[i32; 3],
+    extra_fd: Option<(i32, i32)>,
+    joins: &[i32],
+    rlimits: &[(i32, libc::rlimit)],
+    attrs: (Option<i32>, Option<i32>, Option<u32>),
+    oom: Option<&[u8]>,
+    dir: &CString,
+    ids: Option<(nix::unistd::Uid, nix::unistd::Gid)>,
+    groups: &[libc::gid_t],
+    no_new_privs: bool,
+    prog: &CString,
+    argv: &[*const libc::c_char],
+    envp: &[*const libc::c_char],
+) -> io::Error {
+    let run = || -> io::Result<()> {
+        // SAFETY: every call below is an async-signal-safe system call on values prepared
+        // before the clone; nothing allocates.
+        unsafe {
+            let mut empty: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut empty);
+            ok(libc::sigprocmask(
+                libc::SIG_SETMASK,
+                &empty,
+                std::ptr::null_mut(),
+            ))?;
+            // SIGPIPE is ignored by the Rust runtime, and the child must not inherit that.
+            for sig in 1..32 {
+                if sig != libc::SIGKILL && sig != libc::SIGSTOP {
+                    libc::signal(sig, libc::SIG_DFL);
+                }
+            }
+            ok(libc::setsid())?;
+            apply(joins, rlimits, attrs, oom)?;
+            for (target, &fd) in fds.iter().enumerate() {
+                ok(libc::dup2(fd, target as i32))?;
+            }
+            if let Some((fd, n)) = extra_fd {
+                if fd == n {
+                    // dup2 onto itself would keep FD_CLOEXEC.
+                    ok(libc::fcntl(fd, libc::F_SETFD, 0))?;
+                } else {
+                    ok(libc::dup2(fd, n))?;
+                }
+            }
+            ok(libc::chdir(dir.as_ptr()))?;
+            if let Some((uid, gid)) = ids {
+                ok(libc::setgroups(groups.len() as _, groups.as_ptr()))?;
+                ok(libc::setgid(gid.as_raw()))?;
+                ok(libc::setuid(uid.as_raw()))?;
+                let same = libc::getuid() == uid.as_raw()
+                    && libc::geteuid() == uid.as_raw()
+                    && libc::getgid() == gid.as_raw()
+                    && libc::getegid() == gid.as_raw()
+                    && (uid.is_root() || libc::setuid(0) != 0);
+                if !same {
+                    return Err(io::Error::from_raw_os_error(libc::EPERM));
+                }
+            }
+            if no_new_privs {
+                ok(libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0))?;
+            }
+            libc::execve(prog.as_ptr(), argv.as_ptr(), envp.as_ptr());
+        }
+        Err(io::Error::last_os_error())
+    };
+    match run() {
+        Ok(()) => io::Error::from_raw_os_error(libc::EIO),
+        Err(e) => e,
+    }
+}
