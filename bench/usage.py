@@ -6,12 +6,13 @@ Run by hand as root (python3 standard library only), with a release build:
     python3 bench/usage.py --bin target/x86_64-unknown-linux-musl/release [--services 1000]
 
 One controller (`upkeeper run`) with N services (`sleep`), first with `Cgroup` on (each in its
-own cgroup: usage from cpu.stat, cgroup.procs and the members' statm) and then with
-`Cgroup: false` (the main process's own /proc). For each, once every service runs:
+own cgroup: usage from cpu.stat, cgroup.procs and the members' statm), then with `Cgroup:
+false` (the main process's own /proc), then with the N services stopped (no usage to read: the
+difference to the first is what reading the usage costs). For each, once all are settled:
 
-* a `status` of all N services, R times: the controller's CPU time per answer (utime+stime of
-  the controller process, from /proc), its wall time at the client, and the answer's size; the
-  share of one core this costs at uptop's refresh (every 2 s) is the CPU time / 2 s;
+* a `status` of all N services, R times: the controller's CPU time per answer (its time on a
+  CPU, /proc/PID/schedstat), its wall time at the client, and the answer's size; the share of
+  one core this costs at a refresh every 2 s is the CPU time / 2 s;
 * the buddies' and the controller's CPU over --idle seconds with nobody asking: nothing
   samples on a timer, so an idle fleet costs nothing.
 
@@ -73,6 +74,15 @@ def ticks(pid):
     return st[2] if st else 0
 
 
+def cpu_ns(pid):
+    """Time on a CPU, ns (/proc/PID/schedstat's first field: finer than clock ticks)."""
+    try:
+        with open("/proc/%d/schedstat" % pid) as f:
+            return int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
 def descendants(pid):
     kids = {}
     for d in os.listdir("/proc"):
@@ -89,8 +99,8 @@ def descendants(pid):
     return out
 
 
-def run_one(args, root, cgroup):
-    label = "cgroup" if cgroup else "no-cgroup"
+def run_one(args, root, cgroup, running=True):
+    label = ("cgroup" if cgroup else "no-cgroup") + ("" if running else "-stopped")
     base = root / label
     conf, run, state = base / "conf", base / "run", base / "state"
     for d in (conf, run, state):
@@ -100,7 +110,7 @@ def run_one(args, root, cgroup):
         keys["Cgroup"] = False
     (base / "upkeeper.conf").write_text(json.dumps(keys) + "\n")
     names = ["u%04d" % i for i in range(args.services)]
-    entry = {"ExecStart": "sleep 100000", "InitialState": "running"}
+    entry = {"ExecStart": "sleep 100000", "InitialState": "running" if running else "stopped"}
     (conf / "bench.conf").write_text(json.dumps({n: entry for n in names}) + "\n")
     log = open(root / ("%s.log" % label), "ab")
     ctl = subprocess.Popen([str(args.bin / "upkeeper"), "--config", str(base / "upkeeper.conf"),
@@ -117,7 +127,8 @@ def run_one(args, root, cgroup):
             try:
                 lines, _, _ = call(sock, {"type": "status", "services": []})
                 svcs = [s for m in lines for s in m.get("services", [])]
-                up = sum(1 for s in svcs if (s.get("status") or {}).get("state") == "running")
+                want = "running" if running else "stopped"
+                up = sum(1 for s in svcs if (s.get("status") or {}).get("state") == want)
                 if up == args.services:
                     break
             except (OSError, BenchError, ValueError):
@@ -126,18 +137,18 @@ def run_one(args, root, cgroup):
         time.sleep(args.settle)
         sample = svcs[0]
         contained = bool(((sample.get("status") or {}).get("containment") or {}).get("cgroup"))
-        if contained != cgroup:
+        if running and contained != cgroup:
             raise BenchError("%s: the services are %scontained" % (label, "" if contained else "not "))
         cpu_ms, wall_ms, sizes = [], [], []
         for _ in range(args.rounds):
-            before = ticks(ctl.pid)
+            before = cpu_ns(ctl.pid)
             lines, size, secs = call(sock, {"type": "status", "services": []})
-            after = ticks(ctl.pid)
+            after = cpu_ns(ctl.pid)
             if sum(len(m.get("services", [])) for m in lines) != args.services:
                 raise BenchError("%s: a short answer" % label)
-            if any("usage" not in s for m in lines for s in m["services"]):
-                raise BenchError("%s: a running service without usage" % label)
-            cpu_ms.append((after - before) * 1000.0 / HZ)
+            if any(("usage" in s) != running for m in lines for s in m["services"]):
+                raise BenchError("%s: usage where it should not be, or none" % label)
+            cpu_ms.append((after - before) / 1e6)
             wall_ms.append(secs * 1000.0)
             sizes.append(size)
         buddies = []
@@ -219,7 +230,8 @@ def main():
     root = Path(tempfile.mkdtemp(prefix="upk-usage-"))
     os.chmod(root, 0o755)
     try:
-        runs = {"cgroup": run_one(args, root, True), "no-cgroup": run_one(args, root, False)}
+        runs = {"cgroup": run_one(args, root, True), "no-cgroup": run_one(args, root, False),
+                "stopped (no usage read)": run_one(args, root, True, running=False)}
     finally:
         shutil.rmtree(root, ignore_errors=True)
     res = {"facts": dict(host_facts([]), upkeeper=file_facts(args.bin / "upkeeper"),

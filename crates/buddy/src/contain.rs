@@ -305,7 +305,14 @@ impl Contain {
                 .v1
                 .iter()
                 .find(|(c, _)| c == "memory")
-                .map(|(_, l)| l.dir.clone()),
+                .map(|(_, l)| l.dir.clone())
+                .or_else(|| {
+                    let u = self
+                        .unified
+                        .as_ref()
+                        .filter(|_| self.run_inside && self.memory)?;
+                    Some(u.leaf.dir.clone())
+                }),
             notes: self.notes.clone(),
         }
     }
@@ -388,8 +395,8 @@ impl Contain {
     pub fn run_began(&mut self) {
         let oom = if self.memory {
             let c = self.describe();
-            if let Some(m) = &c.memory {
-                let _ = std::fs::write(m.join("memory.max_usage_in_bytes"), "0");
+            if let Some((_, m)) = self.v1.iter().find(|(c, _)| c == "memory") {
+                let _ = std::fs::write(m.dir.join("memory.max_usage_in_bytes"), "0");
             }
             c.oom_kills()
         } else {

@@ -292,7 +292,8 @@ pub struct Containment {
     /// The unified cgroup holding the service's current run; `None`: its process group.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cgroup: Option<PathBuf>,
-    /// The v1 cgroup of the memory controller, when a limit put the service in one.
+    /// The cgroup a memory controller counts the service in: `cgroup` itself where the
+    /// unified hierarchy has the controller, or a v1 leaf a limit put it in; `None`: none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub memory: Option<PathBuf>,
     /// Why there is no cgroup, and each limit that is not enforced: one sentence each.
@@ -325,20 +326,12 @@ impl Containment {
             .as_deref()
             .and_then(|d| keyed(&read(d, "cpu.stat")?, "usage_usec"))
             .unwrap_or_else(ticks);
-        let kernel = |d: &Path, now: &str, peak: &str| {
+        let counted = self.memory_files().and_then(|(d, [now, peak, _])| {
             Some((
                 number(&read(d, now)?)?,
                 read(d, peak).and_then(|t| number(&t)),
             ))
-        };
-        let counted = self
-            .cgroup
-            .as_deref()
-            .and_then(|d| kernel(d, "memory.current", "memory.peak"))
-            .or_else(|| {
-                let d = self.memory.as_deref()?;
-                kernel(d, "memory.usage_in_bytes", "memory.max_usage_in_bytes")
-            });
+        });
         let (memory, memory_peak) = counted.unwrap_or_else(|| {
             // SAFETY: sysconf reads a constant.
             let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(1) as u64;
@@ -365,27 +358,35 @@ impl Containment {
         keyed(&text, "usage_usec")
     }
 
+    /// The memory controller's directory and the names of its files there: in use, peak,
+    /// and the file counting OOM kills (v2 or v1 names).
+    fn memory_files(&self) -> Option<(&Path, [&'static str; 3])> {
+        let d = self.memory.as_deref()?;
+        Some(if self.cgroup.as_deref() == Some(d) {
+            (d, ["memory.current", "memory.peak", "memory.events"])
+        } else {
+            (
+                d,
+                [
+                    "memory.usage_in_bytes",
+                    "memory.max_usage_in_bytes",
+                    "memory.oom_control",
+                ],
+            )
+        })
+    }
+
     /// The memory controller's peak (v2 `memory.peak`, v1 `memory.max_usage_in_bytes`).
     pub fn memory_peak(&self) -> Option<u64> {
-        let read = |d: &Path, f: &str| number(&std::fs::read_to_string(d.join(f)).ok()?);
-        let v2 = self.cgroup.as_deref().and_then(|d| read(d, "memory.peak"));
-        v2.or_else(|| read(self.memory.as_deref()?, "memory.max_usage_in_bytes"))
+        let (d, [_, peak, _]) = self.memory_files()?;
+        number(&std::fs::read_to_string(d.join(peak)).ok()?)
     }
 
     /// OOM kills counted by the service's memory controller (v2 `memory.events`, v1
     /// `memory.oom_control`); `None` without one.
     pub fn oom_kills(&self) -> Option<u64> {
-        let read = |d: &Path, f: &str| std::fs::read_to_string(d.join(f)).ok();
-        let v2 = self
-            .cgroup
-            .as_deref()
-            .and_then(|d| keyed(&read(d, "memory.events")?, "oom_kill"));
-        v2.or_else(|| {
-            keyed(
-                &read(self.memory.as_deref()?, "memory.oom_control")?,
-                "oom_kill",
-            )
-        })
+        let (d, [_, _, events]) = self.memory_files()?;
+        keyed(&std::fs::read_to_string(d.join(events)).ok()?, "oom_kill")
     }
 }
 

@@ -4,8 +4,9 @@
 //! A session is two libupkeeper connections. The first subscribes to every service's events;
 //! a reader thread owns it and forwards each event to the view as it arrives (nothing polls).
 //! The second asks: the snapshot when a session starts, the service list again after events
-//! (a burst of events is one `list`) and every two seconds (the services' CPU and memory), and
-//! a service's history and statistics for the detail pane. Commands get a connection and a thread each, because a control request is answered
+//! (a burst of events is one `list`) and every two seconds (the services' CPU and memory; a
+//! large fleet's less often, so that it costs the controller at most about 1%), and a
+//! service's history and statistics for the detail pane. Commands get a connection and a thread each, because a control request is answered
 //! only when the buddy has carried it out, and the view must not wait for that.
 //!
 //! When the subscription ends, the session is over: the view hears `Unreachable`, and the
@@ -24,6 +25,9 @@ const MIN_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
 /// How often the service list (with each service's usage) is asked for when no event comes.
 const USAGE_REFRESH: Duration = Duration::from_secs(2);
+/// The refresh waits at least this many times as long as the last `list` took (1,000
+/// services: about 40 ms, so every 4 s; docs/benchmarks.md).
+const REFRESH_SHARE: u32 = 100;
 /// Bounds every query, so a controller that hangs is noticed.
 const QUERY_TIMEOUT: Duration = Duration::from_secs(10);
 /// Bounds a command: a stop may take the service's KillTimeout.
@@ -141,10 +145,14 @@ impl Connection {
     /// Answers requests until the subscription ends (its cursor and why) or the view is
     /// gone (`None`).
     fn serve(&self, mut query: Client, requests: &Receiver<Request>) -> Option<(i64, String)> {
+        // How long the last `list` took: the refresh without events waits at least
+        // REFRESH_SHARE times that, so that it never costs the controller more than about 1%.
+        let mut took = Duration::ZERO;
         loop {
-            // Without events the list is still asked for every USAGE_REFRESH, for the
-            // services' CPU and memory.
-            let first = match requests.recv_timeout(USAGE_REFRESH) {
+            // Without events the list is still asked for every USAGE_REFRESH (or longer for
+            // a large fleet), for the services' CPU and memory.
+            let every = USAGE_REFRESH.max(took.saturating_mul(REFRESH_SHARE));
+            let first = match requests.recv_timeout(every) {
                 Ok(r) => r,
                 Err(RecvTimeoutError::Timeout) => Request::Refresh,
                 Err(RecvTimeoutError::Disconnected) => return None,
@@ -160,7 +168,10 @@ impl Connection {
                 }
             }
             if refresh {
-                match query.list() {
+                let asked = std::time::Instant::now();
+                let answer = query.list();
+                took = asked.elapsed();
+                match answer {
                     Ok(services) => self.tell(Update::Services(services)),
                     Err(e) => self.tell(Update::Failed(format!("list: {e}"))),
                 }
