@@ -15,11 +15,10 @@
 //! Kernels before 5.7 do not know `CLONE_INTO_CGROUP` (and before 5.3 not `clone3`):
 //! [`unsupported`] says so, and `spawn.rs` falls back to a fork that joins by `cgroup.procs`.
 
-use crate::spawn::{apply, environment, ok, Creds, Extra, Setup, Stdio};
+use crate::spawn::{apply, environment, ok, Creds, Exec, Extra, Setup, Stdio};
 use std::ffi::CString;
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd};
-use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -72,16 +71,7 @@ pub fn spawn_into(
     if UNSUPPORTED.load(Ordering::Relaxed) {
         return Err(io::Error::from_raw_os_error(libc::ENOSYS));
     }
-    let cstr = |b: &[u8]| CString::new(b).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput));
-    let prog = cstr(program.as_os_str().as_bytes())?;
-    let dir = cstr(cwd.as_os_str().as_bytes())?;
-    let mut owned = vec![match &extra.argv0 {
-        Some(a) => cstr(a.as_bytes())?,
-        None => prog.clone(),
-    }];
-    for a in args {
-        owned.push(cstr(a.as_bytes())?);
-    }
+    let Exec { prog, dir, owned } = Exec::new(program, args, cwd, extra)?;
     let mut argv: Vec<*const libc::c_char> = owned.iter().map(|a| a.as_ptr()).collect();
     argv.push(std::ptr::null());
     let over: Vec<(String, String)> = creds.env.iter().chain(&extra.env).cloned().collect();

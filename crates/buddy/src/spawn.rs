@@ -362,6 +362,40 @@ extern "C" {
     static environ: *const *mut libc::c_char;
 }
 
+/// What `execve` and `chdir` take, as C strings: the program, the working directory, argv.
+pub(crate) struct Exec {
+    /// The program's path.
+    pub prog: std::ffi::CString,
+    /// The working directory.
+    pub dir: std::ffi::CString,
+    /// argv, argv\[0\] first (the program's path unless `Extra::argv0` says otherwise).
+    pub owned: Vec<std::ffi::CString>,
+}
+
+impl Exec {
+    pub(crate) fn new(
+        program: &Path,
+        args: &[String],
+        cwd: &Path,
+        extra: &Extra<'_>,
+    ) -> io::Result<Exec> {
+        use std::os::unix::ffi::OsStrExt;
+        let cstr = |b: &[u8]| {
+            std::ffi::CString::new(b).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))
+        };
+        let prog = cstr(program.as_os_str().as_bytes())?;
+        let dir = cstr(cwd.as_os_str().as_bytes())?;
+        let mut owned = vec![match &extra.argv0 {
+            Some(a) => cstr(a.as_bytes())?,
+            None => prog.clone(),
+        }];
+        for a in args {
+            owned.push(cstr(a.as_bytes())?);
+        }
+        Ok(Exec { prog, dir, owned })
+    }
+}
+
 /// The process environment with `over` set over it, as `KEY=VALUE` strings for `execve`.
 pub(crate) fn environment(over: &[(String, String)]) -> io::Result<Vec<std::ffi::CString>> {
     use std::os::unix::ffi::{OsStrExt, OsStringExt};
@@ -403,20 +437,9 @@ fn posix_spawn(
     stdio: Stdio<'_>,
     extra: &Extra<'_>,
 ) -> io::Result<i32> {
-    use std::ffi::CString;
     use std::mem::MaybeUninit;
     use std::os::fd::AsRawFd;
-    use std::os::unix::ffi::OsStrExt;
-    let cstr = |b: &[u8]| CString::new(b).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput));
-    let prog = cstr(program.as_os_str().as_bytes())?;
-    let dir = cstr(cwd.as_os_str().as_bytes())?;
-    let mut owned = vec![match &extra.argv0 {
-        Some(a) => cstr(a.as_bytes())?,
-        None => prog.clone(),
-    }];
-    for a in args {
-        owned.push(cstr(a.as_bytes())?);
-    }
+    let Exec { prog, dir, owned } = Exec::new(program, args, cwd, extra)?;
     let mut argv: Vec<*mut libc::c_char> = owned.iter().map(|a| a.as_ptr().cast_mut()).collect();
     argv.push(std::ptr::null_mut());
     // The inherited environment as is, unless there is something to add.
