@@ -306,3 +306,42 @@ fn unified_has(ctl: &str) -> bool {
                 .is_ok_and(|t| t.split_whitespace().any(|c| c == ctl))
         })
 }
+
+#[test]
+fn a_leaf_removed_while_stopped_is_made_again_at_the_next_start() {
+    let sb = Sandbox::new();
+    let dir = sb.service("web", &sh_service("TasksMax: 50", "exec sleep 1000"));
+    let b = sb.buddy(&dir);
+    b.wait_status("running", |s| s.state == StateName::Running);
+    let r = b.call(json!({"type": "stop"}));
+    assert_eq!(r["type"], "ok", "{r}");
+    b.wait_status("stopped", |s| s.state == StateName::Stopped);
+    let Some(leaf) = sb.cgroup_dir("web").filter(|_| cgroups_here()) else {
+        return; // nothing to remove without cgroups; the other tests cover the fallback
+    };
+    std::fs::remove_dir(&leaf).expect("rmdir the empty leaf");
+    let r = b.call(json!({"type": "start"}));
+    assert_eq!(r["type"], "ok", "{r}");
+    let st = b.wait_status("running", |s| s.state == StateName::Running);
+    assert_eq!(st.containment.cgroup.as_deref(), Some(leaf.as_path()));
+    let pid = st.pid.expect("pid");
+    assert!(
+        upk_core::cgroup::procs(&leaf).contains(&pid),
+        "in the leaf made again"
+    );
+}
+
+#[test]
+fn a_limit_the_kernel_would_refuse_fails_the_start_with_its_key() {
+    let sb = Sandbox::new();
+    // Far above fs.nr_open (at most 2^30 on Linux).
+    let keys = "LimitNOFILE: \"4T\", MaxConsecutiveFailures: 1";
+    let dir = sb.service("web", &sh_service(keys, "exec sleep 1000"));
+    let b = sb.buddy(&dir);
+    let rec = b.wait_record("spawn_failed", |_| true);
+    let error = rec["error"].as_str().unwrap_or("");
+    assert!(
+        error.contains("LimitNOFILE") && error.contains("fs.nr_open"),
+        "{rec}"
+    );
+}

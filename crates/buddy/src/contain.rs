@@ -375,7 +375,23 @@ impl Contain {
     /// Before a new run: leftovers of the last one (a daemon that left its parent, members
     /// that ignored SIGTERM) are killed, and the count returned, so that restarts never
     /// leave two copies. The new run is inside the leaf.
-    pub fn clear_for_run(&mut self) -> usize {
+    pub fn clear_for_run(&mut self, svc: &Service) -> usize {
+        // Removed from outside while the service was stopped (an rmdir of the empty leaf):
+        // made again, or the start would fail on a cgroup that is gone.
+        if let Some(u) = &self.unified {
+            if !u.leaf.dir.exists() {
+                let (base, rel) = (u.base.clone(), self.rel.clone().unwrap_or_default());
+                match Self::unified(&base, &rel) {
+                    Ok(again) => self.unified = Some(again),
+                    Err(e) => {
+                        self.unified = None;
+                        self.note(format!("no cgroup: {e}"));
+                    }
+                }
+                // Its limits went with it.
+                self.configure(svc, &Hierarchies::of_self());
+            }
+        }
         self.run_inside = self.unified.is_some();
         if self.populated() != Some(true) {
             return 0;

@@ -39,7 +39,8 @@ impl Buddy {
                 permanent: true,
             };
         }
-        let left = self.contain.clear_for_run();
+        let left = self.contain.clear_for_run(&self.settings.service);
+        self.note_containment();
         if left > 0 {
             let kind = EventKind::Signaled {
                 signal: libc::SIGKILL,

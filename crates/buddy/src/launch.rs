@@ -189,6 +189,7 @@ impl Launcher {
             env.retain(|(k, _)| !extra.env.iter().any(|(e, _)| e == k));
             env.append(&mut extra.env);
             extra.env = env;
+            check_rlimits(svc)?;
             setup = limits(svc);
         }
         setup.cgroup = child.cgroup;
@@ -344,24 +345,76 @@ pub fn parse_env(text: &str) -> Result<Vec<(String, String)>, (usize, &'static s
     Ok(out)
 }
 
+/// Refuses, with a sentence naming the key, a resource limit the kernel would refuse in the
+/// child (where only an errno would come back): a hard limit raised without privilege, or
+/// `LimitNOFILE` above the kernel's `fs.nr_open`.
+fn check_rlimits(svc: &Service) -> Result<(), Failed> {
+    use upk_core::config::Rlimit;
+    for (r, v) in svc.rlimits() {
+        if r == Rlimit::Nofile {
+            let nr_open = std::fs::read_to_string("/proc/sys/fs/nr_open")
+                .ok()
+                .and_then(|t| t.trim().parse::<u64>().ok());
+            if let Some(max) = nr_open.filter(|&m| v.hard > m) {
+                let hard = if v.hard == u64::MAX {
+                    "infinity".into()
+                } else {
+                    v.hard.to_string()
+                };
+                return Err(format!(
+                    "LimitNOFILE: {hard} is above the kernel's fs.nr_open ({max})"
+                )
+                .into());
+            }
+        }
+        if nix::unistd::geteuid().is_root() {
+            continue;
+        }
+        let resource = limits_resource(r);
+        let mut cur = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit writes the struct we own. The resource's type differs by libc.
+        #[allow(clippy::useless_conversion)]
+        let got = unsafe { libc::getrlimit(resource.try_into().unwrap_or_default(), &mut cur) };
+        let now = if cur.rlim_max == libc::RLIM_INFINITY {
+            u64::MAX
+        } else {
+            cur.rlim_max as u64
+        };
+        if got == 0 && v.hard > now {
+            return Err(format!(
+                "{}: the hard limit cannot be raised above {now} without privilege",
+                r.key()
+            )
+            .into());
+        }
+    }
+    Ok(())
+}
+
+/// The `RLIMIT_*` number of a limit.
+fn limits_resource(r: upk_core::config::Rlimit) -> i32 {
+    use upk_core::config::Rlimit;
+    // The constants' type differs across libc targets; every value fits an i32.
+    #[allow(clippy::unnecessary_cast)]
+    let n = match r {
+        Rlimit::Nofile => libc::RLIMIT_NOFILE,
+        Rlimit::Nproc => libc::RLIMIT_NPROC,
+        Rlimit::Core => libc::RLIMIT_CORE,
+        Rlimit::As => libc::RLIMIT_AS,
+        Rlimit::Memlock => libc::RLIMIT_MEMLOCK,
+        Rlimit::Stack => libc::RLIMIT_STACK,
+        Rlimit::Cpu => libc::RLIMIT_CPU,
+        Rlimit::Fsize => libc::RLIMIT_FSIZE,
+    } as i32;
+    n
+}
+
 /// The process attributes of `svc` as a child sets them on itself.
 fn limits(svc: &Service) -> Setup<'static> {
-    use upk_core::config::{IoClass, Rlimit};
-    let resource = |r: Rlimit| -> i32 {
-        // The constants' type differs across libc targets; every value fits an i32.
-        #[allow(clippy::unnecessary_cast)]
-        let n = match r {
-            Rlimit::Nofile => libc::RLIMIT_NOFILE,
-            Rlimit::Nproc => libc::RLIMIT_NPROC,
-            Rlimit::Core => libc::RLIMIT_CORE,
-            Rlimit::As => libc::RLIMIT_AS,
-            Rlimit::Memlock => libc::RLIMIT_MEMLOCK,
-            Rlimit::Stack => libc::RLIMIT_STACK,
-            Rlimit::Cpu => libc::RLIMIT_CPU,
-            Rlimit::Fsize => libc::RLIMIT_FSIZE,
-        } as i32;
-        n
-    };
+    use upk_core::config::IoClass;
     let lim = |v: u64| {
         if v == u64::MAX {
             libc::RLIM_INFINITY
@@ -391,7 +444,7 @@ fn limits(svc: &Service) -> Setup<'static> {
                     rlim_cur: lim(v.soft),
                     rlim_max: lim(v.hard),
                 };
-                (resource(r), l)
+                (limits_resource(r), l)
             })
             .collect(),
         nice: svc.nice,
