@@ -378,6 +378,8 @@ fn check_rlimits(svc: &Service) -> Result<(), Failed> {
         // SAFETY: getrlimit writes the struct we own. The resource's type differs by libc.
         #[allow(clippy::useless_conversion)]
         let got = unsafe { libc::getrlimit(resource.try_into().unwrap_or_default(), &mut cur) };
+        // rlim_t is u64 on the targets upkeeper builds for; the cast is for any other.
+        #[allow(clippy::unnecessary_cast)]
         let now = if cur.rlim_max == libc::RLIM_INFINITY {
             u64::MAX
         } else {
