@@ -94,45 +94,29 @@ pub fn spawn_into(
     // SAFETY: pipe2 writes two descriptors into the array we own.
     ok(unsafe { libc::pipe2(pipe.as_mut_ptr(), libc::O_CLOEXEC) })?;
     let [from_child, to_parent] = pipe;
+    let ctx = Ctx {
+        fds,
+        extra_fd,
+        joins: &joins,
+        rlimits: &setup.rlimits,
+        attrs,
+        oom: oom.as_deref(),
+        dir: &dir,
+        ids,
+        groups: &groups,
+        no_new_privs: setup.no_new_privs,
+        prog: &prog,
+        argv: &argv,
+        envp: &envp,
+        to_parent,
+    };
     let mut cl = CloneArgs {
         flags: CLONE_INTO_CGROUP,
         exit_signal: libc::SIGCHLD as u64,
         cgroup: cgroup.as_raw_fd() as u64,
         ..CloneArgs::default()
     };
-    // SAFETY: clone3 reads the struct we own, of the size we pass. Without CLONE_VM the
-    // child has its own copy of our memory, like after fork; the buddy has one thread.
-    let pid = unsafe {
-        libc::syscall(
-            libc::SYS_clone3,
-            &mut cl as *mut CloneArgs,
-            std::mem::size_of::<CloneArgs>(),
-        )
-    };
-    if pid == 0 {
-        // The child: system calls only, then execve or _exit.
-        let err = child(
-            &fds,
-            extra_fd,
-            &joins,
-            &setup.rlimits,
-            attrs,
-            oom.as_deref(),
-            &dir,
-            ids,
-            &groups,
-            setup.no_new_privs,
-            &prog,
-            &argv,
-            &envp,
-        );
-        let code = err.raw_os_error().unwrap_or(libc::EIO);
-        // SAFETY: write and _exit are async-signal-safe; the buffer is ours.
-        unsafe {
-            libc::write(to_parent, (&code as *const i32).cast(), 4);
-            libc::_exit(127);
-        }
-    }
+    let pid = clone(&mut cl, &ctx);
     // SAFETY: the write end is ours, and only the child needs it.
     unsafe { libc::close(to_parent) };
     if pid < 0 {
@@ -168,27 +152,146 @@ pub fn spawn_into(
     Ok(pid)
 }
 
-/// What the cloned child does before exec; returns only on failure.
-#[allow(clippy::too_many_arguments)]
-fn child(
-    fds: &[i32; 3],
+/// Everything the child needs, made before the clone.
+struct Ctx<'a> {
+    fds: [i32; 3],
     extra_fd: Option<(i32, i32)>,
-    joins: &[i32],
-    rlimits: &[(i32, libc::rlimit)],
+    joins: &'a [i32],
+    rlimits: &'a [(i32, libc::rlimit)],
     attrs: (Option<i32>, Option<i32>, Option<u32>),
-    oom: Option<&[u8]>,
-    dir: &CString,
+    oom: Option<&'a [u8]>,
+    dir: &'a CString,
     ids: Option<(nix::unistd::Uid, nix::unistd::Gid)>,
-    groups: &[libc::gid_t],
+    groups: &'a [libc::gid_t],
     no_new_privs: bool,
-    prog: &CString,
-    argv: &[*const libc::c_char],
-    envp: &[*const libc::c_char],
-) -> io::Error {
+    prog: &'a CString,
+    argv: &'a [*const libc::c_char],
+    envp: &'a [*const libc::c_char],
+    /// The pipe's write end: the child's errno goes there if it cannot exec.
+    to_parent: i32,
+}
+
+/// The child's stack where it shares our memory (x86_64): what it does before exec is a few
+/// frames of system calls.
+#[cfg(target_arch = "x86_64")]
+const CHILD_STACK: usize = 64 << 10;
+
+/// Clones the child into `cl.cgroup` and runs [`child_main`] in it; the pid in the parent
+/// (the child never returns here), or -1 with errno set.
+///
+/// On x86_64 it is a vfork: `CLONE_VM | CLONE_VFORK` with a stack of its own, the way musl's
+/// and glibc's `posix_spawn` start a child, so no page tables are copied and none torn down
+/// at exec; we are suspended until the child has exec'd or exited. The clone is a few
+/// instructions of assembly, because the child must begin on its own stack, which no Rust
+/// function can arrange. Elsewhere the clone is fork-style: the child has its own copy of our
+/// memory.
+fn clone(cl: &mut CloneArgs, ctx: &Ctx<'_>) -> i64 {
+    #[cfg(target_arch = "x86_64")]
+    {
+        // u128 elements: the top of the stack is 16-byte aligned, as the ABI wants at a call.
+        let mut stack = vec![0u128; CHILD_STACK / 16];
+        cl.flags |= (libc::CLONE_VM | libc::CLONE_VFORK) as u64;
+        cl.stack = stack.as_mut_ptr() as u64;
+        cl.stack_size = (stack.len() * 16) as u64;
+        let ret: i64;
+        // SAFETY: clone3 reads `cl`, which we own, of the size we pass. In the parent the
+        // asm is one system call (rcx and r11 clobbered by `syscall`, as declared). The child
+        // starts on `stack` (the kernel sets its stack pointer to the top), calls
+        // `trampoline(ctx)` and exits with what it returns, never coming back to Rust code
+        // here; `stack` and `ctx` outlive it, since we are suspended until it execs or
+        // exits (CLONE_VFORK).
+        unsafe {
+            std::arch::asm!(
+                "syscall",
+                "test rax, rax",
+                "jnz 2f",
+                "xor ebp, ebp",
+                "mov rdi, r12",
+                "call r13",
+                "mov edi, eax",
+                "mov eax, 231", // exit_group
+                "syscall",
+                "ud2",
+                "2:",
+                inlateout("rax") libc::SYS_clone3 => ret,
+                in("rdi") cl as *mut CloneArgs,
+                in("rsi") std::mem::size_of::<CloneArgs>(),
+                in("r12") ctx as *const Ctx<'_>,
+                in("r13") trampoline as extern "C" fn(*const Ctx<'_>) -> i32,
+                lateout("rcx") _,
+                lateout("r11") _,
+                options(nostack),
+            );
+        }
+        drop(stack);
+        if ret < 0 {
+            // The raw system call returns -errno; the callers read errno.
+            // SAFETY: errno is this thread's.
+            unsafe { *libc::__errno_location() = (-ret) as i32 };
+            return -1;
+        }
+        ret
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        // SAFETY: clone3 reads the struct we own, of the size we pass. Without CLONE_VM the
+        // child has its own copy of our memory, like after fork; the buddy has one thread.
+        let pid = unsafe {
+            libc::syscall(
+                libc::SYS_clone3,
+                cl as *mut CloneArgs,
+                std::mem::size_of::<CloneArgs>(),
+            )
+        };
+        if pid == 0 {
+            let code = trampoline(ctx);
+            // SAFETY: _exit is async-signal-safe.
+            unsafe { libc::_exit(code) };
+        }
+        pid
+    }
+}
+
+/// The child's entry: [`child_main`], then the errno to the parent and exit 127.
+extern "C" fn trampoline(ctx: *const Ctx<'_>) -> i32 {
+    // SAFETY: the parent passes its live `Ctx`, which outlives the child's use of it.
+    let ctx = unsafe { &*ctx };
+    let err = child_main(ctx);
+    let code = err.raw_os_error().unwrap_or(libc::EIO);
+    // SAFETY: write(2) from a value we own.
+    unsafe { libc::write(ctx.to_parent, (&code as *const i32).cast(), 4) };
+    127
+}
+
+/// What the cloned child does before exec; returns only on failure.
+fn child_main(ctx: &Ctx<'_>) -> io::Error {
+    let Ctx {
+        fds,
+        extra_fd,
+        joins,
+        rlimits,
+        attrs,
+        oom,
+        dir,
+        ids,
+        groups,
+        no_new_privs,
+        prog,
+        argv,
+        envp,
+        ..
+    } = *ctx;
     let run = || -> io::Result<()> {
         // SAFETY: every call below is an async-signal-safe system call on values prepared
         // before the clone; nothing allocates.
         unsafe {
+            // Dispositions first (SIGPIPE is ignored by the Rust runtime, and the child must
+            // not inherit that), then the mask: nothing pending runs a handler of ours.
+            for sig in 1..32 {
+                if sig != libc::SIGKILL && sig != libc::SIGSTOP {
+                    libc::signal(sig, libc::SIG_DFL);
+                }
+            }
             let mut empty: libc::sigset_t = std::mem::zeroed();
             libc::sigemptyset(&mut empty);
             ok(libc::sigprocmask(
@@ -196,12 +299,6 @@ fn child(
                 &empty,
                 std::ptr::null_mut(),
             ))?;
-            // SIGPIPE is ignored by the Rust runtime, and the child must not inherit that.
-            for sig in 1..32 {
-                if sig != libc::SIGKILL && sig != libc::SIGSTOP {
-                    libc::signal(sig, libc::SIG_DFL);
-                }
-            }
             ok(libc::setsid())?;
             apply(joins, rlimits, attrs, oom)?;
             for (target, &fd) in fds.iter().enumerate() {
