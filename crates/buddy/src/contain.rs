@@ -4,8 +4,9 @@
 //! A service whose buddy has a unified (v2) cgroup for it lives in a leaf of its own,
 //! `<the buddy's cgroup>/<Cgroup>/<id>`: the service is cloned into it (`clone3` with
 //! `CLONE_INTO_CGROUP`, `clone.rs`; on older kernels the child writes to `cgroup.procs`
-//! before exec), so a double fork and `setsid` cannot leave it. Then "the group is alive" means `populated 1` in `cgroup.events` (polled for
-//! its change, [`Contain::events`]); a signal to "the group" goes to every member, and
+//! before exec), so a double fork and `setsid` cannot leave it. Then "the group is alive"
+//! means `populated 1` in `cgroup.events` (polled for its change, [`Contain::events`]); a
+//! signal to "the group" goes to every member, and
 //! SIGKILL is `cgroup.kill`; leftovers of a run are killed before the next one starts, so
 //! restarts never pile up copies. Without a cgroup (no cgroup2 mount, no permission,
 //! `Cgroup: false`, or a run adopted from outside the leaf) the process group is used, as
@@ -198,15 +199,18 @@ impl Contain {
             } else {
                 self.v1_leaf(ctl, h).and_then(|leaf| match ctl {
                     "memory" => {
-                        let v1 =
-                            |v: Option<u64>| v.filter(|&n| n != u64::MAX).map_or(-1, |n| n as i64);
+                        let v1 = |v: Option<u64>| {
+                            v.filter(|&n| n != u64::MAX)
+                                .map_or(-1, |n| i64::try_from(n).unwrap_or(i64::MAX))
+                        };
                         leaf.write("memory.limit_in_bytes", &v1(svc.memory_max).to_string())
                     }
                     "cpu" => {
                         let shares = svc
                             .cpu_weight
                             .map_or(1024, |w| (u64::from(w) * 1024 / 100).max(2));
-                        let q = quota(svc.cpu_quota, 100_000).map_or(-1, |q| q as i64);
+                        let q = quota(svc.cpu_quota, 100_000)
+                            .map_or(-1, |q| i64::try_from(q).unwrap_or(i64::MAX));
                         leaf.write("cpu.shares", &shares.to_string())
                             .and(leaf.write("cpu.cfs_period_us", "100000"))
                             .and(leaf.write("cpu.cfs_quota_us", &q.to_string()))
