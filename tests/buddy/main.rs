@@ -5,6 +5,7 @@ mod adopt;
 mod bad_day;
 mod contain;
 mod direct;
+mod explain;
 mod health;
 mod lifecycle;
 mod output;

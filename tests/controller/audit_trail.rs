@@ -328,7 +328,7 @@ fn history_with_a_limit_past_one_page_returns_that_many_rows() {
             to: upk_core::event::StateName::Running,
             pid: Some(42),
             cause: "test".into(),
-            kind: EventKind::Started,
+            kind: EventKind::STARTED,
         })
         .collect();
     let mut store = upkeeper::store::Store::open(&state.join("upkeeper.db")).expect("store");

@@ -180,7 +180,7 @@ fn every_health_change_is_in_the_history() {
         .iter()
         .filter_map(|e| match &e.record.kind {
             EventKind::Health { health, .. } => Some(health.as_str().to_owned()),
-            EventKind::Started => Some("started".into()),
+            EventKind::Started { .. } => Some("started".into()),
             EventKind::Stopping => Some(format!("stopping ({})", e.record.cause)),
             _ => None,
         })

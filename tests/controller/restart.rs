@@ -109,7 +109,7 @@ fn kill_9_of_the_controller_during_a_crash_loop_loses_nothing_within_ring_capaci
     assert_eq!(
         adopted
             .iter()
-            .filter(|r| r.record.kind == EventKind::Started)
+            .filter(|r| matches!(r.record.kind, EventKind::Started { .. }))
             .count(),
         1
     );

@@ -26,7 +26,7 @@ fn started_at(db: &Path, id: &str) -> i64 {
         || {
             stored(db, Some(id))
                 .iter()
-                .find(|e| e.record.kind == upk_core::event::EventKind::Started)
+                .find(|e| matches!(e.record.kind, upk_core::event::EventKind::Started { .. }))
                 .map(|e| e.record.wall_us)
                 .ok_or_else(|| "not yet".to_owned())
         },

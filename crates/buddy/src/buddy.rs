@@ -18,6 +18,7 @@
 use crate::children::{self, Children};
 use crate::contain::Contain;
 use crate::effects::kill_group;
+use crate::explain::Witness;
 use crate::fds::Spare;
 use crate::health::{Channel, Heard};
 use crate::launch::Launcher;
@@ -82,6 +83,8 @@ pub struct Buddy {
     pub(crate) drain: Option<Drain>,
     pub(crate) signals: SignalFd,
     pub(crate) spare: Spare,
+    /// What the current run's death will be explained with (its output marks, how it ran).
+    pub(crate) witness: Witness,
     pub(crate) log: BuddyLog,
     pub(crate) exit_by: Option<Instant>,
     pub(crate) _lock: Flock<File>,
@@ -361,6 +364,9 @@ impl Buddy {
             Output::KillGroup { pgid, signal } => self.contain.signal(pgid, signal),
             Output::Record(mut note) => {
                 self.contain.explain(&mut note.kind);
+                let files = self.launcher.redirect_files();
+                self.witness.complete(files, &mut note.kind);
+                Witness::started(&mut note.kind, self.settings.config_hash.as_deref());
                 self.record(note)
             }
             Output::RunProbe => return self.run_probe(),

@@ -9,6 +9,7 @@
 
 use crate::buddy::Buddy;
 use crate::children::{ReplyTo, Role};
+use crate::explain::{How, Witness};
 use crate::health::{self, Channel};
 use crate::hooks;
 use crate::launch::{self, As, Child, Failed, Part};
@@ -52,9 +53,10 @@ impl Buddy {
             self.note(None, "leftovers", kind);
         }
         match self.launch_service() {
-            Ok(pid) => {
+            Ok((pid, how)) => {
                 self.adopted = None;
                 self.contain.run_began();
+                self.witness = Witness::begin(self.launcher.redirect_files(), how);
                 self.children.add(pid, Role::Service);
                 // With the pid, the start time is what lets a successor adopt the process:
                 // out of descriptors (reading /proc takes one), the spare one is given up.
@@ -74,7 +76,7 @@ impl Buddy {
         }
     }
 
-    fn launch_service(&mut self) -> Result<i32, Failed> {
+    fn launch_service(&mut self) -> Result<(i32, How), Failed> {
         let svc = &self.settings.service;
         let mut child = Child::new(self.dir.action("start"));
         // The child's end of a notification pipe; ours replaces the last run's channel.

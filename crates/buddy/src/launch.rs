@@ -15,6 +15,7 @@
 //! (sh's exit 127 and its message) are the shell's. [`signal_plan`] says when a stop or
 //! reload script is only `kill -SIG $1`. `docs/servicedir.md` says exactly when.
 
+use crate::explain::How;
 use crate::logs::{open_redirects, Redirects};
 use crate::spawn::{self, Creds, Extra, Setup, Stdio};
 use std::fs::File;
@@ -222,8 +223,16 @@ impl Launcher {
 
     /// Starts the service from `child` (its start script): directly when the script is the
     /// default `exec PROGRAM ARGS` and the program is found in `PATH`, else (or when that
-    /// start fails) through the script.
-    pub fn start_service(&mut self, svc: &Service, child: &Child<'_>) -> Result<i32, Failed> {
+    /// start fails) through the script. Says which, and why the direct start failed.
+    pub fn start_service(
+        &mut self,
+        svc: &Service,
+        child: &Child<'_>,
+    ) -> Result<(i32, How), Failed> {
+        let mut how = How {
+            shell: true,
+            exec_error: None,
+        };
         if let Some(Direct::Exec(argv)) = read_script(&child.program)
             .as_deref()
             .and_then(direct::plan)
@@ -240,14 +249,26 @@ impl Launcher {
                     .extra
                     .env
                     .push(("PWD".into(), pwd.display().to_string()));
-                if let Ok(pid) = self.launch(svc, &direct) {
-                    return Ok(pid);
+                match self.launch(svc, &direct) {
+                    Ok(pid) => {
+                        how.shell = false;
+                        return Ok((pid, how));
+                    }
+                    // The shell's `exec` reports this failure its own way (exit 126 or 127
+                    // and a line on stderr): let it, and keep what execve said.
+                    Err(Failed { errno: Some(e), .. }) => {
+                        how.exec_error = Some(nix::errno::Errno::from_raw(e).to_string())
+                    }
+                    Err(_) => {}
                 }
-                // The shell's `exec` reports this failure its own way (exit 126 or 127 and a
-                // line on stderr): let it.
             }
         }
-        self.launch(svc, child)
+        Ok((self.launch(svc, child)?, how))
+    }
+
+    /// The redirect files (stdout, stderr) once they are open: where a death's tail is read.
+    pub fn redirect_files(&self) -> Option<[&File; 2]> {
+        self.redirects.as_ref().map(|r| [&r.stdout, &r.stderr])
     }
 
     /// The redirect files, opened at first use.
@@ -512,7 +533,7 @@ mod tests {
         let mut child = Child::new(dir.action("start"));
         child.stdout = Some(null.as_fd());
         child.stderr = Some(null.as_fd());
-        let pid = launcher.start_service(&svc, &child).expect("started");
+        let (pid, _) = launcher.start_service(&svc, &child).expect("started");
         let exe = std::fs::read_link(format!("/proc/{pid}/exe")).expect("exe");
         let _ = nix::sys::signal::kill(
             nix::unistd::Pid::from_raw(pid),

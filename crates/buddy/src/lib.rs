@@ -40,6 +40,7 @@ pub mod clone;
 pub mod conn;
 pub mod contain;
 pub mod effects;
+pub mod explain;
 pub mod fds;
 pub mod health;
 pub mod hooks;

@@ -37,6 +37,7 @@ use nix::sys::signal::Signal;
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 use upk_core::config::{HealthAction, HookEvent, Readiness, Service};
+use upk_core::death::{StopBy, StopStep, UNHEALTHY};
 use upk_core::event::{EventKind, Exit, Health, StateName};
 use upk_core::status::Want;
 
@@ -148,6 +149,17 @@ pub enum Phase {
     Killed,
 }
 
+impl Phase {
+    /// The escalation step a death during this phase is recorded with.
+    pub fn step(self) -> StopStep {
+        match self {
+            Phase::Asked => StopStep::StopAction,
+            Phase::Termed => StopStep::Term,
+            Phase::Killed => StopStep::Kill,
+        }
+    }
+}
+
 /// What one run of the service carries from its start (or adoption) to its end: kept in the
 /// state, so that nothing of a run outlives it.
 #[derive(Debug, Clone, PartialEq)]
@@ -195,6 +207,8 @@ pub enum State {
         since: Instant,
         /// How far it has gone.
         phase: Phase,
+        /// Who or what began it (the `stopping` record's cause), for the death's record.
+        by: String,
         /// The run being stopped (its health is reported while its main process lives).
         run: Run,
         /// What to do when stopped.
@@ -384,7 +398,7 @@ pub struct Machine {
     policy: Policy,
     /// Consecutive failures.
     failures: u32,
-    /// Automatic restarts since the buddy started.
+    /// Automatic restarts of this run directory (carried from buddy to buddy).
     restarts: u64,
     /// Times of automatic restarts still inside the window.
     window: VecDeque<Instant>,
@@ -451,6 +465,14 @@ impl Machine {
     pub fn ready_timed_out(&self) -> bool {
         self.state.run().is_some_and(|r| r.ready_timed_out)
     }
+    /// Takes up the counters a previous buddy left in its status file (a buddy restarted by
+    /// the controller or by hand goes on counting; only a new run directory starts from 0).
+    pub fn carry(&mut self, restarts: u64, failures: u32, last_exit: Option<Exit>) {
+        self.restarts = restarts;
+        self.failures = failures;
+        self.last_exit = last_exit;
+    }
+
     /// Takes up the `failed` state a previous buddy left: the restart policy gave up, and that
     /// holds until a command (or the cool-down, counted again from now), whoever supervises
     /// the directory.
@@ -678,6 +700,7 @@ impl Machine {
             pgid: pid,
             since: now,
             phase: Phase::Asked,
+            by: cause.to_owned(),
             then,
             run,
         };
@@ -702,7 +725,7 @@ impl Machine {
             ready: false,
             run,
         };
-        self.go(to, Some(pid), &cause, EventKind::Started, out);
+        self.go(to, Some(pid), &cause, EventKind::STARTED, out);
     }
 
     /// A run begins: health unknown, not ready, first probe one interval from now.
@@ -780,7 +803,7 @@ impl Machine {
             self.ready("health check".to_owned(), out);
         }
         if health == Health::Unhealthy && before != Health::Unhealthy && h.restart {
-            self.begin_stop(now, After::Policy, "unhealthy", out);
+            self.begin_stop(now, After::Policy, UNHEALTHY, out);
         }
     }
 
@@ -842,12 +865,7 @@ impl Machine {
             State::Running { pid, since, .. } if pid == dead => {
                 self.last_exit = Some(exit);
                 let uptime = now.saturating_duration_since(since);
-                let kind = EventKind::Died {
-                    exit,
-                    uptime: uptime.as_secs_f64(),
-                    oom: false,
-                    cost: None,
-                };
+                let kind = EventKind::died(exit, uptime.as_secs_f64());
                 // The record's `to` is fixed below by the policy; note it as a death first.
                 self.note(Some(pid), "exit", kind, out);
                 if group_alive {
@@ -860,21 +878,19 @@ impl Machine {
                 pid: Some(pid),
                 phase,
                 then,
+                by,
                 ..
             } if pid == dead => {
                 self.last_exit = Some(exit);
                 let uptime = self.last_start.map_or(0.0, |s| secs(now, s));
-                self.note(
-                    Some(pid),
-                    "stop",
-                    EventKind::Died {
-                        exit,
-                        uptime,
-                        oom: false,
-                        cost: None,
-                    },
-                    out,
-                );
+                let mut kind = EventKind::died(exit, uptime);
+                if let EventKind::Died { stop, .. } = &mut kind {
+                    *stop = Some(StopBy {
+                        cause: by,
+                        step: phase.step(),
+                    });
+                }
+                self.note(Some(pid), "stop", kind, out);
                 if let State::Stopping { pid, .. } = &mut self.state {
                     *pid = None;
                 }

@@ -792,3 +792,39 @@ fn a_readiness_protocol_added_by_sighup_applies_from_the_next_start() {
     assert!(r.m.needs_ready(), "the new run has the protocol");
     assert!(close(r.deadline_secs(), 6.1));
 }
+
+#[test]
+fn a_death_in_a_stop_names_the_stop_and_its_step() {
+    let died_stop = |out: &[Output]| {
+        out.iter().find_map(|o| match o {
+            Output::Record(Note {
+                kind: EventKind::Died { stop, .. },
+                ..
+            }) => Some(stop.clone()),
+            _ => None,
+        })
+    };
+    let mut r = Rig::new(Policy {
+        kill_timeout: Some(Duration::from_secs(10)),
+        ..policy()
+    });
+    let pid = r.start(0.0);
+    r.step(
+        1.0,
+        Input::Command(Command::Stop, "command from uid 7".into()),
+    );
+    r.step(6.0, Input::Timer);
+    r.step(11.0, Input::Timer);
+    let stop = died_stop(&r.terminated(11.1, pid)).expect("a died record");
+    assert_eq!(
+        stop,
+        Some(StopBy {
+            cause: "command from uid 7".into(),
+            step: StopStep::Kill
+        })
+    );
+    // A death on its own carries no stop.
+    let mut r = Rig::new(policy());
+    r.start(0.0);
+    assert_eq!(died_stop(&r.die(1.0)), Some(None));
+}

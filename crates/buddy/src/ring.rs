@@ -167,7 +167,7 @@ mod tests {
             to: StateName::Running,
             pid: None,
             cause: "test".into(),
-            kind: EventKind::Started,
+            kind: EventKind::STARTED,
         }
     }
 

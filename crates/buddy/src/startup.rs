@@ -10,6 +10,7 @@
 
 use crate::buddy::Buddy;
 use crate::children::Children;
+use crate::explain::Witness;
 use crate::fds::Spare;
 use crate::launch::Launcher;
 use crate::logs::{BuddyLog, Stream};
@@ -143,6 +144,7 @@ impl Buddy {
             log,
             exit_by: None,
             spare: Spare::new(),
+            witness: Witness::default(),
             settings,
             _lock: lock,
         };
@@ -155,7 +157,10 @@ impl Buddy {
     }
 
     fn start_up(&mut self, previous: Option<Status>) {
-        let blank = Records::blank(self.machine.state().name(), EventKind::Started);
+        if let Some(p) = &previous {
+            self.machine.carry(p.restarts, p.failures, p.last_exit);
+        }
+        let blank = Records::blank(self.machine.state().name(), EventKind::STARTED);
         self.records
             .ring
             .account_unacked(blank, "previous buddy ended with records unacknowledged");
@@ -188,6 +193,7 @@ impl Buddy {
         if let Some((pid, start)) = orphan {
             if let Some(fd) = watch::still_running(pid, start) {
                 self.adopted = Some(fd);
+                self.witness = Witness::adopted(self.launcher.redirect_files());
                 self.log
                     .line(&format!("adopting running service pid {pid}"));
                 if !self.contain.adopt(pid) && self.contain.has_cgroup() {

@@ -152,7 +152,13 @@ impl Renderer {
             }
         }
         let settings_path = root.join(rundir::SETTINGS);
-        let json = serde_json::to_vec_pretty(settings)
+        // The hash goes with the settings, so every start record names the configuration
+        // its run has.
+        let settings = Settings {
+            config_hash: Some(crate::diff::config_hash(svc)),
+            ..settings.clone()
+        };
+        let json = serde_json::to_vec_pretty(&settings)
             .map_err(|e| io_err(&settings_path)(io::Error::other(e)))?;
         fs::write(&settings_path, json).map_err(io_err(&settings_path))?;
         Ok(())

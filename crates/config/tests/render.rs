@@ -112,6 +112,7 @@ fn render_sample(renderer: &Renderer, run: &Path) -> upk_core::rundir::RunDir {
         controller_socket: run.join("ctl.sock"),
         polling_interval: 0.5,
         cgroup: None,
+        config_hash: None,
     };
     renderer.render(&svc, run, &settings).expect("render")
 }

@@ -52,7 +52,7 @@ fn started(seq: u64, wall_us: i64) -> Record {
         StateName::Stopped,
         StateName::Running,
         "command",
-        EventKind::Started,
+        EventKind::STARTED,
     )
 }
 
@@ -171,15 +171,13 @@ fn a_lost_record_is_stored_with_its_count_and_read_back_whole() {
         StateName::Running,
         StateName::Backoff,
         "exit",
-        EventKind::Died {
-            exit: Exit::Killed {
+        EventKind::died(
+            Exit::Killed {
                 signal: 11,
                 core: true,
             },
-            uptime: 1.5,
-            oom: false,
-            cost: None,
-        },
+            1.5,
+        ),
     );
     store
         .insert_events("web", &[lost.clone(), died.clone()])
@@ -414,12 +412,7 @@ fn history_filters_by_service_time_kind_and_cursor() {
             StateName::Running,
             StateName::Backoff,
             "exit",
-            EventKind::Died {
-                exit: Exit::Exited { code: 1 },
-                uptime: 30.0,
-                oom: false,
-                cost: None,
-            },
+            EventKind::died(Exit::Exited { code: 1 }, 30.0),
         ));
     }
     store.insert_events("web", &web).expect("web");
@@ -494,12 +487,7 @@ fn crash_loop() -> Vec<Record> {
             StateName::Running,
             StateName::Backoff,
             "exit",
-            EventKind::Died {
-                exit: Exit::Exited { code: 2 },
-                uptime: 60.0,
-                oom: false,
-                cost: None,
-            },
+            EventKind::died(Exit::Exited { code: 2 }, 60.0),
         ));
         v.push(rec(
             seq + 1,
@@ -507,7 +495,7 @@ fn crash_loop() -> Vec<Record> {
             StateName::Backoff,
             StateName::Running,
             "policy",
-            EventKind::Started,
+            EventKind::STARTED,
         ));
     }
     v
@@ -520,7 +508,7 @@ fn stats_count_ready_as_up_and_unhealthy_restarts_and_cool_downs() {
     let mut store = Store::open(&path).expect("open");
     let at = |s: i64| BASE + s * SEC;
     let events = [
-        rec(1, at(0), Stopped, Running, "command", EventKind::Started),
+        rec(1, at(0), Stopped, Running, "command", EventKind::STARTED),
         rec(
             2,
             at(10),
@@ -548,7 +536,7 @@ fn stats_count_ready_as_up_and_unhealthy_restarts_and_cool_downs() {
             Failed,
             Running,
             "cool-down over",
-            EventKind::Started,
+            EventKind::STARTED,
         ),
         rec(7, at(110), Running, Backoff, "policy", EventKind::Stopped),
     ];
@@ -896,12 +884,7 @@ fn measure_insert_rate() {
                     StateName::Running,
                     StateName::Backoff,
                     "exit",
-                    EventKind::Died {
-                        exit: Exit::Exited { code: 1 },
-                        uptime: 0.1,
-                        oom: false,
-                        cost: None,
-                    },
+                    EventKind::died(Exit::Exited { code: 1 }, 0.1),
                 )
             })
             .collect();

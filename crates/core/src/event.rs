@@ -6,6 +6,7 @@
 //! When records had to be dropped, a [`EventKind::Lost`] record stands in their place and
 //! counts them, so a gap is never silent.
 
+use crate::death::{Reason, StopBy, Tail};
 use serde::{Deserialize, Serialize};
 
 /// The lifecycle states a buddy reports (see `docs/state-machine.md`).
@@ -112,7 +113,12 @@ pub enum EventKind {
     /// The buddy is exiting (SIGTERM/SIGINT or a shutdown command).
     BuddyExiting,
     /// The service was started: `actions/start` was executed.
-    Started,
+    Started {
+        /// The hash of the configuration the run has (`settings.json`'s `config_hash`, as
+        /// `services.config_hash` and `upkctl check` have it).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        config: Option<String>,
+    },
     /// Starting failed before the service could run (fork/exec, privilege drop).
     SpawnFailed {
         /// One sentence.
@@ -133,6 +139,19 @@ pub enum EventKind {
         /// where the kernel keeps one); absent without a cgroup.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         cost: Option<crate::cgroup::Cost>,
+        /// Why it ended, decided by [`Reason::decide`] (absent in records of older buddies).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reason: Option<Reason>,
+        /// The stop of upkeeper's that was under way, if one was.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        stop: Option<StopBy>,
+        /// Why the program could not be executed, when the buddy knows (`ENOENT: ...`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        exec_error: Option<String>,
+        /// The last lines it wrote (bounded: [`crate::death::TAIL_LINES`] and
+        /// [`crate::death::TAIL_BYTES`]).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        tail: Option<Box<Tail>>,
     },
     /// A stop began.
     Stopping,
@@ -247,6 +266,26 @@ pub enum EventKind {
     },
 }
 
+impl EventKind {
+    /// A `died` record with nothing but how and after how long (the rest is filled in as the
+    /// buddy learns it).
+    pub fn died(exit: Exit, uptime: f64) -> EventKind {
+        EventKind::Died {
+            exit,
+            uptime,
+            oom: false,
+            cost: None,
+            reason: None,
+            stop: None,
+            exec_error: None,
+            tail: None,
+        }
+    }
+
+    /// A `started` record without a configuration hash.
+    pub const STARTED: EventKind = EventKind::Started { config: None };
+}
+
 /// A service's health, as its health checks see it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -299,19 +338,31 @@ impl Record {
         let what = match &self.kind {
             EventKind::BuddyStarted { .. } => "buddy started".into(),
             EventKind::BuddyExiting => "buddy exiting".into(),
-            EventKind::Started => "started".into(),
+            EventKind::Started { .. } => "started".into(),
             EventKind::SpawnFailed { error } => format!("could not start: {error}"),
             EventKind::Adopted => "adopted a running service".into(),
             EventKind::Died {
-                exit, uptime, oom, ..
-            } => format!(
-                "{exit}{} after {uptime:.3}s",
-                if *oom {
-                    " (out of memory: the OOM killer)"
-                } else {
-                    ""
-                }
-            ),
+                exit,
+                uptime,
+                oom,
+                reason,
+                stop,
+                exec_error,
+                ..
+            } => match reason {
+                Some(r) => format!(
+                    "{} after {uptime:.3}s",
+                    crate::death::sentence(*exit, *r, stop.as_ref(), exec_error.as_deref())
+                ),
+                None => format!(
+                    "{exit}{} after {uptime:.3}s",
+                    if *oom {
+                        " (out of memory: the OOM killer)"
+                    } else {
+                        ""
+                    }
+                ),
+            },
             EventKind::Stopping => "stopping".into(),
             EventKind::Signaled { signal, group } => {
                 let name = nix::sys::signal::Signal::try_from(*signal).map_or("?", |s| s.as_str());
@@ -390,15 +441,13 @@ mod tests {
             to: StateName::Backoff,
             pid: Some(42),
             cause: "policy".into(),
-            kind: EventKind::Died {
-                exit: Exit::Killed {
+            kind: EventKind::died(
+                Exit::Killed {
                     signal: 9,
                     core: false,
                 },
-                uptime: 0.5,
-                oom: false,
-                cost: None,
-            },
+                0.5,
+            ),
         };
         let text = serde_json::to_string(&r).expect("serialise");
         assert!(text.contains(r#""kind":"died""#), "{text}");

@@ -11,7 +11,7 @@
 //! * [`rundir`]: the on-disk API of one service, `SvcRunPath/<id>/`, and the `settings.json`
 //!   the buddy reads from it.
 //! * [`event`] and [`status`]: what a buddy records (sequence-numbered event records) and the
-//!   status file it rewrites atomically on every transition.
+//!   status file it rewrites atomically on every transition; [`death`]: why a run ended.
 //! * [`proto`]: the newline-delimited JSON framing and the buddy's message set; [`client`]:
 //!   the message set clients speak with the controller.
 //! * [`history`]: what the audit store answers (stored events, audited commands, statistics).
@@ -27,6 +27,7 @@
 pub mod cgroup;
 pub mod client;
 pub mod config;
+pub mod death;
 pub mod direct;
 pub mod escalate;
 pub mod event;

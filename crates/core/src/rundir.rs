@@ -118,6 +118,10 @@ pub struct Settings {
     /// `None`: its processes are kept by their process group only (docs/containment.md).
     #[serde(default)]
     pub cgroup: Option<String>,
+    /// The hash of the service's configuration (`services.config_hash` in the store), which
+    /// the renderer writes; every `started` record carries it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_hash: Option<String>,
 }
 
 impl Settings {
@@ -131,6 +135,7 @@ impl Settings {
             service: service.clone(),
             controller_socket: ctl.socket_path(),
             polling_interval: ctl.buddy_polling_interval,
+            config_hash: None,
         }
     }
 

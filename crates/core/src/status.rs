@@ -46,7 +46,8 @@ pub struct Status {
     pub since_us: i64,
     /// The buddy's pid.
     pub buddy_pid: i32,
-    /// Automatic restarts since the buddy started.
+    /// Automatic restarts of this run directory, carried from buddy to buddy (a new run
+    /// directory, as after a reboot that empties SvcRunPath, starts from 0).
     pub restarts: u64,
     /// Consecutive failures counted by the restart policy.
     pub failures: u32,

@@ -162,6 +162,7 @@ impl Sandbox {
             controller_socket: self.controller_socket(),
             polling_interval: 0.5,
             cgroup: Some(format!("{}/{id}", self.cgroup_name())),
+            config_hash: None,
         };
         upk_config::render::Renderer::builtin()
             .render(&svc, &self.run_path(), &settings)

@@ -237,12 +237,7 @@ mod tests {
                 kind,
             },
         };
-        let died = row(EventKind::Died {
-            exit: Exit::Exited { code: 1 },
-            uptime: 0.5,
-            oom: false,
-            cost: None,
-        });
+        let died = row(EventKind::died(Exit::Exited { code: 1 }, 0.5));
         assert_eq!(kind_of(&died), "died");
         assert_eq!(kind_of(&row(EventKind::BuddyExiting)), "buddy_exiting");
         assert!(check_kinds(&["died".into(), "gave_up".into()]).is_ok());

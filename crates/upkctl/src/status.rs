@@ -29,7 +29,7 @@ pub struct Row {
     pub since_us: Option<i64>,
     /// Seconds since the start, while it runs (`running` or `ready`).
     pub uptime_s: Option<f64>,
-    /// Automatic restarts since the buddy started.
+    /// Automatic restarts of the run directory (carried across buddy restarts).
     pub restarts: Option<u64>,
     /// Consecutive failures.
     pub failures: Option<u32>,

@@ -351,7 +351,7 @@ mod tests {
                 pid: 1,
                 access: Access::Control,
                 services: vec![cron, db, web],
-                starts: vec![event(1, "web", NOW - 10, EventKind::Started, "policy")],
+                starts: vec![event(1, "web", NOW - 10, EventKind::STARTED, "policy")],
             },
             NOW,
         );

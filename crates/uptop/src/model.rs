@@ -162,7 +162,7 @@ impl Activity {
 
 /// True for a start the restart policy made (the store's definition of a restart).
 pub fn is_automatic_restart(record: &Record) -> bool {
-    record.kind == EventKind::Started && record.cause == "policy"
+    matches!(record.kind, EventKind::Started { .. }) && record.cause == "policy"
 }
 
 /// The highlight rule: the actual state is not what the desired state asks for. Wanted up,
@@ -457,7 +457,7 @@ pub(crate) mod tests {
     fn restarts_count_once_and_only_automatic_ones_within_the_hour() {
         let now = 10 * HOUR_US;
         let mut fleet = Fleet::default();
-        let policy = |id, ago| event(id, "web", now - ago, EventKind::Started, "policy");
+        let policy = |id, ago| event(id, "web", now - ago, EventKind::STARTED, "policy");
         fleet.apply(
             Update::Connected {
                 pid: 9,
@@ -466,7 +466,7 @@ pub(crate) mod tests {
                 starts: vec![
                     policy(1, HOUR_US + 1), // too old
                     policy(2, 50 * 60_000_000),
-                    event(3, "web", now - 1000, EventKind::Started, "uptop (uid 0)"),
+                    event(3, "web", now - 1000, EventKind::STARTED, "uptop (uid 0)"),
                 ],
             },
             now,

@@ -206,7 +206,7 @@ fn draw_detail(frame: &mut Frame, app: &App, id: &str, area: Rect, now_us: i64) 
         }
         if let Some(st) = &s.status {
             facts.push(format!("buddy pid {}", st.buddy_pid));
-            facts.push(format!("restarts since the buddy started: {}", st.restarts));
+            facts.push(format!("restarts: {}", st.restarts));
             if st.failures > 0 {
                 facts.push(format!("failures in a row: {}", st.failures));
             }
@@ -354,7 +354,7 @@ mod tests {
                 pid: 42,
                 access: Access::Control,
                 services: vec![summary("cron", StateName::Failed, Want::Up), web.clone()],
-                starts: vec![event(1, "web", NOW - 1, EventKind::Started, "policy")],
+                starts: vec![event(1, "web", NOW - 1, EventKind::STARTED, "policy")],
             },
             NOW - 2_000_000,
         );

@@ -712,7 +712,7 @@ mod tests {
                 to: upk_core::event::StateName::Running,
                 pid: None,
                 cause: cause.into(),
-                kind: upk_core::event::EventKind::Started,
+                kind: upk_core::event::EventKind::STARTED,
             },
         }
     }
