@@ -7,6 +7,7 @@ mod events;
 mod limits;
 mod offline;
 mod status;
+mod why;
 
 use serde_json::Value;
 use std::io::{BufRead, BufReader, Read};

@@ -120,6 +120,27 @@ pub enum ClientRequest {
         #[serde(default)]
         newest_first: bool,
     },
+    /// Why a service's last death (or the last at or before `at_us`) happened: what the store
+    /// knows around it ([`crate::history::Why`]).
+    Why {
+        /// The service.
+        service: String,
+        /// The latest death at or before this time (default: now).
+        #[serde(default)]
+        at_us: Option<i64>,
+    },
+    /// Configuration changes (files loaded, changed, removed), oldest first.
+    ConfigChanges {
+        /// From this time.
+        #[serde(default)]
+        since_us: Option<i64>,
+        /// Until this time (exclusive).
+        #[serde(default)]
+        until_us: Option<i64>,
+        /// At most this many (default and cap: [`MAX_ROWS`]).
+        #[serde(default)]
+        limit: Option<usize>,
+    },
     /// Per-service statistics over a window (default: the last 24 hours).
     Stats {
         /// Only these services (all configured ones when empty).
@@ -173,7 +194,7 @@ impl ClientRequest {
 pub enum Access {
     /// Nothing but `hello`.
     None,
-    /// list, status, subscribe, history, audit, stats.
+    /// list, status, subscribe, history, audit, stats, why, config changes.
     Read,
     /// Everything.
     Control,
@@ -306,6 +327,16 @@ pub enum ClientReply {
         /// As in `history`: where to continue when the controller stopped at [`MAX_ROWS`].
         #[serde(default, skip_serializing_if = "Option::is_none")]
         cursor: Option<i64>,
+    },
+    /// Answer to `why`.
+    Why {
+        /// The facts.
+        why: Box<crate::history::Why>,
+    },
+    /// Answer to `config_changes`.
+    ConfigChanges {
+        /// The changes, oldest first.
+        changes: Vec<crate::history::ConfigChangeRow>,
     },
     /// Answer to `stats`.
     Stats {

@@ -132,3 +132,81 @@ pub struct Stats {
     /// The state after the last event before `until_us`.
     pub state: Option<String>,
 }
+
+/// How far back `why` looks for the streak a death belongs to (deaths, newest first).
+pub const WHY_SCAN: usize = 2000;
+
+/// A run that lasted at least this long (microseconds) was a good run, however it ended.
+pub const GOOD_RUN_US: i64 = 60_000_000;
+
+/// Everything the store knows that explains one death of a service: the answer to `why`.
+/// Rows are as stored; `upkctl why` turns them into sentences (docs/insight.md).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Why {
+    /// The service.
+    pub service: String,
+    /// The death explained (`died` or `spawn_failed`): the last at or before the time asked.
+    pub death: Option<EventRow>,
+    /// The `started` record of that run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started: Option<EventRow>,
+    /// The run's last records before its death (health changes, the stop and its signals),
+    /// oldest first, at most 20.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub during: Vec<EventRow>,
+    /// What followed the death (the restart policy's decision, the next start), oldest first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub after: Vec<EventRow>,
+    /// Failed runs in a row up to and including this death (within [`WHY_SCAN`] deaths).
+    pub streak: u64,
+    /// When the first of them died.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub streak_since_us: Option<i64>,
+    /// Failures of the service in the hour up to the death.
+    pub failures_last_hour: u64,
+    /// The last good run before the streak: its `started` record (with its configuration
+    /// hash) and when it ended; `None` when none was found within [`WHY_SCAN`] deaths.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_good: Option<GoodRun>,
+    /// Configuration changes naming the service since the last good run began (or in the
+    /// day before the death when there was none), oldest first, at most 10.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub config_changes: Vec<ConfigChangeRow>,
+    /// Other services' deaths and failed starts from two minutes before the death to ten
+    /// seconds after, oldest first, at most 50.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub around: Vec<EventRow>,
+    /// The first failure of the cascade: following failures back, two minutes at a time, for
+    /// at most ten minutes (this death itself when nothing failed before it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first_failure: Option<EventRow>,
+    /// The services that provide its prerequisites, each with its last record out of
+    /// `running`/`ready` in the ten minutes before the death.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub prerequisites: Vec<Prerequisite>,
+    /// Commands naming the service from its run's start to the death, at most 10.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub commands: Vec<CommandRow>,
+}
+
+/// A run that went well, for comparison.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GoodRun {
+    /// Its `started` record, when stored.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started: Option<EventRow>,
+    /// When it ended (its death, or the `stable` record that proved it good).
+    pub until_us: i64,
+}
+
+/// A prerequisite's provider, as `why` saw it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Prerequisite {
+    /// The providing service.
+    pub service: String,
+    /// The prerequisite name it provides.
+    pub provides: String,
+    /// Its last record leaving `running`/`ready` in the ten minutes before the death.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub went_down: Option<EventRow>,
+}

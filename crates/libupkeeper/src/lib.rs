@@ -79,8 +79,12 @@ use std::time::Duration;
 
 pub use upk_core::cgroup::{Containment, Usage};
 pub use upk_core::client::{Access, ClientReply, ClientRequest, ErrorCode, ServiceSummary};
+pub use upk_core::death::{Reason, StopBy, StopStep, Tail};
 pub use upk_core::event::{EventKind, Exit, Record, StateName};
-pub use upk_core::history::{CommandEntry, CommandRow, EventRow, HistoryFilter, HourBucket, Stats};
+pub use upk_core::history::{
+    CommandEntry, CommandRow, ConfigChange, ConfigChangeRow, EventRow, GoodRun, HistoryFilter,
+    HourBucket, Prerequisite, Stats, Why,
+};
 use upk_core::proto::Envelope;
 pub use upk_core::proto::{SignalSpec, MAX_LINE, PROTOCOL_VERSION};
 pub use upk_core::status::{Status, Want};
@@ -487,6 +491,39 @@ impl Client {
             } else {
                 q.after_id = Some(cursor);
             }
+        }
+    }
+
+    /// What the store knows around the last death of `service` at or before `at_us` (now when
+    /// `None`): the run, the streak it ends, the last good run, configuration changes, other
+    /// services' failures, its prerequisites and the commands naming it.
+    pub fn why(&mut self, service: &str, at_us: Option<i64>) -> Result<Why> {
+        let request = ClientRequest::Why {
+            service: service.to_owned(),
+            at_us,
+        };
+        match self.call(request)? {
+            ClientReply::Why { why } => Ok(*why),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Configuration changes with `since_us <= wall_us < until_us`, oldest first, at most
+    /// `limit` (and at most [`upk_core::client::MAX_ROWS`]).
+    pub fn config_changes(
+        &mut self,
+        since_us: Option<i64>,
+        until_us: Option<i64>,
+        limit: Option<usize>,
+    ) -> Result<Vec<ConfigChangeRow>> {
+        let request = ClientRequest::ConfigChanges {
+            since_us,
+            until_us,
+            limit,
+        };
+        match self.call(request)? {
+            ClientReply::ConfigChanges { changes } => Ok(changes),
+            other => Err(unexpected(&other)),
         }
     }
 

@@ -25,6 +25,9 @@ pub struct Args {
     /// Print JSON instead of text (one document, or one object per line for event streams).
     #[arg(long, global = true)]
     pub json: bool,
+    /// Read and show times in UTC instead of the local time zone (TZ, /etc/localtime).
+    #[arg(long, global = true)]
+    pub utc: bool,
     /// Give up after this many seconds: on each answer from the controller (the first one too),
     /// and on --wait.
     #[arg(long, global = true, value_name = "SECS", default_value = "30",
@@ -106,6 +109,17 @@ pub enum Cmd {
         /// At most the last N commands (0: no limit).
         #[arg(short = 'n', long, value_name = "N", default_value_t = 100)]
         lines: usize,
+    },
+    /// Explain a service's last death (or the last at or before --at): how it died, what it
+    /// last wrote, the streak of failures, the configuration changes since its last good run,
+    /// the commands that named it and what else failed around it.
+    Why {
+        /// The service id.
+        #[arg(value_name = "SERVICE")]
+        service: String,
+        /// The last death at or before this time (as for `history --since`).
+        #[arg(long, value_name = "WHEN")]
+        at: Option<String>,
     },
     /// Show restarts per hour, uptime, mean time between failures and flapping.
     Stats {
@@ -258,8 +272,9 @@ pub struct Targets {
 /// A time window.
 #[derive(Debug, Clone, ClapArgs)]
 pub struct Window {
-    /// From this time: a duration ago (90s, 15m, 1h, 2d, 1w, 1h30m) or a UTC date
-    /// (2026-11-21, 2026-11-21T12:00, 2026-11-21 12:00:00Z).
+    /// From this time: now, today, yesterday, "10 min ago", -1h, a span ago (90s, 1h30m, 2d),
+    /// a local date and time (2026-11-21, "2026-11-21 12:00", 12:00; UTC with --utc), one
+    /// with an offset (2026-11-21T12:00:00Z) or @EPOCH.
     #[arg(long, value_name = "WHEN")]
     pub since: Option<String>,
     /// Until this time (exclusive), written as for --since.

@@ -10,7 +10,7 @@
 
 use crate::cli::Window;
 use crate::exit::{self, Failure, Result};
-use crate::{print_json_line, table, warn, when, Ctx};
+use crate::{print_json_line, table, warn, Ctx};
 use libupkeeper::{EventRow, HistoryFilter, Subscription};
 use std::io::Write;
 
@@ -38,6 +38,7 @@ pub const KINDS: &[&str] = &[
     "stable",
     "hook_run",
     "hook_skipped",
+    "containment",
 ];
 
 /// What `upkctl history` asks for.
@@ -70,11 +71,11 @@ pub fn check_kinds(kinds: &[String]) -> Result<()> {
 }
 
 /// A window's bounds in wall microseconds.
-pub fn window(w: &Window) -> Result<(Option<i64>, Option<i64>)> {
+pub fn window(ctx: &Ctx, w: &Window) -> Result<(Option<i64>, Option<i64>)> {
     let now = upk_core::time::wall_us();
     let parse = |t: &Option<String>| {
         t.as_deref()
-            .map(|t| when::parse(t, now))
+            .map(|t| ctx.zone.parse(t, now))
             .transpose()
             .map_err(|e| Failure::new(exit::USAGE, e))
     };
@@ -84,7 +85,7 @@ pub fn window(w: &Window) -> Result<(Option<i64>, Option<i64>)> {
 /// `upkctl history`.
 pub fn history(ctx: &Ctx, q: &HistoryQuery, out: &mut dyn Write) -> Result<i32> {
     check_kinds(&q.kinds)?;
-    let (since_us, until_us) = window(&q.window)?;
+    let (since_us, until_us) = window(ctx, &q.window)?;
     let mut client = ctx.connect()?;
     let services: Vec<&str> = q.service.as_deref().into_iter().collect();
     let sub = if q.follow {
@@ -208,7 +209,7 @@ fn print_event(ctx: &Ctx, out: &mut dyn Write, row: &EventRow) -> Result<()> {
     }
     let line = format!(
         "{}  {}  {}",
-        when::utc(row.record.wall_us),
+        ctx.zone.show(row.record.wall_us),
         row.service,
         row.record.summary()
     );

@@ -10,7 +10,7 @@
 //! offline, with the controller's own loaders and renderer.
 //!
 //! Each command is one function in a module of its kind ([`status`], [`control`],
-//! [`events`], [`report`], [`offline`]) that prints to the given writer and returns an exit
+//! [`events`], [`report`], [`why`], [`offline`]) that prints to the given writer and returns an exit
 //! code, or a [`exit::Failure`]: one sentence and its code. `main` prints the sentence and
 //! exits; the codes are in [`exit`] and `docs/exit-codes.md`.
 //!
@@ -18,7 +18,8 @@
 //! an OpenRC service's variables into a service file, and stops such a service with or
 //! without the controller.
 //!
-//! Output is text for people by default, one line per service or event, times in UTC; with
+//! Output is text for people by default, one line per service or event, times in the local
+//! zone (UTC with `--utc`, [`when`]); with
 //! `--json` it is one JSON document (`status`, `list`, `stats`, `check`, `render`, control
 //! commands) or one object per line for event streams (`history`, `audit`, `watch`).
 
@@ -32,6 +33,7 @@ pub mod report;
 pub mod status;
 pub mod table;
 pub mod when;
+pub mod why;
 
 use clap::CommandFactory;
 use exit::{Failure, Result};
@@ -51,6 +53,8 @@ pub struct Ctx {
     pub json: bool,
     /// `--timeout`.
     pub timeout: Duration,
+    /// Where times are read and shown (`--utc`, else the local zone).
+    pub zone: when::Zone,
 }
 
 impl Ctx {
@@ -100,6 +104,7 @@ pub fn run(args: cli::Args, out: &mut dyn Write) -> Result<i32> {
         socket: args.socket,
         json: args.json,
         timeout: Duration::from_secs_f64(args.timeout),
+        zone: when::Zone::new(args.utc),
     };
     let code = match args.command {
         Cmd::Status { services } => status::status(&ctx, &services, out)?,
@@ -150,6 +155,7 @@ pub fn run(args: cli::Args, out: &mut dyn Write) -> Result<i32> {
             user,
             lines,
         } => report::audit(&ctx, &window, user.as_deref(), lines, out)?,
+        Cmd::Why { service, at } => why::why(&ctx, &service, at.as_deref(), out)?,
         Cmd::Stats { services, since } => report::stats(&ctx, &services, since.as_deref(), out)?,
         Cmd::Check { paths, controller } => offline::check(&ctx, &paths, controller, out)?,
         Cmd::Render {

@@ -26,7 +26,7 @@ pub fn audit(
     lines: usize,
     out: &mut dyn Write,
 ) -> Result<i32> {
-    let (since_us, until_us) = window(w)?;
+    let (since_us, until_us) = window(ctx, w)?;
     let uid = user.map(uid_of).transpose()?;
     let mut client = ctx.connect()?;
     // The last N: the controller picks them (newest first), printed oldest first.
@@ -45,7 +45,7 @@ pub fn audit(
         if ctx.json {
             print_json_line(out, row)?;
         } else {
-            writeln!(out, "{}", table::fit(&audit_line(row)))?;
+            writeln!(out, "{}", table::fit(&audit_line(&ctx.zone, row)))?;
         }
     }
     Ok(exit::OK)
@@ -73,7 +73,7 @@ fn user_name(uid: u32) -> String {
 }
 
 /// `2026-11-21T12:24:05.123Z  root  restart web: done: running (want up)  [upkctl restart web]`.
-pub fn audit_line(row: &CommandRow) -> String {
+pub fn audit_line(zone: &crate::when::Zone, row: &CommandRow) -> String {
     let e = &row.entry;
     let req = &e.request;
     let field = |k: &str| req.get(k).and_then(|v| v.as_str()).map(str::to_owned);
@@ -110,7 +110,7 @@ pub fn audit_line(row: &CommandRow) -> String {
     };
     format!(
         "{}  {}  {what}: {result}  [pid {}: {}]",
-        when::utc(e.wall_us),
+        zone.show(e.wall_us),
         user_name(e.uid),
         e.pid,
         e.cmdline
@@ -126,7 +126,7 @@ pub fn stats(
 ) -> Result<i32> {
     let now = upk_core::time::wall_us();
     let since_us = since
-        .map(|s| when::parse(s, now))
+        .map(|s| ctx.zone.parse(s, now))
         .transpose()
         .map_err(|e| Failure::new(exit::USAGE, e))?;
     if since_us.is_some_and(|s| s >= now) {
@@ -165,8 +165,8 @@ pub fn stats(
         writeln!(
             out,
             "from {} to {} ({})",
-            when::utc(s.since_us),
-            when::utc(s.until_us),
+            ctx.zone.show(s.since_us),
+            ctx.zone.show(s.until_us),
             when::duration(s.until_us.saturating_sub(s.since_us))
         )?;
     }
@@ -286,7 +286,10 @@ mod tests {
             },
         };
         let action = serde_json::json!({"type": "action", "service": "web", "name": "rotate"});
-        let line = audit_line(&row(action, r#"rotate: {"how":"exited","code":3}"#, false));
+        let line = audit_line(
+            &crate::when::Zone::utc(),
+            &row(action, r#"rotate: {"how":"exited","code":3}"#, false),
+        );
         assert_eq!(
             line,
             "2026-11-21T12:24:05.123Z  uid 4242  action rotate web: failed: rotate: exited \
@@ -294,7 +297,10 @@ mod tests {
         );
         let signal =
             serde_json::json!({"type": "signal", "service": "web", "signal": 10, "group": true});
-        let line = audit_line(&row(signal, "done: running (want up)", true));
+        let line = audit_line(
+            &crate::when::Zone::utc(),
+            &row(signal, "done: running (want up)", true),
+        );
         assert!(
             line.contains("  signal 10 --group web: done: running (want up)  "),
             "{line}"

@@ -1,139 +1,155 @@
-//! Times on the command line (`--since`, `--until`) and on the screen.
+//! Times on the command line (`--since`, `--until`, `--at`) and on the screen.
 //!
-//! Every time upkctl reads or prints is UTC: a duration ago (`90s`, `15m`, `1h30m`, `2d`, `1w`)
-//! or a date with an optional time (`2026-11-21`, `2026-11-21T12:00`, `2026-11-21 12:00:05Z`).
-//! Printed times are `upk_core::time::format_utc` cut to milliseconds, which is as fine as a
-//! person reads and keeps a history line inside a terminal.
+//! Times are read and printed in the local time zone (`TZ`, else `/etc/localtime`), or in UTC
+//! with `--utc`: a [`Zone`] carries the choice. What is read is what journalctl reads, through
+//! jiff (docs/upkctl.md):
+//! - `now`, `today`, `yesterday`, `tomorrow` (midnight), `@EPOCH` (seconds, may be fractional);
+//! - a span relative to now: `10 min ago`, `-1h`, `+30m` (later), and, as upkctl always took
+//!   them, a bare span meaning that long ago (`90s`, `15m`, `1h30m`, `2d`, `1w`, `30`);
+//! - a date and time: `2026-11-21`, `2026-11-21 12:00`, `2026-11-21T12:00:05`, in the zone,
+//!   or at the offset it names (`2026-11-21T12:00:05Z`, `...+01:00`); a time alone
+//!   (`12:00`) is today at that time.
 //!
-//! Arithmetic on what the operator typed is checked: a year is four digits (0000-9999), and a
-//! duration reaching back past the representable range is refused with one sentence, never
-//! wrapped.
+//! Arithmetic is jiff's, checked: a time outside years -9999 to 9999 is refused with one
+//! sentence, never wrapped. Printed times are cut to milliseconds (`2026-11-21T12:24:05.123Z`,
+//! or with the local offset), as fine as a person reads.
+
+use jiff::civil::{Date, DateTime, Time};
+use jiff::tz::TimeZone;
+use jiff::{Span, Timestamp, Zoned};
 
 /// Microseconds per second.
 const SEC: i64 = 1_000_000;
 
-/// Parses a `--since`/`--until` value into wall microseconds, relative to `now_us`.
-pub fn parse(text: &str, now_us: i64) -> Result<i64, String> {
-    let t = text.trim();
-    let too_far = || format!("{text:?} reaches too far back: durations are at most 100,000 weeks");
-    match parse_duration(t) {
-        Some(Some(ago)) => return now_us.checked_sub(ago).ok_or_else(too_far),
-        Some(None) => return Err(too_far()),
-        None => {}
-    }
-    parse_date(t).ok_or_else(|| {
-        format!(
-            "{text:?} is neither a duration (90s, 15m, 1h30m, 2d, 1w) nor a UTC date \
-             (2026-11-21, 2026-11-21T12:00:00Z, years 0000 to 9999)"
-        )
-    })
-}
+/// Where times are read and shown.
+#[derive(Debug, Clone)]
+pub struct Zone(TimeZone);
 
-/// The longest duration accepted: about 1,900 years, far from any overflow.
-const MAX_AGO: i64 = 100_000 * 7 * 86_400 * SEC;
-
-/// `1h30m` and friends, in microseconds; `None` if it is not a duration, `Some(None)` if it
-/// is one longer than [`MAX_AGO`].
-fn parse_duration(t: &str) -> Option<Option<i64>> {
-    if t.is_empty() || !t.chars().all(|c| c.is_ascii_digit() || "smhdw".contains(c)) {
-        return None;
-    }
-    let (mut total, mut digits) = (Some(0i64), String::new());
-    let mut add = |digits: &str, unit: i64| {
-        // Digits were checked above: a parse failure is an overflow.
-        let n = digits.parse::<i64>().ok();
-        total = total
-            .zip(n)
-            .and_then(|(t, n)| t.checked_add(n.checked_mul(unit * SEC)?))
-            .filter(|t| *t <= MAX_AGO);
-    };
-    for c in t.chars() {
-        if c.is_ascii_digit() {
-            digits.push(c);
-            continue;
+impl Zone {
+    /// The local zone (`TZ`, `/etc/localtime`; UTC when neither says), or UTC.
+    pub fn new(utc: bool) -> Zone {
+        if utc {
+            Zone::utc()
+        } else {
+            Zone(TimeZone::try_system().unwrap_or(TimeZone::UTC))
         }
-        let unit = match c {
-            's' => 1,
-            'm' => 60,
-            'h' => 3600,
-            'd' => 86_400,
-            _ => 7 * 86_400,
+    }
+
+    /// UTC.
+    pub fn utc() -> Zone {
+        Zone(TimeZone::UTC)
+    }
+
+    /// `wall_us` to the millisecond, with its offset (`Z` for UTC):
+    /// `2026-11-21T12:24:05.123Z`, `2026-11-21T13:24:05.123+01:00`.
+    pub fn show(&self, wall_us: i64) -> String {
+        let Ok(ts) = Timestamp::from_microsecond(wall_us) else {
+            return format!("@{}", wall_us / SEC);
         };
-        if digits.is_empty() {
-            return None; // `h`, `1hm`
+        let z = ts.to_zoned(self.0.clone());
+        let offset = z.offset();
+        let stamp = z.strftime("%Y-%m-%dT%H:%M:%S%.3f").to_string();
+        if offset.seconds() == 0 {
+            format!("{stamp}Z")
+        } else {
+            format!("{stamp}{}", z.strftime("%:z"))
         }
-        add(&digits, unit);
-        digits.clear();
     }
-    // A bare number is seconds.
-    if !digits.is_empty() {
-        add(&digits, 1);
-    }
-    Some(total)
-}
 
-/// `YYYY-MM-DD[(T| )HH:MM[:SS]][Z]`, UTC, years 0000 to 9999.
-fn parse_date(t: &str) -> Option<i64> {
-    let t = t.strip_suffix('Z').unwrap_or(t);
-    let (date, time) = match t.split_once(['T', ' ']) {
-        Some((d, tm)) => (d, Some(tm)),
-        None => (t, None),
-    };
-    let digits = |s: &str, n: usize| -> Option<i64> {
-        (s.len() == n && s.bytes().all(|b| b.is_ascii_digit()))
-            .then(|| s.parse().ok())
-            .flatten()
-    };
-    let mut d = date.splitn(3, '-');
-    let year = digits(d.next()?, 4)?;
-    let month = digits(d.next()?, 2)?;
-    let day = digits(d.next()?, 2)?;
-    if !(1..=12).contains(&month) || !(1..=31).contains(&day) {
-        return None;
-    }
-    let mut secs = days_from_civil(year, month, day) * 86_400;
-    if let Some(tm) = time {
-        let parts: Vec<&str> = tm.split(':').collect();
-        if !(2..=3).contains(&parts.len()) {
-            return None;
-        }
-        let field = |i: usize, max: i64| -> Option<i64> {
-            let v = parts.get(i).map_or(Some(0), |p| digits(p, 2))?;
-            (0..max).contains(&v).then_some(v)
+    /// Reads a `--since`/`--until`/`--at` value into wall microseconds, `now_us` being now.
+    pub fn parse(&self, text: &str, now_us: i64) -> Result<i64, String> {
+        let t = text.trim();
+        let now = Timestamp::from_microsecond(now_us)
+            .map_err(|e| format!("the clock reads an impossible time: {e}"))?
+            .to_zoned(self.0.clone());
+        let out_of_range =
+            |e: jiff::Error| format!("{text:?} is outside the years -9999 to 9999 ({e})");
+        let at = |z: Zoned| z.timestamp().as_microsecond();
+        let midnight = |days: i64| -> Result<i64, String> {
+            let day = now
+                .date()
+                .checked_add(Span::new().days(days))
+                .map_err(out_of_range)?;
+            day.to_zoned(self.0.clone()).map(at).map_err(out_of_range)
         };
-        secs += field(0, 24)? * 3600 + field(1, 60)? * 60 + field(2, 61)?;
+        match t.to_ascii_lowercase().as_str() {
+            "now" => return Ok(now_us),
+            "today" => return midnight(0),
+            "yesterday" => return midnight(-1),
+            "tomorrow" => return midnight(1),
+            _ => {}
+        }
+        if let Some(epoch) = t.strip_prefix('@') {
+            return epoch
+                .parse::<f64>()
+                .ok()
+                .filter(|s| s.is_finite())
+                .and_then(|s| Timestamp::from_microsecond((s * 1e6) as i64).ok())
+                .map(|ts| ts.as_microsecond())
+                .ok_or_else(|| format!("{text:?} is not @ and a number of seconds since 1970"));
+        }
+        if let Ok(ts) = t.parse::<Timestamp>() {
+            return Ok(ts.as_microsecond());
+        }
+        let local = |dt: DateTime| dt.to_zoned(self.0.clone()).map(at).map_err(out_of_range);
+        if let Ok(dt) = t.parse::<DateTime>() {
+            return local(dt);
+        }
+        if let Ok(d) = t.parse::<Date>() {
+            return local(d.to_datetime(Time::midnight()));
+        }
+        if let Ok(tm) = t.parse::<Time>() {
+            return local(now.date().to_datetime(tm));
+        }
+        // After the times: `12:00` is today at noon, not a span of twelve hours.
+        if let Some(span) = relative(t) {
+            return now.checked_add(span).map(at).map_err(out_of_range);
+        }
+        Err(format!(
+            "{text:?} is not a time: try now, today, yesterday, \"10 min ago\", -1h, 90s, \
+             2026-11-21, \"2026-11-21 12:00\", 12:00 or @1795263845"
+        ))
     }
-    // Years 0000-9999 are within +-2.6e17 microseconds: no overflow is possible.
-    Some(secs * SEC)
 }
 
-/// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's algorithm, the
-/// inverse of the one in `upk_core::time`).
-fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y.rem_euclid(400);
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
+/// A span relative to now: `-1h` and `10 min ago` are back, `+1h` is ahead, and a bare span
+/// (`90s`, `1h30m`, a bare number of seconds) is that long ago, as upkctl always read it.
+fn relative(t: &str) -> Option<Span> {
+    let (sign, body) = match t.as_bytes().first()? {
+        b'+' => (1, &t[1..]),
+        b'-' => (-1, &t[1..]),
+        _ => (-1, t),
+    };
+    let body = body.trim();
+    if let Some(stripped) = body.strip_suffix("ago") {
+        // `10 min ago` is back whatever the sign: jiff reads it as a negative span.
+        let span: Span = format!("{} ago", stripped.trim()).parse().ok()?;
+        return (sign == -1).then_some(span);
+    }
+    if !body.is_empty() && body.bytes().all(|b| b.is_ascii_digit()) {
+        let n: i64 = body.parse().ok()?;
+        return Span::new().try_seconds(n.checked_mul(sign)?).ok();
+    }
+    let span: Span = body.parse().ok()?;
+    Some(if sign < 0 { span.negate() } else { span })
 }
 
-/// A UTC time to the millisecond: `2026-11-21T12:24:05.123Z`.
-pub fn utc(wall_us: i64) -> String {
-    let full = upk_core::time::format_utc(wall_us);
-    // format_utc ends in `.uuuuuuZ`: keep three of the six digits.
-    match full.len().checked_sub(4) {
-        Some(cut) => format!("{}Z", &full[..cut]),
-        None => full,
+/// `at_us` relative to `now_us` for people: `3m12s ago`, `in 45s`.
+pub fn ago(at_us: i64, now_us: i64) -> String {
+    let d = now_us.saturating_sub(at_us);
+    if d >= 0 {
+        format!("{} ago", duration(d))
+    } else {
+        format!("in {}", duration(d.saturating_neg()))
     }
 }
 
-/// A duration for a column: `0.4s`, `45s`, `12m03s`, `4h12m`, `3d04h`.
+/// A duration for a column: `4ms`, `0.4s`, `45s`, `12m03s`, `4h12m`, `3d04h`.
 pub fn duration(us: i64) -> String {
     let us = us.max(0);
     let s = us / SEC;
     match s {
+        0 if us < 100_000 => format!("{}ms", us / 1000),
         0 => format!("{:.1}s", us as f64 / SEC as f64),
         1..=59 => format!("{s}s"),
         60..=3599 => format!("{}m{:02}s", s / 60, s % 60),
@@ -148,92 +164,97 @@ mod tests {
 
     const NOW: i64 = 1_795_263_845_123_456; // 2026-11-21T12:24:05.123456Z
 
-    #[test]
-    fn durations_count_back_from_now() {
-        assert_eq!(parse("90s", NOW), Ok(NOW - 90 * SEC));
-        assert_eq!(parse("1h30m", NOW), Ok(NOW - 5400 * SEC));
-        assert_eq!(parse("2d", NOW), Ok(NOW - 2 * 86_400 * SEC));
-        assert_eq!(parse("1w", NOW), Ok(NOW - 7 * 86_400 * SEC));
-        assert_eq!(parse("30", NOW), Ok(NOW - 30 * SEC));
+    fn utc(t: &str) -> Result<i64, String> {
+        Zone::utc().parse(t, NOW)
     }
 
     #[test]
-    fn dates_are_utc() {
-        let midnight = parse("2026-11-21", NOW).expect("date");
+    fn spans_count_back_from_now_and_forward_with_a_plus() {
+        assert_eq!(utc("90s"), Ok(NOW - 90 * SEC));
+        assert_eq!(utc("1h30m"), Ok(NOW - 5400 * SEC));
+        assert_eq!(utc("2d"), Ok(NOW - 2 * 86_400 * SEC));
+        assert_eq!(utc("1w"), Ok(NOW - 7 * 86_400 * SEC));
+        assert_eq!(utc("30"), Ok(NOW - 30 * SEC));
+        assert_eq!(utc("-1h"), Ok(NOW - 3600 * SEC));
+        assert_eq!(utc("+1h"), Ok(NOW + 3600 * SEC));
+        assert_eq!(utc("10 min ago"), Ok(NOW - 600 * SEC));
+        assert_eq!(utc("2 hours ago"), Ok(NOW - 7200 * SEC));
+        assert_eq!(utc("now"), Ok(NOW));
+    }
+
+    #[test]
+    fn days_and_dates_are_in_the_zone() {
         assert_eq!(
-            upk_core::time::format_utc(midnight),
-            "2026-11-21T00:00:00.000000Z"
+            Zone::utc().show(utc("today").expect("today")),
+            "2026-11-21T00:00:00.000Z"
+        );
+        assert_eq!(
+            utc("yesterday").expect("yesterday"),
+            utc("2026-11-20").expect("date")
         );
         for t in [
             "2026-11-21T12:24:05Z",
             "2026-11-21 12:24:05",
             "2026-11-21T12:24:05",
+            "12:24:05",
+            "@1795263845",
         ] {
-            assert_eq!(parse(t, NOW), Ok(NOW - 123_456), "{t}");
+            assert_eq!(utc(t), Ok(NOW - 123_456), "{t}");
         }
-        assert_eq!(parse("2026-11-21T12:24", NOW), Ok(NOW - 5_123_456));
-        assert_eq!(parse("2000-02-29", NOW), Ok(951_782_400 * SEC));
+        assert_eq!(utc("2026-11-21T12:24"), Ok(NOW - 5_123_456));
+        assert_eq!(utc("2000-02-29"), Ok(951_782_400 * SEC));
+        // A POSIX rule, so that the test needs no tzdata: Central European Time.
+        let paris = Zone(TimeZone::posix("CET-1CEST,M3.5.0,M10.5.0/3").expect("a POSIX TZ"));
+        assert_eq!(paris.parse("2026-11-21 13:24:05", NOW), Ok(NOW - 123_456));
+        assert_eq!(paris.show(NOW), "2026-11-21T13:24:05.123+01:00");
+        assert_eq!(Zone::utc().show(NOW), "2026-11-21T12:24:05.123Z");
     }
 
     #[test]
     fn nonsense_is_one_sentence() {
         for bad in [
             "",
-            "yesterday",
+            "soon",
             "1x",
             "2026-13-01",
             "2026-11-21T25:00",
-            "2026-1-1",
-            "2026-11-1",
-            "+026-11-21",
-            "2026-11-21T1:00",
             "h",
             "1hm",
-            "-5s",
+            "@lunch",
         ] {
-            let e = parse(bad, NOW).expect_err(bad);
-            assert!(e.contains("neither a duration"), "{e}");
+            let e = utc(bad).expect_err(bad);
+            assert!(e.contains("not"), "{bad}: {e}");
         }
     }
 
     /// `--since 408212-1-1` overflowed the microsecond arithmetic (a panic in a debug build,
-    /// a wrapped time in a release build).
+    /// a wrapped time in a release build): out-of-range times are refused.
     #[test]
-    fn since_408212_1_1_is_refused_not_wrapped() {
+    fn times_out_of_range_are_refused_not_wrapped() {
         for bad in [
             "408212-1-1",
-            "408212-01-01",
             "99999-12-31",
             "9999999999-01-01",
-        ] {
-            let e = parse(bad, NOW).expect_err(bad);
-            assert!(e.contains("years 0000 to 9999"), "{bad}: {e}");
-        }
-        assert!(parse("9999-12-31T23:59:59Z", NOW).is_ok_and(|t| t > NOW));
-        assert!(parse("0000-01-01", NOW).is_ok_and(|t| t < 0));
-        for bad in [
             "9223372036854775807s",
             "99999999999999999999w",
-            "100001w",
-            &format!("{}s", i64::MAX / SEC + 1),
+            "100000000w",
+            "@1e30",
         ] {
-            let e = parse(bad, NOW).expect_err(bad);
-            assert!(e.contains("too far back"), "{bad}: {e}");
+            assert!(utc(bad).is_err(), "{bad}");
         }
-        assert_eq!(parse("100000w", 0), Ok(-MAX_AGO));
-        assert!(
-            parse("100000w", i64::MIN + 1).is_err(),
-            "now - ago would wrap"
-        );
+        assert!(utc("9999-12-30T00:00:00Z").is_ok_and(|t| t > NOW));
+        assert!(utc("0000-01-01").is_ok_and(|t| t < 0));
     }
 
     #[test]
-    fn printed_times_and_durations_are_short() {
-        assert_eq!(utc(NOW), "2026-11-21T12:24:05.123Z");
+    fn printed_durations_are_short() {
         assert_eq!(duration(400_000), "0.4s");
+        assert_eq!(duration(4_200), "4ms");
         assert_eq!(duration(45 * SEC), "45s");
         assert_eq!(duration(723 * SEC), "12m03s");
         assert_eq!(duration(4 * 3600 * SEC + 720 * SEC), "4h12m");
         assert_eq!(duration(3 * 86_400 * SEC + 4 * 3600 * SEC), "3d04h");
+        assert_eq!(ago(NOW - 90 * SEC, NOW), "1m30s ago");
+        assert_eq!(ago(NOW + 5 * SEC, NOW), "in 5s");
     }
 }

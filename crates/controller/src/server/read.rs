@@ -1,6 +1,6 @@
-//! Read requests: `list`, `status`, `history`, `audit`, `stats`, answered at once from the
-//! fleet, the status files and the store's read-only connection, and cut into lines below
-//! the line limit.
+//! Read requests: `list`, `status`, `history`, `audit`, `stats`, `why`, `config_changes`,
+//! answered at once from the fleet, the status files and the store's read-only connection,
+//! and cut into lines below the line limit.
 
 use super::{not_found, store_error, Server};
 use crate::fleet::Fleet;
@@ -152,6 +152,32 @@ impl Server {
                     .map_err(store)?;
                 ClientReply::Stats { stats, more: false }
             }
+            ClientRequest::Why { service, at_us } => {
+                self.known(&service, fleet)?;
+                let providers = fleet
+                    .members
+                    .get(&service)
+                    .map(|m| providers(&m.svc.prerequisites, fleet))
+                    .unwrap_or_default();
+                let why = self
+                    .reader
+                    .why(&service, at_us, &providers)
+                    .map_err(store)?;
+                ClientReply::Why { why: Box::new(why) }
+            }
+            ClientRequest::ConfigChanges {
+                since_us,
+                until_us,
+                limit,
+            } => {
+                let (limit, _) = cap_rows(limit);
+                let mut changes = self
+                    .reader
+                    .config_changes(since_us, until_us, Some(limit))
+                    .map_err(store)?;
+                fit_bytes(&mut changes);
+                ClientReply::ConfigChanges { changes }
+            }
             _ => return Err((ErrorCode::Invalid, "not a read request".into())),
         })
     }
@@ -191,6 +217,21 @@ impl Server {
             })
             .collect()
     }
+}
+
+/// The configured services that provide `prerequisites`, each with the name it provides
+/// (a prerequisite nobody provides is left out).
+fn providers(prerequisites: &[String], fleet: &Fleet) -> Vec<(String, String)> {
+    prerequisites
+        .iter()
+        .flat_map(|p| {
+            fleet
+                .members
+                .iter()
+                .filter(|(_, m)| crate::order::provides(&m.svc).contains(p))
+                .map(move |(id, _)| (id.clone(), p.clone()))
+        })
+        .collect()
 }
 
 /// The rows to ask the store for: the request's limit up to [`MAX_ROWS`], and whether the cap

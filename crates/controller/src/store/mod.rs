@@ -10,6 +10,7 @@
 //! I/O, busy) are told apart ([`StoreError::is_unwritable`]) so that the caller keeps its events
 //! unacknowledged and retries.
 
+mod insight;
 mod query;
 mod schema;
 mod write;

@@ -44,6 +44,27 @@ type RawEvent = (
     Option<String>,
 );
 
+/// The columns every event query selects, in [`RawEvent`]'s order.
+const EVENT_SELECT: &str = "SELECT e.id, s.service, e.seq, e.wall_us, e.mono_us, e.kind, \
+     e.from_state, e.to_state, e.pid, e.cause, e.detail FROM events e JOIN services s \
+     ON s.id = e.service_id";
+
+fn raw_event(r: &rusqlite::Row<'_>) -> rusqlite::Result<RawEvent> {
+    Ok((
+        r.get(0)?,
+        r.get(1)?,
+        r.get(2)?,
+        r.get(3)?,
+        r.get(4)?,
+        r.get(5)?,
+        r.get(6)?,
+        r.get(7)?,
+        r.get(8)?,
+        r.get(9)?,
+        r.get(10)?,
+    ))
+}
+
 fn event_row(raw: RawEvent) -> Result<EventRow> {
     let (id, service, seq, wall_us, mono_us, kind, from, to, pid, cause, detail) = raw;
     let mut obj: Map<String, Value> = match detail {
@@ -73,7 +94,7 @@ fn limit(n: Option<usize>) -> i64 {
 }
 
 impl Store {
-    fn service_id(&self, service: &str) -> Result<Option<i64>> {
+    pub(super) fn service_id(&self, service: &str) -> Result<Option<i64>> {
         Ok(self
             .conn
             .prepare_cached("SELECT id FROM services WHERE service = ?1")?
@@ -118,13 +139,25 @@ impl Store {
         .collect()
     }
 
+    /// Events of `SELECT ... FROM events e JOIN services s ... WHERE {tail}` (`tail` holds the
+    /// conditions, the order and the limit), with `args` for its parameters.
+    pub(super) fn events_where(
+        &self,
+        tail: &str,
+        args: impl rusqlite::Params,
+    ) -> Result<Vec<EventRow>> {
+        let mut stmt = self
+            .conn
+            .prepare_cached(&format!("{EVENT_SELECT} WHERE {tail}"))?;
+        let raw = stmt
+            .query_map(args, raw_event)?
+            .collect::<rusqlite::Result<Vec<RawEvent>>>()?;
+        raw.into_iter().map(event_row).collect()
+    }
+
     /// Events matching `filter`.
     pub fn history(&self, filter: &HistoryFilter) -> Result<Vec<EventRow>> {
-        let mut sql = String::from(
-            "SELECT e.id, s.service, e.seq, e.wall_us, e.mono_us, e.kind, e.from_state, \
-             e.to_state, e.pid, e.cause, e.detail FROM events e JOIN services s \
-             ON s.id = e.service_id WHERE 1",
-        );
+        let mut sql = format!("{EVENT_SELECT} WHERE 1");
         let mut args: Vec<Sql> = Vec::new();
         if let Some(service) = &filter.service {
             sql.push_str(" AND e.service_id = (SELECT id FROM services WHERE service = ?)");
@@ -151,21 +184,7 @@ impl Store {
         args.push(Sql::Integer(limit(filter.limit)));
         let mut stmt = self.conn.prepare_cached(&sql)?;
         let raw = stmt
-            .query_map(params_from_iter(args), |r| {
-                Ok((
-                    r.get(0)?,
-                    r.get(1)?,
-                    r.get(2)?,
-                    r.get(3)?,
-                    r.get(4)?,
-                    r.get(5)?,
-                    r.get(6)?,
-                    r.get(7)?,
-                    r.get(8)?,
-                    r.get(9)?,
-                    r.get(10)?,
-                ))
-            })?
+            .query_map(params_from_iter(args), raw_event)?
             .collect::<rusqlite::Result<Vec<RawEvent>>>()?;
         raw.into_iter().map(event_row).collect()
     }
@@ -236,39 +255,50 @@ impl Store {
     /// `newest_first` (the filter's `service` and `kinds` do not apply to commands).
     pub fn commands_page(&self, q: &HistoryFilter, uid: Option<u32>) -> Result<Vec<CommandRow>> {
         let order = if q.newest_first { "DESC" } else { "ASC" };
+        self.commands_where(
+            &format!(
+                "wall_us >= ?1 AND wall_us < ?2 AND (?3 IS NULL OR uid = ?3) \
+                 AND id > ?5 AND id < ?6 ORDER BY id {order} LIMIT ?4"
+            ),
+            params![
+                q.since_us.unwrap_or(i64::MIN),
+                q.until_us.unwrap_or(i64::MAX),
+                uid,
+                limit(q.limit),
+                q.after_id.unwrap_or(i64::MIN),
+                q.before_id.unwrap_or(i64::MAX),
+            ],
+        )
+    }
+
+    /// Commands of `SELECT ... FROM commands WHERE {tail}`, with `args` for its parameters.
+    pub(super) fn commands_where(
+        &self,
+        tail: &str,
+        args: impl rusqlite::Params,
+    ) -> Result<Vec<CommandRow>> {
         let mut stmt = self.conn.prepare_cached(&format!(
             "SELECT id, wall_us, uid, gid, pid, cmdline, request, service, result, ok \
-             FROM commands WHERE wall_us >= ?1 AND wall_us < ?2 AND (?3 IS NULL OR uid = ?3) \
-             AND id > ?5 AND id < ?6 ORDER BY id {order} LIMIT ?4"
+             FROM commands WHERE {tail}"
         ))?;
         let raw = stmt
-            .query_map(
-                params![
-                    q.since_us.unwrap_or(i64::MIN),
-                    q.until_us.unwrap_or(i64::MAX),
-                    uid,
-                    limit(q.limit),
-                    q.after_id.unwrap_or(i64::MIN),
-                    q.before_id.unwrap_or(i64::MAX),
-                ],
-                |r| {
-                    Ok((
-                        r.get::<_, i64>(0)?,
-                        r.get::<_, String>(6)?,
-                        CommandEntry {
-                            wall_us: r.get(1)?,
-                            uid: r.get(2)?,
-                            gid: r.get(3)?,
-                            pid: r.get(4)?,
-                            cmdline: r.get(5)?,
-                            request: Value::Null,
-                            service: r.get(7)?,
-                            result: r.get(8)?,
-                            ok: r.get(9)?,
-                        },
-                    ))
-                },
-            )?
+            .query_map(args, |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, String>(6)?,
+                    CommandEntry {
+                        wall_us: r.get(1)?,
+                        uid: r.get(2)?,
+                        gid: r.get(3)?,
+                        pid: r.get(4)?,
+                        cmdline: r.get(5)?,
+                        request: Value::Null,
+                        service: r.get(7)?,
+                        result: r.get(8)?,
+                        ok: r.get(9)?,
+                    },
+                ))
+            })?
             .collect::<rusqlite::Result<Vec<_>>>()?;
         raw.into_iter()
             .map(|(id, request, mut entry)| {
@@ -285,27 +315,35 @@ impl Store {
         until_us: Option<i64>,
         max: Option<usize>,
     ) -> Result<Vec<ConfigChangeRow>> {
-        let mut stmt = self.conn.prepare_cached(
-            "SELECT id, wall_us, file, hash, services FROM config_changes \
-             WHERE wall_us >= ?1 AND wall_us < ?2 ORDER BY id LIMIT ?3",
-        )?;
+        self.config_changes_where(
+            "wall_us >= ?1 AND wall_us < ?2 ORDER BY id LIMIT ?3",
+            params![
+                since_us.unwrap_or(i64::MIN),
+                until_us.unwrap_or(i64::MAX),
+                limit(max)
+            ],
+        )
+    }
+
+    /// Changes of `SELECT ... FROM config_changes WHERE {tail}`, with `args`.
+    pub(super) fn config_changes_where(
+        &self,
+        tail: &str,
+        args: impl rusqlite::Params,
+    ) -> Result<Vec<ConfigChangeRow>> {
+        let mut stmt = self.conn.prepare_cached(&format!(
+            "SELECT id, wall_us, file, hash, services FROM config_changes WHERE {tail}"
+        ))?;
         let raw = stmt
-            .query_map(
-                params![
-                    since_us.unwrap_or(i64::MIN),
-                    until_us.unwrap_or(i64::MAX),
-                    limit(max)
-                ],
-                |r| {
-                    Ok((
-                        r.get::<_, i64>(0)?,
-                        r.get::<_, i64>(1)?,
-                        r.get::<_, String>(2)?,
-                        r.get::<_, String>(3)?,
-                        r.get::<_, String>(4)?,
-                    ))
-                },
-            )?
+            .query_map(args, |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, i64>(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get::<_, String>(3)?,
+                    r.get::<_, String>(4)?,
+                ))
+            })?
             .collect::<rusqlite::Result<Vec<_>>>()?;
         raw.into_iter()
             .map(|(id, wall_us, file, hash, services)| {

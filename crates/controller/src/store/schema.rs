@@ -118,8 +118,21 @@ CREATE INDEX events_service_time ON events (service_id, wall_us);
 CREATE INDEX events_time ON events (wall_us);
 "#;
 
+/// Version 3: the indexes `why` answers from (docs/insight.md). Partial ones, so that only
+/// the rows they hold cost a write: the deaths and failed starts of all services by time;
+/// the deaths, failed starts, starts and stable marks of a service; and the commands naming
+/// a service. A query uses a partial index only when its WHERE repeats the index's term
+/// exactly: `insight::DEATHS` and `insight::MILESTONES` are those terms.
+const V3: &str = r#"
+CREATE INDEX events_deaths_time ON events (wall_us)
+    WHERE kind IN ('died', 'spawn_failed');
+CREATE INDEX events_milestones ON events (service_id, wall_us)
+    WHERE kind IN ('died', 'spawn_failed', 'started', 'stable');
+CREATE INDEX commands_service_time ON commands (service, wall_us);
+"#;
+
 /// Every migration, oldest first; `MIGRATIONS.len()` is the current schema version.
-pub const MIGRATIONS: &[&str] = &[V1, V2];
+pub const MIGRATIONS: &[&str] = &[V1, V2, V3];
 
 /// The schema version this binary writes.
 pub fn current_version() -> i64 {

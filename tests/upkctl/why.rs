@@ -1,0 +1,134 @@
+//! `upkctl why`: deaths explained from the store, with the right cause, the log tail, the
+//! first failure of a cascade and the configuration change that preceded crashes.
+
+use super::*;
+
+/// Waits until `why SERVICE` prints a line containing every one of `needles`.
+fn why_says(w: &World, service: &str, needles: &[&str]) -> String {
+    wait_until(Duration::from_secs(15), "why to explain it", || {
+        let out = w.upkctl(&["why", service, "--utc"]);
+        if out.code == code::OK && needles.iter().all(|n| out.stdout.contains(n)) {
+            Ok(out.stdout)
+        } else {
+            Err(format!("{}{}", out.stdout, out.stderr))
+        }
+    })
+}
+
+#[test]
+fn a_missing_binary_is_explained_with_the_shells_message() {
+    let w = World::new(
+        &[(
+            "web.conf",
+            r#"{ "web": { ExecStart: "/nonexistent/web --port 80", UserRateLimit: 0.2, InitialState: "running" } }"#,
+        )],
+        &[],
+    );
+    let text = why_says(
+        &w,
+        "web",
+        &[
+            "the program was not found",
+            "last stderr:",
+            "/nonexistent/web",
+        ],
+    );
+    assert!(text.starts_with("web died "), "{text}");
+    assert!(
+        text.contains("looping:") || text.contains("then:"),
+        "{text}"
+    );
+    let json = w.upkctl(&["why", "web", "--json"]);
+    json.expect(code::OK);
+    let v = json.json();
+    assert_eq!(v["death"]["reason"], "not-found", "{v}");
+    assert_eq!(v["death"]["exit"]["code"], 127, "{v}");
+    w.upkctl(&["why", "nope"])
+        .fails(code::NOT_FOUND, "no service \"nope\"");
+    w.upkctl(&["why", "web", "--at", "next tuesday"])
+        .fails(code::USAGE, "is not a time");
+    let before = w.upkctl(&["why", "web", "--at", "2000-01-01"]);
+    before.expect(code::OK);
+    assert!(before.stdout.contains("no death"), "{}", before.stdout);
+}
+
+#[test]
+fn a_cascade_names_its_first_failure_and_the_prerequisite_that_went_down() {
+    let w = World::offline(&[]);
+    let pid = |name: &str| w.sb.file(&format!("{name}.pid")).display().to_string();
+    // api lives while db's process lives, web while api's does: killing db takes both down.
+    let follower = |me: &str, leader: &str| {
+        format!(
+            "#!/bin/sh\nwhile [ ! -s {l} ]; do sleep 0.02; done\nleader=$(cat {l})\n\
+             echo $$ > {m}\nwhile kill -0 $leader 2>/dev/null; do sleep 0.02; done\n\
+             echo '{me}: lost {leader}' >&2\nexit 1\n",
+            l = pid(leader),
+            m = pid(me),
+        )
+    };
+    let text = format!(
+        r#"{{
+            "db":  {{ StartScript: {db:?}, UserRateLimit: 2, InitialState: "running" }},
+            "api": {{ StartScript: {api:?}, Prerequisites: ["db"], UserRateLimit: 2, InitialState: "running" }},
+            "web": {{ StartScript: {web:?}, Prerequisites: ["api"], UserRateLimit: 2, InitialState: "running" }},
+        }}"#,
+        db = format!("#!/bin/sh\necho $$ > {}\nexec sleep 1000\n", pid("db")),
+        api = follower("api", "db"),
+        web = follower("web", "api"),
+    );
+    w.add("app.conf", &text);
+    let mut w = w;
+    w.start(&["db", "api", "web"]);
+    wait_until(Duration::from_secs(10), "api and web watching", || {
+        if w.sb.file("web.pid").exists() {
+            Ok(())
+        } else {
+            Err("no web.pid".to_owned())
+        }
+    });
+    let db = w.running("db").pid.expect("db pid");
+    std::fs::remove_file(w.sb.file("db.pid")).expect("rm db.pid");
+    std::fs::remove_file(w.sb.file("api.pid")).expect("rm api.pid");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(db),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .expect("kill db");
+    let text = why_says(
+        &w,
+        "web",
+        &["first failure: db", "killed by SIGKILL", "web: lost api"],
+    );
+    assert!(text.contains("around:   api"), "{text}");
+    assert!(text.contains("prerequisite \"api\": api went"), "{text}");
+    let api = why_says(&w, "api", &["first failure: db", "api: lost db"]);
+    assert!(api.contains("prerequisite \"db\": db went"), "{api}");
+}
+
+#[test]
+fn crashes_after_a_config_change_name_the_change() {
+    let mut w = World::new(
+        &[(
+            "web.conf",
+            r#"{ "web": { ExecStart: "sleep 1000", UserRateLimit: 0.2, InitialState: "running" } }"#,
+        )],
+        &["web"],
+    );
+    w.add(
+        "web.conf",
+        r##"{ "web": { StartScript: "#!/bin/sh\necho 'bad listen address' >&2\nexit 2\n", UserRateLimit: 0.2, InitialState: "running" } }"##,
+    );
+    let text = why_says(
+        &w,
+        "web",
+        &[
+            "changed:",
+            "web.conf",
+            "is not the last good run's",
+            "bad listen address",
+        ],
+    );
+    assert!(text.contains("exited with code 2"), "{text}");
+    assert!(text.contains("last good run: from"), "{text}");
+    w.stop_controller();
+}
