@@ -45,6 +45,23 @@ fn a_missing_binary_is_explained_with_the_shells_message() {
     assert_eq!(v["death"]["exit"]["code"], 127, "{v}");
     w.upkctl(&["why", "nope"])
         .fails(code::NOT_FOUND, "no service \"nope\"");
+    // The crash loop in the incident view: shown once, then counted.
+    let text = wait_until(Duration::from_secs(15), "a collapsed loop", || {
+        let out = w.upkctl(&["incident", "--since", "10 min ago", "--utc"]);
+        if out.stdout.contains("more lines like the above") {
+            Ok(out.stdout)
+        } else {
+            Err(format!("{}{}", out.stdout, out.stderr))
+        }
+    });
+    assert!(text.contains(">> first failure: "), "{text}");
+    assert_eq!(
+        text.matches("the program was not found").count(),
+        3,
+        "line, head, summary: {text}"
+    );
+    w.upkctl(&["incident", "--since", "+1h"])
+        .fails(code::USAGE, "the window is empty");
     w.upkctl(&["why", "web", "--at", "next tuesday"])
         .fails(code::USAGE, "is not a time");
     let before = w.upkctl(&["why", "web", "--at", "2000-01-01"]);
@@ -103,6 +120,35 @@ fn a_cascade_names_its_first_failure_and_the_prerequisite_that_went_down() {
     assert!(text.contains("prerequisite \"api\": api went"), "{text}");
     let api = why_says(&w, "api", &["first failure: db", "api: lost db"]);
     assert!(api.contains("prerequisite \"db\": db went"), "{api}");
+    let out = w.upkctl(&["incident", "--since", "5 min ago", "--utc"]);
+    out.expect(code::OK);
+    let marked: Vec<&str> = out
+        .lines()
+        .into_iter()
+        .filter(|l| l.contains(">> first failure"))
+        .collect();
+    assert_eq!(marked.len(), 1, "{}", out.stdout);
+    assert!(
+        marked[0].contains("  db  ") && marked[0].contains("killed by SIGKILL"),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        out.stdout.contains("first failure: db at "),
+        "{}",
+        out.stdout
+    );
+    let rows = w
+        .upkctl(&["incident", "--since", "5 min ago", "--json"])
+        .json_lines();
+    assert!(
+        rows.iter().any(|r| r["what"] == "config_change"),
+        "{rows:?}"
+    );
+    assert_eq!(
+        rows.iter().filter(|r| r["first_failure"] == true).count(),
+        1
+    );
 }
 
 #[test]

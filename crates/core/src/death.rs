@@ -93,6 +93,21 @@ impl Reason {
     }
 }
 
+/// True when `record` is a failure of the service: a failed start, or a death whose reason
+/// is a failure (for records made before reasons: an exit of its own with a code other than
+/// 0, as the statistics always counted them).
+pub fn failed(record: &crate::event::Record) -> bool {
+    use crate::event::EventKind;
+    match &record.kind {
+        EventKind::SpawnFailed { .. } => true,
+        EventKind::Died { reason, exit, .. } => match reason {
+            Some(r) => r.is_failure(),
+            None => record.cause == "exit" && !exit.success() && *exit != Exit::Unknown,
+        },
+        _ => false,
+    }
+}
+
 /// The cause the machine records when failed health checks begin a stop.
 pub const UNHEALTHY: &str = "unhealthy";
 

@@ -121,6 +121,13 @@ pub enum Cmd {
         #[arg(long, value_name = "WHEN")]
         at: Option<String>,
     },
+    /// Show everything in a window (default: the last hour) in one order: every service's
+    /// events, the commands and the configuration changes, the first failure marked, crash
+    /// loops collapsed, and a summary per service.
+    Incident {
+        #[command(flatten)]
+        window: Window,
+    },
     /// Show restarts per hour, uptime, mean time between failures and flapping.
     Stats {
         /// Service ids (all when none is named).

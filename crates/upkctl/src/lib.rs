@@ -10,7 +10,7 @@
 //! offline, with the controller's own loaders and renderer.
 //!
 //! Each command is one function in a module of its kind ([`status`], [`control`],
-//! [`events`], [`report`], [`why`], [`offline`]) that prints to the given writer and returns an exit
+//! [`events`], [`report`], [`why`], [`incident`], [`offline`]) that prints to the given writer and returns an exit
 //! code, or a [`exit::Failure`]: one sentence and its code. `main` prints the sentence and
 //! exits; the codes are in [`exit`] and `docs/exit-codes.md`.
 //!
@@ -27,6 +27,7 @@ pub mod cli;
 pub mod control;
 pub mod events;
 pub mod exit;
+pub mod incident;
 pub mod offline;
 pub mod openrc;
 pub mod report;
@@ -155,6 +156,9 @@ pub fn run(args: cli::Args, out: &mut dyn Write) -> Result<i32> {
             user,
             lines,
         } => report::audit(&ctx, &window, user.as_deref(), lines, out)?,
+        Cmd::Incident { window } => {
+            incident::incident(&ctx, window.since.as_deref(), window.until.as_deref(), out)?
+        }
         Cmd::Why { service, at } => why::why(&ctx, &service, at.as_deref(), out)?,
         Cmd::Stats { services, since } => report::stats(&ctx, &services, since.as_deref(), out)?,
         Cmd::Check { paths, controller } => offline::check(&ctx, &paths, controller, out)?,

@@ -11,7 +11,7 @@
 
 use rusqlite::params;
 use upk_core::death::Reason;
-use upk_core::event::{EventKind, Exit};
+use upk_core::event::EventKind;
 use upk_core::history::{EventRow, GoodRun, Prerequisite, Why, GOOD_RUN_US, WHY_SCAN};
 
 use super::{Result, Store, StoreError};
@@ -45,14 +45,7 @@ pub fn failed(kind: &str, cause: &str, code: Option<i32>, reason: Option<&str>) 
 }
 
 fn row_failed(row: &EventRow) -> bool {
-    match &row.record.kind {
-        EventKind::SpawnFailed { .. } => true,
-        EventKind::Died { reason, exit, .. } => match reason {
-            Some(r) => r.is_failure(),
-            None => row.record.cause == "exit" && !exit.success() && *exit != Exit::Unknown,
-        },
-        _ => false,
-    }
+    upk_core::death::failed(&row.record)
 }
 
 /// One row of the walk: id, wall time, kind, cause, exit code, recorded reason.
