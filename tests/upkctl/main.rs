@@ -5,6 +5,7 @@
 mod control;
 mod events;
 mod limits;
+mod logs;
 mod offline;
 mod status;
 mod why;

@@ -121,6 +121,19 @@ pub enum Cmd {
         #[arg(long, value_name = "WHEN")]
         at: Option<String>,
     },
+    /// Show what a service wrote (its RedirectStdout and RedirectStderr files), like
+    /// `tail -F`; works with the controller down.
+    Logs {
+        /// The service id.
+        #[arg(value_name = "SERVICE")]
+        service: String,
+        /// The last N lines of each file (0: all).
+        #[arg(short = 'n', long, value_name = "N", default_value_t = 20)]
+        lines: usize,
+        /// Then keep printing what it writes, across restarts and rotations.
+        #[arg(short, long)]
+        follow: bool,
+    },
     /// Show everything in a window (default: the last hour) in one order: every service's
     /// events, the commands and the configuration changes, the first failure marked, crash
     /// loops collapsed, and a summary per service.

@@ -10,7 +10,7 @@
 //! offline, with the controller's own loaders and renderer.
 //!
 //! Each command is one function in a module of its kind ([`status`], [`control`],
-//! [`events`], [`report`], [`why`], [`incident`], [`offline`]) that prints to the given writer and returns an exit
+//! [`events`], [`report`], [`why`], [`incident`], [`logs`], [`offline`]) that prints to the given writer and returns an exit
 //! code, or a [`exit::Failure`]: one sentence and its code. `main` prints the sentence and
 //! exits; the codes are in [`exit`] and `docs/exit-codes.md`.
 //!
@@ -28,6 +28,7 @@ pub mod control;
 pub mod events;
 pub mod exit;
 pub mod incident;
+pub mod logs;
 pub mod offline;
 pub mod openrc;
 pub mod report;
@@ -159,6 +160,11 @@ pub fn run(args: cli::Args, out: &mut dyn Write) -> Result<i32> {
         Cmd::Incident { window } => {
             incident::incident(&ctx, window.since.as_deref(), window.until.as_deref(), out)?
         }
+        Cmd::Logs {
+            service,
+            lines,
+            follow,
+        } => logs::logs(&ctx, &service, lines, follow, out)?,
         Cmd::Why { service, at } => why::why(&ctx, &service, at.as_deref(), out)?,
         Cmd::Stats { services, since } => report::stats(&ctx, &services, since.as_deref(), out)?,
         Cmd::Check { paths, controller } => offline::check(&ctx, &paths, controller, out)?,

@@ -1,0 +1,86 @@
+//! `upkctl logs`: the last lines of a service's output files, and `-f` following them across
+//! a restart and a rotation (move the file, SIGHUP the buddy), with the controller up or down.
+
+use super::*;
+
+fn kill(pid: i32, sig: nix::sys::signal::Signal) {
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig).expect("kill");
+}
+
+#[test]
+fn logs_shows_the_last_lines_and_follows_across_a_restart_and_a_rotation() {
+    let script = "#!/bin/sh\\necho \\\"hello from $$\\\"\\necho \\\"oops from $$\\\" >&2\\nexec sleep 1000\\n";
+    let conf = format!(
+        r#"{{ "web": {{ StartScript: "{script}", InitialState: "running", UserRateLimit: 0 }} }}"#
+    );
+    let mut w = World::new(&[("web.conf", &conf)], &["web"]);
+    let first = w.running("web").pid.expect("pid");
+    let out = wait_until(Duration::from_secs(10), "the first lines", || {
+        let out = w.upkctl(&["logs", "web"]);
+        if out.stdout.contains(&format!("oops from {first}")) {
+            Ok(out)
+        } else {
+            Err(format!("{out:?}"))
+        }
+    });
+    out.expect(code::OK);
+    assert!(out.stdout.contains("==> stdout ("), "{}", out.stdout);
+    assert!(
+        out.stdout.contains(&format!("hello from {first}")),
+        "{}",
+        out.stdout
+    );
+
+    let f = w.spawn(&["logs", "web", "-f", "-n", "0"]);
+    f.said(&format!("hello from {first}"));
+    // A restart: the new run appends.
+    kill(first, nix::sys::signal::Signal::SIGKILL);
+    let second = wait_until(Duration::from_secs(10), "a new run", || {
+        match w.status("web").and_then(|s| s.pid) {
+            Some(p) if p != first => Ok(p),
+            other => Err(format!("{other:?}")),
+        }
+    });
+    f.said(&format!("hello from {second}"));
+    // A rotation as logrotate does it: move the files away, SIGHUP the buddy; the next run
+    // writes to new files, and -f reads them from their start.
+    let log = w.sb.run_path().join("web").join("log");
+    for s in ["stdout", "stderr"] {
+        std::fs::rename(log.join(s), log.join(format!("{s}.1"))).expect("rotate");
+    }
+    let buddy = w.status("web").expect("status").buddy_pid;
+    kill(buddy, nix::sys::signal::Signal::SIGHUP);
+    wait_until(Duration::from_secs(10), "settings re-read", || {
+        let text = std::fs::read_to_string(log.join("buddy")).unwrap_or_default();
+        if text.contains("settings re-read") {
+            Ok(())
+        } else {
+            Err(text)
+        }
+    });
+    kill(second, nix::sys::signal::Signal::SIGKILL);
+    let third = wait_until(Duration::from_secs(10), "a third run", || {
+        match w.status("web").and_then(|s| s.pid) {
+            Some(p) if p != second && p != first => Ok(p),
+            other => Err(format!("{other:?}")),
+        }
+    });
+    f.said(&format!("hello from {third}"));
+    assert!(log.join("stdout").exists() && log.join("stdout.1").exists());
+
+    // The controller is not needed; -n 1 is one line of each file.
+    w.stop_controller();
+    let out = w.upkctl(&["logs", "web", "-n", "1"]);
+    out.expect(code::OK);
+    assert_eq!(
+        out.lines(),
+        [
+            format!("==> stdout ({}) <==", log.join("stdout").display()).as_str(),
+            format!("hello from {third}").as_str(),
+            format!("==> stderr ({}) <==", log.join("stderr").display()).as_str(),
+            format!("oops from {third}").as_str(),
+        ]
+    );
+    w.upkctl(&["logs", "nope"])
+        .fails(code::NOT_FOUND, "no service \"nope\"");
+}
