@@ -68,6 +68,21 @@ fn logs_shows_the_last_lines_and_follows_across_a_restart_and_a_rotation() {
     f.said(&format!("hello from {third}"));
     assert!(log.join("stdout").exists() && log.join("stdout.1").exists());
 
+    // One service's status page: its processes, its last death explained, its last lines.
+    let page = wait_until(Duration::from_secs(10), "the page", || {
+        let out = w.upkctl(&["status", "web", "--utc"]);
+        if out.stdout.contains("Last death:") && out.stdout.contains(&format!("hello from {third}"))
+        {
+            Ok(out.stdout)
+        } else {
+            Err(format!("{out:?}"))
+        }
+    });
+    assert!(page.starts_with("● web"), "{page}");
+    assert!(page.contains(&format!("Main PID: {third}")), "{page}");
+    assert!(page.contains(&format!("{third} sleep 1000")), "{page}");
+    assert!(page.contains("killed by SIGKILL"), "{page}");
+    assert!(page.contains(&format!("oops from {third}")), "{page}");
     // The controller is not needed; -n 1 is one line of each file.
     w.stop_controller();
     let out = w.upkctl(&["logs", "web", "-n", "1"]);

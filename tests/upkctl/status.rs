@@ -214,7 +214,7 @@ fn a_controller_that_does_not_answer_times_out() {
             && out.stderr.contains("showing the status files"),
         "{out:?}"
     );
-    assert_eq!(row(&out.stdout, "web")[1], "running");
+    assert!(out.stdout.contains("State:  running"), "{out:?}");
     w.upkctl(&["--timeout", "0.5", "stop", "web"])
         .fails(code::TIMED_OUT, "did not answer within 0.5s");
     assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());

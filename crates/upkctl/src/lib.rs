@@ -32,6 +32,7 @@ pub mod logs;
 pub mod offline;
 pub mod openrc;
 pub mod report;
+pub mod show;
 pub mod status;
 pub mod table;
 pub mod when;

@@ -119,6 +119,18 @@ pub fn logs(
     }
 }
 
+/// The last `n` lines of the file at `path` (all with 0; nothing when it is not there).
+pub fn last_lines(path: &Path, n: usize) -> Result<String> {
+    Followed {
+        name: "",
+        path: path.to_owned(),
+        file: None,
+        ino: None,
+        offset: 0,
+    }
+    .last_lines(n)
+}
+
 impl Followed {
     /// Opens the file if it is there; `Ok(false)` if it is not (yet).
     fn open(&mut self) -> Result<bool> {

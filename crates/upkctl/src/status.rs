@@ -164,6 +164,19 @@ pub fn status(ctx: &Ctx, services: &[String], out: &mut dyn Write) -> Result<i32
                 services: rows,
             },
         )?;
+    } else if let ([_], [row]) = (services, rows.as_slice()) {
+        // One service named: its page, with its last death explained when the store answers.
+        let why = if controller {
+            ctx.connect()
+                .ok()
+                .and_then(|mut c| c.why(&row.service, None).ok())
+        } else {
+            None
+        };
+        let run_path = ctx.controller()?.svc_run_path;
+        for line in crate::show::page(row, &run_path, why.as_ref(), &ctx.zone, now) {
+            writeln!(out, "{line}")?;
+        }
     } else {
         let cells: Vec<Vec<String>> = rows.iter().map(|r| r.cells(now)).collect();
         table::print(out, &HEADER, &cells)?;
