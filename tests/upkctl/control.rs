@@ -179,10 +179,11 @@ fn wait_says_when_the_state_is_not_reached() {
     w.add(
         "app.conf",
         &format!(
-            r#"{{
+            r##"{{
     "stubborn": {{ ExecStart: {}, InitialState: "running", KillTimeout: 6 }},
     "doomed": {{ ExecStart: "sleep 1000", SetUID: 4000000, MaxConsecutiveFailures: 1 }},
-}}"#,
+    "crashy": {{ StartScript: "#!/bin/sh\necho 'port 80 in use' >&2\nexit 3\n", MaxConsecutiveFailures: 1 }},
+}}"##,
             quoted(&stubborn)
         ),
     );
@@ -202,6 +203,14 @@ fn wait_says_when_the_state_is_not_reached() {
     let out = w.upkctl(&["start", "doomed", "--wait"]);
     out.fails(code::FAILED, "doomed: it failed");
     assert_eq!(w.status("doomed").map(|s| s.state), Some(StateName::Failed));
+    // A service that dies: the failure says how, and what it wrote last.
+    let out = w.upkctl(&["start", "crashy", "--wait"]);
+    out.expect(code::FAILED);
+    assert!(
+        out.stderr.contains("its last death: exited with code 3")
+            && out.stderr.contains("    | port 80 in use"),
+        "{out:?}"
+    );
     // Without --wait, the start itself was carried out: exit 0, the state as it is.
     let out = w.upkctl(&["start", "doomed"]);
     out.expect(code::OK);

@@ -9,7 +9,7 @@
 
 use crate::buddy::Buddy;
 use crate::children::{ReplyTo, Role};
-use crate::explain::{How, Witness};
+use crate::explain::{How, Marks, Witness};
 use crate::health::{self, Channel};
 use crate::hooks;
 use crate::launch::{self, As, Child, Failed, Part};
@@ -52,11 +52,13 @@ impl Buddy {
             ));
             self.note(None, "leftovers", kind);
         }
+        // Before the start: the service may write before it returns.
+        let marks = Marks::of(self.launcher.output_files(&self.settings.service));
         match self.launch_service() {
             Ok((pid, how)) => {
                 self.adopted = None;
                 self.contain.run_began();
-                self.witness = Witness::begin(self.launcher.redirect_files(), how);
+                self.witness = Witness::begin(marks, how);
                 self.children.add(pid, Role::Service);
                 // With the pid, the start time is what lets a successor adopt the process:
                 // out of descriptors (reading /proc takes one), the spare one is given up.

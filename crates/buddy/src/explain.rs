@@ -1,6 +1,7 @@
 //! What the loop adds to a run's records beyond the machine's facts (docs/insight.md).
 //!
-//! At a start, [`Witness::begin`] notes where each redirect file ends, how the program was
+//! Before a start, [`Marks::of`] notes where each redirect file ends; [`Witness::begin`] adds
+//! how the program was
 //! executed (through the shell, or directly) and what `execve` said if the direct start
 //! failed. At the death, [`Witness::complete`] fills the `died` record: the last lines the run
 //! wrote (read back from the redirect files the buddy already holds, never past where the run
@@ -35,6 +36,18 @@ struct Mark {
     size: u64,
 }
 
+/// Where the redirect files (stdout, stderr) ended: taken before the run is started, since
+/// it may write before the start returns.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Marks([Option<Mark>; 2]);
+
+impl Marks {
+    /// The ends of `files` now.
+    pub fn of(files: Option<[&File; 2]>) -> Marks {
+        Marks(files.map_or([None, None], |f| [mark(f[0]), mark(f[1])]))
+    }
+}
+
 /// What one run's death will be explained with.
 #[derive(Debug, Default)]
 pub struct Witness {
@@ -52,10 +65,10 @@ fn mark(file: &File) -> Option<Mark> {
 }
 
 impl Witness {
-    /// A run begins, writing to `files` (stdout, stderr), started as `how`.
-    pub fn begin(files: Option<[&File; 2]>, how: How) -> Witness {
+    /// A run begins, writing after `marks`, started as `how`.
+    pub fn begin(marks: Marks, how: How) -> Witness {
         Witness {
-            marks: files.map_or([None, None], |f| [mark(f[0]), mark(f[1])]),
+            marks: marks.0,
             how,
         }
     }
@@ -63,7 +76,7 @@ impl Witness {
     /// A run adopted from a predecessor: its output counts from now, and how it was
     /// executed is not known (its death's status is not known either).
     pub fn adopted(files: Option<[&File; 2]>) -> Witness {
-        Witness::begin(files, How::default())
+        Witness::begin(Marks::of(files), How::default())
     }
 
     /// Fills a `started` record's configuration hash.
@@ -173,7 +186,7 @@ mod tests {
         );
         writeln!(err, "from the run before").expect("write");
         let w = Witness::begin(
-            Some([&out, &err]),
+            Marks::of(Some([&out, &err])),
             How {
                 shell: true,
                 exec_error: None,
@@ -196,7 +209,7 @@ mod tests {
     fn one_file_for_both_streams_is_read_once_and_the_budget_holds() {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut both = append(&dir.path().join("log"));
-        let w = Witness::begin(Some([&both, &both]), How::default());
+        let w = Witness::begin(Marks::of(Some([&both, &both])), How::default());
         for i in 0..5000 {
             writeln!(both, "line {i}").expect("write");
         }
@@ -218,7 +231,7 @@ mod tests {
             .write(true)
             .open("/dev/null")
             .expect("open");
-        let w = Witness::begin(Some([&null, &null]), How::default());
+        let w = Witness::begin(Marks::of(Some([&null, &null])), How::default());
         let mut kind = EventKind::died(Exit::Exited { code: 0 }, 1.0);
         w.complete(Some([&null, &null]), &mut kind);
         assert!(matches!(kind, EventKind::Died { tail: None, .. }));

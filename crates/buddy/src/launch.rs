@@ -271,6 +271,13 @@ impl Launcher {
         self.redirects.as_ref().map(|r| [&r.stdout, &r.stderr])
     }
 
+    /// The redirect files, opened now if they are not yet (`None` if they cannot be: the
+    /// start then fails with the reason).
+    pub fn output_files(&mut self, svc: &Service) -> Option<[&File; 2]> {
+        self.open_redirects(svc).ok()?;
+        self.redirect_files()
+    }
+
     /// The redirect files, opened at first use.
     fn open_redirects(&mut self, svc: &Service) -> Result<(), String> {
         if self.redirects.is_none() {

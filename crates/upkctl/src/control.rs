@@ -203,6 +203,9 @@ struct Result1 {
     status: Option<Status>,
     /// How the reload or action script ended.
     exit: Option<Exit>,
+    /// When a wait failed: the last lines the service wrote before its last death.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    last_lines: Vec<String>,
 }
 
 /// `upkctl VERB SERVICE... [--all] [--wait]`.
@@ -270,6 +273,9 @@ pub fn run(
                 writeln!(out, "{}: {}", r.service, r.message)?;
             } else {
                 warn(&format!("{}: {}", r.service, r.message));
+                for line in &r.last_lines {
+                    eprintln!("    | {line}");
+                }
             }
         }
     }
@@ -293,6 +299,7 @@ fn outcome(service: &str, answer: libupkeeper::Result<Outcome>) -> Result1 {
         message: String::new(),
         status: None,
         exit: None,
+        last_lines: Vec::new(),
     };
     match answer {
         Ok(Outcome::Done {
@@ -360,6 +367,7 @@ fn wait(
                 Verdict::Reached(line) => r.message = line,
                 Verdict::Missed(why) => {
                     (r.ok, r.code, r.message) = (false, exit::FAILED, why);
+                    explain_miss(client, r);
                 }
                 Verdict::Waiting(now) => {
                     if Instant::now() >= deadline {
@@ -381,6 +389,32 @@ fn wait(
         }
     }
     Ok(())
+}
+
+/// A missed wait says how the service last died and what it wrote then (`upkctl why`'s
+/// first facts), when the store has them.
+fn explain_miss(client: &mut Client, r: &mut Result1) {
+    let Ok(why) = client.why(&r.service, None) else {
+        return;
+    };
+    let Some(death) = why.death else {
+        return;
+    };
+    if let libupkeeper::EventKind::Died {
+        exit,
+        reason: Some(reason),
+        stop,
+        exec_error,
+        tail,
+        ..
+    } = &death.record.kind
+    {
+        let how = upk_core::death::sentence(*exit, *reason, stop.as_ref(), exec_error.as_deref());
+        r.message = format!("{}; its last death: {how}", r.message);
+        if let Some(t) = tail {
+            r.last_lines = t.stderr.iter().chain(&t.stdout).cloned().collect();
+        }
+    }
 }
 
 /// Waits for the next event (a cue that something changed), at most [`RECHECK`] and never
