@@ -123,21 +123,26 @@ fn run(sb: &Sandbox, prog: &Path, args: &[&str], env: &[(&str, &Path)]) -> (i32,
     )
 }
 
-/// The state column of `upkctl status SERVICE`, or what it said instead.
+/// The state `upkctl status --json SERVICE` reports, or what it said instead.
 fn state(sb: &Sandbox, upkctl: &Path, ctl: &Path, id: &str) -> Result<String, String> {
     let (code, out, err) = run(
         sb,
         upkctl,
-        &["--config", ctl.to_str().expect("utf8"), "status", id],
+        &[
+            "--config",
+            ctl.to_str().expect("utf8"),
+            "--json",
+            "status",
+            id,
+        ],
         &[],
     );
     if code != 0 {
         return Err(format!("exit {code}: {out}{err}"));
     }
-    out.lines()
-        .find(|l| l.split_whitespace().next() == Some(id))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .map(str::to_owned)
+    serde_json::from_str::<serde_json::Value>(&out)
+        .ok()
+        .and_then(|v| v["services"][0]["state"].as_str().map(str::to_owned))
         .ok_or(out)
 }
 
