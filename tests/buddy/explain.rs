@@ -56,10 +56,19 @@ fn a_segfault_is_a_signal_with_what_it_printed_first() {
 #[test]
 fn a_stop_that_needed_sigkill_says_who_stopped_it_and_at_which_step() {
     let sb = Sandbox::new();
-    let script = "trap 'echo ignoring TERM' TERM\nwhile :; do sleep 0.05; done";
+    let script = "trap 'echo ignoring TERM' TERM\necho trapped\nwhile :; do sleep 0.05; done";
     let dir = sb.service("stubborn", &sh_service("KillTimeout: 1", script));
     let b = sb.buddy(&dir);
     b.wait_status("running", |s| s.state == StateName::Running);
+    // The stop must come after the trap is set.
+    wait_until(Duration::from_secs(10), "the trap set", || {
+        let out = std::fs::read_to_string(dir.log_file("stdout")).unwrap_or_default();
+        if out.contains("trapped") {
+            Ok(())
+        } else {
+            Err(out)
+        }
+    });
     b.call(json!({"type": "stop"}));
     let died = b.wait_record("died", |_| true);
     assert_eq!(died["reason"], "stopped", "{died}");
