@@ -163,3 +163,66 @@ fn logs_rotate_by_moving_the_file_and_sending_sighup() {
         "the old file kept only the old run"
     );
 }
+
+#[test]
+fn the_buddys_own_logger_rotates_at_the_size_and_keeps_exactly_n_files() {
+    let sb = Sandbox::new();
+    let script = "i=0\nwhile [ $i -lt 3000 ]; do echo \"line $i\"; i=$((i+1)); done\necho finished >&2\nexec sleep 1000";
+    let extra = "LogMaxSize: \"4K\", LogKeep: 2, LogTimestamps: true";
+    let dir = sb.service("chatty", &sh_service(extra, script));
+    let _b = sb.buddy(&dir);
+    let log = dir.log();
+    wait_until(Duration::from_secs(20), "every line written", || {
+        let out = std::fs::read_to_string(log.join("stdout")).unwrap_or_default();
+        if out.contains("line 2999\n") {
+            Ok(())
+        } else {
+            Err(out.lines().last().unwrap_or_default().to_owned())
+        }
+    });
+    let mut names: Vec<String> = std::fs::read_dir(&log)
+        .expect("log dir")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("stdout"))
+        .collect();
+    names.sort();
+    assert_eq!(names, ["stdout", "stdout.1", "stdout.2", "stdout_pipe"]);
+    let mut kept = Vec::new();
+    for n in ["stdout.2", "stdout.1", "stdout"] {
+        let body = std::fs::read_to_string(log.join(n)).expect("read");
+        assert!(body.len() <= 4096, "{n} holds {} bytes", body.len());
+        kept.extend(body.lines().map(str::to_owned));
+    }
+    // Every kept line is stamped, and they are the newest lines, in order, none missing.
+    let numbers: Vec<u32> = kept
+        .iter()
+        .map(|l| {
+            let (stamp, rest) = l.split_once(' ').expect("a stamp");
+            assert!(stamp.ends_with('Z') && stamp.len() == 27, "{l}");
+            rest.strip_prefix("line ")
+                .expect("a line")
+                .parse()
+                .expect("n")
+        })
+        .collect();
+    assert_eq!(numbers.last(), Some(&2999));
+    assert!(
+        numbers.windows(2).all(|w| w[1] == w[0] + 1),
+        "a gap in {numbers:?}"
+    );
+    let stderr = std::fs::read_to_string(log.join("stderr")).expect("stderr");
+    assert!(stderr.ends_with(" finished\n"), "{stderr}");
+}
+
+#[test]
+fn a_death_keeps_its_tail_through_the_buddys_own_logger() {
+    let sb = Sandbox::new();
+    let script = "echo 'fatal: no config' >&2\nexit 1";
+    let dir = sb.service(
+        "crash",
+        &sh_service("LogMaxSize: \"1M\", UserRateLimit: 1", script),
+    );
+    let b = sb.buddy(&dir);
+    let died = b.wait_record("died", |_| true);
+    assert_eq!(died["tail"]["stderr"][0], "fatal: no config", "{died}");
+}

@@ -99,3 +99,57 @@ fn logs_shows_the_last_lines_and_follows_across_a_restart_and_a_rotation() {
     w.upkctl(&["logs", "nope"])
         .fails(code::NOT_FOUND, "no service \"nope\"");
 }
+
+#[test]
+fn logs_follow_misses_nothing_across_the_buddys_own_rotations() {
+    let script =
+        "#!/bin/sh\\ni=0\\nwhile :; do echo \\\"tick $i\\\"; i=$((i+1)); sleep 0.002; done\\n";
+    let conf = format!(
+        r#"{{ "web": {{ StartScript: "{script}", InitialState: "running", LogMaxSize: "4K", LogKeep: 3 }} }}"#
+    );
+    let w = World::new(&[("web.conf", &conf)], &["web"]);
+    let f = w.spawn(&["logs", "web", "-f", "-n", "0"]);
+    let log = w.sb.run_path().join("web").join("log");
+    let mut last: Option<u64> = None;
+    let mut rotations_seen = false;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !rotations_seen {
+        assert!(Instant::now() < deadline, "no two rotations within 60 s");
+        let line = f.said("tick ");
+        let n: u64 = line
+            .rsplit(' ')
+            .next()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("{line:?}"));
+        if let Some(prev) = last {
+            assert_eq!(n, prev + 1, "a line lost or repeated after tick {prev}");
+        }
+        last = Some(n);
+        rotations_seen = log.join("stdout.2").exists();
+    }
+    // Exactly LogKeep rotated files, however many rotations.
+    wait_until(Duration::from_secs(60), "a third rotation", || {
+        if log.join("stdout.3").exists() {
+            Ok(())
+        } else {
+            Err("no stdout.3 yet".to_owned())
+        }
+    });
+    // Another rotation replaces stdout.3 (its first line changes), and stdout.4 never exists.
+    let first = |p: &std::path::Path| {
+        std::fs::read_to_string(p)
+            .ok()
+            .and_then(|t| t.lines().next().map(str::to_owned))
+    };
+    let oldest = first(&log.join("stdout.3"));
+    wait_until(Duration::from_secs(60), "a fourth rotation", || {
+        assert!(!log.join("stdout.4").exists(), "more than LogKeep files");
+        let now = first(&log.join("stdout.3"));
+        if now.is_some() && now != oldest {
+            Ok(())
+        } else {
+            Err(format!("{now:?}"))
+        }
+    });
+    assert!(!log.join("stdout.4").exists(), "more than LogKeep files");
+}

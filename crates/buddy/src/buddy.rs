@@ -49,6 +49,8 @@ const EXIT_GRACE: Duration = Duration::from_secs(3);
 const HOLD_MAX: Duration = Duration::from_secs(1);
 /// Most inputs one `Buddy::drive` feeds the machine before the loop polls again.
 const MAX_FEEDS: u32 = 8;
+/// The longest a death waits for its loggers to write what the service last sent them.
+const LOGGER_CATCH_UP: Duration = Duration::from_millis(50);
 
 /// What one `poll` found ready, fixed at poll time (handling one source may change the set).
 struct Ready {
@@ -363,6 +365,9 @@ impl Buddy {
             },
             Output::KillGroup { pgid, signal } => self.contain.signal(pgid, signal),
             Output::Record(mut note) => {
+                if matches!(note.kind, EventKind::Died { .. }) {
+                    self.let_loggers_catch_up();
+                }
                 self.contain.explain(&mut note.kind);
                 let files = self.launcher.redirect_files();
                 self.witness.complete(files, &mut note.kind);
@@ -379,6 +384,29 @@ impl Buddy {
             }
         }
         None
+    }
+
+    /// Before a death's tail is read: what the service wrote into a logger's FIFO reaches the
+    /// file once the logger has read it. Waits while a FIFO holds unread bytes, 1 ms at a
+    /// time, at most [`LOGGER_CATCH_UP`]; without loggers, or with nothing pending, not at all.
+    fn let_loggers_catch_up(&self) {
+        let deadline = Instant::now() + LOGGER_CATCH_UP;
+        let mut waited = false;
+        while self
+            .streams
+            .iter()
+            .any(|s| s.logger.is_some() && s.pending() > 0)
+        {
+            if Instant::now() >= deadline {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+            waited = true;
+        }
+        if waited {
+            // The logger has read the last bytes; give it the moment to write them.
+            std::thread::sleep(Duration::from_millis(1));
+        }
     }
 
     /// What follows once the machine asks for nothing more: a draining group is watched (or

@@ -306,6 +306,7 @@ impl Buddy {
                 .map_err(|e| format!("{}: {e}", stream.fifo.display()))?;
             let stdin = stream.logger_end().map_err(|e| e.to_string())?;
             let mut child = Child::new(script);
+            child.args = self.streams[i].args.clone();
             child.stdin = Some(stdin.as_fd());
             child.part = Part::Plumbing;
             let svc = &self.settings.service;

@@ -52,6 +52,7 @@ pub mod phone;
 pub mod records;
 pub mod requests;
 pub mod ring;
+pub mod rotate;
 pub mod spawn;
 pub mod startup;
 pub mod watch;

@@ -56,8 +56,11 @@ pub struct Stream {
     pub name: &'static str,
     /// `log/<name>_pipe`.
     pub fifo: PathBuf,
-    /// The logger script, if any (`scripts/pipe_<name>`).
+    /// The logger, if any: `scripts/pipe_<name>`, or the buddy itself as its own rotating
+    /// logger (`LogMaxSize` without a script, [`crate::rotate`]).
     pub script: Option<PathBuf>,
+    /// The logger's arguments (the built-in one's `--logger FILE ...`).
+    pub args: Vec<String>,
     /// The running logger.
     pub logger: Option<i32>,
     /// Its start time in clock ticks (with the pid, it identifies the process in `status`).
@@ -79,6 +82,7 @@ impl Stream {
             name,
             fifo: dir.log_file(&format!("{name}_pipe")),
             script: None,
+            args: Vec::new(),
             logger: None,
             logger_start: None,
             started: None,
@@ -90,13 +94,30 @@ impl Stream {
         s
     }
 
-    /// Applies (re-read) settings: whether a logger script is configured.
+    /// Applies (re-read) settings: whether a logger script is configured, or the built-in
+    /// rotating logger.
     pub fn configure(&mut self, dir: &RunDir, svc: &Service) {
-        let script = match self.name {
-            "stdout" => svc.pipe_stdout_script.as_ref(),
-            _ => svc.pipe_stderr_script.as_ref(),
+        let (script, redirect) = match self.name {
+            "stdout" => (svc.pipe_stdout_script.as_ref(), &svc.redirect_stdout),
+            _ => (svc.pipe_stderr_script.as_ref(), &svc.redirect_stderr),
         };
         self.script = script.map(|_| dir.script(&format!("pipe_{}", self.name)));
+        self.args = Vec::new();
+        if let (None, Some(max_size)) = (&self.script, svc.log_max_size) {
+            let file = redirect
+                .as_ref()
+                .map_or_else(|| dir.log_file(self.name), |p| dir.root().join(p));
+            let rotation = crate::rotate::Rotation {
+                file,
+                max_size,
+                keep: svc.log_keep,
+                timestamps: svc.log_timestamps,
+            };
+            if let Ok(exe) = std::env::current_exe() {
+                self.script = Some(exe);
+                self.args = rotation.args();
+            }
+        }
         if self.script.is_none() {
             self.held = None;
         }
@@ -121,6 +142,19 @@ impl Stream {
     /// The held write end, for the service, if this stream is piped.
     pub fn write_end(&self) -> Option<BorrowedFd<'_>> {
         self.held.as_ref().map(|(_, w)| w.as_fd())
+    }
+
+    /// Bytes in the FIFO that the logger has not read yet (0 without one).
+    pub fn pending(&self) -> usize {
+        let Some((r, _)) = &self.held else { return 0 };
+        let mut n: libc::c_int = 0;
+        // SAFETY: FIONREAD writes one int into `n`, on a descriptor we hold.
+        let rc = unsafe { libc::ioctl(r.as_raw_fd(), libc::FIONREAD, &mut n) };
+        if rc == 0 {
+            usize::try_from(n).unwrap_or(0)
+        } else {
+            0
+        }
     }
 
     /// A fresh blocking descriptor for the logger to read from.

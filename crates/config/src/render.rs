@@ -256,13 +256,14 @@ fn scripts_of(svc: &Service) -> Result<Vec<(Option<String>, String, String)>, Re
     Ok(out)
 }
 
-/// The FIFOs of the configured loggers (the buddy makes a missing one too).
+/// The FIFOs of the configured loggers, a script or the buddy's own rotating logger
+/// (`LogMaxSize`); the buddy makes a missing one too.
 fn make_fifos(dir: &RunDir, svc: &Service) -> Result<(), RenderError> {
     for (fifo, script) in [
         ("stdout_pipe", &svc.pipe_stdout_script),
         ("stderr_pipe", &svc.pipe_stderr_script),
     ] {
-        if script.is_none() {
+        if script.is_none() && svc.log_max_size.is_none() {
             continue;
         }
         let p = dir.log_file(fifo);

@@ -708,6 +708,20 @@ fn memory(v: &Value) -> Parsed<u64> {
     }
 }
 
+/// `LogMaxSize`: a redirect file is rotated past this size, 4K to 1T.
+fn log_size(v: &Value) -> Parsed<u64> {
+    match amount(v)? {
+        n if (4096..=1 << 40).contains(&n) => Ok(n),
+        n if n == u64::MAX => problem("must be a size (Null for no rotation)"),
+        n => problem(format!("must be between 4096 bytes (4K) and 1T, found {n}")),
+    }
+}
+
+/// `LogKeep`: rotated files kept, 1 to 1000.
+fn log_keep(v: &Value) -> Parsed<u32> {
+    bounded_u32(v, 1, 1000)
+}
+
 fn cpu_weight(v: &Value) -> Parsed<u32> {
     bounded_u32(v, 1, 10_000)
 }
@@ -821,6 +835,9 @@ service_keys! {
     PipeStderrScript => pipe_stderr_script: Option<String> = None, nullable(script);
     RedirectStdout => redirect_stdout: Option<PathBuf> = None, nullable(redirect_path);
     RedirectStderr => redirect_stderr: Option<PathBuf> = None, nullable(redirect_path);
+    LogMaxSize => log_max_size: Option<u64> = None, nullable(log_size);
+    LogKeep => log_keep: u32 = 10, plain(log_keep);
+    LogTimestamps => log_timestamps: bool = false, plain(boolean);
     InitialState => initial_state: InitialState = InitialState::Stopped, plain(initial_state);
     UnconfigureOnFileRemoval => unconfigure_on_file_removal: bool = false, plain(boolean);
     PreferBuddyStateForStopped => prefer_buddy_state_for_stopped: bool = false, plain(boolean);
@@ -905,7 +922,7 @@ mod tests {
         assert_eq!(s.max_consecutive_failures, -1);
         assert_eq!(s.exec_stop.as_deref(), Some("kill"));
         assert!(s.prefer_buddy_state_for_running);
-        assert_eq!(SERVICE_KEYS.len(), 65);
+        assert_eq!(SERVICE_KEYS.len(), 68);
         assert_eq!(canonical_key("setuid"), Some("SetUID"));
     }
 
@@ -1012,6 +1029,12 @@ mod tests {
         );
         assert!(msg(l.set("Environment", &json!({"1A": "x"}))).contains("variable name"));
         assert!(msg(l.set("MemoryMax", &json!(100))).contains("4096"));
+        assert!(msg(l.set("LogMaxSize", &json!(100))).contains("4096"));
+        assert!(msg(l.set("LogMaxSize", &json!("infinity"))).contains("Null"));
+        assert!(msg(l.set("LogMaxSize", &json!("2T"))).contains("1T"));
+        assert!(msg(l.set("LogKeep", &json!(0))).contains("between 1 and 1000"));
+        l.set("LogMaxSize", &json!("10M")).expect("size");
+        assert_eq!(l.log_max_size, Some(Some(10 << 20)));
         l.set("MemoryMax", &json!("64M")).expect("memory");
         assert_eq!(l.memory_max, Some(Some(64 << 20)));
         l.set("CPUQuota", &json!("50%")).expect("percent");

@@ -275,6 +275,20 @@ pub struct Service {
     /// `TasksMax`: processes and threads (`u64::MAX`: unlimited).
     #[serde(default)]
     pub tasks_max: Option<u64>,
+    /// `LogMaxSize`, bytes: the buddy's own logger writes each redirect file and rotates it
+    /// past this size (a stream with a Pipe*Script keeps its script).
+    #[serde(default)]
+    pub log_max_size: Option<u64>,
+    /// `LogKeep`: rotated files kept (`FILE.1` newest to `FILE.N`).
+    #[serde(default = "ten")]
+    pub log_keep: u32,
+    /// `LogTimestamps`: the buddy's logger begins each line with its UTC time.
+    #[serde(default)]
+    pub log_timestamps: bool,
+}
+
+fn ten() -> u32 {
+    10
 }
 
 fn root_dir() -> PathBuf {
