@@ -252,3 +252,49 @@ fn watch_and_follow_print_events_as_they_are_stored() {
     again.complained("the controller closed the connection");
     assert_eq!(again.wait_exit(), code::UNREACHABLE);
 }
+
+#[test]
+fn several_services_and_globs_and_a_suggestion_for_a_typo() {
+    let w = World::new(
+        &[(
+            "app.conf",
+            r#"{
+    "web": { ExecStart: "sleep 1000", InitialState: "running" },
+    "web2": { ExecStart: "sleep 1000", InitialState: "running" },
+    "db": { ExecStart: "sleep 1000", InitialState: "running" },
+}"#,
+        )],
+        &["web", "web2", "db"],
+    );
+    let services = |args: &[&str]| {
+        let rows = wait_until(Duration::from_secs(10), "started rows", || {
+            let rows = w.upkctl(args).json_lines();
+            if rows.iter().filter(|r| r["kind"] == "started").count() >= 2 {
+                Ok(rows)
+            } else {
+                Err(format!("{rows:?}"))
+            }
+        });
+        let ids: Vec<i64> = rows.iter().filter_map(|r| r["id"].as_i64()).collect();
+        assert!(ids.windows(2).all(|p| p[0] < p[1]), "one order: {ids:?}");
+        rows.iter()
+            .filter_map(|r| r["service"].as_str().map(str::to_owned))
+            .collect::<std::collections::BTreeSet<String>>()
+    };
+    let both = services(&["history", "web", "db", "--json", "-n", "0"]);
+    assert_eq!(both.into_iter().collect::<Vec<_>>(), ["db", "web"]);
+    let glob = services(&["history", "web*", "--json", "-n", "0"]);
+    assert_eq!(glob.into_iter().collect::<Vec<_>>(), ["web", "web2"]);
+    // -n keeps the newest N of them all.
+    let two = w.upkctl(&["history", "web", "db", "--json", "-n", "2"]);
+    assert_eq!(two.json_lines().len(), 2);
+    w.upkctl(&["history", "zz*"])
+        .fails(code::NOT_FOUND, "no configured service matches \"zz*\"");
+    w.upkctl(&["stop", "wbe"])
+        .fails(code::NOT_FOUND, "did you mean \"web\"?");
+    w.upkctl(&["history", "dbb"])
+        .fails(code::NOT_FOUND, "did you mean \"db\"?");
+    let status = w.upkctl(&["status", "web*"]);
+    status.expect(code::OK);
+    assert_eq!(table(&status.stdout).len(), 2, "{}", status.stdout);
+}

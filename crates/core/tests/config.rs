@@ -62,7 +62,7 @@ fn seed_sample_loads_as_a_controller_file() {
     // defaults; the keys upkeeper added later (health, readiness, backoff, hooks, limits) it
     // leaves out.
     assert_eq!(d.over(&ServiceLayer::builtin()), ServiceLayer::builtin());
-    assert_eq!(SERVICE_KEYS.len(), 65);
+    assert_eq!(SERVICE_KEYS.len(), 68);
     assert_eq!(SERVICE_KEYS[30], "PreferBuddyStateForRunning");
     assert_eq!((d.health_check.clone(), d.notify.clone()), (None, None));
     let mut only_seed = ServiceLayer::builtin();
@@ -101,6 +101,10 @@ fn seed_sample_loads_as_a_controller_file() {
     only_seed.cpu_weight = None;
     only_seed.cpu_quota = None;
     only_seed.tasks_max = None;
+    // The buddy's own rotating logger (issue 13).
+    only_seed.log_max_size = None;
+    only_seed.log_keep = None;
+    only_seed.log_timestamps = None;
     assert_eq!(*d, only_seed);
 }
 

@@ -83,9 +83,9 @@ pub enum Cmd {
     Unconfigure(Targets),
     /// Show stored events, oldest first.
     History {
-        /// Only this service.
+        /// Only these services: ids, or globs such as 'pkg::*' (all when none is named).
         #[arg(value_name = "SERVICE")]
-        service: Option<String>,
+        services: Vec<String>,
         #[command(flatten)]
         window: Window,
         /// Only events of these kinds (died, started, stopped, ...; repeat or separate with
@@ -152,7 +152,7 @@ pub enum Cmd {
     },
     /// Print events live as the controller stores them.
     Watch {
-        /// Only these services.
+        /// Only these services: ids, or globs such as 'pkg::*'.
         #[arg(value_name = "SERVICE")]
         services: Vec<String>,
         /// Only events of these kinds (repeat or separate with commas).

@@ -44,8 +44,8 @@ pub const KINDS: &[&str] = &[
 /// What `upkctl history` asks for.
 #[derive(Debug, Clone)]
 pub struct HistoryQuery {
-    /// Only this service.
-    pub service: Option<String>,
+    /// Only these services (ids or globs such as `pkg::*`); all when empty.
+    pub services: Vec<String>,
     /// `--since`, `--until`.
     pub window: Window,
     /// `--kind`.
@@ -87,14 +87,14 @@ pub fn history(ctx: &Ctx, q: &HistoryQuery, out: &mut dyn Write) -> Result<i32> 
     check_kinds(&q.kinds)?;
     let (since_us, until_us) = window(ctx, &q.window)?;
     let mut client = ctx.connect()?;
-    let services: Vec<&str> = q.service.as_deref().into_iter().collect();
+    let services = expand(&mut client, &q.services)?;
+    let names: Vec<&str> = services.iter().map(String::as_str).collect();
     let sub = if q.follow {
-        Some(ctx.connect()?.subscribe(&services, None)?)
+        Some(ctx.connect()?.subscribe(&names, None)?)
     } else {
         None
     };
     let filter = HistoryFilter {
-        service: q.service.clone(),
         since_us,
         until_us,
         kinds: q.kinds.clone(),
@@ -103,14 +103,24 @@ pub fn history(ctx: &Ctx, q: &HistoryQuery, out: &mut dyn Write) -> Result<i32> 
         newest_first: q.lines > 0,
         ..HistoryFilter::default()
     };
-    let mut rows = client.history(&filter)?;
-    if filter.newest_first {
-        rows.reverse();
+    // One query per service named (each its last N), merged in storage order, the last N kept.
+    let mut rows = Vec::new();
+    if services.is_empty() {
+        rows = client.history(&filter)?;
     }
-    if rows.is_empty() {
-        if let Some(service) = &q.service {
+    for service in &services {
+        let mut theirs = client.history(&HistoryFilter {
+            service: Some(service.clone()),
+            ..filter.clone()
+        })?;
+        if theirs.is_empty() {
             known(&mut client, service)?;
         }
+        rows.append(&mut theirs);
+    }
+    rows.sort_by_key(|r| r.id);
+    if q.lines > 0 && rows.len() > q.lines {
+        rows.drain(..rows.len() - q.lines);
     }
     for row in &rows {
         print_event(ctx, out, row)?;
@@ -119,6 +129,63 @@ pub fn history(ctx: &Ctx, q: &HistoryQuery, out: &mut dyn Write) -> Result<i32> 
         Some(sub) => follow(ctx, sub, &q.kinds, None, out),
         None => Ok(exit::OK),
     }
+}
+
+/// Service ids and globs (`*` any run of characters, `?` one: `pkg::*`, `web-?`) as the
+/// configured services they name, in order and each once; a glob that names none is
+/// [`exit::NOT_FOUND`]. Ids without a wildcard pass as they are (a removed service still has
+/// a history).
+pub fn expand(client: &mut libupkeeper::Client, names: &[String]) -> Result<Vec<String>> {
+    if !names.iter().any(|n| n.contains(['*', '?'])) {
+        return Ok(names.to_vec());
+    }
+    let configured: Vec<String> = client.list()?.into_iter().map(|s| s.service).collect();
+    let mut out: Vec<String> = Vec::new();
+    for name in names {
+        if !name.contains(['*', '?']) {
+            if !out.contains(name) {
+                out.push(name.clone());
+            }
+            continue;
+        }
+        let matched: Vec<&String> = configured.iter().filter(|c| glob(name, c)).collect();
+        if matched.is_empty() {
+            return Err(Failure::new(
+                exit::NOT_FOUND,
+                format!("no configured service matches {name:?} (see `upkctl list`)"),
+            ));
+        }
+        for m in matched {
+            if !out.contains(m) {
+                out.push(m.clone());
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// `*` matches any run of characters, `?` one; everything else itself.
+pub fn glob(pattern: &str, text: &str) -> bool {
+    let (p, t): (Vec<char>, Vec<char>) = (pattern.chars().collect(), text.chars().collect());
+    // Iterative with one backtrack point: linear in practice, never exponential.
+    let (mut pi, mut ti, mut star, mut mark) = (0, 0, None, 0);
+    while ti < t.len() {
+        if pi < p.len() && (p[pi] == '?' || p[pi] == t[ti]) {
+            pi += 1;
+            ti += 1;
+        } else if pi < p.len() && p[pi] == '*' {
+            star = Some(pi);
+            mark = ti;
+            pi += 1;
+        } else if let Some(s) = star {
+            pi = s + 1;
+            mark += 1;
+            ti = mark;
+        } else {
+            return false;
+        }
+    }
+    p[pi..].iter().all(|&c| c == '*')
 }
 
 /// A service is known if the controller has it or the store has an event of it.
@@ -145,6 +212,7 @@ pub fn watch(
 ) -> Result<i32> {
     check_kinds(kinds)?;
     let mut client = ctx.connect()?;
+    let services = &expand(&mut client, services)?;
     // Unknown services would be watched in silence forever: say so at once.
     if !services.is_empty() {
         let names: Vec<&str> = services.iter().map(String::as_str).collect();
@@ -221,6 +289,16 @@ fn print_event(ctx: &Ctx, out: &mut dyn Write, row: &EventRow) -> Result<()> {
 mod tests {
     use super::*;
     use libupkeeper::{EventKind, Exit, Record, StateName};
+
+    #[test]
+    fn globs_match_as_the_shell_does() {
+        assert!(glob("pkg::*", "pkg::web"));
+        assert!(!glob("pkg::*", "other::web"));
+        assert!(glob("web-?", "web-1") && !glob("web-?", "web-10"));
+        assert!(glob("*", "") && glob("a*b*c", "axxbyyc") && !glob("a*b*c", "axxbyy"));
+        let long = "a".repeat(10_000);
+        assert!(!glob(&format!("{}b", "*a".repeat(50)), &long));
+    }
 
     #[test]
     fn every_kind_is_known_by_its_stored_name() {

@@ -133,14 +133,14 @@ pub fn run(args: cli::Args, out: &mut dyn Write) -> Result<i32> {
             control::run(&ctx, control::Verb::Action { name }, &targets, out)?
         }
         Cmd::History {
-            service,
+            services,
             window,
             kind,
             lines,
             follow,
         } => {
             let query = events::HistoryQuery {
-                service,
+                services,
                 window,
                 kinds: kind,
                 lines,

@@ -139,6 +139,7 @@ pub fn stats(
         ));
     }
     let mut client = ctx.connect()?;
+    let services = crate::events::expand(&mut client, services)?;
     let names: Vec<&str> = services.iter().map(String::as_str).collect();
     // The store answers an unknown service with a store error: ask the controller first so
     // that it is "not found".

@@ -146,8 +146,12 @@ const HEADER: [&str; 10] = [
 /// `upkctl status [SERVICE...]`.
 pub fn status(ctx: &Ctx, services: &[String], out: &mut dyn Write) -> Result<i32> {
     let now = upk_core::time::wall_us();
-    let names: Vec<&str> = services.iter().map(String::as_str).collect();
-    let answer = ctx.connect().and_then(|mut c| Ok(c.status(&names)?));
+    let answer = ctx.connect().and_then(|mut c| {
+        // Globs need the controller's list; without it, the names are taken as ids.
+        let services = crate::events::expand(&mut c, services)?;
+        let names: Vec<&str> = services.iter().map(String::as_str).collect();
+        Ok(c.status(&names)?)
+    });
     let (controller, rows) = match answer {
         Ok(list) => (
             true,

@@ -61,7 +61,7 @@ impl Server {
     ) -> Result<(), (ErrorCode, String)> {
         let service = body.service().unwrap_or_default().to_owned();
         let Some(member) = fleet.members.get(&service) else {
-            return Err(not_found(&service));
+            return Err(not_found(&service, fleet));
         };
         let request = match body.clone() {
             ClientRequest::Start { .. } => BuddyRequest::Start,

@@ -621,10 +621,14 @@ fn store_error(e: crate::store::StoreError) -> (ErrorCode, String) {
     )
 }
 
-fn not_found(service: &str) -> (ErrorCode, String) {
+fn not_found(service: &str, fleet: &Fleet) -> (ErrorCode, String) {
+    let hint = match upk_core::config::closest(service, fleet.members.keys().map(String::as_str)) {
+        Some(near) => format!("did you mean {near:?}? see `upkctl list`"),
+        None => "see `upkctl list`".to_owned(),
+    };
     (
         ErrorCode::NotFound,
-        format!("there is no service {service:?} (see `upkctl list`)"),
+        format!("there is no service {service:?} ({hint})"),
     )
 }
 

@@ -68,7 +68,7 @@ impl Server {
                     unique(services)
                 };
                 if let Some(unknown) = ids.iter().find(|id| !fleet.members.contains_key(*id)) {
-                    return Err(not_found(unknown));
+                    return Err(not_found(unknown, fleet));
                 }
                 ClientReply::Services {
                     services: self.summaries(&ids, fleet),
@@ -187,7 +187,7 @@ impl Server {
         if fleet.members.contains_key(id) || self.reader.service_uuid(id).ok().flatten().is_some() {
             Ok(())
         } else {
-            Err(not_found(id))
+            Err(not_found(id, fleet))
         }
     }
 

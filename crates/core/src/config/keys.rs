@@ -835,9 +835,6 @@ service_keys! {
     PipeStderrScript => pipe_stderr_script: Option<String> = None, nullable(script);
     RedirectStdout => redirect_stdout: Option<PathBuf> = None, nullable(redirect_path);
     RedirectStderr => redirect_stderr: Option<PathBuf> = None, nullable(redirect_path);
-    LogMaxSize => log_max_size: Option<u64> = None, nullable(log_size);
-    LogKeep => log_keep: u32 = 10, plain(log_keep);
-    LogTimestamps => log_timestamps: bool = false, plain(boolean);
     InitialState => initial_state: InitialState = InitialState::Stopped, plain(initial_state);
     UnconfigureOnFileRemoval => unconfigure_on_file_removal: bool = false, plain(boolean);
     PreferBuddyStateForStopped => prefer_buddy_state_for_stopped: bool = false, plain(boolean);
@@ -876,6 +873,9 @@ service_keys! {
     CPUWeight => cpu_weight: Option<u32> = None, nullable(cpu_weight);
     CPUQuota => cpu_quota: Option<f64> = None, nullable(cpu_quota);
     TasksMax => tasks_max: Option<u64> = None, nullable(tasks_max);
+    LogMaxSize => log_max_size: Option<u64> = None, nullable(log_size);
+    LogKeep => log_keep: u32 = 10, plain(log_keep);
+    LogTimestamps => log_timestamps: bool = false, plain(boolean);
 }
 
 /// The canonical spelling of a service key written in any case.
@@ -893,21 +893,29 @@ pub const MAX_KEY_SHOWN: usize = 64;
 /// The known key closest to `key`, when one is close enough to be a likely typo. The edit
 /// distance costs the product of the lengths: a key of a megabyte is not compared at all.
 pub fn did_you_mean(key: &str, known: &[&'static str]) -> Option<&'static str> {
-    if key.chars().count() > MAX_KEY_SHOWN {
+    closest(key, known.iter().copied())
+}
+
+/// The candidate closest to `word` (case-insensitive), when one is close enough to be a likely
+/// typo of it (one edit away, or 70% alike); words longer than [`MAX_KEY_SHOWN`] are not
+/// compared.
+pub fn closest<'a>(word: &str, candidates: impl Iterator<Item = &'a str>) -> Option<&'a str> {
+    if word.chars().count() > MAX_KEY_SHOWN {
         return None;
     }
-    let key = key.to_lowercase();
-    known
-        .iter()
-        .map(|k| {
-            (
-                strsim::normalized_damerau_levenshtein(&key, &k.to_lowercase()),
-                *k,
-            )
+    let word = word.to_lowercase();
+    candidates
+        .filter(|c| c.len() <= 4 * MAX_KEY_SHOWN)
+        .map(|c| {
+            let c_low = c.to_lowercase();
+            // One typo is a likely one even in a short word (`wbe` for `web`).
+            let one = strsim::damerau_levenshtein(&word, &c_low) <= 1;
+            let score = strsim::normalized_damerau_levenshtein(&word, &c_low);
+            (if one { score.max(0.7) } else { score }, c)
         })
         .filter(|(score, _)| *score >= 0.7)
         .max_by(|a, b| a.0.total_cmp(&b.0))
-        .map(|(_, k)| k)
+        .map(|(_, c)| c)
 }
 
 #[cfg(test)]

@@ -16,7 +16,9 @@ mod keys;
 mod model;
 mod validate;
 
-pub use keys::{check_action_name, ServiceLayer, MAX_RINGBUFFER_SIZE, MAX_SECONDS, SERVICE_KEYS};
+pub use keys::{
+    check_action_name, closest, ServiceLayer, MAX_RINGBUFFER_SIZE, MAX_SECONDS, SERVICE_KEYS,
+};
 pub use model::*;
 pub use validate::{
     controller_file, default_cgroup, load_controller, load_controller_or_defaults, load_services,
