@@ -298,3 +298,40 @@ fn several_services_and_globs_and_a_suggestion_for_a_typo() {
     status.expect(code::OK);
     assert_eq!(table(&status.stdout).len(), 2, "{}", status.stdout);
 }
+
+#[test]
+fn the_shell_completes_service_names_from_the_run_directories() {
+    let w = World::new(&[("app.conf", SERVICES)], &["web", "db"]);
+    let complete = |words: &[&str]| {
+        let out = Command::new(bin("upkctl"))
+            .args(["--"])
+            .args(words)
+            .env("COMPLETE", "bash")
+            .env("_CLAP_IFS", "\n")
+            .env("_CLAP_COMPLETE_INDEX", (words.len() - 1).to_string())
+            .env("_CLAP_COMPLETE_COMP_TYPE", "9")
+            .env("_CLAP_COMPLETE_SPACE", "true")
+            .env("UPKEEPER_CONFIG", &w.ctl)
+            .output()
+            .expect("upkctl");
+        assert!(out.status.success(), "{out:?}");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        // Options are offered too; the names are what this test is about.
+        let mut v: Vec<String> = text
+            .lines()
+            .filter(|l| !l.starts_with('-'))
+            .map(str::to_owned)
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(complete(&["upkctl", "restart", "w"]), ["web"]);
+    assert_eq!(complete(&["upkctl", "why", ""]), ["db", "web"]);
+    assert_eq!(complete(&["upkctl", "sta"]), ["start", "stats", "status"]);
+    // The registration script names the binary.
+    let reg = Command::new(bin("upkctl"))
+        .env("COMPLETE", "bash")
+        .output()
+        .expect("upkctl");
+    assert!(String::from_utf8_lossy(&reg.stdout).contains("complete -o nospace"));
+}

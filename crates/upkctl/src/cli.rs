@@ -4,6 +4,7 @@
 //! (`upkctl completions`, `upkctl man`), so the help text here is the reference text.
 
 use clap::{Args as ClapArgs, Parser, Subcommand};
+use clap_complete::engine::{ArgValueCandidates, CompletionCandidate};
 use std::path::PathBuf;
 
 /// upkeeper's operator tool: status, control, history, audit and statistics of services.
@@ -45,7 +46,7 @@ pub enum Cmd {
     /// controller is down.
     Status {
         /// Service ids.
-        #[arg(value_name = "SERVICE")]
+        #[arg(value_name = "SERVICE", add = ArgValueCandidates::new(service_names))]
         services: Vec<String>,
     },
     /// List the configured services.
@@ -84,7 +85,7 @@ pub enum Cmd {
     /// Show stored events, oldest first.
     History {
         /// Only these services: ids, or globs such as 'pkg::*' (all when none is named).
-        #[arg(value_name = "SERVICE")]
+        #[arg(value_name = "SERVICE", add = ArgValueCandidates::new(service_names))]
         services: Vec<String>,
         #[command(flatten)]
         window: Window,
@@ -115,7 +116,7 @@ pub enum Cmd {
     /// the commands that named it and what else failed around it.
     Why {
         /// The service id.
-        #[arg(value_name = "SERVICE")]
+        #[arg(value_name = "SERVICE", add = ArgValueCandidates::new(service_names))]
         service: String,
         /// The last death at or before this time (as for `history --since`).
         #[arg(long, value_name = "WHEN")]
@@ -125,7 +126,7 @@ pub enum Cmd {
     /// `tail -F`; works with the controller down.
     Logs {
         /// The service id.
-        #[arg(value_name = "SERVICE")]
+        #[arg(value_name = "SERVICE", add = ArgValueCandidates::new(service_names))]
         service: String,
         /// The last N lines of each file (0: all).
         #[arg(short = 'n', long, value_name = "N", default_value_t = 20)]
@@ -153,7 +154,7 @@ pub enum Cmd {
     /// Print events live as the controller stores them.
     Watch {
         /// Only these services: ids, or globs such as 'pkg::*'.
-        #[arg(value_name = "SERVICE")]
+        #[arg(value_name = "SERVICE", add = ArgValueCandidates::new(service_names))]
         services: Vec<String>,
         /// Only events of these kinds (repeat or separate with commas).
         #[arg(long, value_name = "KIND", value_delimiter = ',')]
@@ -278,7 +279,8 @@ pub struct Targets {
     #[arg(
         value_name = "SERVICE",
         required_unless_present = "all",
-        conflicts_with = "all"
+        conflicts_with = "all",
+        add = ArgValueCandidates::new(service_names)
     )]
     pub services: Vec<String>,
     /// Every configured service.
@@ -300,6 +302,26 @@ pub struct Window {
     /// Until this time (exclusive), written as for --since.
     #[arg(long, value_name = "WHEN")]
     pub until: Option<String>,
+}
+
+/// The services a shell completes (`COMPLETE=bash upkctl`): those with a run directory under
+/// the default controller file's SvcRunPath (`UPKEEPER_CONFIG`'s, when set), read from the
+/// files so that a TAB never waits for the controller.
+fn service_names() -> Vec<CompletionCandidate> {
+    let config = std::env::var_os("UPKEEPER_CONFIG").map(PathBuf::from);
+    let Ok(ctl) = upk_core::config::load_controller_or_defaults(config.as_deref()) else {
+        return Vec::new();
+    };
+    let Ok(dirs) = std::fs::read_dir(&ctl.svc_run_path) else {
+        return Vec::new();
+    };
+    let mut names: Vec<String> = dirs
+        .filter_map(|e| e.ok())
+        .filter(|e| e.path().join(upk_core::rundir::SETTINGS).is_file())
+        .filter_map(|e| e.file_name().into_string().ok())
+        .collect();
+    names.sort();
+    names.into_iter().map(CompletionCandidate::new).collect()
 }
 
 fn parse_seconds(s: &str) -> Result<f64, String> {

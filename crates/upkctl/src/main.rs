@@ -1,11 +1,14 @@
 //! `upkctl`: parse the command line, run the command, turn the outcome into an exit code.
 //! Everything else lives in the library.
 
-use clap::Parser;
+use clap::{CommandFactory, Parser};
 use std::process::ExitCode;
 use upkctl::exit;
 
 fn main() -> ExitCode {
+    // `COMPLETE=bash upkctl` prints the shell's registration; the shell then asks here, with
+    // COMPLETE set, for each completion (service names included): answered, and exited.
+    clap_complete::CompleteEnv::with_factory(upkctl::cli::Args::command).complete();
     // Usage errors are permanent failures (100), as for every upkeeper program; help is not.
     let args = match upkctl::cli::Args::try_parse() {
         Ok(a) => a,
