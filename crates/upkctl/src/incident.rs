@@ -4,7 +4,7 @@
 //! `--since` and `--until` are merged by time into one list. The first failure is marked;
 //! a crash loop's repeated lines are collapsed per service into one line with a count (a line
 //! whose shape, its text with the digits masked, the service printed among its last
-//! [`RECENT`] shapes is counted, not printed); and a summary groups the services: failures,
+//! `RECENT` (8) shapes is counted, not printed); and a summary groups the services: failures,
 //! the first one, the state the window ended in. The window holds at most [`MAX_EVENTS`]
 //! events; a longer one says where it stopped.
 

@@ -897,7 +897,7 @@ pub fn did_you_mean(key: &str, known: &[&'static str]) -> Option<&'static str> {
 }
 
 /// The candidate closest to `word` (case-insensitive), when one is close enough to be a likely
-/// typo of it (one edit away, or 70% alike); words longer than [`MAX_KEY_SHOWN`] are not
+/// typo of it (one edit away, or 70% alike); words longer than `MAX_KEY_SHOWN` characters are not
 /// compared.
 pub fn closest<'a>(word: &str, candidates: impl Iterator<Item = &'a str>) -> Option<&'a str> {
     if word.chars().count() > MAX_KEY_SHOWN {
