@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """The audit store at scale: how long the controller takes to answer after a start on a store
-of N events, and what `stats`, `audit`, `history` and `status` cost there.
+of N events, and what `stats`, `audit`, `history`, `status`, `why` and `incident` cost there.
 
     python3 bench/store.py                         # 1M and 10M events, 100 services
     python3 bench/store.py --events 1000000 --services 5000
@@ -75,8 +75,12 @@ def fill(db, events, services):
         raise SystemExit("no incarnations: the first start recorded nothing")
     now = int(time.time() * 1e6)
     per = events // len(incs)
-    kinds = [("started", "stopped", "running", "policy", None, None),
-             ("died", "running", "backoff", "exit", 1, '{"exit":{"how":"exited","code":1},"uptime":0.1}'),
+    # A crash loop, as the buddy records one: a start naming its config, a death explained with
+    # its tail (docs/insight.md), a restart scheduled.
+    died = ('{"exit":{"how":"exited","code":1},"uptime":0.1,"reason":"failed","tail":{"stderr":'
+            '["bench: cannot bind 0.0.0.0:8080: Address in use","bench: exiting with 1"]}}')
+    kinds = [("started", "stopped", "running", "policy", None, '{"config":"3f2a9c0d1e4b5a67"}'),
+             ("died", "running", "backoff", "exit", 1, died),
              ("restart_scheduled", "backoff", "backoff", "policy", None, '{"delay":0.0,"failures":1}')]
     for iid, sid, top in incs:
         def rows():
@@ -146,13 +150,18 @@ def one(args, events, root):
             out["audit_ms"] = timed(upkctl + ["audit"])
             out["history_ms"] = timed(upkctl + ["history", names[0], "-n", "20"])
             out["status_ms"] = timed(upkctl + ["status"])
+            # The questions of docs/insight.md, on the worst case: every service crash-looping
+            # in the same seconds (the fill's events end now, 1 ms apart per service).
+            out["why_ms"] = timed(upkctl + ["why", names[0]])
+            out["incident_ms"] = timed(upkctl + ["incident", "--since", "-30s"])
         stop(p)
     out["start_to_hello_s"] = starts
     print("store: %d events, %d services: start to hello %s s; stats %s ms, audit %s ms, "
-          "history %s ms, status %s ms" % (
+          "history %s ms, status %s ms, why %s ms, incident %s ms" % (
               out["rows"], args.services, ", ".join("%.3f" % s if s else "none" for s in starts),
               out["stats_ms"].get("median"), out["audit_ms"].get("median"),
-              out["history_ms"].get("median"), out["status_ms"].get("median")), file=sys.stderr)
+              out["history_ms"].get("median"), out["status_ms"].get("median"),
+              out["why_ms"].get("median"), out["incident_ms"].get("median")), file=sys.stderr)
     log.close()
     return out
 

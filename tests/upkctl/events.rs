@@ -335,3 +335,84 @@ fn the_shell_completes_service_names_from_the_run_directories() {
         .expect("upkctl");
     assert!(String::from_utf8_lossy(&reg.stdout).contains("complete -o nospace"));
 }
+
+#[test]
+fn history_why_and_audit_read_the_store_when_the_controller_is_down() {
+    let mut w = World::new(&[("app.conf", SERVICES)], &["web", "db"]);
+    let killed = kill_and_wait_restart(&w, "web");
+    w.upkctl(&["stop", "db"]).expect(code::OK);
+    wait_until(Duration::from_secs(10), "the death stored", || {
+        let out = w.upkctl(&["history", "web", "--kind", "died"]);
+        out.stdout
+            .contains("killed by SIGKILL")
+            .then_some(())
+            .ok_or(out.stdout)
+    });
+    wait_until(Duration::from_secs(10), "the stop audited", || {
+        let out = w.upkctl(&["audit"]);
+        out.stdout
+            .contains("stop db")
+            .then_some(())
+            .ok_or(out.stdout)
+    });
+    let live = w.upkctl(&["history", "--json", "-n", "0"]).json_lines();
+    // Killed, its socket left behind: nobody listens there (ECONNREFUSED).
+    w.controller.as_mut().expect("controller").kill();
+    let db = w.sb.path().join("state").join("upkeeper.db");
+    let before = std::fs::read(&db).expect("store");
+
+    let out = w.upkctl(&["history", "--json", "-n", "0"]);
+    out.expect(code::OK);
+    assert!(
+        out.stderr.contains("the controller is not running") && out.stderr.contains("upkeeper.db"),
+        "said where it reads: {out:#?}"
+    );
+    let stored = out.json_lines();
+    assert!(stored.len() >= live.len(), "{stored:?}");
+    assert_eq!(
+        stored[..live.len()],
+        live[..],
+        "the rows the controller gave"
+    );
+    let died = w.upkctl(&["history", "w*", "--kind", "died"]);
+    died.expect(code::OK);
+    assert!(
+        died.stdout.contains("killed by SIGKILL") && died.stdout.contains(&format!("pid {killed}")),
+        "{died:#?}"
+    );
+    let why = w.upkctl(&["why", "web"]);
+    why.expect(code::OK);
+    assert!(why.stdout.contains("SIGKILL"), "{why:#?}");
+    let audit = w.upkctl(&["audit", "--json"]);
+    audit.expect(code::OK);
+    assert!(
+        audit
+            .json_lines()
+            .iter()
+            .any(|c| c["request"]["type"] == "stop" && c["service"] == "db"),
+        "{audit:#?}"
+    );
+    w.upkctl(&["history", "nosuch"])
+        .fails(code::NOT_FOUND, "no service \"nosuch\" in the store");
+    w.upkctl(&["history", "-f", "web"])
+        .fails(code::UNREACHABLE, "--follow needs the controller");
+    w.upkctl(&["start", "web"])
+        .fails(code::UNREACHABLE, "cannot reach the controller");
+
+    // Without a socket at all, the same; and the store is only read.
+    std::fs::remove_file(w.sb.path().join("state").join("upkeeper.sock")).expect("rm socket");
+    w.upkctl(&["history", "db", "-n", "1"]).expect(code::OK);
+    assert!(
+        std::fs::read(&db).expect("store") == before,
+        "the store is unchanged"
+    );
+
+    // The store's own permissions are the access rule (mode 0640, no read group here).
+    if nix::unistd::geteuid().is_root() {
+        let out = w.upkctl_as_nobody(&["history", "web"]);
+        assert_ne!(out.code, code::OK, "{out:#?}");
+        assert!(out.stderr.contains("cannot read the store"), "{out:#?}");
+    } else {
+        eprintln!("not root: the store's permissions are checked only as root (setpriv nobody)");
+    }
+}

@@ -8,7 +8,8 @@
 //! ([`render`]), keeps one buddy per service and one event link to each ([`fleet`], [`reach`],
 //! [`link`]), knows what each service should be doing ([`desired`]), writes every event and
 //! command into the audit store ([`store`], guarded by [`storewatch`]), serves clients on its
-//! socket ([`server`], [`access`]) and follows `SvcConfigPath` ([`watch`], [`diff`]).
+//! socket ([`server`], [`access`]) and follows `SvcConfigPath` ([`watch`], [`diff`]); while it
+//! is down, [`offline`] answers clients' reads from the store.
 //! [`foreground`] is the one loop that drives all of it and carries the server's intents to the
 //! fleet and the store: data flows config -> render -> fleet -> store -> server, one way
 //! (`docs/architecture.md`). Buddies own their services; the controller can die and come back
@@ -26,6 +27,7 @@ pub mod desired;
 pub mod fleet;
 pub mod foreground;
 pub mod link;
+pub mod offline;
 pub mod order;
 pub mod reach;
 pub mod server;

@@ -38,6 +38,12 @@ enum Cmd {
         /// Service ids.
         services: Vec<String>,
     },
+    /// Answer the client protocol's read requests (history, audit, why) from a store, on
+    /// stdin and stdout: what upkctl runs when the controller is down.
+    ReadStore {
+        /// The store (StateDir/upkeeper.db).
+        store: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
@@ -67,6 +73,11 @@ fn main() -> ExitCode {
 }
 
 fn run(args: Args) -> anyhow::Result<i32> {
+    if let Some(Cmd::ReadStore { store }) = &args.command {
+        // Needs no controller file: the store is named.
+        upkeeper::offline::serve(store, std::io::stdin().lock(), std::io::stdout().lock())?;
+        return Ok(exit::OK);
+    }
     let ctl = match load::controller(args.config.as_deref()) {
         Ok(c) => c,
         Err(e) => {
@@ -107,6 +118,7 @@ fn run(args: Args) -> anyhow::Result<i32> {
             }
             Ok(code)
         }
+        Cmd::ReadStore { .. } => Ok(exit::OK),
         Cmd::Run => {
             upkeeper::foreground::run(&ctl, &renderer)?;
             Ok(exit::OK)

@@ -252,6 +252,12 @@ impl Client {
                 source,
             },
         })?;
+        Client::over(stream, hello)
+    }
+
+    /// Says `hello` on a stream already connected to something that speaks the protocol (the
+    /// controller, or `upkeeper read-store` on a socket pair), waiting at most `hello`.
+    pub fn over(stream: UnixStream, hello: Duration) -> Result<Client> {
         let mut client = Client {
             wire: Wire::new(stream)?,
             access: Access::None,

@@ -86,7 +86,13 @@ pub fn window(ctx: &Ctx, w: &Window) -> Result<(Option<i64>, Option<i64>)> {
 pub fn history(ctx: &Ctx, q: &HistoryQuery, out: &mut dyn Write) -> Result<i32> {
     check_kinds(&q.kinds)?;
     let (since_us, until_us) = window(ctx, &q.window)?;
-    let mut client = ctx.connect()?;
+    let mut client = ctx.reader()?;
+    if q.follow && client.offline() {
+        return Err(Failure::new(
+            exit::UNREACHABLE,
+            "--follow needs the controller, which is not running (history without it reads the store)".to_owned(),
+        ));
+    }
     let services = expand(&mut client, &q.services)?;
     let names: Vec<&str> = services.iter().map(String::as_str).collect();
     let sub = if q.follow {

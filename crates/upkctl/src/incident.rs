@@ -73,7 +73,7 @@ pub fn incident(
             "the window is empty: --since is not before --until".to_owned(),
         ));
     }
-    let mut client = ctx.connect()?;
+    let mut client = ctx.reader()?;
     let events = client.history(&HistoryFilter {
         since_us: Some(since_us),
         until_us: Some(until_us),

@@ -4,15 +4,17 @@
 //!
 //! Every command that needs the controller goes through libupkeeper, one [`Client`]
 //! connection per command (two when it also follows events), with every reply bounded by
-//! `--timeout`. Nothing else talks to the controller. Two kinds of command work without it:
+//! `--timeout`. Nothing else talks to the controller. Some commands work without it:
 //! `status` and `list` fall back to the status files in `SvcRunPath` (the run directory is
-//! the API, readable with no daemon), and `check` and `render` work on configuration files
-//! offline, with the controller's own loaders and renderer.
+//! the API, readable with no daemon); `history`, `audit`, `why` and `incident` read the store
+//! through `upkeeper read-store` ([`Ctx::reader`]); `logs` reads the output files; and `check`
+//! and `render` work on configuration files offline, with the controller's own loaders and
+//! renderer.
 //!
-//! Each command is one function in a module of its kind ([`status`], [`control`],
-//! [`events`], [`report`], [`why`], [`incident`], [`logs`], [`offline`]) that prints to the given writer and returns an exit
-//! code, or a [`exit::Failure`]: one sentence and its code. `main` prints the sentence and
-//! exits; the codes are in [`exit`] and `docs/exit-codes.md`.
+//! Each command is one function in a module of its kind ([`status`], [`control`], [`events`],
+//! [`report`], [`why`], [`incident`], [`logs`], [`offline`]) that prints to the given writer
+//! and returns an exit code, or a [`exit::Failure`]: one sentence and its code. `main` prints
+//! the sentence and exits; the codes are in [`exit`] and `docs/exit-codes.md`.
 //!
 //! [`openrc`] is the Rust half of the OpenRC supervisor glue (`openrc/upkeeper.sh`): it turns
 //! an OpenRC service's variables into a service file, and stops such a service with or
@@ -58,6 +60,9 @@ pub struct Ctx {
     pub timeout: Duration,
     /// Where times are read and shown (`--utc`, else the local zone).
     pub zone: when::Zone,
+    /// Said on stderr after the command, when it succeeded (a failure's one sentence says
+    /// enough): that the store was read without the controller.
+    pub notes: std::rc::Rc<std::cell::RefCell<Vec<String>>>,
 }
 
 impl Ctx {
@@ -91,11 +96,116 @@ impl Ctx {
         Ok(client)
     }
 
+    /// A connection for reading the history: the controller, or when none answers its
+    /// socket (no socket, or nobody listening), its store read directly by
+    /// `upkeeper read-store` (docs/insight.md, "When the controller is down"), said on stderr.
+    pub fn reader(&self) -> Result<Reader> {
+        let socket = self.socket()?;
+        let down = match self.connect() {
+            Ok(client) => {
+                return Ok(Reader {
+                    client,
+                    child: None,
+                })
+            }
+            Err(failure) if failure.code == exit::UNREACHABLE => failure,
+            Err(failure) => return Err(failure),
+        };
+        let store = socket.with_file_name("upkeeper.db");
+        if !store.exists() {
+            return Err(down);
+        }
+        let (ours, theirs) = std::os::unix::net::UnixStream::pair()
+            .map_err(|e| Failure::new(exit::UNREACHABLE, format!("socketpair: {e}")))?;
+        let bin = std::env::current_exe()
+            .ok()
+            .map(|exe| exe.with_file_name("upkeeper"))
+            .filter(|b| b.exists())
+            .unwrap_or_else(|| PathBuf::from("upkeeper"));
+        let reader = theirs
+            .try_clone()
+            .map_err(|e| Failure::new(exit::UNREACHABLE, format!("socketpair: {e}")))?;
+        let child = std::process::Command::new(&bin)
+            .arg("read-store")
+            .arg(&store)
+            .stdin(std::os::fd::OwnedFd::from(reader))
+            .stdout(std::os::fd::OwnedFd::from(theirs))
+            .spawn()
+            .map_err(|e| {
+                Failure::new(
+                    down.code,
+                    format!(
+                        "{}; and {} cannot be run to read its store: {e}",
+                        down.message,
+                        bin.display()
+                    ),
+                )
+            })?;
+        let mut reader = Reader {
+            client: Client::over(ours, self.timeout).map_err(|e| {
+                Failure::new(
+                    down.code,
+                    format!(
+                        "{}; and its store {} cannot be read ({e}; see above)",
+                        down.message,
+                        store.display()
+                    ),
+                )
+            })?,
+            child: Some(child),
+        };
+        reader.client.set_timeout(Some(self.timeout))?;
+        self.notes.borrow_mut().push(format!(
+            "the controller is not running ({}): this was read from its store {}",
+            socket.display(),
+            store.display()
+        ));
+        Ok(reader)
+    }
+
     /// The controller file (or the built-in defaults when there is none); an invalid one is
     /// [`exit::INVALID_CONFIG`] with every error, one per line.
     pub fn controller(&self) -> Result<upk_core::config::Controller> {
         upk_core::config::load_controller_or_defaults(self.config.as_deref())
             .map_err(|e| Failure::new(exit::INVALID_CONFIG, e.to_string()))
+    }
+}
+
+/// A [`Client`] for read requests ([`Ctx::reader`]): the controller's, or one of
+/// `upkeeper read-store`, which is ended with it.
+#[derive(Debug)]
+pub struct Reader {
+    client: Client,
+    child: Option<std::process::Child>,
+}
+
+impl Reader {
+    /// True when this reads the store, the controller being down.
+    pub fn offline(&self) -> bool {
+        self.child.is_some()
+    }
+}
+
+impl std::ops::Deref for Reader {
+    type Target = Client;
+    fn deref(&self) -> &Client {
+        &self.client
+    }
+}
+
+impl std::ops::DerefMut for Reader {
+    fn deref_mut(&mut self) -> &mut Client {
+        &mut self.client
+    }
+}
+
+impl Drop for Reader {
+    fn drop(&mut self) {
+        // It only reads: ending it at once is safe, and reaps it before upkctl exits.
+        if let Some(child) = &mut self.child {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 }
 
@@ -108,6 +218,7 @@ pub fn run(args: cli::Args, out: &mut dyn Write) -> Result<i32> {
         json: args.json,
         timeout: Duration::from_secs_f64(args.timeout),
         zone: when::Zone::new(args.utc),
+        notes: Default::default(),
     };
     let code = match args.command {
         Cmd::Status { services } => status::status(&ctx, &services, out)?,
@@ -193,6 +304,9 @@ pub fn run(args: cli::Args, out: &mut dyn Write) -> Result<i32> {
         }
     };
     out.flush()?;
+    for note in ctx.notes.borrow().iter() {
+        warn(note);
+    }
     Ok(code)
 }
 

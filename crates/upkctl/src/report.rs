@@ -28,7 +28,7 @@ pub fn audit(
 ) -> Result<i32> {
     let (since_us, until_us) = window(ctx, w)?;
     let uid = user.map(uid_of).transpose()?;
-    let mut client = ctx.connect()?;
+    let mut client = ctx.reader()?;
     // The last N: the controller picks them (newest first), printed oldest first.
     let mut rows = client.audit(&AuditQuery {
         since_us,

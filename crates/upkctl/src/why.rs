@@ -23,7 +23,7 @@ pub fn why(ctx: &Ctx, service: &str, at: Option<&str>, out: &mut dyn Write) -> R
         .map(|t| ctx.zone.parse(t, now))
         .transpose()
         .map_err(|e| Failure::new(exit::USAGE, e))?;
-    let why = ctx.connect()?.why(service, at_us)?;
+    let why = ctx.reader()?.why(service, at_us)?;
     if ctx.json {
         print_json(out, &why)?;
         return Ok(exit::OK);

@@ -27,7 +27,7 @@
 //! [`access`]: crate::access
 
 mod control;
-mod read;
+pub(crate) mod read;
 mod refusals;
 
 pub use crate::access::{Peer, Policy};

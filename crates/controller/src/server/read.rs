@@ -4,6 +4,7 @@
 
 use super::{not_found, store_error, Server};
 use crate::fleet::Fleet;
+use crate::store::Store;
 use serde::Serialize;
 use std::collections::BTreeSet;
 use upk_core::client::{
@@ -75,49 +76,13 @@ impl Server {
                     more: false,
                 }
             }
-            ClientRequest::History { mut filter } => {
+            ClientRequest::History { filter } => {
                 if let Some(id) = &filter.service {
                     self.known(id, fleet)?;
                 }
-                let (limit, capped) = cap_rows(filter.limit);
-                filter.limit = Some(limit);
-                let mut events = self.reader.history(&filter).map_err(store)?;
-                let cut = fit_bytes(&mut events) || (capped && events.len() == limit);
-                let cursor = cut.then(|| events.last().map(|e| e.id)).flatten();
-                ClientReply::History {
-                    events,
-                    more: false,
-                    cursor,
-                }
+                history(&self.reader, filter)?
             }
-            ClientRequest::Audit {
-                since_us,
-                until_us,
-                uid,
-                limit,
-                after_id,
-                before_id,
-                newest_first,
-            } => {
-                let (limit, capped) = cap_rows(limit);
-                let filter = HistoryFilter {
-                    since_us,
-                    until_us,
-                    after_id,
-                    before_id,
-                    limit: Some(limit),
-                    newest_first,
-                    ..HistoryFilter::default()
-                };
-                let mut commands = self.reader.commands_page(&filter, uid).map_err(store)?;
-                let cut = fit_bytes(&mut commands) || (capped && commands.len() == limit);
-                let cursor = cut.then(|| commands.last().map(|c| c.id)).flatten();
-                ClientReply::Audit {
-                    commands,
-                    more: false,
-                    cursor,
-                }
-            }
+            body @ ClientRequest::Audit { .. } => audit(&self.reader, body)?,
             ClientRequest::Stats {
                 services,
                 since_us,
@@ -165,19 +130,7 @@ impl Server {
                     .map_err(store)?;
                 ClientReply::Why { why: Box::new(why) }
             }
-            ClientRequest::ConfigChanges {
-                since_us,
-                until_us,
-                limit,
-            } => {
-                let (limit, _) = cap_rows(limit);
-                let mut changes = self
-                    .reader
-                    .config_changes(since_us, until_us, Some(limit))
-                    .map_err(store)?;
-                fit_bytes(&mut changes);
-                ClientReply::ConfigChanges { changes }
-            }
+            body @ ClientRequest::ConfigChanges { .. } => config_changes(&self.reader, body)?,
             _ => return Err((ErrorCode::Invalid, "not a read request".into())),
         })
     }
@@ -217,6 +170,82 @@ impl Server {
             })
             .collect()
     }
+}
+
+/// A `history` reply: at most [`MAX_ROWS`] rows and [`REPLY_BYTES`] of them, with a cursor
+/// when either cut it.
+pub(crate) fn history(
+    reader: &Store,
+    mut filter: HistoryFilter,
+) -> Result<ClientReply, (ErrorCode, String)> {
+    let (limit, capped) = cap_rows(filter.limit);
+    filter.limit = Some(limit);
+    let mut events = reader.history(&filter).map_err(store_error)?;
+    let cut = fit_bytes(&mut events) || (capped && events.len() == limit);
+    let cursor = cut.then(|| events.last().map(|e| e.id)).flatten();
+    Ok(ClientReply::History {
+        events,
+        more: false,
+        cursor,
+    })
+}
+
+/// An `audit` reply (`body` is an `audit` request), cut as [`history`]'s.
+pub(crate) fn audit(
+    reader: &Store,
+    body: ClientRequest,
+) -> Result<ClientReply, (ErrorCode, String)> {
+    let ClientRequest::Audit {
+        since_us,
+        until_us,
+        uid,
+        limit,
+        after_id,
+        before_id,
+        newest_first,
+    } = body
+    else {
+        return Err((ErrorCode::Invalid, "not an audit request".into()));
+    };
+    let (limit, capped) = cap_rows(limit);
+    let filter = HistoryFilter {
+        since_us,
+        until_us,
+        after_id,
+        before_id,
+        limit: Some(limit),
+        newest_first,
+        ..HistoryFilter::default()
+    };
+    let mut commands = reader.commands_page(&filter, uid).map_err(store_error)?;
+    let cut = fit_bytes(&mut commands) || (capped && commands.len() == limit);
+    let cursor = cut.then(|| commands.last().map(|c| c.id)).flatten();
+    Ok(ClientReply::Audit {
+        commands,
+        more: false,
+        cursor,
+    })
+}
+
+/// A `config_changes` reply (`body` is a `config_changes` request).
+pub(crate) fn config_changes(
+    reader: &Store,
+    body: ClientRequest,
+) -> Result<ClientReply, (ErrorCode, String)> {
+    let ClientRequest::ConfigChanges {
+        since_us,
+        until_us,
+        limit,
+    } = body
+    else {
+        return Err((ErrorCode::Invalid, "not a config_changes request".into()));
+    };
+    let (limit, _) = cap_rows(limit);
+    let mut changes = reader
+        .config_changes(since_us, until_us, Some(limit))
+        .map_err(store_error)?;
+    fit_bytes(&mut changes);
+    Ok(ClientReply::ConfigChanges { changes })
 }
 
 /// The configured services that provide `prerequisites`, each with the name it provides

@@ -413,6 +413,20 @@ impl Store {
         ))
     }
 
+    /// Every service the store has not seen removed, in id order, with its UUID and desired
+    /// state: what `list` answers when the controller is down (`crate::offline`).
+    pub fn services(&self) -> Result<Vec<(String, String, Option<Want>)>> {
+        let mut stmt = self.conn.prepare(
+            "SELECT service, uuid, desired FROM services WHERE removed_us IS NULL ORDER BY service",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get::<_, Option<String>>(2)?))
+        })?;
+        rows.map(|r| r.map(|(service, uuid, desired)| (service, uuid, want_of(desired))))
+            .collect::<rusqlite::Result<_>>()
+            .map_err(Into::into)
+    }
+
     /// The UUID and desired state of `service` in one query (for `list`, which asks for
     /// every service); `None` when it has no row.
     pub fn service_row(&self, service: &str) -> Result<Option<(String, Option<Want>)>> {
