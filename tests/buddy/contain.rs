@@ -292,6 +292,7 @@ fn an_oom_kill_under_a_memory_limit_is_classified() {
     let died = b.wait_record("died", |_| true);
     assert_eq!(died["exit"]["signal"], 9, "{died}");
     assert_eq!(died["oom"], true, "{died}");
+    assert_eq!(died["reason"], "oom", "{died}");
     assert!(died["cost"]["cpu_us"].as_u64().is_some(), "{died}");
     // The v1 memory controller's peak: the limit was reached.
     let peak = died["cost"]["memory_peak"].as_u64().unwrap_or(0);

@@ -254,15 +254,12 @@ pub fn run(
             _ => None,
         };
         let run_path = ctl.as_ref().map(|c| c.svc_run_path.as_path());
-        wait(
-            &mut client,
-            sub,
-            goal,
-            run_path,
+        let bounds = Bounds {
+            sent_us,
             deadline,
-            ctx.timeout,
-            &mut results,
-        )?;
+            timeout: ctx.timeout,
+        };
+        wait(&mut client, sub, goal, run_path, bounds, &mut results)?;
     }
 
     if ctx.json {
@@ -333,6 +330,17 @@ fn outcome(service: &str, answer: libupkeeper::Result<Outcome>) -> Result1 {
     r
 }
 
+/// When a wait began and how long it may last.
+#[derive(Debug, Clone, Copy)]
+struct Bounds {
+    /// When the command was sent (wall microseconds).
+    sent_us: i64,
+    /// `--timeout` from the start of the command.
+    deadline: Instant,
+    /// `--timeout`.
+    timeout: Duration,
+}
+
 /// Blocks until every service that took the command reaches `goal`, misses it, or the
 /// deadline passes; updates each result.
 fn wait(
@@ -340,10 +348,14 @@ fn wait(
     sub: &mut libupkeeper::Subscription,
     goal: Goal,
     run_path: Option<&std::path::Path>,
-    deadline: Instant,
-    timeout: Duration,
+    bounds: Bounds,
     results: &mut [Result1],
 ) -> Result<()> {
+    let Bounds {
+        sent_us,
+        deadline,
+        timeout,
+    } = bounds;
     let mut pending: Vec<usize> = (0..results.len()).filter(|&i| results[i].ok).collect();
     while !pending.is_empty() {
         let mut still = Vec::new();
@@ -367,7 +379,7 @@ fn wait(
                 Verdict::Reached(line) => r.message = line,
                 Verdict::Missed(why) => {
                     (r.ok, r.code, r.message) = (false, exit::FAILED, why);
-                    explain_miss(client, r);
+                    explain_miss(client, sub, r, sent_us, deadline)?;
                 }
                 Verdict::Waiting(now) => {
                     if Instant::now() >= deadline {
@@ -391,14 +403,30 @@ fn wait(
     Ok(())
 }
 
-/// A missed wait says how the service last died and what it wrote then (`upkctl why`'s
-/// first facts), when the store has them.
-fn explain_miss(client: &mut Client, r: &mut Result1) {
-    let Ok(why) = client.why(&r.service, None) else {
-        return;
-    };
-    let Some(death) = why.death else {
-        return;
+/// How long a missed wait waits for the death to be stored (the status file can say
+/// `failed` a moment before the store has the record).
+const DEATH_STORED: Duration = Duration::from_secs(2);
+
+/// A missed wait says how the service died (a death stored since `sent_us`, the command's
+/// time) and what it wrote then (`upkctl why`'s first facts), when the store has them: it
+/// asks again at each event stored, for at most [`DEATH_STORED`] and never past `deadline`.
+fn explain_miss(
+    client: &mut Client,
+    sub: &mut libupkeeper::Subscription,
+    r: &mut Result1,
+    sent_us: i64,
+    deadline: Instant,
+) -> Result<()> {
+    let until = deadline.min(Instant::now() + DEATH_STORED);
+    let death = loop {
+        let Ok(why) = client.why(&r.service, None) else {
+            return Ok(());
+        };
+        match why.death {
+            Some(d) if d.record.wall_us >= sent_us => break d,
+            _ if Instant::now() >= until => return Ok(()),
+            _ => wait_a_little(Some(&mut *sub), until)?,
+        }
     };
     if let libupkeeper::EventKind::Died {
         exit,
@@ -415,6 +443,7 @@ fn explain_miss(client: &mut Client, r: &mut Result1) {
             r.last_lines = t.stderr.iter().chain(&t.stdout).cloned().collect();
         }
     }
+    Ok(())
 }
 
 /// Waits for the next event (a cue that something changed), at most [`RECHECK`] and never
