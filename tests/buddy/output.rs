@@ -226,3 +226,63 @@ fn a_death_keeps_its_tail_through_the_buddys_own_logger() {
     let died = b.wait_record("died", |_| true);
     assert_eq!(died["tail"]["stderr"][0], "fatal: no config", "{died}");
 }
+
+#[test]
+fn every_death_keeps_its_tail_when_the_logger_rotated_during_the_run() {
+    let sb = Sandbox::new();
+    // Each run writes past LogMaxSize (4K) on stderr, so the logger rotates while it runs:
+    // the last line is in the new file, the first ones in the one it replaced.
+    let script = "i=0\nwhile [ $i -lt 100 ]; do echo \"filler $i: padding padding padding padding padding\" >&2; i=$((i+1)); done\necho \"fatal: pid $$\" >&2\nexit 1";
+    let dir = sb.service(
+        "chatty",
+        &sh_service("LogMaxSize: \"4K\", LogKeep: 2, UserRateLimit: 0.1", script),
+    );
+    let b = sb.buddy(&dir);
+    for n in 1..=3 {
+        let died = b.wait_record("died", |r| {
+            r["seq"].as_u64().is_some() && deaths_before(&b, r) == n - 1
+        });
+        let tail: Vec<String> = died["tail"]["stderr"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|l| l.as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let pid = died["pid"].as_i64().expect("pid");
+        let files = || {
+            ["stderr", "stderr.1", "stderr.2", "buddy"]
+                .map(|f| {
+                    let text = std::fs::read_to_string(dir.log_file(f)).unwrap_or_default();
+                    format!(
+                        "== {f}: {}",
+                        text.lines().rev().take(4).collect::<Vec<_>>().join(" | ")
+                    )
+                })
+                .join("\n")
+        };
+        assert_eq!(
+            tail.last().map(String::as_str),
+            Some(format!("fatal: pid {pid}").as_str()),
+            "death {n}: {died}\n{}",
+            files()
+        );
+        assert!(tail.len() > 1, "lines from before the rotation too: {died}");
+        assert!(
+            tail.iter()
+                .all(|l| l.starts_with("filler ") || l.starts_with("fatal: ")),
+            "{died}"
+        );
+    }
+    assert!(dir.log_file("stderr.1").exists(), "the logger rotated");
+}
+
+/// How many `died` records come before `r` in the buddy's records.
+fn deaths_before(b: &upk_testkit::Buddy, r: &serde_json::Value) -> usize {
+    b.records()
+        .iter()
+        .take_while(|x| x["seq"] != r["seq"])
+        .filter(|x| x["kind"] == "died")
+        .count()
+}

@@ -182,7 +182,7 @@ fn wait_says_when_the_state_is_not_reached() {
             r##"{{
     "stubborn": {{ ExecStart: {}, InitialState: "running", KillTimeout: 6 }},
     "doomed": {{ ExecStart: "sleep 1000", SetUID: 4000000, MaxConsecutiveFailures: 1 }},
-    "crashy": {{ StartScript: "#!/bin/sh\necho 'port 80 in use' >&2\nexit 3\n", MaxConsecutiveFailures: 1 }},
+    "crashy": {{ StartScript: "#!/bin/sh\necho 'port 80 in use' >&2\nexit 3\n", Readiness: "fd:3", MaxConsecutiveFailures: 1 }},
 }}"##,
             quoted(&stubborn)
         ),
@@ -203,7 +203,8 @@ fn wait_says_when_the_state_is_not_reached() {
     let out = w.upkctl(&["start", "doomed", "--wait"]);
     out.fails(code::FAILED, "doomed: it failed");
     assert_eq!(w.status("doomed").map(|s| s.state), Some(StateName::Failed));
-    // A service that dies: the failure says how, and what it wrote last.
+    // A service that dies (before it says it is ready, so that --wait cannot take its
+    // moment of running for a start): the failure says how, and what it wrote last.
     let out = w.upkctl(&["start", "crashy", "--wait"]);
     out.expect(code::FAILED);
     assert!(

@@ -365,12 +365,13 @@ impl Buddy {
             },
             Output::KillGroup { pgid, signal } => self.contain.signal(pgid, signal),
             Output::Record(mut note) => {
+                self.contain.explain(&mut note.kind);
                 if matches!(note.kind, EventKind::Died { .. }) {
                     self.let_loggers_catch_up();
+                    let (files, before) = self.launcher.output_files(&self.settings.service);
+                    let before = before.as_ref().map(|r| [&r.stdout, &r.stderr]);
+                    self.witness.complete(files, before, &mut note.kind);
                 }
-                self.contain.explain(&mut note.kind);
-                let files = self.launcher.redirect_files();
-                self.witness.complete(files, &mut note.kind);
                 Witness::started(&mut note.kind, self.settings.config_hash.as_deref());
                 self.record(note)
             }
@@ -387,24 +388,15 @@ impl Buddy {
     }
 
     /// Before a death's tail is read: what the service wrote into a logger's FIFO reaches the
-    /// file once the logger has read it. Waits while a FIFO holds unread bytes, 1 ms at a
-    /// time, at most [`LOGGER_CATCH_UP`]; without loggers, or with nothing pending, not at all.
+    /// file once the logger has read and written it ([`crate::logs::Stream::caught_up`]).
+    /// Waits until every logger has, 1 ms at a time, at most [`LOGGER_CATCH_UP`]; without
+    /// loggers, or with loggers already waiting for input, not at all.
     fn let_loggers_catch_up(&self) {
         let deadline = Instant::now() + LOGGER_CATCH_UP;
-        let mut waited = false;
-        while self
-            .streams
-            .iter()
-            .any(|s| s.logger.is_some() && s.pending() > 0)
-        {
+        while !self.streams.iter().all(|s| s.caught_up()) {
             if Instant::now() >= deadline {
                 return;
             }
-            std::thread::sleep(Duration::from_millis(1));
-            waited = true;
-        }
-        if waited {
-            // The logger has read the last bytes; give it the moment to write them.
             std::thread::sleep(Duration::from_millis(1));
         }
     }

@@ -53,7 +53,7 @@ impl Buddy {
             self.note(None, "leftovers", kind);
         }
         // Before the start: the service may write before it returns.
-        let marks = Marks::of(self.launcher.output_files(&self.settings.service));
+        let marks = Marks::of(self.launcher.output_files(&self.settings.service).0);
         match self.launch_service() {
             Ok((pid, how)) => {
                 self.adopted = None;
@@ -307,6 +307,7 @@ impl Buddy {
             let stdin = stream.logger_end().map_err(|e| e.to_string())?;
             let mut child = Child::new(script);
             child.args = self.streams[i].args.clone();
+            child.extra.argv0.clone_from(&self.streams[i].argv0);
             child.stdin = Some(stdin.as_fd());
             child.part = Part::Plumbing;
             let svc = &self.settings.service;

@@ -87,7 +87,14 @@ impl Witness {
     }
 
     /// Fills a `died` record: tail, exec error, reason (after the cgroup has said `oom`).
-    pub fn complete(&self, files: Option<[&File; 2]>, kind: &mut EventKind) {
+    /// `files` are the redirect files at their paths now; `before`, the ones they replaced
+    /// during the run (a rotation), which hold what the run wrote first.
+    pub fn complete(
+        &self,
+        files: Option<[&File; 2]>,
+        before: Option<[&File; 2]>,
+        kind: &mut EventKind,
+    ) {
         let EventKind::Died {
             exit,
             oom,
@@ -103,25 +110,44 @@ impl Witness {
         *reason = Some(Reason::decide(*exit, *oom, stop.as_ref(), self.how.shell));
         exec_error.clone_from(&self.how.exec_error);
         if let Some(files) = files {
-            let t = self.tail(files);
+            let t = self.tail(files, before);
             *tail = (!t.is_empty()).then(|| Box::new(t));
         }
     }
 
     /// stderr first (it most often says why), then stdout with what the budget leaves; one
     /// file serving both is read once.
-    fn tail(&self, files: [&File; 2]) -> Tail {
+    fn tail(&self, files: [&File; 2], before: Option<[&File; 2]>) -> Tail {
         let mut budget = TAIL_BYTES;
-        let stderr = read_tail(files[1], self.marks[1], TAIL_LINES, &mut budget);
+        let stderr = self.stream(1, files, before, TAIL_LINES, &mut budget);
         let same = self.marks[0].is_some()
             && matches!((self.marks[0], self.marks[1]), (Some(a), Some(b)) if (a.dev, a.ino) == (b.dev, b.ino));
         let stdout = if same {
             Vec::new()
         } else {
             let left = TAIL_LINES - stderr.len();
-            read_tail(files[0], self.marks[0], left, &mut budget)
+            self.stream(0, files, before, left, &mut budget)
         };
         Tail { stderr, stdout }
+    }
+
+    /// Stream `i`'s last lines: from the file at its path, and when that holds fewer than
+    /// `lines` and replaced the marked one during the run, the rest from the marked one.
+    fn stream(
+        &self,
+        i: usize,
+        files: [&File; 2],
+        before: Option<[&File; 2]>,
+        lines: usize,
+        budget: &mut usize,
+    ) -> Vec<String> {
+        let mut now = read_tail(files[i], self.marks[i], lines, budget);
+        let Some(old) = before.map(|b| b[i]).filter(|_| now.len() < lines) else {
+            return now;
+        };
+        let mut earlier = read_tail(old, self.marks[i], lines - now.len(), budget);
+        earlier.append(&mut now);
+        earlier
     }
 }
 
@@ -195,7 +221,7 @@ mod tests {
         writeln!(out, "listening on :80").expect("write");
         write!(err, "sh: 1: exec: /nope: not found").expect("write");
         let mut kind = EventKind::died(Exit::Exited { code: 127 }, 0.01);
-        w.complete(Some([&out, &err]), &mut kind);
+        w.complete(Some([&out, &err]), None, &mut kind);
         let EventKind::Died { reason, tail, .. } = kind else {
             unreachable!()
         };
@@ -214,7 +240,7 @@ mod tests {
             writeln!(both, "line {i}").expect("write");
         }
         let mut kind = EventKind::died(Exit::Exited { code: 1 }, 1.0);
-        w.complete(Some([&both, &both]), &mut kind);
+        w.complete(Some([&both, &both]), None, &mut kind);
         let EventKind::Died { tail, reason, .. } = kind else {
             unreachable!()
         };
@@ -233,7 +259,7 @@ mod tests {
             .expect("open");
         let w = Witness::begin(Marks::of(Some([&null, &null])), How::default());
         let mut kind = EventKind::died(Exit::Exited { code: 0 }, 1.0);
-        w.complete(Some([&null, &null]), &mut kind);
+        w.complete(Some([&null, &null]), None, &mut kind);
         assert!(matches!(kind, EventKind::Died { tail: None, .. }));
     }
 }

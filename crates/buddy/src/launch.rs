@@ -16,7 +16,7 @@
 //! reload script is only `kill -SIG $1`. `docs/servicedir.md` says exactly when.
 
 use crate::explain::How;
-use crate::logs::{open_redirects, Redirects};
+use crate::logs::{open_redirects, redirect_paths, Redirects};
 use crate::spawn::{self, Creds, Extra, Setup, Stdio};
 use std::fs::File;
 use std::io::Read;
@@ -267,15 +267,42 @@ impl Launcher {
     }
 
     /// The redirect files (stdout, stderr) once they are open: where a death's tail is read.
-    pub fn redirect_files(&self) -> Option<[&File; 2]> {
+    fn redirect_files(&self) -> Option<[&File; 2]> {
         self.redirects.as_ref().map(|r| [&r.stdout, &r.stderr])
     }
 
-    /// The redirect files, opened now if they are not yet (`None` if they cannot be: the
-    /// start then fails with the reason).
-    pub fn output_files(&mut self, svc: &Service) -> Option<[&File; 2]> {
-        self.open_redirects(svc).ok()?;
-        self.redirect_files()
+    /// The redirect files at their paths now: opened if they are not yet, and opened again
+    /// if a path names another file than the one held (the built-in logger rotates by
+    /// renaming, so the held file is then `FILE.1`). `None` if they cannot be opened (the
+    /// start then fails with the reason). Returns also the files held before, when they were
+    /// replaced: what the run wrote before the rotation.
+    pub fn output_files(&mut self, svc: &Service) -> (Option<[&File; 2]>, Option<Redirects>) {
+        let replaced = self
+            .redirects
+            .as_ref()
+            .is_some_and(|r| self.replaced(svc, r))
+            .then(|| self.redirects.take())
+            .flatten();
+        if self.open_redirects(svc).is_err() {
+            return (None, replaced);
+        }
+        (self.redirect_files(), replaced)
+    }
+
+    /// True when a redirect path no longer names the file held for it.
+    fn replaced(&self, svc: &Service, held: &Redirects) -> bool {
+        use std::os::unix::fs::MetadataExt;
+        let paths = redirect_paths(&self.dir, svc);
+        [(&paths[0], &held.stdout), (&paths[1], &held.stderr)]
+            .iter()
+            .any(
+                |(path, file)| match (std::fs::metadata(path), file.metadata()) {
+                    (Ok(now), Ok(held)) => (now.dev(), now.ino()) != (held.dev(), held.ino()),
+                    // Gone: opened (created) again at next use, as a start would.
+                    (Err(_), _) => true,
+                    (_, Err(_)) => false,
+                },
+            )
     }
 
     /// The redirect files, opened at first use.

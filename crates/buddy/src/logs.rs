@@ -61,6 +61,8 @@ pub struct Stream {
     pub script: Option<PathBuf>,
     /// The logger's arguments (the built-in one's `--logger FILE ...`).
     pub args: Vec<String>,
+    /// Its argv\[0\] when not its path (the built-in one's: `upk_buddy`).
+    pub argv0: Option<String>,
     /// The running logger.
     pub logger: Option<i32>,
     /// Its start time in clock ticks (with the pid, it identifies the process in `status`).
@@ -83,6 +85,7 @@ impl Stream {
             fifo: dir.log_file(&format!("{name}_pipe")),
             script: None,
             args: Vec::new(),
+            argv0: None,
             logger: None,
             logger_start: None,
             started: None,
@@ -97,26 +100,25 @@ impl Stream {
     /// Applies (re-read) settings: whether a logger script is configured, or the built-in
     /// rotating logger.
     pub fn configure(&mut self, dir: &RunDir, svc: &Service) {
-        let (script, redirect) = match self.name {
-            "stdout" => (svc.pipe_stdout_script.as_ref(), &svc.redirect_stdout),
-            _ => (svc.pipe_stderr_script.as_ref(), &svc.redirect_stderr),
+        let [stdout, stderr] = redirect_paths(dir, svc);
+        let (script, file) = match self.name {
+            "stdout" => (svc.pipe_stdout_script.as_ref(), stdout),
+            _ => (svc.pipe_stderr_script.as_ref(), stderr),
         };
         self.script = script.map(|_| dir.script(&format!("pipe_{}", self.name)));
         self.args = Vec::new();
+        self.argv0 = None;
         if let (None, Some(max_size)) = (&self.script, svc.log_max_size) {
-            let file = redirect
-                .as_ref()
-                .map_or_else(|| dir.log_file(self.name), |p| dir.root().join(p));
             let rotation = crate::rotate::Rotation {
                 file,
                 max_size,
                 keep: svc.log_keep,
                 timestamps: svc.log_timestamps,
             };
-            if let Ok(exe) = std::env::current_exe() {
-                self.script = Some(exe);
-                self.args = rotation.args();
-            }
+            // This very binary, even when an upgrade has replaced or removed its file.
+            self.script = Some(PathBuf::from("/proc/self/exe"));
+            self.args = rotation.args();
+            self.argv0 = Some("upk_buddy".to_owned());
         }
         if self.script.is_none() {
             self.held = None;
@@ -155,6 +157,17 @@ impl Stream {
         } else {
             0
         }
+    }
+
+    /// True when the logger has written all the service wrote: the FIFO is empty and the
+    /// logger waits in a `read` of its stdin (its `/proc/PID/syscall`), so it holds nothing
+    /// it read and did not write yet. Without a logger, or where the kernel does not say
+    /// what the logger is doing, the FIFO alone decides.
+    pub fn caught_up(&self) -> bool {
+        let Some(pid) = self.logger else {
+            return true;
+        };
+        self.pending() == 0 && reading_stdin(pid).unwrap_or(true)
     }
 
     /// A fresh blocking descriptor for the logger to read from.
@@ -205,17 +218,27 @@ pub struct Redirects {
 /// move the file, then send SIGHUP; a running service keeps writing where it started).
 /// For a service that runs as another user, see [`open_append_for`].
 pub fn open_redirects(dir: &RunDir, svc: &Service, creds: &Creds) -> io::Result<Redirects> {
-    let open = |p: &Option<PathBuf>, default: &str| {
-        let path = p
-            .as_ref()
-            .map_or_else(|| dir.log_file(default), |p| dir.root().join(p));
-        open_append_for(&path, 0o640, creds)
+    let open = |path: &Path| {
+        open_append_for(path, 0o640, creds)
             .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))
     };
+    let [stdout, stderr] = redirect_paths(dir, svc);
     Ok(Redirects {
-        stdout: open(&svc.redirect_stdout, "stdout")?,
-        stderr: open(&svc.redirect_stderr, "stderr")?,
+        stdout: open(&stdout)?,
+        stderr: open(&stderr)?,
     })
+}
+
+/// The paths of RedirectStdout and RedirectStderr (`log/stdout`, `log/stderr` by default).
+pub fn redirect_paths(dir: &RunDir, svc: &Service) -> [PathBuf; 2] {
+    let path = |p: &Option<PathBuf>, default: &str| {
+        p.as_ref()
+            .map_or_else(|| dir.log_file(default), |p| dir.root().join(p))
+    };
+    [
+        path(&svc.redirect_stdout, "stdout"),
+        path(&svc.redirect_stderr, "stderr"),
+    ]
 }
 
 /// Most symbolic links followed while opening one redirect file (the kernel's own limit).
@@ -363,6 +386,18 @@ fn open_at(dir: Option<&OwnedFd>, name: &OsStr, flags: OFlag, mode: u32) -> io::
 
 fn fstat(fd: &OwnedFd) -> io::Result<FileStat> {
     Ok(nix::sys::stat::fstat(fd.as_raw_fd())?)
+}
+
+/// Whether process `pid` is blocked in `read` or `readv` on descriptor 0 (`None`: not known).
+/// The kernel says `running` for a process on a CPU, `-1 ...` for one blocked outside a
+/// system call, and the call's number and arguments for one blocked in it.
+fn reading_stdin(pid: i32) -> Option<bool> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/syscall")).ok()?;
+    let mut fields = text.split_whitespace();
+    let Ok(nr) = fields.next()?.parse::<i64>() else {
+        return Some(false);
+    };
+    Some((nr == libc::SYS_read || nr == libc::SYS_readv) && fields.next() == Some("0x0"))
 }
 
 #[cfg(test)]

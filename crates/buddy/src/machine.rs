@@ -778,7 +778,7 @@ impl Machine {
             run.probe_failures = 0;
             run.health = Health::Healthy;
         } else if now.saturating_duration_since(since) >= h.start_period {
-            run.probe_failures += 1;
+            run.probe_failures = run.probe_failures.saturating_add(1);
             if run.probe_failures >= h.retries {
                 run.health = Health::Unhealthy;
             }
@@ -1020,14 +1020,14 @@ impl Machine {
         }
         match self.state {
             State::Backoff { .. } | State::Paused { .. } => {
-                self.restarts += 1;
+                self.restarts = self.restarts.saturating_add(1);
                 self.window.push_back(now);
                 self.spawn("policy".to_owned(), out);
             }
             State::Failed { .. } => {
                 self.failures = 0;
                 self.window.clear();
-                self.restarts += 1;
+                self.restarts = self.restarts.saturating_add(1);
                 self.spawn("cool-down over".to_owned(), out);
             }
             State::Stopping {

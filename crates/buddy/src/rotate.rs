@@ -125,15 +125,27 @@ impl Writer {
                 _ => {}
             }
         }
-        std::fs::rename(&path, numbered(&path, 1))?;
+        match std::fs::rename(&path, numbered(&path, 1)) {
+            // Removed by hand: a new FILE is begun all the same.
+            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
         self.file = open(&path)?;
         self.size = 0;
         Ok(())
     }
 }
 
-/// Copies whole lines from `input` to the writer until EOF; what is left of a last line
-/// without its newline is written at the end.
+/// Set by SIGTERM: the read it interrupts ends the copy.
+static TERMINATED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+extern "C" fn on_term(_: libc::c_int) {
+    TERMINATED.store(true, std::sync::atomic::Ordering::SeqCst);
+}
+
+/// Copies whole lines from `input` to the writer until EOF or SIGTERM (once
+/// [`end_at_sigterm`] is in force); what is left of a last line without its newline is written
+/// at the end.
 pub fn copy(input: &mut impl Read, out: &mut Writer) -> io::Result<()> {
     let mut pending: Vec<u8> = Vec::new();
     let mut buf = vec![0u8; 64 << 10];
@@ -141,7 +153,12 @@ pub fn copy(input: &mut impl Read, out: &mut Writer) -> io::Result<()> {
         let n = match input.read(&mut buf) {
             Ok(0) => break,
             Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {
+                if TERMINATED.load(std::sync::atomic::Ordering::SeqCst) {
+                    break;
+                }
+                continue;
+            }
             Err(e) => return Err(e),
         };
         pending.extend_from_slice(&buf[..n]);
@@ -162,6 +179,19 @@ pub fn copy(input: &mut impl Read, out: &mut Writer) -> io::Result<()> {
     Ok(())
 }
 
+/// SIGTERM interrupts the read the logger waits in (no `SA_RESTART`), so that [`copy`] writes
+/// the partial line it holds and returns.
+fn end_at_sigterm() {
+    use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
+    let action = SigAction::new(
+        SigHandler::Handler(on_term),
+        SaFlags::empty(),
+        SigSet::empty(),
+    );
+    // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+    let _ = unsafe { sigaction(Signal::SIGTERM, &action) };
+}
+
 /// `upk_buddy --logger ...`: the exit code.
 pub fn run(args: &[String]) -> i32 {
     let Some(rotation) = Rotation::parse(args) else {
@@ -175,6 +205,7 @@ pub fn run(args: &[String]) -> i32 {
             return upk_core::exit::TEMPORARY;
         }
     };
+    end_at_sigterm();
     match copy(&mut io::stdin().lock(), &mut out) {
         Ok(()) => upk_core::exit::OK,
         Err(e) => {

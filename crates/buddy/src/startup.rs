@@ -193,7 +193,8 @@ impl Buddy {
         if let Some((pid, start)) = orphan {
             if let Some(fd) = watch::still_running(pid, start) {
                 self.adopted = Some(fd);
-                self.witness = Witness::adopted(self.launcher.redirect_files());
+                self.witness =
+                    Witness::adopted(self.launcher.output_files(&self.settings.service).0);
                 self.log
                     .line(&format!("adopting running service pid {pid}"));
                 if !self.contain.adopt(pid) && self.contain.has_cgroup() {

@@ -31,7 +31,7 @@ pub enum Reason {
     NotExecutable,
     /// Exit 127 from the shell: the program was not found.
     NotFound,
-    /// Killed by a signal upkeeper did not send.
+    /// Killed by a signal outside a stop of upkeeper's (`kill -9` by anyone, `upkctl signal`).
     Signal,
     /// Killed by a signal that dumped core.
     CoreDumped,
@@ -49,16 +49,18 @@ impl Reason {
     /// Decides the reason from what the buddy saw. `shell` is true when the start script ran
     /// through the shell (whose 126 and 127 mean "cannot execute" and "not found"); a program
     /// started directly owns its exit codes.
+    ///
+    /// `oom` (the memory controller counted an OOM kill during the run) wins, except over a
+    /// stop of upkeeper's: a run that a stop under way ended is stopped, unless it was killed
+    /// by a SIGKILL the stop had not sent yet (the kernel's, then).
     pub fn decide(exit: Exit, oom: bool, stop: Option<&StopBy>, shell: bool) -> Reason {
-        if oom {
-            return Reason::Oom;
-        }
-        if let Some(stop) = stop {
-            return if stop.cause == UNHEALTHY {
-                Reason::Unhealthy
-            } else {
-                Reason::Stopped
-            };
+        let sigkill = matches!(exit, Exit::Killed { signal, .. } if signal == libc::SIGKILL);
+        match stop {
+            Some(s) if oom && sigkill && s.step != StopStep::Kill => return Reason::Oom,
+            Some(s) if s.cause == UNHEALTHY => return Reason::Unhealthy,
+            Some(_) => return Reason::Stopped,
+            None if oom => return Reason::Oom,
+            None => {}
         }
         match exit {
             Exit::Exited { code: 0 } => Reason::Exited,
@@ -164,7 +166,8 @@ impl Tail {
 
 /// The last whole lines of `bytes` (a file's end), at most `lines` of them and `budget` bytes
 /// (which is lowered by what they take): invalid UTF-8 is replaced, a cut-off first line is
-/// dropped unless `whole_start` says the bytes begin at a line's start, lines past
+/// dropped unless `whole_start` says the bytes begin at a line's start (or it is all there
+/// is: a last line longer than the window is kept as its end, after `…`), lines past
 /// [`LINE_MAX`] are cut, and a last line without its newline is kept.
 pub fn last_lines(
     bytes: &[u8],
@@ -177,7 +180,8 @@ pub fn last_lines(
     if all.last() == Some(&"") {
         all.pop();
     }
-    if !whole_start && !all.is_empty() {
+    let fragment = !whole_start && all.len() == 1;
+    if !whole_start && all.len() > 1 {
         all.remove(0);
     }
     let mut kept = Vec::new();
@@ -186,7 +190,11 @@ pub fn last_lines(
             break;
         }
         let line = line.trim_end_matches('\r');
-        let line = cut(line, LINE_MAX);
+        let line = if fragment {
+            format!("…{}", end_of(line, LINE_MAX))
+        } else {
+            cut(line, LINE_MAX)
+        };
         let cost = line.len() + 1;
         if cost > *budget {
             break;
@@ -196,6 +204,15 @@ pub fn last_lines(
     }
     kept.reverse();
     kept
+}
+
+/// The last `max` bytes of `line` at most, from a character's start.
+fn end_of(line: &str, max: usize) -> &str {
+    let mut start = line.len().saturating_sub(max);
+    while !line.is_char_boundary(start) {
+        start += 1;
+    }
+    &line[start..]
 }
 
 fn cut(line: &str, max: usize) -> String {
@@ -226,7 +243,7 @@ pub fn sentence(
             format!("{exit}: the program could not be executed{errno}")
         }
         Reason::NotFound => format!("{exit}: the program was not found{errno}"),
-        Reason::Signal => format!("{exit}, a signal upkeeper did not send"),
+        Reason::Signal => format!("{exit}, outside a stop of upkeeper's"),
         Reason::CoreDumped => format!("{exit}"),
         Reason::Oom => format!("{exit}: the kernel's OOM killer (its memory limit was reached)"),
         Reason::Stopped | Reason::Unhealthy => {
@@ -296,6 +313,22 @@ mod tests {
             Reason::decide(kill, false, Some(&by), false),
             Reason::Unhealthy
         );
+        // An OOM kill counted during the run: a stop that sent the SIGKILL itself still is a
+        // stop; one that had only sent SIGTERM did not kill it, the kernel did.
+        let by = stop("command from uid 0");
+        assert_eq!(
+            Reason::decide(kill, true, Some(&by), false),
+            Reason::Stopped
+        );
+        let term = StopBy {
+            cause: "command from uid 0".into(),
+            step: StopStep::Term,
+        };
+        assert_eq!(Reason::decide(kill, true, Some(&term), false), Reason::Oom);
+        assert_eq!(
+            Reason::decide(code(0), true, Some(&term), false),
+            Reason::Stopped
+        );
         assert_eq!(
             Reason::decide(Exit::Unknown, false, None, false),
             Reason::Unknown
@@ -325,6 +358,13 @@ mod tests {
             last_lines(b"\xff\xfeok\n", true, 5, &mut budget),
             ["\u{fffd}\u{fffd}ok"]
         );
+        // A last line longer than the window read: its end, not nothing.
+        let window = format!("{}\n", "é".repeat(LINE_MAX));
+        let mut budget = 4096;
+        let got = last_lines(window.as_bytes(), false, 5, &mut budget);
+        assert_eq!(got.len(), 1);
+        assert!(got[0].starts_with('…') && got[0].ends_with('é'), "{got:?}");
+        assert!(got[0].len() <= LINE_MAX + "…".len());
     }
 
     #[test]

@@ -467,6 +467,10 @@ fn health_readiness_backoff_and_hooks() {
         (r#"Readiness: "fd:1""#, "from 3 to 1023"),
         (r#"Readiness: "socket""#, "\"none\", \"fd:N\""),
         (r#"Readiness: "health""#, "needs a HealthCheck"),
+        (
+            r#"LogMaxSize: "1M", RedirectStdout: "log/all", RedirectStderr: "log/all""#,
+            "LogMaxSize needs RedirectStdout and RedirectStderr to be two files",
+        ),
         ("RestartBackoff: 0.5", "between 1 and 100"),
         ("HealthRetries: 0", "between 1 and 1000"),
         (r#"Notify: { x: { On: ["failed"] } }"#, "Run is missing"),

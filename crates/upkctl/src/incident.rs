@@ -74,24 +74,32 @@ pub fn incident(
         ));
     }
     let mut client = ctx.reader()?;
-    let events = client.history(&HistoryFilter {
+    let mut events = client.history(&HistoryFilter {
         since_us: Some(since_us),
         until_us: Some(until_us),
         limit: Some(MAX_EVENTS + 1),
         ..HistoryFilter::default()
     })?;
-    let commands = client.audit(&AuditQuery {
+    // A window cut at MAX_EVENTS events ends there for the commands and changes too
+    // (they are bounded the same way), so that what is shown is all of what happened until
+    // the line that says where it stopped.
+    let cut = events.len() > MAX_EVENTS;
+    events.truncate(MAX_EVENTS);
+    let until_us = match (cut, events.last()) {
+        (true, Some(last)) => last.record.wall_us.saturating_add(1),
+        _ => until_us,
+    };
+    let mut commands = client.audit(&AuditQuery {
         since_us: Some(since_us),
         until_us: Some(until_us),
+        limit: Some(MAX_EVENTS),
         ..AuditQuery::default()
     })?;
-    let changes = client.config_changes(Some(since_us), Some(until_us), None)?;
-    let cut = events.len() > MAX_EVENTS;
-    let items = merge(
-        events.into_iter().take(MAX_EVENTS).collect(),
-        commands,
-        changes,
-    );
+    let max_changes = upk_core::client::MAX_ROWS;
+    let changes = client.config_changes(Some(since_us), Some(until_us), Some(max_changes))?;
+    let cut = cut || commands.len() >= MAX_EVENTS || changes.len() >= max_changes;
+    commands.truncate(MAX_EVENTS);
+    let items = merge(events, commands, changes);
     if ctx.json {
         for item in &items {
             print_json_line(out, item)?;

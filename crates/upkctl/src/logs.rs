@@ -15,7 +15,7 @@ use crate::exit::{self, Failure, Result};
 use crate::Ctx;
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use upk_core::rundir::Settings;
@@ -32,6 +32,8 @@ struct Followed {
     file: Option<File>,
     ino: Option<(u64, u64)>,
     offset: u64,
+    /// The path names something else than a regular file: not read.
+    special: bool,
 }
 
 /// The service's output files: (stream, path), stdout first; one entry when both are one.
@@ -83,18 +85,23 @@ pub fn logs(
     let several = files.len() > 1;
     let mut followed = Vec::new();
     for (name, path) in files {
-        let mut f = Followed {
-            name,
-            path,
-            file: None,
-            ino: None,
-            offset: 0,
-        };
-        let text = f.last_lines(lines)?;
+        let mut f = Followed::new(name, path);
         if several {
             writeln!(out, "==> {name} ({}) <==", f.path.display())?;
         }
-        out.write_all(text.as_bytes())?;
+        if lines == 0 {
+            if f.open()? {
+                f.copy_new(out)?;
+            }
+        } else {
+            out.write_all(f.last_lines(lines)?.as_bytes())?;
+        }
+        if f.special {
+            crate::warn(&format!(
+                "{} is not a regular file (a FIFO, a terminal?): not read",
+                f.path.display()
+            ));
+        }
         followed.push(f);
     }
     out.flush()?;
@@ -104,39 +111,49 @@ pub fn logs(
     let mut last: Option<usize> = None;
     loop {
         for (i, f) in followed.iter_mut().enumerate() {
-            let new = f.read_new()?;
-            if new.is_empty() {
-                continue;
+            let header = (several && last != Some(i)).then_some(f.name);
+            if f.follow(header, out)? {
+                last = Some(i);
+                out.flush()?;
             }
-            if several && last != Some(i) {
-                writeln!(out, "==> {} <==", f.name)?;
-            }
-            last = Some(i);
-            out.write_all(&new)?;
-            out.flush()?;
         }
         std::thread::sleep(FOLLOW_EVERY);
     }
 }
 
-/// The last `n` lines of the file at `path` (all with 0; nothing when it is not there).
+/// The last `n` lines of the file at `path` (nothing when it is not there, or is not a
+/// regular file).
 pub fn last_lines(path: &Path, n: usize) -> Result<String> {
-    Followed {
-        name: "",
-        path: path.to_owned(),
-        file: None,
-        ino: None,
-        offset: 0,
-    }
-    .last_lines(n)
+    Followed::new("", path.to_owned()).last_lines(n)
 }
 
 impl Followed {
-    /// Opens the file if it is there; `Ok(false)` if it is not (yet).
+    fn new(name: &'static str, path: PathBuf) -> Followed {
+        Followed {
+            name,
+            path,
+            file: None,
+            ino: None,
+            offset: 0,
+            special: false,
+        }
+    }
+
+    /// Opens the file if it is there and a regular file; `Ok(false)` if it is not (yet). The
+    /// open does not wait (a FIFO with no writer would block it), and only a regular file is
+    /// read (a FIFO's data is its reader's, a terminal's too).
     fn open(&mut self) -> Result<bool> {
-        match File::open(&self.path) {
+        let opened = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(&self.path);
+        match opened {
             Ok(f) => {
                 let m = f.metadata()?;
+                if !m.is_file() {
+                    self.special = true;
+                    return Ok(false);
+                }
                 self.ino = Some((m.dev(), m.ino()));
                 self.file = Some(f);
                 self.offset = 0;
@@ -154,30 +171,24 @@ impl Followed {
         }
     }
 
-    /// The last `n` lines (all with 0), and the read position left at the end.
+    /// The last `n` lines (nothing with 0), and the read position left at the end. At most
+    /// [`TAIL_WINDOW`] bytes are read back from the end.
     fn last_lines(&mut self, n: usize) -> Result<String> {
-        if !self.open()? {
+        if n == 0 || !self.open()? {
             return Ok(String::new());
         }
         let Some(file) = self.file.as_mut() else {
             return Ok(String::new());
         };
         let len = file.metadata()?.len();
-        let from = if n == 0 {
-            0
-        } else {
-            len.saturating_sub(TAIL_WINDOW)
-        };
+        let from = len.saturating_sub(TAIL_WINDOW);
         file.seek(SeekFrom::Start(from))?;
         let mut buf = Vec::new();
         file.take(len - from).read_to_end(&mut buf)?;
         self.offset = from + buf.len() as u64;
         let text = String::from_utf8_lossy(&buf);
-        if n == 0 {
-            return Ok(text.into_owned());
-        }
         let body = text.strip_suffix('\n').unwrap_or(&text);
-        let mut parts: Vec<&str> = body.rsplitn(n + 1, '\n').collect();
+        let mut parts: Vec<&str> = body.rsplitn(n.saturating_add(1), '\n').collect();
         if parts.len() > n {
             parts.truncate(n);
         } else if from > 0 && parts.len() > 1 {
@@ -192,36 +203,74 @@ impl Followed {
         Ok(out)
     }
 
-    /// What was written since the last look; a file replaced at its path or truncated is
-    /// read again from its start.
-    fn read_new(&mut self) -> Result<Vec<u8>> {
+    /// Writes what was written since the last look, after `header` when there is something;
+    /// a file replaced at its path or truncated is read again from its start (after the rest
+    /// of the old one). True when something was written.
+    fn follow(&mut self, header: Option<&'static str>, out: &mut dyn Write) -> Result<bool> {
         let now = std::fs::metadata(&self.path)
             .ok()
             .map(|m| ((m.dev(), m.ino()), m.len()));
-        let mut buf = Vec::new();
+        let mut header = header;
+        let mut wrote = false;
+        let mut emit = |f: &mut Followed, out: &mut dyn Write| -> Result<()> {
+            let mut w = Headed {
+                out,
+                header: &mut header,
+            };
+            wrote |= f.copy_new(&mut w)? > 0;
+            Ok(())
+        };
         match now {
-            None => return Ok(buf),
+            None => return Ok(false),
             Some((ino, len)) if Some(ino) != self.ino || len < self.offset => {
-                // Rotated: first what the old file still had, then the new one from its start.
                 if Some(ino) != self.ino {
-                    self.drain(&mut buf)?;
+                    emit(self, out)?;
                 }
                 if !self.open()? {
-                    return Ok(buf);
+                    return Ok(wrote);
                 }
             }
             Some(_) => {}
         }
-        self.drain(&mut buf)?;
-        Ok(buf)
+        emit(self, out)?;
+        Ok(wrote)
     }
 
-    fn drain(&mut self, buf: &mut Vec<u8>) -> Result<()> {
-        if let Some(file) = self.file.as_mut() {
-            file.seek(SeekFrom::Start(self.offset))?;
-            let n = file.read_to_end(buf)?;
+    /// Copies the file from the read position to its end, in bounded pieces; returns the
+    /// bytes copied.
+    fn copy_new(&mut self, out: &mut dyn Write) -> Result<u64> {
+        let Some(file) = self.file.as_mut() else {
+            return Ok(0);
+        };
+        file.seek(SeekFrom::Start(self.offset))?;
+        let mut chunk = vec![0; 64 * 1024];
+        let mut total = 0;
+        loop {
+            let n = file.read(&mut chunk)?;
+            if n == 0 {
+                return Ok(total);
+            }
+            out.write_all(&chunk[..n])?;
             self.offset += n as u64;
+            total += n as u64;
         }
-        Ok(())
+    }
+}
+
+/// A writer that writes `==> NAME <==` before the first bytes, if it has a header.
+struct Headed<'a, 'h> {
+    out: &'a mut dyn Write,
+    header: &'h mut Option<&'static str>,
+}
+
+impl Write for Headed<'_, '_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if let Some(name) = self.header.take() {
+            writeln!(self.out, "==> {name} <==")?;
+        }
+        self.out.write(buf)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.out.flush()
     }
 }

@@ -18,6 +18,11 @@ use super::{Result, Store, StoreError};
 
 /// The partial index `events_deaths_time`'s term, repeated verbatim by the queries using it.
 pub(super) const DEATHS: &str = "kind IN ('died', 'spawn_failed')";
+/// A death that was a failure ([`failed`], in SQL), for rows that are deaths.
+const FAILED: &str = "(kind = 'spawn_failed' OR \
+    CASE WHEN json_extract(detail, '$.reason') IS NULL \
+    THEN cause = 'exit' AND COALESCE(exit_code, 1) != 0 \
+    ELSE json_extract(detail, '$.reason') NOT IN ('exited', 'stopped', 'unknown') END)";
 /// The partial index `events_milestones`'s term.
 pub(super) const MILESTONES: &str = "kind IN ('died', 'spawn_failed', 'started', 'stable')";
 
@@ -126,10 +131,7 @@ impl Store {
         why.failures_last_hour = self.conn.query_row(
             &format!(
                 "SELECT COUNT(*) FROM events WHERE service_id = ?1 AND {MILESTONES} AND {DEATHS} \
-                 AND wall_us > ?2 AND wall_us <= ?3 AND (kind = 'spawn_failed' OR \
-                 CASE WHEN json_extract(detail, '$.reason') IS NULL \
-                 THEN cause = 'exit' AND COALESCE(exit_code, 1) != 0 \
-                 ELSE json_extract(detail, '$.reason') NOT IN ('exited', 'stopped', 'unknown') END)"
+                 AND wall_us > ?2 AND wall_us <= ?3 AND {FAILED}"
             ),
             params![sid, at.saturating_sub(3600 * SEC), at],
             |r| r.get::<_, i64>(0),
@@ -292,13 +294,16 @@ impl Store {
         let mut first = row_failed(death).then(|| death.clone());
         let mut cursor = death.record.wall_us;
         for _ in 0..CASCADE_HOPS {
+            // The earliest failure in the window (SQL decides, so that a mass stop of many
+            // services in the same seconds cannot hide it behind a row limit).
             let earlier = self.events_where(
                 &format!(
-                    "{DEATHS} AND wall_us >= ?1 AND wall_us < ?2 ORDER BY wall_us, e.id LIMIT 200"
+                    "{DEATHS} AND wall_us >= ?1 AND wall_us < ?2 AND {FAILED} \
+                     ORDER BY wall_us, e.id LIMIT 1"
                 ),
                 params![cursor.saturating_sub(AROUND_BEFORE), cursor],
             )?;
-            let Some(e) = earlier.into_iter().find(row_failed) else {
+            let Some(e) = earlier.into_iter().next() else {
                 break;
             };
             cursor = e.record.wall_us;

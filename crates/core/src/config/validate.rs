@@ -579,6 +579,15 @@ fn resolve(mut s: Service) -> Result<Service, Vec<String>> {
             subst(&format!("Notify `{}`", h.name), run);
         }
     }
+    let one_file = s.redirect_stdout.is_some() && s.redirect_stdout == s.redirect_stderr;
+    let built_in = s.pipe_stdout_script.is_none() && s.pipe_stderr_script.is_none();
+    if s.log_max_size.is_some() && one_file && built_in {
+        errs.push(
+            "LogMaxSize needs RedirectStdout and RedirectStderr to be two files (two loggers \
+             cannot rotate one)"
+                .to_owned(),
+        );
+    }
     if s.readiness == super::Readiness::Health && s.health_check.is_none() {
         errs.push("Readiness \"health\" needs a HealthCheck".to_owned());
     }
