@@ -306,7 +306,8 @@ class Bench:
     def exec_start(self, lifetime_ms):
         # No shell metacharacters, no expansions, no variables: a build that execs a plain
         # ExecStart without /bin/sh may do so here, and the peers run the same words via sh.
-        return "%s %s %d %d" % (self.stamp, STAMPS, lifetime_ms, NOTIFY_FD)
+        say = " 1" if self.args.say else ""
+        return "%s %s %d %d%s" % (self.stamp, STAMPS, lifetime_ms, NOTIFY_FD, say)
 
     def service_entries(self, run=None):
         base = {"UserRateLimit": 0, "MaxConsecutiveFailures": -1}
@@ -384,7 +385,8 @@ class Bench:
             assert words[0] == "exec" and len(words) == 5, words
             (d / "run").symlink_to(self.stamp)
             self.peer_env[str(d)] = {"PATH": PATH_ENV, "STAMP_FILE": words[2],
-                                     "LIFETIME_MS": words[3], "NOTIFY_FD": words[4]}
+                                     "LIFETIME_MS": words[3], "NOTIFY_FD": words[4],
+                                     "STAMP_SAY": words[5] if len(words) > 5 else ""}
         else:
             (d / "run").write_bytes(text)
             (d / "run").chmod(0o755)
@@ -840,6 +842,9 @@ def main():
     p.add_argument("--mem-services", type=int, default=100)
     p.add_argument("--mem-skip-runsv", action="store_true")
     p.add_argument("--settle", type=float, default=2.0)
+    p.add_argument("--say", action="store_true",
+                   help="the service writes a line to stdout at each start and one to stderr "
+                        "before each exit (what a death's tail then keeps)")
     p.add_argument("--no-shell", action="store_true",
                    help="the peers' and the floor's run is the program itself, not the buddy's "
                         "start script (kill and crash only)")

@@ -11,6 +11,10 @@
  * said it was ready. The other supervisors do not open that descriptor, so for them this is a
  * failed fstat.
  *
+ * Output: with $STAMP_SAY (or a fourth argument) "1", it also writes a line to stdout after
+ * its "S" and one to stderr before its "E", so that a supervisor that keeps what a service
+ * wrote has something to keep (fastpath.py --say).
+ *
  * Build: cc -O2 -static -o stamp stamp.c   (dynamic linking also works)
  */
 #include <errno.h>
@@ -85,6 +89,8 @@ int main(int argc, char **argv)
 	const char *life = getenv("LIFETIME_MS") ? getenv("LIFETIME_MS") : argc > 2 ? argv[2] : NULL;
 	long ms = life && *life ? strtol(life, NULL, 10) : 1100;
 	const char *notify = getenv("NOTIFY_FD") ? getenv("NOTIFY_FD") : argc > 3 ? argv[3] : NULL;
+	const char *say = getenv("STAMP_SAY") ? getenv("STAMP_SAY") : argc > 4 ? argv[4] : NULL;
+	int chatty = say && say[0] == '1';
 	struct timespec req, rem;
 	struct stat st;
 	struct sigaction sa;
@@ -94,6 +100,12 @@ int main(int argc, char **argv)
 	sa.sa_handler = on_term;
 	sigaction(SIGTERM, &sa, NULL);
 	stamp(path, 'S');
+	if (chatty) {
+		static const char up[] = "stamp: serving requests on 127.0.0.1:8080\n";
+		if (write(1, up, sizeof up - 1) < 0) {
+			/* nowhere to say it: fine */
+		}
+	}
 	if (notify && *notify) {
 		int fd = atoi(notify);
 		if (fd > 2 && fstat(fd, &st) == 0 && S_ISFIFO(st.st_mode)) {
@@ -111,6 +123,12 @@ int main(int argc, char **argv)
 	req.tv_nsec = (ms % 1000) * 1000000L;
 	while (nanosleep(&req, &rem) < 0 && errno == EINTR)
 		req = rem;
+	if (chatty) {
+		static const char bye[] = "stamp: lifetime over, exiting with status 0\n";
+		if (write(2, bye, sizeof bye - 1) < 0) {
+			/* nowhere to say it: fine */
+		}
+	}
 	stamp(path, 'E');
 	return 0;
 }

@@ -95,7 +95,7 @@ def fill(db, events, services):
         c.commit()
     n = c.execute("SELECT COUNT(*) FROM events").fetchone()[0]
     c.close()
-    return n
+    return n, now
 
 
 def timed(argv, runs=5):
@@ -137,7 +137,7 @@ def one(args, events, root):
         time.sleep(0.2)
     stop(p)
     t0 = time.monotonic()
-    out["rows"] = fill(db, events, args.services)
+    out["rows"], filled_us = fill(db, events, args.services)
     out["fill_s"] = time.monotonic() - t0
     out["db_bytes"] = db.stat().st_size
     starts = []
@@ -151,9 +151,15 @@ def one(args, events, root):
             out["history_ms"] = timed(upkctl + ["history", names[0], "-n", "20"])
             out["status_ms"] = timed(upkctl + ["status"])
             # The questions of docs/insight.md, on the worst case: every service crash-looping
-            # in the same seconds (the fill's events end now, 1 ms apart per service).
+            # in the same seconds (the fill's events end when it began, 1 ms apart per
+            # service); the incident is the last 30 s of them (100 services: 3M events at 10M).
             out["why_ms"] = timed(upkctl + ["why", names[0]])
-            out["incident_ms"] = timed(upkctl + ["incident", "--since", "-30s"])
+            window = ["--since=@%d" % (filled_us // 1_000_000 - 30),
+                      "--until=@%d" % (filled_us // 1_000_000 + 1)]
+            out["incident_ms"] = timed(upkctl + ["incident"] + window)
+            inc = subprocess.run(upkctl + ["incident", "--json"] + window, capture_output=True,
+                                 stdin=subprocess.DEVNULL)
+            out["incident_items"] = inc.stdout.count(b"\n")
         stop(p)
     out["start_to_hello_s"] = starts
     print("store: %d events, %d services: start to hello %s s; stats %s ms, audit %s ms, "
@@ -174,6 +180,8 @@ def main():
     ap.add_argument("--starts", type=int, default=3, help="measured starts per size")
     ap.add_argument("--dir", default="/tmp", help="where the stores go (a disk, not tmpfs)")
     ap.add_argument("--label", default="")
+    ap.add_argument("--keep", action="store_true",
+                    help="leave the stores (and their controller files) for a look by hand")
     args = ap.parse_args()
     for b in ("upkeeper", "upk_buddy", "upkctl"):
         if not (REL / b).exists():
@@ -187,7 +195,10 @@ def main():
     finally:
         subprocess.run(["pkill", "-KILL", "-f", str(root)], stdin=subprocess.DEVNULL)
         reap()
-        shutil.rmtree(root, ignore_errors=True)
+        if args.keep:
+            print("kept %s" % root, file=sys.stderr)
+        else:
+            shutil.rmtree(root, ignore_errors=True)
     path = results_path("store", args.label)
     path.write_text(json.dumps(res, indent=1) + "\n")
     print("wrote %s" % path, file=sys.stderr)

@@ -144,7 +144,7 @@ extern "C" fn on_term(_: libc::c_int) {
 }
 
 /// Copies whole lines from `input` to the writer until EOF or SIGTERM (once
-/// [`end_at_sigterm`] is in force); what is left of a last line without its newline is written
+/// `end_at_sigterm` is in force); what is left of a last line without its newline is written
 /// at the end.
 pub fn copy(input: &mut impl Read, out: &mut Writer) -> io::Result<()> {
     let mut pending: Vec<u8> = Vec::new();

@@ -7,8 +7,8 @@
 //! permissions are the access rule (root, the controller's user, and `ReadGroup` through the
 //! store's mode 0640); the hello says `read`. It answers `list` and `status` (the services the store has,
 //! without status), `history`, `audit`, `config_changes` and `why` (without the
-//! prerequisites, which only the configuration knows) with the same code, caps and cursors
-//! as the controller, and refuses everything else as `unavailable`. It writes nothing: the
+//! prerequisites, which only the configuration knows) with the same code, caps, cursors and
+//! pages as the controller, and refuses everything else as `unavailable`. It writes nothing: the
 //! store stays the controller's (docs/insight.md, "When the controller is down").
 
 use crate::server::read;
@@ -41,7 +41,10 @@ pub fn serve(path: &Path, mut input: impl Read, mut output: impl Write) -> anyho
                     return Ok(());
                 }
             };
-            output.write_all(&proto::encode(&Envelope { id, body: reply }))?;
+            // In pages, as the controller sends them (a line stays below the line limit).
+            for body in read::lines(reply) {
+                output.write_all(&proto::encode(&Envelope { id, body }))?;
+            }
         }
         output.flush()?;
         match input.read(&mut chunk)? {
@@ -179,6 +182,45 @@ mod tests {
             (None, Some("invalid"))
         );
         assert_eq!(r[5]["services"], serde_json::json!([]));
+    }
+
+    #[test]
+    fn a_long_history_comes_in_pages_below_the_line_limit() {
+        use upk_core::event::{EventKind, Record, StateName};
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = dir.path().join("upkeeper.db");
+        let mut store = Store::open(&db).expect("store");
+        let records: Vec<Record> = (1..=4000u64)
+            .map(|seq| Record {
+                seq,
+                wall_us: 1_790_000_000_000_000 + seq as i64,
+                mono_us: seq as i64,
+                from: StateName::Running,
+                to: StateName::Running,
+                pid: Some(42),
+                cause: "x".repeat(300),
+                kind: EventKind::Stopping,
+            })
+            .collect();
+        store.insert_events("web", &records).expect("insert");
+        drop(store);
+        let mut out = Vec::new();
+        let input = "{\"id\":1,\"type\":\"history\",\"filter\":{}}\n";
+        serve(&db, input.as_bytes(), &mut out).expect("serve");
+        let text = String::from_utf8(out).expect("utf8");
+        let lines: Vec<serde_json::Value> = text
+            .lines()
+            .inspect(|l| assert!(l.len() < upk_core::proto::MAX_LINE, "{}", l.len()))
+            .map(|l| serde_json::from_str(l).expect("json"))
+            .collect();
+        assert!(lines.len() > 1, "several pages");
+        let (last, rest) = lines.split_last().expect("lines");
+        assert!(rest.iter().all(|l| l["more"] == true) && last["more"] != true);
+        let rows: usize = lines
+            .iter()
+            .map(|l| l["events"].as_array().map_or(0, Vec::len))
+            .sum();
+        assert_eq!(rows, 4000);
     }
 
     #[test]

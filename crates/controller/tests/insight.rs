@@ -184,3 +184,48 @@ fn every_why_query_uses_its_index() {
         assert!(plan.contains(index), "{sql}: {plan}");
     }
 }
+
+#[test]
+fn a_run_whose_end_was_lost_counts_only_when_it_lasted() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut store = Store::open(&dir.path().join("upkeeper.db")).expect("open");
+    // A good hour; then a start whose end was never stored (its buddy was killed), a second
+    // before the next start; then three quick failures.
+    let mut web = vec![
+        started(1, BASE, "old"),
+        died(2, BASE + 3600 * SEC, 3600.0, Reason::Stopped),
+        started(3, BASE + 3601 * SEC, "new"),
+    ];
+    let mut t = BASE + 3602 * SEC;
+    for i in 0..3u64 {
+        web.push(started(4 + 2 * i, t, "new"));
+        web.push(died(5 + 2 * i, t + SEC / 10, 0.1, Reason::Failed));
+        t += SEC;
+    }
+    store.insert_events("web", &web).expect("web");
+    let why = store.why("web", None, &[]).expect("why");
+    assert_eq!(why.streak, 3);
+    let good = why.last_good.as_ref().expect("a good run");
+    assert_eq!(
+        good.until_us,
+        BASE + 3600 * SEC,
+        "the hour, not the lost run"
+    );
+
+    // The same lost run, lasting an hour before the next start: that is the last good run.
+    let mut db = vec![started(1, BASE, "x")];
+    let mut t = BASE + 3600 * SEC;
+    for i in 0..2u64 {
+        db.push(started(2 + 2 * i, t, "x"));
+        db.push(died(3 + 2 * i, t + SEC / 10, 0.1, Reason::Failed));
+        t += SEC;
+    }
+    store.insert_events("db", &db).expect("db");
+    let why = store.why("db", None, &[]).expect("why");
+    assert_eq!(why.streak, 2);
+    assert_eq!(
+        why.last_good.as_ref().map(|g| g.until_us),
+        Some(BASE + 3600 * SEC),
+        "until the next start"
+    );
+}

@@ -64,6 +64,12 @@ pub struct HistoryFilter {
     pub limit: Option<usize>,
     /// The newest rows first (with `limit`: the last N).
     pub newest_first: bool,
+    /// In time order (`wall_us`, then id) instead of storage order, oldest first (not with
+    /// `newest_first`); then `after_id` continues after the row with that id at `since_us`,
+    /// which is how a client pages (docs/protocol.md). The store answers a time window this
+    /// way from its time index, however many rows the window holds.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub by_time: bool,
 }
 
 /// One stored event.
@@ -136,6 +142,10 @@ pub struct Stats {
 /// How far back `why` looks for the streak a death belongs to (deaths, newest first).
 pub const WHY_SCAN: usize = 2000;
 
+/// `why` counts a service's failures in the hour before a death up to this many: a crash loop
+/// of thousands an hour says "1000+" at the cost of reading a thousand rows, not all of them.
+pub const FAILURES_COUNTED: u64 = 1000;
+
 /// A run that lasted at least this long (microseconds) was a good run, however it ended.
 pub const GOOD_RUN_US: i64 = 60_000_000;
 
@@ -162,7 +172,8 @@ pub struct Why {
     /// When the first of them died.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub streak_since_us: Option<i64>,
-    /// Failures of the service in the hour up to the death.
+    /// Failures of the service in the hour up to the death, counted up to
+    /// [`FAILURES_COUNTED`] (that many means at least that many).
     pub failures_last_hour: u64,
     /// The last good run before the streak: its `started` record (with its configuration
     /// hash) and when it ended; `None` when none was found within [`WHY_SCAN`] deaths.

@@ -457,7 +457,11 @@ impl Client {
                 return Ok(rows);
             };
             filter.limit = wanted.map(|l| l.saturating_sub(rows.len()));
-            if filter.newest_first {
+            if filter.by_time && !filter.newest_first {
+                // After the last row: its time, and its id among the rows of that time.
+                filter.since_us = rows.last().map(|r| r.record.wall_us);
+                filter.after_id = Some(cursor);
+            } else if filter.newest_first {
                 filter.before_id = Some(cursor);
             } else {
                 filter.after_id = Some(cursor);

@@ -157,12 +157,13 @@ pub fn explain(why: &Why, zone: &Zone, now_us: i64) -> Vec<String> {
             .unwrap_or_default();
         lines.push(format!(
             "  looping:  {} failed runs in a row{since}; {} failures in the hour before",
-            why.streak, why.failures_last_hour
+            why.streak,
+            failures(why.failures_last_hour)
         ));
     } else if why.failures_last_hour > 1 {
         lines.push(format!(
             "  failures: {} in the hour before this death",
-            why.failures_last_hour
+            failures(why.failures_last_hour)
         ));
     }
     let this_config = why.started.as_ref().and_then(config_of);
@@ -292,4 +293,13 @@ fn around(why: &Why, zone: &Zone, at_us: i64) -> Vec<String> {
         }
     }
     lines
+}
+
+/// A count of failures, `1000+` when the store stopped counting.
+fn failures(n: u64) -> String {
+    if n >= upk_core::history::FAILURES_COUNTED {
+        format!("{n}+")
+    } else {
+        n.to_string()
+    }
 }

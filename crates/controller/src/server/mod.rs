@@ -34,9 +34,7 @@ pub use crate::access::{Peer, Policy};
 use crate::fleet::Fleet;
 use crate::store::{CommandEntry, Store};
 pub use control::Intent;
-use read::pages;
 use refusals::RefusalLog;
-use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -440,22 +438,6 @@ impl Server {
     fn send(&mut self, token: u64, id: Option<u64>, body: ClientReply) {
         if let Some(c) = self.clients.get_mut(&token) {
             c.out.extend(proto::encode(&Envelope { id, body }));
-        }
-    }
-
-    /// Sends a list reply as lines of at most about [`PAGE_BYTES`] each, all but the last
-    /// marked `more` (see [`ClientReply::more`]).
-    fn send_pages<T: Serialize>(
-        &mut self,
-        token: u64,
-        id: Option<u64>,
-        items: Vec<T>,
-        make: impl Fn(Vec<T>, bool) -> ClientReply,
-    ) {
-        let pages = pages(items);
-        let n = pages.len();
-        for (i, page) in pages.into_iter().enumerate() {
-            self.send(token, id, make(page, i + 1 < n));
         }
     }
 

@@ -26,30 +26,8 @@ impl Server {
         body: ClientRequest,
         fleet: &Fleet,
     ) -> Result<(), (ErrorCode, String)> {
-        match self.read(body, fleet)? {
-            ClientReply::Services { services, .. } => {
-                self.send_pages(token, id, services, |services, more| {
-                    ClientReply::Services { services, more }
-                })
-            }
-            ClientReply::History { events, cursor, .. } => {
-                self.send_pages(token, id, events, |events, more| ClientReply::History {
-                    events,
-                    more,
-                    cursor: if more { None } else { cursor },
-                })
-            }
-            ClientReply::Audit {
-                commands, cursor, ..
-            } => self.send_pages(token, id, commands, |commands, more| ClientReply::Audit {
-                commands,
-                more,
-                cursor: if more { None } else { cursor },
-            }),
-            ClientReply::Stats { stats, .. } => self.send_pages(token, id, stats, |stats, more| {
-                ClientReply::Stats { stats, more }
-            }),
-            reply => self.send(token, id, reply),
+        for line in lines(self.read(body, fleet)?) {
+            self.send(token, id, line);
         }
         Ok(())
     }
@@ -272,13 +250,54 @@ fn cap_rows(limit: Option<usize>) -> (usize, bool) {
     }
 }
 
+/// A reply as the lines it is sent in: a list (`services`, `history`, `audit`, `stats`) in
+/// pages of about [`PAGE_BYTES`], each but the last saying `more` (a cursor only on the last);
+/// anything else in one line.
+pub(crate) fn lines(reply: ClientReply) -> Vec<ClientReply> {
+    fn paged<T: Serialize>(
+        items: Vec<T>,
+        make: impl Fn(Vec<T>, bool) -> ClientReply,
+    ) -> Vec<ClientReply> {
+        let pages = pages(items);
+        let n = pages.len();
+        pages
+            .into_iter()
+            .enumerate()
+            .map(|(i, page)| make(page, i + 1 < n))
+            .collect()
+    }
+    match reply {
+        ClientReply::Services { services, .. } => paged(services, |services, more| {
+            ClientReply::Services { services, more }
+        }),
+        ClientReply::History { events, cursor, .. } => {
+            paged(events, |events, more| ClientReply::History {
+                events,
+                more,
+                cursor: if more { None } else { cursor },
+            })
+        }
+        ClientReply::Audit {
+            commands, cursor, ..
+        } => paged(commands, |commands, more| ClientReply::Audit {
+            commands,
+            more,
+            cursor: if more { None } else { cursor },
+        }),
+        ClientReply::Stats { stats, .. } => {
+            paged(stats, |stats, more| ClientReply::Stats { stats, more })
+        }
+        reply => vec![reply],
+    }
+}
+
 /// `items` cut into pages of about [`PAGE_BYTES`] of JSON each (an item larger than that is a
 /// page of its own); at least one page, empty when `items` is.
 pub(super) fn pages<T: Serialize>(items: Vec<T>) -> Vec<Vec<T>> {
     let mut pages = vec![Vec::new()];
     let mut size = 0;
     for item in items {
-        let len = serde_json::to_vec(&item).map_or(0, |v| v.len() + 1);
+        let len = json_len(&item) + 1;
         if size + len > PAGE_BYTES && pages.last().is_some_and(|p| !p.is_empty()) {
             pages.push(Vec::new());
             size = 0;
@@ -298,13 +317,30 @@ fn fit_bytes<T: Serialize>(rows: &mut Vec<T>) -> bool {
     let keep = rows
         .iter()
         .position(|r| {
-            size += serde_json::to_vec(r).map_or(0, |v| v.len() + 1);
+            size += json_len(r) + 1;
             size > REPLY_BYTES
         })
         .map_or(rows.len(), |i| i.max(1));
     let cut = keep < rows.len();
     rows.truncate(keep);
     cut
+}
+
+/// The length of `item`'s JSON, counted as it is written (nothing is kept).
+fn json_len<T: Serialize>(item: &T) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut count = Count(0);
+    let _ = serde_json::to_writer(&mut count, item);
+    count.0
 }
 
 /// `ids` each once, in the order first named: a request naming one service 100,000 times is

@@ -12,7 +12,9 @@
 use rusqlite::params;
 use upk_core::death::Reason;
 use upk_core::event::EventKind;
-use upk_core::history::{EventRow, GoodRun, Prerequisite, Why, GOOD_RUN_US, WHY_SCAN};
+use upk_core::history::{
+    EventRow, GoodRun, Prerequisite, Why, FAILURES_COUNTED, GOOD_RUN_US, WHY_SCAN,
+};
 
 use super::{Result, Store, StoreError};
 
@@ -130,10 +132,16 @@ impl Store {
         self.streak(sid, &death, &mut why)?;
         why.failures_last_hour = self.conn.query_row(
             &format!(
-                "SELECT COUNT(*) FROM events WHERE service_id = ?1 AND {MILESTONES} AND {DEATHS} \
-                 AND wall_us > ?2 AND wall_us <= ?3 AND {FAILED}"
+                "SELECT COUNT(*) FROM (SELECT 1 FROM events WHERE service_id = ?1 \
+                 AND {MILESTONES} AND {DEATHS} AND wall_us > ?2 AND wall_us <= ?3 AND {FAILED} \
+                 LIMIT ?4)"
             ),
-            params![sid, at.saturating_sub(3600 * SEC), at],
+            params![
+                sid,
+                at.saturating_sub(3600 * SEC),
+                at,
+                FAILURES_COUNTED as i64
+            ],
             |r| r.get::<_, i64>(0),
         )? as u64;
         let changes_from = match &why.last_good {
@@ -148,17 +156,24 @@ impl Store {
         )?;
         changes.reverse();
         why.config_changes = changes;
-        why.around = self.events_where(
+        // The other deaths nearest to it: the last 40 before (in a storm, those of the same
+        // seconds, not the first of the window) and the first 10 after.
+        let mut around = self.events_where(
             &format!(
                 "{DEATHS} AND wall_us >= ?1 AND wall_us <= ?2 AND e.service_id != ?3 \
-                 ORDER BY wall_us, e.id LIMIT 50"
+                 ORDER BY wall_us DESC, e.id DESC LIMIT 40"
             ),
-            params![
-                at.saturating_sub(AROUND_BEFORE),
-                at.saturating_add(AROUND_AFTER),
-                sid
-            ],
+            params![at.saturating_sub(AROUND_BEFORE), at, sid],
         )?;
+        around.reverse();
+        around.extend(self.events_where(
+            &format!(
+                "{DEATHS} AND wall_us > ?1 AND wall_us <= ?2 AND e.service_id != ?3 \
+                 ORDER BY wall_us, e.id LIMIT 10"
+            ),
+            params![at, at.saturating_add(AROUND_AFTER), sid],
+        )?);
+        why.around = around;
         // Their reasons say enough here; their tails are for their own `why`.
         for row in &mut why.around {
             if let EventKind::Died { tail, .. } = &mut row.record.kind {
@@ -258,11 +273,23 @@ impl Store {
         }
         let mut good_start = None;
         for (i, run) in runs.iter().enumerate() {
-            let (end, failure) = run.end.unwrap_or((death.record.wall_us, false));
+            // A run whose end is not stored (its buddy was killed, records were lost) ran
+            // until the next run began at the latest; how it ended is not known, so it only
+            // counts when it lasted.
+            let next_start = i
+                .checked_sub(1)
+                .and_then(|j| runs[j].start.map(|(_, at)| at));
+            let (end, failure, known) = match run.end {
+                Some((end, failure)) => (end, failure, true),
+                None => (next_start.unwrap_or(death.record.wall_us), false, false),
+            };
             let long = run.stable
                 || run
                     .start
                     .is_some_and(|(_, at)| end.saturating_sub(at) >= GOOD_RUN_US);
+            if !known && !long {
+                continue;
+            }
             // The explained death counts whatever came before it.
             if failure && (i == 0 || !long) {
                 why.streak += 1;

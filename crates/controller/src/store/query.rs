@@ -163,10 +163,13 @@ impl Store {
             sql.push_str(" AND e.service_id = (SELECT id FROM services WHERE service = ?)");
             args.push(Sql::Text(service.clone()));
         }
+        let by_time = filter.by_time && !filter.newest_first;
+        // In time order, `after_id` breaks the tie at `since_us`: the rows after that one.
+        let after_id = if by_time { None } else { filter.after_id };
         for (col, op, v) in [
             ("e.wall_us", ">=", filter.since_us),
             ("e.wall_us", "<", filter.until_us),
-            ("e.id", ">", filter.after_id),
+            ("e.id", ">", after_id),
             ("e.id", "<", filter.before_id),
         ] {
             if let Some(v) = v {
@@ -174,13 +177,21 @@ impl Store {
                 args.push(Sql::Integer(v));
             }
         }
+        if let (true, Some(since), Some(after)) = (by_time, filter.since_us, filter.after_id) {
+            sql.push_str(" AND (e.wall_us > ? OR e.id > ?)");
+            args.extend([Sql::Integer(since), Sql::Integer(after)]);
+        }
         if !filter.kinds.is_empty() {
             let marks = vec!["?"; filter.kinds.len()].join(", ");
             sql.push_str(&format!(" AND e.kind IN ({marks})"));
             args.extend(filter.kinds.iter().map(|k| Sql::Text(k.clone())));
         }
-        let order = if filter.newest_first { "DESC" } else { "ASC" };
-        sql.push_str(&format!(" ORDER BY e.id {order} LIMIT ?"));
+        if by_time {
+            sql.push_str(" ORDER BY e.wall_us ASC, e.id ASC LIMIT ?");
+        } else {
+            let order = if filter.newest_first { "DESC" } else { "ASC" };
+            sql.push_str(&format!(" ORDER BY e.id {order} LIMIT ?"));
+        }
         args.push(Sql::Integer(limit(filter.limit)));
         let mut stmt = self.conn.prepare_cached(&sql)?;
         let raw = stmt
