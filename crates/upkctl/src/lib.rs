@@ -125,7 +125,7 @@ impl Ctx {
         let reader = theirs
             .try_clone()
             .map_err(|e| Failure::new(exit::UNREACHABLE, format!("socketpair: {e}")))?;
-        let child = std::process::Command::new(&bin)
+        let mut child = std::process::Command::new(&bin)
             .arg("read-store")
             .arg(&store)
             .stdin(std::os::fd::OwnedFd::from(reader))
@@ -141,17 +141,23 @@ impl Ctx {
                     ),
                 )
             })?;
-        let mut reader = Reader {
-            client: Client::over(ours, self.timeout).map_err(|e| {
-                Failure::new(
+        let client = match Client::over(ours, self.timeout) {
+            Ok(client) => client,
+            Err(e) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(Failure::new(
                     down.code,
                     format!(
                         "{}; and its store {} cannot be read ({e}; see above)",
                         down.message,
                         store.display()
                     ),
-                )
-            })?,
+                ));
+            }
+        };
+        let mut reader = Reader {
+            client,
             child: Some(child),
         };
         reader.client.set_timeout(Some(self.timeout))?;
