@@ -416,3 +416,26 @@ fn history_why_and_audit_read_the_store_when_the_controller_is_down() {
         eprintln!("not root: the store's permissions are checked only as root (setpriv nobody)");
     }
 }
+
+#[test]
+fn completions_and_the_man_page_into_a_closed_pipe_exit_quietly() {
+    // `upkctl completions bash | head`: the reader is gone before the script is written.
+    for args in [
+        &["completions", "bash"][..],
+        &["completions", "zsh"],
+        &["man"],
+    ] {
+        let (read, write) = nix::unistd::pipe().expect("pipe");
+        drop(read);
+        let out = Command::new(bin("upkctl"))
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(write))
+            .stderr(Stdio::piped())
+            .output()
+            .expect("run upkctl");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(code::OK), "{args:?}: {stderr}");
+        assert!(stderr.is_empty(), "{args:?}: {stderr}");
+    }
+}

@@ -293,7 +293,11 @@ pub fn run(args: cli::Args, out: &mut dyn Write) -> Result<i32> {
         Cmd::Openrc(cli::OpenrcCmd::Start(start)) => openrc::start(&ctx, &start, out)?,
         Cmd::Openrc(cli::OpenrcCmd::Stop { svc }) => openrc::stop(&ctx, &svc, out)?,
         Cmd::Completions { shell } => {
-            clap_complete::generate(shell, &mut cli::Args::command(), "upkctl", out);
+            // clap_complete panics when its writer fails (a reader that went away, `| head`):
+            // it writes into memory, and the write to stdout is ours.
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut cli::Args::command(), "upkctl", &mut script);
+            out.write_all(&script)?;
             exit::OK
         }
         Cmd::Man { dir } => {
