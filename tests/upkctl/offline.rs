@@ -103,6 +103,14 @@ fn check_reports_every_error_with_its_location() {
     );
     w.upkctl(&["check", "--controller", w.ctl.to_str().expect("utf8")])
         .expect(code::OK);
+    // Without --controller, a controller file is known by its keys: checked as one, not
+    // reported as services that are all broken.
+    let out = w.upkctl(&["check", w.ctl.to_str().expect("utf8")]);
+    out.expect(code::OK);
+    assert_eq!(out.stdout, format!("{}: ok\n", w.ctl.display()));
+    let out = w.upkctl(&["check", bad_ctl.to_str().expect("utf8")]);
+    out.expect(code::INVALID_CONFIG);
+    assert!(out.stderr.contains("StateDir: expected a path"), "{out:?}");
     // Any command with an invalid --config says so.
     let out = Command::new(bin("upkctl"))
         .args(["--config", bad_ctl.to_str().expect("utf8"), "status"])

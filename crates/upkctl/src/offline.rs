@@ -86,6 +86,9 @@ pub fn check(ctx: &Ctx, paths: &[PathBuf], controller: bool, out: &mut dyn Write
         for p in paths {
             if p.is_dir() {
                 check_dir(p, &defaults, &mut checked);
+            } else if config::is_controller_file(p) {
+                // Its keys say what it is; --controller says so for one with unknown keys.
+                checked.push(check_controller(p));
             } else {
                 checked.push(check_services(p, &defaults));
             }

@@ -21,9 +21,9 @@ pub use keys::{
 };
 pub use model::*;
 pub use validate::{
-    controller_file, default_cgroup, load_controller, load_controller_or_defaults, load_services,
-    parse_controller, parse_services, CONTROLLER_KEYS, MAX_ERRORS, MAX_FILE_SIZE, MAX_HISTORY_DAYS,
-    MAX_HISTORY_EVENTS, MAX_SCRIPT_SIZE,
+    controller_file, default_cgroup, is_controller_file, load_controller,
+    load_controller_or_defaults, load_services, parse_controller, parse_services, CONTROLLER_KEYS,
+    MAX_ERRORS, MAX_FILE_SIZE, MAX_HISTORY_DAYS, MAX_HISTORY_EVENTS, MAX_SCRIPT_SIZE,
 };
 
 use std::fmt;

@@ -598,6 +598,23 @@ fn resolve(mut s: Service) -> Result<Service, Vec<String>> {
     }
 }
 
+/// True when the file at `path` reads as a controller file rather than a service file: a
+/// non-empty object whose keys are all controller keys (case-insensitive) and whose values
+/// are not all objects (a service file's are). `upkctl check FILE` tells the kinds apart so.
+pub fn is_controller_file(path: &Path) -> bool {
+    let Ok(src) = read_config(path) else {
+        return false;
+    };
+    let Ok((_, Some(Value::Object(obj)))) = Doc::parse(&src, path) else {
+        return false;
+    };
+    !obj.is_empty()
+        && obj
+            .keys()
+            .all(|k| CONTROLLER_KEYS.iter().any(|c| c.eq_ignore_ascii_case(k)))
+        && !obj.values().all(Value::is_object)
+}
+
 /// Reads a controller file (refusing one others could have written) and parses it.
 pub fn load_controller(path: &Path) -> Result<Controller, ConfigErrors> {
     parse_controller(&read_config(path)?, path)
