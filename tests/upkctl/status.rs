@@ -180,8 +180,14 @@ fn a_caller_without_access_is_refused() {
     let pid = w.running("web").pid;
     w.upkctl_as_nobody(&["status"])
         .fails(code::REFUSED, "may not status");
-    w.upkctl_as_nobody(&["stop", "web"])
-        .fails(code::REFUSED, "web: uid 65534 may not stop");
+    let stop = w.upkctl_as_nobody(&["stop", "web"]);
+    stop.fails(code::REFUSED, "web: uid 65534 may not stop");
+    // It says who has the access and which key would grant it.
+    assert!(
+        stop.stderr
+            .contains("it needs control access: root has it (ControlGroup is not set)"),
+        "{stop:?}"
+    );
     w.upkctl_as_nobody(&["history", "web"])
         .fails(code::REFUSED, "may not history");
     assert_eq!(w.running("web").pid, pid, "still the same run");

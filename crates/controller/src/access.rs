@@ -78,6 +78,45 @@ pub struct Policy {
 }
 
 impl Policy {
+    /// Who has `needed` access, for a refusal to say (numbers only: a name lookup could block
+    /// the loop): `root, uid 500 and group 1001 (ControlGroup) have it`, and which group keys
+    /// are not set.
+    pub fn granted_to(&self, needed: Access) -> String {
+        let mut who = vec!["root".to_owned()];
+        if self.own_uid != 0 {
+            who.push(format!("uid {}", self.own_uid));
+        }
+        let groups = match needed {
+            Access::Control => vec![("ControlGroup", self.control_group)],
+            _ => vec![
+                ("ReadGroup", self.read_group),
+                ("ControlGroup", self.control_group),
+            ],
+        };
+        let unset: Vec<&str> = groups
+            .iter()
+            .filter(|(_, g)| g.is_none())
+            .map(|(key, _)| *key)
+            .collect();
+        who.extend(
+            groups
+                .iter()
+                .filter_map(|(key, g)| g.map(|g| format!("group {g} ({key})"))),
+        );
+        let last = who.pop().unwrap_or_default();
+        let mut text = if who.is_empty() {
+            format!("{last} has it")
+        } else {
+            format!("{} and {last} have it", who.join(", "))
+        };
+        match unset.as_slice() {
+            [] => {}
+            [one] => text.push_str(&format!(" ({one} is not set)")),
+            more => text.push_str(&format!(" ({} are not set)", more.join(" and "))),
+        }
+        text
+    }
+
     /// The access `peer` gets ([`access`]).
     pub fn access(&self, peer: &Peer) -> Access {
         access(self, peer.uid, peer.gid, &peer.groups)
@@ -99,6 +138,32 @@ pub fn access(policy: &Policy, uid: u32, gid: u32, groups: &[u32]) -> Access {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_refusal_names_who_has_the_access() {
+        let p = Policy {
+            own_uid: 500,
+            control_group: Some(1001),
+            read_group: None,
+        };
+        assert_eq!(
+            p.granted_to(Access::Control),
+            "root, uid 500 and group 1001 (ControlGroup) have it"
+        );
+        assert_eq!(
+            p.granted_to(Access::Read),
+            "root, uid 500 and group 1001 (ControlGroup) have it (ReadGroup is not set)"
+        );
+        let root = Policy {
+            own_uid: 0,
+            control_group: None,
+            read_group: None,
+        };
+        assert_eq!(
+            root.granted_to(Access::Read),
+            "root has it (ReadGroup and ControlGroup are not set)"
+        );
+    }
 
     const POLICY: Policy = Policy {
         own_uid: 500,

@@ -508,14 +508,15 @@ impl Server {
         };
         if access < needed {
             let msg = format!(
-                "uid {} may not {}: it needs {} access",
+                "uid {} may not {}: it needs {} access: {}",
                 peer.uid,
                 verb(&body),
                 if needed == Access::Control {
                     "control"
                 } else {
                     "read"
-                }
+                },
+                self.policy.granted_to(needed)
             );
             if self.first_refusal(&peer) {
                 self.audit.push(entry(format!("refused: {msg}"), false));
