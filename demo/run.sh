@@ -5,7 +5,11 @@
 set -eu
 here=$(cd "$(dirname "$0")" && pwd)
 cd "$here/.."
-cargo build --quiet --bins
+# The first build takes a few minutes on two cores: cargo's own progress says how far it is
+# (one "Compiling" line per crate); later runs are a second of "Finished".
+echo "demo: building upkeeper (cargo build --bins; the first build takes a few minutes)" >&2
+cargo build --bins
+echo "demo: starting the controller on demo/upkeeper.conf (Ctrl-C to stop it)" >&2
 # upkeeper refuses configuration that others could have written (umask 002 checkouts).
 chmod go-w demo/upkeeper.conf demo/upkeeper.d/*.conf
 exec target/debug/upkeeper --config demo/upkeeper.conf run

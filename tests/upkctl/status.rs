@@ -235,3 +235,35 @@ fn a_controller_that_does_not_answer_times_out() {
     assert_eq!(w.running("web").pid, pid, "nothing was stopped");
     w.upkctl(&["status", "web"]).expect(code::OK);
 }
+
+#[test]
+fn is_active_and_is_failed_answer_in_the_exit_code() {
+    let mut w = World::new(
+        &[(
+            "app.conf",
+            r#"{
+    "web": { ExecStart: "sleep 1000", InitialState: "running" },
+    "idle": { ExecStart: "sleep 1000" },
+    "crashy": { ExecStart: "false", MaxConsecutiveFailures: 1, InitialState: "running" },
+}"#,
+        )],
+        &["web"],
+    );
+    w.wait_state("crashy", StateName::Failed);
+    let out = w.upkctl(&["is-active", "web"]);
+    out.expect(code::OK);
+    assert_eq!(out.stdout, "running\n");
+    let out = w.upkctl(&["is-active", "web", "idle"]);
+    out.expect(code::FAILED);
+    assert_eq!(out.stdout, "running\nstopped\n");
+    w.upkctl(&["is-failed", "crashy"]).expect(code::OK);
+    w.upkctl(&["is-failed", "web", "idle"]).expect(code::FAILED);
+    w.upkctl(&["is-active", "nosuch"])
+        .fails(code::NOT_FOUND, "there is no service \"nosuch\"");
+    // With the controller down, the status files answer.
+    w.stop_controller();
+    let out = w.upkctl(&["is-active", "web"]);
+    out.expect(code::OK);
+    assert_eq!(out.stdout, "running\n");
+    w.upkctl(&["is-failed", "web"]).expect(code::FAILED);
+}

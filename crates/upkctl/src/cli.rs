@@ -51,6 +51,20 @@ pub enum Cmd {
     },
     /// List the configured services.
     List,
+    /// Exit 0 when every service named runs (running or ready), 1 otherwise; prints each
+    /// one's state. For scripts, as `systemctl is-active`.
+    IsActive {
+        /// Service ids.
+        #[arg(value_name = "SERVICE", required = true, add = ArgValueCandidates::new(service_names))]
+        services: Vec<String>,
+    },
+    /// Exit 0 when any service named is failed (or its restarts are paused), 1 otherwise;
+    /// prints each one's state. For scripts, as `systemctl is-failed`.
+    IsFailed {
+        /// Service ids.
+        #[arg(value_name = "SERVICE", required = true, add = ArgValueCandidates::new(service_names))]
+        services: Vec<String>,
+    },
     /// Want services up and start them.
     Start(Targets),
     /// Want services down and stop them (stop script, SIGTERM, SIGKILL to the group).

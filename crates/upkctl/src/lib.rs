@@ -229,6 +229,8 @@ pub fn run(args: cli::Args, out: &mut dyn Write) -> Result<i32> {
     let code = match args.command {
         Cmd::Status { services } => status::status(&ctx, &services, out)?,
         Cmd::List => status::list(&ctx, out)?,
+        Cmd::IsActive { services } => status::is(&ctx, &services, status::Is::Active, out)?,
+        Cmd::IsFailed { services } => status::is(&ctx, &services, status::Is::Failed, out)?,
         Cmd::Start(t) => control::run(&ctx, control::Verb::Start, &t, out)?,
         Cmd::Stop(t) => control::run(&ctx, control::Verb::Stop, &t, out)?,
         Cmd::Restart(t) => control::run(&ctx, control::Verb::Restart, &t, out)?,

@@ -143,23 +143,56 @@ const HEADER: [&str; 10] = [
     "MEMORY",
 ];
 
-/// `upkctl status [SERVICE...]`.
-pub fn status(ctx: &Ctx, services: &[String], out: &mut dyn Write) -> Result<i32> {
-    let now = upk_core::time::wall_us();
+/// The rows of `services` (all when empty): from the controller, or from the status files
+/// when it is down (then `false`).
+fn rows(ctx: &Ctx, services: &[String], now: i64) -> Result<(bool, Vec<Row>)> {
     let answer = ctx.connect().and_then(|mut c| {
         // Globs need the controller's list; without it, the names are taken as ids.
         let services = crate::events::expand(&mut c, services)?;
         let names: Vec<&str> = services.iter().map(String::as_str).collect();
         Ok(c.status(&names)?)
     });
-    let (controller, rows) = match answer {
-        Ok(list) => (
+    match answer {
+        Ok(list) => Ok((
             true,
             list.iter().map(|s| Row::from_summary(s, now)).collect(),
-        ),
-        Err(f) if falls_back(&f) => (false, from_files(ctx, &f, services, now)?),
-        Err(f) => return Err(f),
+        )),
+        Err(f) if falls_back(&f) => Ok((false, from_files(ctx, &f, services, now)?)),
+        Err(f) => Err(f),
+    }
+}
+
+/// What `is-active` and `is-failed` ask.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Is {
+    /// Every service named runs.
+    Active,
+    /// Some service named is failed or paused.
+    Failed,
+}
+
+/// `upkctl is-active|is-failed SERVICE...`: each state on a line (`unknown` without a
+/// status file), and the answer as the exit code: 0 yes, 1 no.
+pub fn is(ctx: &Ctx, services: &[String], ask: Is, out: &mut dyn Write) -> Result<i32> {
+    let (_, rows) = rows(ctx, services, upk_core::time::wall_us())?;
+    for r in &rows {
+        writeln!(out, "{}", r.state.map_or("unknown", StateName::as_str))?;
+    }
+    let yes = match ask {
+        Is::Active => {
+            !rows.is_empty() && rows.iter().all(|r| r.state.is_some_and(StateName::is_up))
+        }
+        Is::Failed => rows
+            .iter()
+            .any(|r| matches!(r.state, Some(StateName::Failed | StateName::Paused))),
     };
+    Ok(if yes { exit::OK } else { exit::FAILED })
+}
+
+/// `upkctl status [SERVICE...]`.
+pub fn status(ctx: &Ctx, services: &[String], out: &mut dyn Write) -> Result<i32> {
+    let now = upk_core::time::wall_us();
+    let (controller, rows) = rows(ctx, services, now)?;
     if ctx.json {
         print_json(
             out,
