@@ -27,7 +27,7 @@ svc=$(pgrep -f 'sleep 100[0]'); echo "svc_pid=$svc"
 
 ctl=$(cat /run/openrc/options/upkeeper/child_pid); echo "ctl_pid=$ctl"
 kill -9 "$ctl"
-wait_for "[ \"\$(cat /run/openrc/options/upkeeper/child_pid)\" != $ctl ] && $U audit -n 1"
+wait_for "[ \"\$(cat /run/openrc/options/upkeeper/child_pid)\" != $ctl ] && $U ping"
 echo "respawned=$?"
 wait_for "$U status svc | grep -q ' running '"; echo "svc_running_after=$?"
 echo "svc_pid_after=$(pgrep -f 'sleep 100[0]')"
@@ -60,7 +60,7 @@ fn openrc_script_starts_the_controller_gates_a_dependant_and_stops_it_alone() {
             "#!/sbin/openrc-run\n\
              depend() {{ need upkeeper; }}\n\
              start() {{ {t}/usr/bin/upkctl --config {t}/etc/upkeeper/upkeeper.conf --timeout 2 \
-             audit -n 1 >/dev/null && touch {t}/files/dep-saw-ready; }}\n\
+             ping >/dev/null && touch {t}/files/dep-saw-ready; }}\n\
              stop() {{ return 0; }}\n",
             t = t.display()
         ),

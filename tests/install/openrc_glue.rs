@@ -29,7 +29,7 @@ echo default > /run/openrc/softlevel
 start_controller() {
 	"$T/usr/sbin/upkeeper" --config "$CONF" run >>"$T/files/controller.log" 2>&1 &
 	CTL=$!
-	wait_for "$U audit -n 1"
+	wait_for "$U ping"
 }
 svc_pid() { pgrep -f 'sleep 100[0]'; }
 start_controller; echo "controller_up=$?"

@@ -113,6 +113,11 @@ impl World {
         self.run(cmd)
     }
 
+    /// Runs `cmd` (an upkctl command line built by the test) as `upkctl` is run, bounded.
+    pub fn run_cmd(&self, cmd: Command) -> Out {
+        self.run(cmd)
+    }
+
     fn run(&self, mut cmd: Command) -> Out {
         let mut child = cmd
             .env(MARKER, self.sb.path())

@@ -156,6 +156,7 @@ fn status_reads_the_status_files_when_the_controller_is_down_and_control_is_unre
         &["unconfigure", "web"],
         &["stop", "--all"],
         &["stats"],
+        &["ping"],
         &["watch"],
     ] {
         let out = w.upkctl(args);
@@ -266,4 +267,41 @@ fn is_active_and_is_failed_answer_in_the_exit_code() {
     out.expect(code::OK);
     assert_eq!(out.stdout, "running\n");
     w.upkctl(&["is-failed", "web"]).expect(code::FAILED);
+}
+
+#[test]
+fn ping_waits_once_for_the_whole_deadline_even_for_a_hung_controller() {
+    let w = World::new(&[("app.conf", SERVICES)], &["web"]);
+    let out = w.upkctl(&["ping"]);
+    out.expect(code::OK);
+    assert!(out.stdout.trim().parse::<i32>().is_ok(), "the pid: {out:?}");
+    // A socket that accepts and never answers: each try is cut to what is left of --wait, so
+    // 1.5 s of waiting with --timeout 1 ends after about 1.5 s, not tries x 1 s.
+    let hung = w.sb.path().join("hung.sock");
+    let _listener = std::os::unix::net::UnixListener::bind(&hung).expect("bind");
+    let t = Instant::now();
+    let mut cmd = Command::new(bin("upkctl"));
+    cmd.arg("--socket")
+        .arg(&hung)
+        .args(["--timeout", "1", "ping", "--wait", "1.5"]);
+    let out = w.run_cmd(cmd);
+    assert_eq!(out.code, code::TIMED_OUT, "{out:?}");
+    let took = t.elapsed();
+    assert!(
+        took >= Duration::from_millis(1400) && took < Duration::from_millis(2800),
+        "{took:?}"
+    );
+    // Nobody there at all: unreachable, after the wait.
+    let t = Instant::now();
+    let mut cmd = Command::new(bin("upkctl"));
+    cmd.arg("--socket")
+        .arg(w.sb.path().join("none.sock"))
+        .args(["ping", "--wait", "0.5"]);
+    let out = w.run_cmd(cmd);
+    assert_eq!(out.code, code::UNREACHABLE, "{out:?}");
+    assert!(
+        t.elapsed() >= Duration::from_millis(450),
+        "{:?}",
+        t.elapsed()
+    );
 }

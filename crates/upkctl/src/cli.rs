@@ -51,6 +51,13 @@ pub enum Cmd {
     },
     /// List the configured services.
     List,
+    /// Exit 0 when the controller answers (and print its pid): what readiness checks ask.
+    /// With --wait, keep asking until it answers or SECS have passed.
+    Ping {
+        /// Keep asking, every 100 ms, for at most this many seconds in all.
+        #[arg(long, value_name = "SECS", value_parser = parse_seconds)]
+        wait: Option<f64>,
+    },
     /// Exit 0 when every service named runs (running or ready), 1 otherwise; prints each
     /// one's state. For scripts, as `systemctl is-active`.
     IsActive {

@@ -177,6 +177,33 @@ impl Ctx {
     }
 }
 
+/// `upkctl ping [--wait SECS]`: the controller's pid once it answers; the failure to reach
+/// it when it does not, at once or, with `wait`, when that much time has passed (each try
+/// bounded by `--timeout` and by what is left, so the whole wait is `wait` however the
+/// controller fails: absent, refusing, or hung).
+fn ping(ctx: &Ctx, wait: Option<Duration>, out: &mut dyn Write) -> Result<i32> {
+    let deadline = std::time::Instant::now() + wait.unwrap_or_default();
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let attempt = Ctx {
+            timeout: if wait.is_some() {
+                ctx.timeout.min(left).max(Duration::from_millis(10))
+            } else {
+                ctx.timeout
+            },
+            ..ctx.clone()
+        };
+        match attempt.connect() {
+            Ok(client) => {
+                writeln!(out, "{}", client.controller_pid())?;
+                return Ok(exit::OK);
+            }
+            Err(f) if left.is_zero() => return Err(f),
+            Err(_) => std::thread::sleep(left.min(Duration::from_millis(100))),
+        }
+    }
+}
+
 /// A [`Client`] for read requests ([`Ctx::reader`]): the controller's, or one of
 /// `upkeeper read-store`, which is ended with it.
 #[derive(Debug)]
@@ -229,6 +256,7 @@ pub fn run(args: cli::Args, out: &mut dyn Write) -> Result<i32> {
     let code = match args.command {
         Cmd::Status { services } => status::status(&ctx, &services, out)?,
         Cmd::List => status::list(&ctx, out)?,
+        Cmd::Ping { wait } => ping(&ctx, wait.map(Duration::from_secs_f64), out)?,
         Cmd::IsActive { services } => status::is(&ctx, &services, status::Is::Active, out)?,
         Cmd::IsFailed { services } => status::is(&ctx, &services, status::Is::Failed, out)?,
         Cmd::Start(t) => control::run(&ctx, control::Verb::Start, &t, out)?,
