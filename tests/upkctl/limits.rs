@@ -37,3 +37,22 @@ fn audit_last_n_are_the_newest_in_order() {
     assert_eq!(last, all[all.len() - 2..], "the last two, oldest first");
     assert_eq!(last[1]["request"]["type"], "stop");
 }
+
+#[test]
+fn a_huge_timeout_or_wait_is_a_usage_error_not_a_panic() {
+    let w = World::offline(&[("web.conf", ONE)]);
+    for args in [
+        &["--timeout", "1e300", "list"][..],
+        &["ping", "--wait", "1e19"],
+        &["--timeout", "inf", "ping"],
+        &["ping", "--wait", "0"],
+    ] {
+        let out = w.upkctl(args);
+        assert_eq!(out.code, code::USAGE, "{args:?}: {out:?}");
+        assert!(
+            out.stderr.contains("is not a number of seconds"),
+            "{args:?}: {out:?}"
+        );
+        assert!(!out.stderr.contains("panicked"), "{args:?}: {out:?}");
+    }
+}

@@ -47,9 +47,11 @@ pub fn serve(path: &Path, mut input: impl Read, mut output: impl Write) -> anyho
             }
         }
         output.flush()?;
-        match input.read(&mut chunk)? {
-            0 => return Ok(()),
-            n => lines.push(&chunk[..n]),
+        match input.read(&mut chunk) {
+            Ok(0) => return Ok(()),
+            Ok(n) => lines.push(&chunk[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e.into()),
         }
     }
 }

@@ -345,9 +345,15 @@ fn service_names() -> Vec<CompletionCandidate> {
     names.into_iter().map(CompletionCandidate::new).collect()
 }
 
+/// The longest `--timeout` or `--wait` (about 31 years): a deadline this far ahead is still
+/// representable; more would overflow the clock's arithmetic.
+const MAX_SECONDS: f64 = 1e9;
+
 fn parse_seconds(s: &str) -> Result<f64, String> {
     match s.parse::<f64>() {
-        Ok(v) if v > 0.0 && v.is_finite() => Ok(v),
-        _ => Err(format!("{s:?} is not a positive number of seconds")),
+        Ok(v) if v > 0.0 && v <= MAX_SECONDS => Ok(v),
+        _ => Err(format!(
+            "{s:?} is not a number of seconds above 0 and at most {MAX_SECONDS:e}"
+        )),
     }
 }
