@@ -16,6 +16,13 @@
 #   BINDIR      directory holding upkeeper, upk_buddy, upkctl and uptop already built; when
 #               unset, `cargo build --release --workspace --bins` builds them into target/release,
 #               and upk_buddy and upkctl are built for the musl target too when it is installed.
+#   MUSLDIR     with BINDIR: a directory holding upk_buddy and upkctl built for musl, installed
+#               instead of BINDIR's (a package build that has them already).
+#   INIT        the init systems whose files to install: any of openrc, systemd, inittab,
+#               separated by spaces or commas, or all (the default) or none. The OpenRC script
+#               goes to SYSCONFDIR/init.d (and conf.d), the systemd unit to
+#               PREFIX/lib/systemd/system; every init file is also kept, for reading, in
+#               PREFIX/share/upkeeper/init-scripts.
 #
 # The controller goes to PREFIX/sbin (a system daemon, run by init as root); upkctl and uptop
 # to PREFIX/bin; the buddy is not for people to run and goes to PREFIX/libexec/upkeeper.
@@ -33,7 +40,23 @@ fi
 # in docs/benchmarks.md: static musl, non-PIE (.cargo/config.toml), which start in a tenth of
 # the time of a glibc PIE and keep a third of its private memory. Without the musl target the
 # glibc builds are installed, and this says so.
-MUSLDIR=
+INIT=$(echo "${INIT:-all}" | tr ',' ' ')
+for i in $INIT; do
+	case $i in
+	openrc | systemd | inittab | all | none) ;;
+	*) echo "install.sh: INIT: unknown init system '$i' (openrc, systemd, inittab, all, none)" >&2; exit 1 ;;
+	esac
+done
+# True when the files for init system $1 are asked for.
+wants_init() {
+	case " $INIT " in *" all "* | *" $1 "*) return 0 ;; *) return 1 ;; esac
+}
+
+if [ -n "${MUSLDIR:-}" ] && [ -z "${BINDIR:-}" ]; then
+	echo "install.sh: MUSLDIR needs BINDIR (without BINDIR the musl builds are made here)" >&2
+	exit 1
+fi
+MUSLDIR=${MUSLDIR:-}
 if [ -z "${BINDIR:-}" ]; then
 	(cd "$SRC" && cargo build --release --workspace --bins)
 	BINDIR=$SRC/target/release
@@ -46,6 +69,9 @@ if [ -z "${BINDIR:-}" ]; then
 fi
 for b in upkeeper upk_buddy upkctl uptop; do
 	[ -x "$BINDIR/$b" ] || { echo "install.sh: $BINDIR/$b is missing or not executable" >&2; exit 1; }
+done
+for b in upk_buddy upkctl; do
+	[ -z "$MUSLDIR" ] || [ -x "$MUSLDIR/$b" ] || { echo "install.sh: $MUSLDIR/$b is missing or not executable" >&2; exit 1; }
 done
 # The binary to install for $1: the musl one when it was built.
 built() {
@@ -95,19 +121,19 @@ for h in "$SRC"/packaging/hooks/*; do
 	subst "$h" "$D$share/hooks/${h##*/}" 0755
 done
 
-# Init scripts, for the init system that is there (a package installs the one it needs).
+# Init scripts: every one for reading, and those INIT asks for where their init looks.
 if [ -d "$SRC/init-scripts" ]; then
 	install -d "$D$share/init-scripts"
 	for f in "$SRC"/init-scripts/*; do
 		subst "$f" "$D$share/init-scripts/${f##*/}" 0644
 	done
-	if [ -f "$SRC/init-scripts/upkeeper.openrc" ]; then
+	if wants_init openrc; then
 		install -d "$D$SYSCONFDIR/init.d" "$D$SYSCONFDIR/conf.d"
 		subst "$SRC/init-scripts/upkeeper.openrc" "$D$SYSCONFDIR/init.d/upkeeper" 0755
 		[ -e "$D$SYSCONFDIR/conf.d/upkeeper" ] ||
 			subst "$SRC/init-scripts/upkeeper.confd" "$D$SYSCONFDIR/conf.d/upkeeper" 0644
 	fi
-	if [ -f "$SRC/init-scripts/upkeeper.service" ]; then
+	if wants_init systemd; then
 		install -d "$D$PREFIX/lib/systemd/system"
 		subst "$SRC/init-scripts/upkeeper.service" "$D$PREFIX/lib/systemd/system/upkeeper.service" 0644
 	fi
@@ -116,7 +142,7 @@ fi
 # The OpenRC supervisor glue (supervisor=upkeeper): the library a service script may source,
 # and the rc.conf.d file that sources it for every script. OpenRC 0.45 reads rc.conf.d only
 # when the directory exists, so it is created.
-if [ -d "$SRC/openrc" ]; then
+if [ -d "$SRC/openrc" ] && wants_init openrc; then
 	install -d "$D$PREFIX/lib/upkeeper" "$D$SYSCONFDIR/rc.conf.d"
 	subst "$SRC/openrc/upkeeper.sh" "$D$PREFIX/lib/upkeeper/openrc.sh" 0644
 	subst "$SRC/openrc/rc.conf.d/upkeeper.conf" "$D$SYSCONFDIR/rc.conf.d/upkeeper.conf" 0644

@@ -10,6 +10,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 use upk_testkit::{bin, wait_until, Sandbox, MARKER};
 
+mod deb;
 mod openrc;
 mod openrc_glue;
 

@@ -41,6 +41,32 @@ pub struct Scan {
     pub bad_files: Vec<PathBuf>,
     /// One line per problem (file:line:col: message).
     pub errors: Vec<String>,
+    /// When each file read was last written ([`FileStamp`]).
+    pub stamps: std::collections::BTreeMap<PathBuf, FileStamp>,
+}
+
+/// What changes whenever a file is written or replaced: its inode, its change time and its
+/// modification time. A package's hook replaces a file by renaming a new one over it, so even
+/// an identical definition gets a new stamp.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileStamp {
+    ino: u64,
+    ctime_ns: i128,
+    mtime_ns: i128,
+}
+
+impl FileStamp {
+    /// The stamp of `path` now, if it can be read.
+    pub fn of(path: &Path) -> Option<FileStamp> {
+        use std::os::unix::fs::MetadataExt;
+        let m = std::fs::metadata(path).ok()?;
+        let ns = |s: i64, n: i64| i128::from(s) * 1_000_000_000 + i128::from(n);
+        Some(FileStamp {
+            ino: m.ino(),
+            ctime_ns: ns(m.ctime(), m.ctime_nsec()),
+            mtime_ns: ns(m.mtime(), m.mtime_nsec()),
+        })
+    }
 }
 
 /// Loads every service file in `SvcConfigPath`. A bad file is reported and skipped; an id
@@ -58,6 +84,9 @@ pub fn scan(ctl: &Controller) -> Scan {
         }
     };
     for file in files {
+        if let Some(stamp) = FileStamp::of(&file) {
+            scan.stamps.insert(file.clone(), stamp);
+        }
         match config::load_services(&file, &ctl.service_defaults) {
             Ok(list) => {
                 for svc in list {

@@ -5,7 +5,8 @@
 //! (render, spawn, the store).
 //!
 //! The rules: services of a file that failed validation stay as they are; a service an
-//! operator unconfigured stays out while its definition is the same; a service that cannot
+//! operator unconfigured stays out while its definition is the same and its file is not
+//! written again (a package's reinstall brings it back); a service that cannot
 //! start (a cycle, a missing prerequisite) is not set up, but one already in force stays;
 //! an unchanged definition is left alone; a service whose definition is gone is unconfigured
 //! only with `UnconfigureOnFileRemoval`.
@@ -13,7 +14,7 @@
 //! [`Fleet::apply`]: crate::fleet::Fleet::apply
 
 use crate::diff::{config_hash, diff, Changes};
-use crate::load::Scan;
+use crate::load::{FileStamp, Scan};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use upk_core::config::Service;
@@ -54,12 +55,21 @@ pub struct Plan {
     pub said: Vec<String>,
 }
 
+/// A service an operator unconfigured: the definition it had, and its file's stamp then.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unconfigured {
+    /// [`config_hash`] of the definition.
+    pub hash: String,
+    /// The defining file's [`FileStamp`] when it was unconfigured.
+    pub stamp: Option<FileStamp>,
+}
+
 /// Decides what applying `scan` changes, given the services in force and those an operator
-/// unconfigured (id -> the hash of the definition they had; entries whose definition changed
-/// or went are dropped from it).
+/// unconfigured (entries whose definition changed or went, or whose file was written since,
+/// are dropped from it).
 pub fn plan(
     in_force: &BTreeMap<String, InForce>,
-    unconfigured: &mut BTreeMap<String, String>,
+    unconfigured: &mut BTreeMap<String, Unconfigured>,
     scan: Scan,
 ) -> Plan {
     let mut said = scan.errors;
@@ -69,11 +79,14 @@ pub fn plan(
         .filter(|m| scan.bad_files.contains(&m.file))
         .map(|m| (m.svc.clone(), m.file.clone()))
         .collect();
-    // Services unconfigured by a command stay out while their definition is the same.
-    unconfigured.retain(|id, hash| {
-        scan.services
-            .iter()
-            .any(|(s, _)| s.id.to_string() == *id && config_hash(s) == *hash)
+    // Services unconfigured by a command stay out while their definition is the same and
+    // its file was not written again.
+    unconfigured.retain(|id, out| {
+        scan.services.iter().any(|(s, file)| {
+            s.id.to_string() == *id
+                && config_hash(s) == out.hash
+                && scan.stamps.get(file) == out.stamp.as_ref()
+        })
     });
     let all: Vec<(Service, PathBuf)> = scan
         .services
@@ -238,7 +251,11 @@ mod tests {
     #[test]
     fn an_unconfigured_service_stays_out_until_its_definition_changes() {
         let same = services("a.conf", r#"{ "a": { ExecStart: "x" } }"#);
-        let mut out = BTreeMap::from([("a".to_owned(), config_hash(&same[0].0))]);
+        let out_a = Unconfigured {
+            hash: config_hash(&same[0].0),
+            stamp: None,
+        };
+        let mut out = BTreeMap::from([("a".to_owned(), out_a)]);
         let p = plan(&BTreeMap::new(), &mut out, scan(same));
         assert!(p.configure.is_empty());
         assert!(out.contains_key("a"), "still out");
@@ -246,6 +263,35 @@ mod tests {
         let p = plan(&BTreeMap::new(), &mut out, scan(changed));
         assert_eq!(ids(&p), ["a"]);
         assert!(out.is_empty(), "back in");
+    }
+
+    #[test]
+    fn an_unconfigured_service_comes_back_when_its_file_is_written_again() {
+        let dir = std::env::temp_dir().join(format!("upk-apply-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let file = dir.join("a.conf");
+        std::fs::write(&file, "old").expect("write");
+        let stamp = FileStamp::of(&file);
+        let same = services(
+            file.to_str().expect("utf8"),
+            r#"{ "a": { ExecStart: "x" } }"#,
+        );
+        let hash = config_hash(&same[0].0);
+        let mut out = BTreeMap::from([("a".to_owned(), Unconfigured { hash, stamp })]);
+        let stamped = |list: Vec<(Service, PathBuf)>| Scan {
+            stamps: BTreeMap::from([(file.clone(), FileStamp::of(&file).expect("stamp"))]),
+            ..scan(list)
+        };
+        let p = plan(&BTreeMap::new(), &mut out, stamped(same.clone()));
+        assert!(p.configure.is_empty(), "the same file: still out");
+        // A package's reinstall: the same definition, renamed over the old file.
+        let tmp = dir.join(".a.conf.tmp");
+        std::fs::write(&tmp, "old").expect("write");
+        std::fs::rename(&tmp, &file).expect("rename");
+        let p = plan(&BTreeMap::new(), &mut out, stamped(same));
+        assert_eq!(ids(&p), ["a"]);
+        assert!(out.is_empty(), "back in");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

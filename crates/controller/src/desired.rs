@@ -42,6 +42,11 @@ impl Desired {
         self.wants.insert(id.to_owned(), want);
     }
 
+    /// `id` was unconfigured: it has no wish until it is configured again.
+    pub fn forget(&mut self, id: &str) {
+        self.wants.remove(id);
+    }
+
     /// A service was configured: it gets `initial` unless it has a wish already (what
     /// [`Store::configure`] does to the stored row). Returns the wish it had.
     ///

@@ -70,8 +70,8 @@ pub struct Fleet<'a> {
     /// One per reachable buddy.
     pub links: Vec<Link>,
     /// Services unconfigured by a command, with the definition they had: they stay out until
-    /// their definition changes.
-    unconfigured: BTreeMap<String, String>,
+    /// their definition changes or their file is written again.
+    unconfigured: BTreeMap<String, apply::Unconfigured>,
     /// What each service should do, as stored.
     pub desired: Desired,
 }
@@ -288,19 +288,26 @@ impl<'a> Fleet<'a> {
         self.forget(id);
     }
 
-    /// Forgets `id` (its buddy was told to shut down): marked removed in the store.
+    /// Forgets `id` (its buddy was told to shut down): marked removed in the store, with its
+    /// desired state, so that it comes back as a new service, with its `InitialState`.
     pub fn forget(&mut self, id: &str) {
         if self.members.remove(id).is_some() {
+            self.desired.forget(id);
             let key = id.to_owned();
             let _ = self.writer.post(move |s| drop(s.mark_removed(&key)));
         }
         self.links.retain(|l| l.service != id);
     }
 
-    /// Forgets `id` until its definition changes: an operator's `unconfigure`.
+    /// Forgets `id` until its definition changes or its file is written again: an operator's
+    /// `unconfigure`.
     pub fn unconfigured_by_command(&mut self, id: &str) {
         if let Some(m) = self.members.get(id) {
-            self.unconfigured.insert(id.to_owned(), m.hash.clone());
+            let out = apply::Unconfigured {
+                hash: m.hash.clone(),
+                stamp: crate::load::FileStamp::of(&m.file),
+            };
+            self.unconfigured.insert(id.to_owned(), out);
         }
         self.forget(id);
     }

@@ -193,6 +193,10 @@ pub enum Cmd {
         /// The files are controller files.
         #[arg(long)]
         controller: bool,
+        /// Check one service file as it would be installed as this path (DIR/NAME): its ids
+        /// must not be defined by another file of DIR (what a package's post-install asks).
+        #[arg(long, value_name = "DIR/NAME", conflicts_with = "controller")]
+        into: Option<PathBuf>,
     },
     /// Show the run directory the controller would render for services, without writing it.
     Render {

@@ -27,6 +27,7 @@
 
 pub mod cli;
 pub mod control;
+pub mod direct;
 pub mod events;
 pub mod exit;
 pub mod incident;
@@ -264,7 +265,14 @@ pub fn run(args: cli::Args, out: &mut dyn Write) -> Result<i32> {
         Cmd::Restart(t) => control::run(&ctx, control::Verb::Restart, &t, out)?,
         Cmd::Reload(t) => control::run(&ctx, control::Verb::Reload, &t, out)?,
         Cmd::Once(t) => control::run(&ctx, control::Verb::Once, &t, out)?,
-        Cmd::Unconfigure(t) => control::run(&ctx, control::Verb::Unconfigure, &t, out)?,
+        Cmd::Unconfigure(t) => match control::run(&ctx, control::Verb::Unconfigure, &t, out) {
+            // With the controller down, a package's pre-remove hook must still stop what is
+            // about to lose its program.
+            Err(f) if f.code == exit::UNREACHABLE && !t.all => {
+                direct::unconfigure_all(&ctx, &f, &t.services, out)?
+            }
+            other => other?,
+        },
         Cmd::Signal {
             signal,
             group,
@@ -315,7 +323,11 @@ pub fn run(args: cli::Args, out: &mut dyn Write) -> Result<i32> {
         } => logs::logs(&ctx, &service, lines, follow, out)?,
         Cmd::Why { service, at } => why::why(&ctx, &service, at.as_deref(), out)?,
         Cmd::Stats { services, since } => report::stats(&ctx, &services, since.as_deref(), out)?,
-        Cmd::Check { paths, controller } => offline::check(&ctx, &paths, controller, out)?,
+        Cmd::Check {
+            paths,
+            controller,
+            into,
+        } => offline::check(&ctx, &paths, controller, into.as_deref(), out)?,
         Cmd::Render {
             services,
             templates,

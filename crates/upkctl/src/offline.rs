@@ -50,11 +50,29 @@ impl Problem {
     }
 }
 
-/// `upkctl check [FILE|DIR...] [--controller]`.
-pub fn check(ctx: &Ctx, paths: &[PathBuf], controller: bool, out: &mut dyn Write) -> Result<i32> {
+/// `upkctl check [FILE|DIR...] [--controller] [--into DIR/NAME]`.
+pub fn check(
+    ctx: &Ctx,
+    paths: &[PathBuf],
+    controller: bool,
+    into: Option<&Path>,
+    out: &mut dyn Write,
+) -> Result<i32> {
     let mut checked = Vec::new();
     let defaults;
-    if paths.is_empty() && !controller {
+    if let Some(target) = into {
+        let [file] = paths else {
+            return Err(Failure::new(
+                exit::USAGE,
+                "--into checks exactly one service file",
+            ));
+        };
+        defaults = ctx.controller()?.service_defaults;
+        let mut c = check_services(file, &defaults);
+        c.errors.extend(collisions(&c, target, &defaults));
+        c.ok = c.errors.is_empty();
+        checked.push(c);
+    } else if paths.is_empty() && !controller {
         // The whole configuration: the controller file, then its SvcConfigPath.
         let file = ctx
             .config
@@ -173,6 +191,40 @@ fn check_services(file: &Path, defaults: &config::ServiceLayer) -> Checked {
         services,
         errors: result.err().map(|e| Problem::of(&e)).unwrap_or_default(),
     }
+}
+
+/// The ids of `c` that another service file beside `target` (DIR/NAME) already defines: the
+/// controller would keep only one of the two definitions. Files that do not load define nothing.
+fn collisions(c: &Checked, target: &Path, defaults: &config::ServiceLayer) -> Vec<Problem> {
+    let dir = match target.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let Ok(files) = upk_config::load::service_files(dir) else {
+        return Vec::new(); // no directory yet: nothing to collide with
+    };
+    let mut found = Vec::new();
+    for other in files.iter().filter(|f| f.file_name() != target.file_name()) {
+        let Ok(list) = config::load_services(other, defaults) else {
+            continue;
+        };
+        for svc in list {
+            let id = svc.id.to_string();
+            if c.services.contains(&id) {
+                found.push(Problem {
+                    file: c.file.clone(),
+                    line: 0,
+                    column: 0,
+                    message: format!(
+                        "service {id} is already defined in {}: installed as {}, one of the two would be ignored",
+                        other.display(),
+                        target.display()
+                    ),
+                });
+            }
+        }
+    }
+    found
 }
 
 /// Every service file of `dir` in name order, and ids defined twice (the controller keeps

@@ -335,9 +335,9 @@ impl Store {
         Ok(())
     }
 
-    /// The desired state of every service the store knows, removed ones included (one that
-    /// comes back keeps its wish): what the controller loads once before its loop and then
-    /// keeps in memory, as the store's only writer.
+    /// The desired state of every service the store knows (a removed one has none: one that
+    /// comes back is configured afresh, with its `InitialState`): what the controller loads
+    /// once before its loop and then keeps in memory, as the store's only writer.
     pub fn desired_all(&self) -> Result<std::collections::BTreeMap<String, Want>> {
         let mut stmt = self
             .conn
@@ -370,7 +370,7 @@ impl Store {
 
     /// Marks a service unconfigured (its rows stay, for history).
     pub fn mark_removed(&mut self, service: &str) -> Result<()> {
-        self.update_service(service, "removed_us = ?2", now_us())
+        self.update_service(service, "removed_us = ?2, desired = NULL", now_us())
     }
 
     fn update_service(

@@ -11,14 +11,11 @@ use crate::cli::{OpenrcStart, Targets};
 use crate::control::{self, Verb};
 use crate::exit::{self, Failure, Result};
 use crate::Ctx;
-use libupkeeper::buddy::{BuddyClient, BuddyError};
-use libupkeeper::StateName;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 use upk_core::config::{InitialState, Service};
 use upk_core::rundir::{RunDir, Settings};
-use upk_core::status::{Proc, Status};
 
 /// How often the controller's list, a run directory or a status file is read again while
 /// waiting for it.
@@ -259,82 +256,6 @@ pub fn stop(ctx: &Ctx, svc: &str, out: &mut dyn Write) -> Result<i32> {
         }
         // The controller is down or wedged, or the service is not its own (never handed over,
         // or unconfigured, while its buddy may still run): ask the buddy.
-        Ok(Err(_)) | Err(_) => stop_direct(&id, &run_dir, timeout),
+        Ok(Err(_)) | Err(_) => crate::direct::stop(&id, &run_dir, timeout),
     }
-}
-
-/// Stops the service without the controller: through its buddy, or, when no buddy is left,
-/// by signalling the service process the status file names.
-fn stop_direct(id: &str, run_dir: &RunDir, timeout: Duration) -> Result<i32> {
-    let deadline = Instant::now() + timeout;
-    let read = || {
-        Status::read(&run_dir.status()).map_err(|e| {
-            Failure::new(
-                exit::TEMPORARY,
-                format!("cannot read {}: {e}", run_dir.status().display()),
-            )
-        })
-    };
-    let Some(st) = read()? else {
-        return Ok(exit::OK); // never started here: nothing to stop
-    };
-    if matches!(st.state, StateName::Stopped | StateName::Failed) {
-        return Ok(exit::OK);
-    }
-    match BuddyClient::connect(&run_dir.socket(), timeout) {
-        Ok(mut buddy) => {
-            buddy.stop().map_err(|e| buddy_failure(id, e))?;
-        }
-        Err(BuddyError::Unreachable { .. }) => return kill_orphan(id, &st, deadline),
-        Err(e) => return Err(buddy_failure(id, e)),
-    }
-    loop {
-        let st = read()?;
-        match st.as_ref().map(|s| s.state) {
-            None | Some(StateName::Stopped | StateName::Failed) => return Ok(exit::OK),
-            Some(state) if Instant::now() >= deadline => {
-                return Err(Failure::new(
-                    exit::TIMED_OUT,
-                    format!(
-                        "{id}: still {} after {:.1}s",
-                        state.as_str(),
-                        timeout.as_secs_f64()
-                    ),
-                ))
-            }
-            Some(_) => std::thread::sleep(RECHECK),
-        }
-    }
-}
-
-fn buddy_failure(id: &str, e: BuddyError) -> Failure {
-    let code = match e {
-        BuddyError::TimedOut(_) => exit::TIMED_OUT,
-        BuddyError::Refused(_) => exit::FAILED,
-        _ => exit::TEMPORARY,
-    };
-    Failure::new(code, format!("{id}: {e}"))
-}
-
-/// No controller and no buddy: the service process the status file names may still run (its
-/// buddy was killed). SIGTERM to its group, then SIGKILL at the deadline.
-fn kill_orphan(id: &str, st: &Status, deadline: Instant) -> Result<i32> {
-    use upk_core::escalate::{escalate_group, Ended};
-    let (Some(pid), Some(start)) = (st.pid, st.pid_start) else {
-        return Ok(exit::OK);
-    };
-    let proc = Proc { pid, start };
-    // The service leads its own session (the buddy's setsid), so its pid is its group.
-    match escalate_group(pid, nix::sys::signal::Signal::SIGTERM, deadline, RECHECK, || {
-        !proc.alive()
-    }) {
-        Ended::Gone => {}
-        Ended::Killed => crate::warn(&format!(
-            "{id}: no buddy runs; its process {pid} did not end on SIGTERM and was killed"
-        )),
-        Ended::Refused => crate::warn(&format!(
-            "{id}: no buddy runs; its process {pid} is not a process group upkctl may signal, left alone"
-        )),
-    }
-    Ok(exit::OK)
 }
