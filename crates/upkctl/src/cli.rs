@@ -102,7 +102,15 @@ pub enum Cmd {
     /// Start services once, without restarting them when they end.
     Once(Targets),
     /// Stop services, shut their buddies down, and forget them until their files change.
-    Unconfigure(Targets),
+    Unconfigure {
+        #[command(flatten)]
+        targets: Targets,
+        /// When the controller is unreachable, stop each service through its buddy and shut
+        /// the buddy down (not audited): what a package's pre-remove hook needs, since the
+        /// service's program is about to be deleted.
+        #[arg(long)]
+        direct: bool,
+    },
     /// Show stored events, oldest first.
     History {
         /// Only these services: ids, or globs such as 'pkg::*' (all when none is named).

@@ -2,7 +2,7 @@
 //! buddy is left, on the process its status file names.
 //!
 //! The OpenRC glue stops a service this way when the controller is down or wedged (init kills
-//! it before the shutdown runlevel), and `unconfigure` shuts buddies down this way when the
+//! it before the shutdown runlevel), and `unconfigure --direct` shuts buddies down this way when the
 //! controller is unreachable (a package removed while it is down: its program is about to be
 //! deleted). Nothing done here reaches the audit store; the buddy's records name the caller.
 
@@ -125,7 +125,7 @@ fn kill_orphan(id: &str, st: &Status, deadline: Instant) -> Result<i32> {
     Ok(exit::OK)
 }
 
-/// `upkctl unconfigure SERVICE...` when the controller is unreachable: each service is stopped
+/// `upkctl unconfigure --direct SERVICE...` when the controller is unreachable: each service is stopped
 /// and its buddy shut down directly, and this says so. The controller forgets nothing: a
 /// service whose file is still there comes back when it starts.
 pub fn unconfigure_all(

@@ -265,14 +265,16 @@ pub fn run(args: cli::Args, out: &mut dyn Write) -> Result<i32> {
         Cmd::Restart(t) => control::run(&ctx, control::Verb::Restart, &t, out)?,
         Cmd::Reload(t) => control::run(&ctx, control::Verb::Reload, &t, out)?,
         Cmd::Once(t) => control::run(&ctx, control::Verb::Once, &t, out)?,
-        Cmd::Unconfigure(t) => match control::run(&ctx, control::Verb::Unconfigure, &t, out) {
-            // With the controller down, a package's pre-remove hook must still stop what is
-            // about to lose its program.
-            Err(f) if f.code == exit::UNREACHABLE && !t.all => {
-                direct::unconfigure_all(&ctx, &f, &t.services, out)?
+        Cmd::Unconfigure { targets: t, direct } => {
+            match control::run(&ctx, control::Verb::Unconfigure, &t, out) {
+                // With the controller down, a package's pre-remove hook must still stop what is
+                // about to lose its program.
+                Err(f) if direct && f.code == exit::UNREACHABLE && !t.all => {
+                    direct::unconfigure_all(&ctx, &f, &t.services, out)?
+                }
+                other => other?,
             }
-            other => other?,
-        },
+        }
         Cmd::Signal {
             signal,
             group,
