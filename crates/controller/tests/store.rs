@@ -711,10 +711,12 @@ fn a_service_keeps_its_uuid_forever() {
 
     let mut store = Store::open(&path).expect("reopen");
     assert_eq!(store.service_uuid("web").expect("uuid"), Some(uuid.clone()));
+    // Removed: the row stays, its desired state is forgotten (configured again, it is a new
+    // service and its InitialState applies: docs/controller.md).
     assert_eq!(
         count(
             &path,
-            "SELECT COUNT(*) FROM services WHERE removed_us IS NOT NULL AND desired = 'up'"
+            "SELECT COUNT(*) FROM services WHERE removed_us IS NOT NULL AND desired IS NULL"
         ),
         1
     );
