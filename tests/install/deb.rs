@@ -259,13 +259,7 @@ fn the_deb_installs_upgrades_and_removes_with_services_running_and_the_controlle
         read("dpkg.log"),
         read("controller.log"),
     );
-    let get = |key: &str| -> String {
-        text.lines()
-            .find_map(|l| l.strip_prefix(&format!("{key}=")))
-            .unwrap_or_else(|| panic!("no {key} in the scenario's output:\n{text}"))
-            .trim()
-            .to_owned()
-    };
+    let get = |key: &str| value_of(&text, key);
     for (key, want) in [
         ("install", "0"),
         ("controller", "0"),

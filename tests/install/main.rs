@@ -35,6 +35,16 @@ wait_for() {
 }
 "#;
 
+/// The value of `key=` in a scenario's output (the OpenRC and dpkg scenarios print
+/// `key=value` lines).
+fn value_of(text: &str, key: &str) -> String {
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("{key}=")))
+        .unwrap_or_else(|| panic!("no {key} in the scenario's output:\n{text}"))
+        .trim()
+        .to_owned()
+}
+
 /// True when real OpenRC can run here (root, `openrc-run`); otherwise says why the test is
 /// skipped.
 fn openrc_available() -> bool {

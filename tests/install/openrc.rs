@@ -77,13 +77,7 @@ fn openrc_script_starts_the_controller_gates_a_dependant_and_stops_it_alone() {
         .expect("unshare");
     let text =
         String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
-    let get = |key: &str| -> String {
-        text.lines()
-            .find_map(|l| l.strip_prefix(&format!("{key}=")))
-            .unwrap_or_else(|| panic!("no {key} in the scenario's output:\n{text}"))
-            .trim()
-            .to_owned()
-    };
+    let get = |key: &str| value_of(&text, key);
     for (key, want) in [
         ("dep_start", "0"),
         ("dep_saw_ready", "yes"),

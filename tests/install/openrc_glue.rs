@@ -201,15 +201,6 @@ fn run_scenario(variant: Variant, extra: &str, scenario: &str) -> Option<String>
     )
 }
 
-/// The value of `key=` in the scenario's output.
-fn get(text: &str, key: &str) -> String {
-    text.lines()
-        .find_map(|l| l.strip_prefix(&format!("{key}=")))
-        .unwrap_or_else(|| panic!("no {key} in the scenario's output:\n{text}"))
-        .trim()
-        .to_owned()
-}
-
 fn check_lifecycle(text: &str) {
     eprintln!("{text}"); // shown with --nocapture, and for a failure
     for (key, want) in [
@@ -240,11 +231,15 @@ fn check_lifecycle(text: &str) {
         ("still_no_svc", "yes"),
         ("stop_twice", "0"),
     ] {
-        assert_eq!(get(text, key), want, "{key}:\n{text}");
+        assert_eq!(value_of(text, key), want, "{key}:\n{text}");
     }
     // The service is the buddy's child, and OpenRC's daemon record names the buddy's pidfile.
-    assert_eq!(get(text, "svc_ppid"), get(text, "buddy_pid"), "{text}");
-    let record = get(text, "record");
+    assert_eq!(
+        value_of(text, "svc_ppid"),
+        value_of(text, "buddy_pid"),
+        "{text}"
+    );
+    let record = value_of(text, "record");
     assert!(
         record.contains("/usr/libexec/upkeeper/upk_buddy")
             && record.contains("pidfile=")
@@ -285,7 +280,7 @@ fn openrc_glue_runs_the_scripts_healthcheck_and_unhealthy() {
             ("history_restart", "yes"),
             ("stop", "0"),
         ] {
-            assert_eq!(get(&text, key), want, "{key}:\n{text}");
+            assert_eq!(value_of(&text, key), want, "{key}:\n{text}");
         }
     }
 }
@@ -305,7 +300,7 @@ fn openrc_glue_gives_up_stopped_and_failed() {
             ("failed_cleared", "yes"),
             ("stop", "0"),
         ] {
-            assert_eq!(get(&text, key), want, "{key}:\n{text}");
+            assert_eq!(value_of(&text, key), want, "{key}:\n{text}");
         }
     }
 }

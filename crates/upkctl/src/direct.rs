@@ -2,9 +2,9 @@
 //! buddy is left, on the process its status file names.
 //!
 //! The OpenRC glue stops a service this way when the controller is down or wedged (init kills
-//! it before the shutdown runlevel), and `unconfigure --direct` shuts buddies down this way when the
-//! controller is unreachable (a package removed while it is down: its program is about to be
-//! deleted). Nothing done here reaches the audit store; the buddy's records name the caller.
+//! it before the shutdown runlevel), and `unconfigure --direct` shuts buddies down this way
+//! when the controller is unreachable (a package removed while it is down: its program is
+//! about to be deleted). Nothing done here reaches the audit store; the buddy's records name the caller.
 
 use crate::exit::{self, Failure, Result};
 use crate::{warn, Ctx};
