@@ -20,12 +20,14 @@
 #               instead of BINDIR's (a package build that has them already).
 #   INIT        the init systems whose files to install: any of openrc, systemd, inittab,
 #               separated by spaces or commas, or all (the default) or none. The OpenRC script
-#               goes to SYSCONFDIR/init.d (and conf.d), the systemd unit to
+#               goes to SYSCONFDIR/init.d (and conf.d); inittab's OpenRC readiness gate to
+#               SYSCONFDIR/init.d/upkeeper-ready (the inittab line itself is for the admin to
+#               add); the systemd unit to
 #               PREFIX/lib/systemd/system; every init file is also kept, for reading, in
 #               PREFIX/share/upkeeper/init-scripts.
 #
-# The controller goes to PREFIX/sbin (a system daemon, run by init as root); upkctl and uptop
-# to PREFIX/bin; the buddy is not for people to run and goes to PREFIX/libexec/upkeeper.
+# The controller goes to PREFIX/sbin (a system daemon, run by init as root); upkctl, uptop and
+# the fleet shipper upkeeper-ship to PREFIX/bin; the buddy is not for people to run and goes to PREFIX/libexec/upkeeper.
 # An existing controller file is never overwritten.
 set -eu
 
@@ -96,7 +98,8 @@ subst() {
 }
 
 install -d "$D$sbin" "$D$bin" "$D$libexec" "$D$share/templates" "$D$share/hooks" \
-	"$D$PREFIX/share/man/man1" "$D$PREFIX/share/doc/upkeeper" \
+	"$D$PREFIX/share/man/man1" "$D$PREFIX/share/man/man5" "$D$PREFIX/share/man/man8" \
+	"$D$PREFIX/share/doc/upkeeper" \
 	"$D$PREFIX/share/bash-completion/completions" "$D$PREFIX/share/zsh/site-functions" \
 	"$D$PREFIX/share/fish/vendor_completions.d" "$D$SYSCONFDIR/upkeeper/upkeeper.d"
 
@@ -104,12 +107,25 @@ install -m 0755 "$BINDIR/upkeeper" "$D$sbin/upkeeper"
 install -m 0755 "$(built upk_buddy)" "$D$libexec/upk_buddy"
 install -m 0755 "$(built upkctl)" "$D$bin/upkctl"
 install -m 0755 "$BINDIR/uptop" "$D$bin/uptop"
+# The fleet shipper (docs/fleet.md), beside upkctl, which runs it for `upkctl --fleet`; its
+# service file is an example to copy into upkeeper.d once the database URL is filled in.
+if [ -x "$BINDIR/upkeeper-ship" ]; then
+	install -m 0755 "$BINDIR/upkeeper-ship" "$D$bin/upkeeper-ship"
+	install -d "$D$share/examples"
+	install -m 0644 "$SRC/packaging/upkeeper.d/upkeeper-ship.conf" "$D$share/examples/upkeeper-ship.conf"
+else
+	echo "install.sh: $BINDIR/upkeeper-ship is not built: the fleet shipper is not installed (docs/fleet.md)" >&2
+fi
 
 # The controller embeds its templates; these copies are for reading and for --templates.
 for t in "$SRC"/templates/*; do install -m 0644 "$t" "$D$share/templates/"; done
 
-# Man pages and completions come from upkctl itself, so they always match the binary.
+# Man pages and completions come from the programs themselves, so they always match the
+# binaries; upkeeper.conf(5) is made from docs/configuration.md (man/conf5.py).
 "$BINDIR/upkctl" man --dir "$D$PREFIX/share/man/man1"
+"$BINDIR/uptop" --man > "$D$PREFIX/share/man/man1/uptop.1"
+"$BINDIR/upkeeper" man > "$D$PREFIX/share/man/man8/upkeeper.8"
+install -m 0644 "$SRC/man/upkeeper.conf.5" "$D$PREFIX/share/man/man5/"
 "$BINDIR/upkctl" completions bash > "$D$PREFIX/share/bash-completion/completions/upkctl"
 "$BINDIR/upkctl" completions zsh > "$D$PREFIX/share/zsh/site-functions/_upkctl"
 "$BINDIR/upkctl" completions fish > "$D$PREFIX/share/fish/vendor_completions.d/upkctl.fish"
@@ -128,8 +144,16 @@ if [ -d "$SRC/init-scripts" ]; then
 		subst "$f" "$D$share/init-scripts/${f##*/}" 0644
 	done
 	if wants_init openrc; then
-		install -d "$D$SYSCONFDIR/init.d" "$D$SYSCONFDIR/conf.d"
-		subst "$SRC/init-scripts/upkeeper.openrc" "$D$SYSCONFDIR/init.d/upkeeper" 0755
+		install -d "$D$SYSCONFDIR/init.d"
+		subst "$SRC/init-scripts/upkeeper.initd" "$D$SYSCONFDIR/init.d/upkeeper" 0755
+	fi
+	# With the controller started by inittab, OpenRC's `need upkeeper` waits at the gate.
+	if wants_init inittab; then
+		install -d "$D$SYSCONFDIR/init.d"
+		subst "$SRC/init-scripts/upkeeper-ready.initd" "$D$SYSCONFDIR/init.d/upkeeper-ready" 0755
+	fi
+	if wants_init openrc; then
+		install -d "$D$SYSCONFDIR/conf.d"
 		[ -e "$D$SYSCONFDIR/conf.d/upkeeper" ] ||
 			subst "$SRC/init-scripts/upkeeper.confd" "$D$SYSCONFDIR/conf.d/upkeeper" 0644
 	fi

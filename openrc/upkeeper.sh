@@ -9,8 +9,10 @@
 #
 # openrc-run.sh and gendepends.sh both source this file, so it only defines functions. The
 # logic is in `upkctl openrc` (crates/upkctl/src/openrc.rs); this file passes the variables on.
-# default_start/_stop/_status are OpenRC's own dispatch, byte for byte, with one branch added
-# in front. Settings: UPKEEPER_CONFIG (the controller file) and upkeeper_timeout (seconds that
+# default_start/_stop/_status/_reload are OpenRC's own dispatch, byte for byte, with one branch
+# added in front (default_reload and the reload() template are those of OpenRC 0.46 and later,
+# which 0.45 lacks: a script that lists reload in extra_started_commands and keeps the template,
+# or calls default_reload, reloads through upkeeper). Settings: UPKEEPER_CONFIG (the controller file) and upkeeper_timeout (seconds that
 # start waits for the service to run, default 30).
 
 _upkeeper_selected()
@@ -48,6 +50,16 @@ upkeeper_stop()
 {
 	ebegin "Stopping ${name:-$RC_SVCNAME}"
 	_upkeeper_ctl stop "$RC_SVCNAME" >/dev/null
+	eend $?
+}
+
+# The service's reload action (ExecReload; by default SIGHUP to the daemon), through the
+# controller, so it is audited like any other command.
+upkeeper_reload()
+{
+	ebegin "Reloading ${name:-$RC_SVCNAME}"
+	/usr/bin/upkctl --config "${UPKEEPER_CONFIG:-/etc/upkeeper/upkeeper.conf}" \
+		--timeout "${upkeeper_timeout:-30}" reload "openrc::$RC_SVCNAME" >/dev/null
 	eend $?
 }
 
@@ -110,4 +122,24 @@ default_status()
 			;;
 	esac
 	$func
+}
+
+default_reload()
+{
+	if _upkeeper_selected; then
+		upkeeper_reload
+		return
+	fi
+	case "$supervisor" in
+		s6) s6_reload ;;
+		?*)
+			eerror "$RC_SVCNAME: undefined function 'reload'"
+			exit 1
+			;;
+	esac
+}
+
+reload()
+{
+	default_reload
 }

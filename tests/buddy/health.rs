@@ -214,3 +214,44 @@ fn a_hook_gets_the_context_and_a_hanging_hook_delays_nothing() {
     let rec = runs.iter().find(|r| r["hook"] == "rec").expect("rec ran");
     assert_eq!(rec["exit"]["code"], 0, "{rec}");
 }
+
+#[test]
+fn a_started_hook_runs_at_every_start_and_only_where_on_names_it() {
+    let sb = Sandbox::new();
+    let starts = sb.file("starts");
+    let events = sb.file("events");
+    let hooks = format!(
+        "Notify: {{ up: {{ Run: \"echo $UPK_RESTARTS >> {}\", On: [\"started\"] }}, \
+                    all: {{ Run: \"echo $UPK_EVENT >> {}\" }} }}",
+        starts.display(),
+        events.display()
+    );
+    let extra = format!("UserRateLimit: 0, {hooks}");
+    let dir = sb.service("up", &sh_service(&extra, "exec sleep 1000"));
+    let b = sb.buddy(&dir);
+    let read = |f: &std::path::Path| std::fs::read_to_string(f).unwrap_or_default();
+    let first = b.wait_status("running", |s| s.state == StateName::Running);
+    wait_until(Duration::from_secs(10), "the started hook", || {
+        (read(&starts) == "0\n").then_some(()).ok_or(read(&starts))
+    });
+    let pid = first.pid.expect("a pid");
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::SIGKILL)
+        .expect("kill");
+    wait_until(
+        Duration::from_secs(10),
+        "the started hook of the restart",
+        || {
+            (read(&starts) == "0\n1\n")
+                .then_some(())
+                .ok_or(read(&starts))
+        },
+    );
+    // The death ran the default hook (`failed`); no default hook runs on a start.
+    wait_until(Duration::from_secs(10), "the failed hook", || {
+        read(&events)
+            .contains("failed")
+            .then_some(())
+            .ok_or(read(&events))
+    });
+    assert!(!read(&events).contains("started"), "{}", read(&events));
+}

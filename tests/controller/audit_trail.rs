@@ -57,8 +57,8 @@ fn stored_through(db: &Path, service: &str, seq: u64) -> (u64, u64) {
     )
 }
 
-#[test]
-fn reboot_keeps_every_record() {
+/// A sandbox with one running `web` service: the sandbox, its controller file and its store.
+fn web_sandbox() -> (Sandbox, PathBuf, PathBuf) {
     let sb = Sandbox::new();
     let ctl = sb.controller_file();
     service_file(
@@ -67,6 +67,12 @@ fn reboot_keeps_every_record() {
         r#"{ "web": { ExecStart: "sleep 1000", InitialState: "running" } }"#,
     );
     let db = sb.path().join("state/upkeeper.db");
+    (sb, ctl, db)
+}
+
+#[test]
+fn reboot_keeps_every_record() {
+    let (sb, ctl, db) = web_sandbox();
     let mut c = Controller::start(&sb, &ctl);
     running(&sb, "web");
     let before = rows_at_least(&db, "web", 2);
@@ -350,4 +356,39 @@ fn history_with_a_limit_past_one_page_returns_that_many_rows() {
         "in order, each once"
     );
     drop(c);
+}
+
+/// A command's `done` means its audit row is committed: a controller killed the moment it has
+/// answered keeps the command in its store, every time.
+#[test]
+fn an_answered_command_is_in_the_store_even_when_the_controller_dies_at_once() {
+    let (sb, ctl, db) = web_sandbox();
+    let audited = |db: &Path| -> usize {
+        let conn = rusqlite::Connection::open(db).expect("store");
+        conn.query_row(
+            "SELECT count(*) FROM commands WHERE request LIKE '%\"restart\"%' AND ok = 1",
+            [],
+            |r| r.get::<_, i64>(0),
+        )
+        .expect("count") as usize
+    };
+    for round in 1..=8 {
+        let mut c = Controller::start(&sb, &ctl);
+        wait_until(Duration::from_secs(10), "web running", || {
+            match status(&sb, "web") {
+                Some(s) if s.state == upk_core::event::StateName::Running => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        });
+        let mut client = upk_testkit::Client::raw(&c.socket);
+        client.call(serde_json::json!({"type": "hello", "version": 1, "id": 1}));
+        let reply = client.call(serde_json::json!({"type": "restart", "service": "web", "id": 2}));
+        assert_eq!(reply["type"], "done", "{reply}");
+        c.kill();
+        assert_eq!(
+            audited(&db),
+            round,
+            "round {round}: the answered restart is audited"
+        );
+    }
 }

@@ -383,7 +383,7 @@ fn a_request_naming_one_service_many_times_is_answered_once() {
 }
 
 /// The share of a core `pid` uses over about two seconds.
-fn cpu_share(pid: u32) -> f64 {
+pub fn cpu_share(pid: u32) -> f64 {
     let tick = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
         .ok()
         .flatten()
@@ -400,19 +400,24 @@ fn cpu_share(pid: u32) -> f64 {
     (cpu_ticks(pid) - c0) as f64 / tick / t0.elapsed().as_secs_f64()
 }
 
+/// Lowers `c`'s descriptor limit to 64 (prlimit) and runs it out of descriptors with 100
+/// client connections (root is never capped); they are held until the result is dropped.
+pub fn exhaust_descriptors(c: &Controller) -> Vec<std::os::unix::net::UnixStream> {
+    let limited = Command::new("prlimit")
+        .args([&format!("--pid={}", c.child.id()), "--nofile=64:64"])
+        .status()
+        .expect("prlimit");
+    assert!(limited.success());
+    (0..100)
+        .map(|_| std::os::unix::net::UnixStream::connect(&c.socket).expect("connect"))
+        .collect()
+}
+
 #[test]
 fn accept_at_the_descriptor_limit_does_not_spin() {
     let (_sb, mut c) = controller_with_web();
     let pid = c.child.id();
-    let limited = Command::new("prlimit")
-        .args([&format!("--pid={pid}"), "--nofile=64:64"])
-        .status()
-        .expect("prlimit");
-    assert!(limited.success());
-    // Root is never capped: 100 connections run the controller out of descriptors.
-    let held: Vec<std::os::unix::net::UnixStream> = (0..100)
-        .map(|_| std::os::unix::net::UnixStream::connect(&c.socket).expect("connect"))
-        .collect();
+    let held = exhaust_descriptors(&c);
     let used = cpu_share(pid);
     assert!(
         used < 0.3,

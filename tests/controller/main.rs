@@ -9,6 +9,7 @@ mod basics;
 mod config;
 mod health;
 mod hostile;
+mod metrics;
 mod outage;
 mod restart;
 mod seed;

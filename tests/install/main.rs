@@ -10,7 +10,9 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 use upk_testkit::{bin, wait_until, Sandbox, MARKER};
 
+mod apk;
 mod deb;
+mod man;
 mod openrc;
 mod openrc_glue;
 
@@ -45,6 +47,46 @@ fn value_of(text: &str, key: &str) -> String {
         .to_owned()
 }
 
+/// Runs `WAIT_FOR` and `script` with `sh` as pid 1 of a new mount and pid namespace (so every
+/// process dies with it), with `T` the sandbox and `env`, within `timeout` seconds; returns
+/// what it printed, stdout then stderr.
+fn in_namespace(t: &Path, timeout: u32, script: &str, env: &[(&str, &Path)]) -> String {
+    let mut cmd = Command::new("timeout");
+    cmd.args([
+        &timeout.to_string(),
+        "unshare",
+        "--mount",
+        "--propagation",
+        "private",
+    ])
+    .args(["--pid", "--fork", "--mount-proc", "--kill-child"])
+    .args(["sh", "-c", &format!("{WAIT_FOR}{script}")])
+    .env("T", t)
+    .env(MARKER, t)
+    .stdin(Stdio::null());
+    for (key, value) in env {
+        cmd.env(key, value);
+    }
+    let out = cmd.output().expect("unshare");
+    String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
+}
+
+/// An OpenRC service `dep` in `etc/init.d` that needs upkeeper and, when it starts, records
+/// whether the controller answered (`files/dep-saw-ready`).
+fn write_dependant(etc: &Path, t: &Path) {
+    upk_testkit::write_script(
+        &etc.join("init.d/dep"),
+        &format!(
+            "#!/sbin/openrc-run\n\
+             depend() {{ need upkeeper; }}\n\
+             start() {{ {t}/usr/bin/upkctl --config {t}/etc/upkeeper/upkeeper.conf --timeout 2 \
+             ping >/dev/null && touch {t}/files/dep-saw-ready; }}\n\
+             stop() {{ return 0; }}\n",
+            t = t.display()
+        ),
+    );
+}
+
 /// True when real OpenRC can run here (root, `openrc-run`); otherwise says why the test is
 /// skipped.
 fn openrc_available() -> bool {
@@ -59,8 +101,14 @@ fn openrc_available() -> bool {
 
 /// For the OpenRC tests: `etc/` of the sandbox with `init.d`, `conf.d` and a controller file
 /// whose state is in the sandbox, then install.sh with PREFIX `<sandbox>/usr` and that `etc`
-/// (the controller file first: install.sh keeps an existing one). Returns `etc`.
+/// (the controller file first: install.sh keeps an existing one), with every init's files
+/// (`INIT=all`). Returns `etc`.
 fn install_for_openrc(sb: &Sandbox) -> PathBuf {
+    install_for_init(sb, "all")
+}
+
+/// As [`install_for_openrc`], with install.sh's `INIT` set to `init`.
+fn install_for_init(sb: &Sandbox, init: &str) -> PathBuf {
     let t = sb.path();
     let etc = t.join("etc");
     for d in ["upkeeper/upkeeper.d", "init.d", "conf.d"] {
@@ -83,6 +131,7 @@ fn install_for_openrc(sb: &Sandbox) -> PathBuf {
         .env("PREFIX", t.join("usr"))
         .env("SYSCONFDIR", &etc)
         .env("BINDIR", bindir)
+        .env("INIT", init)
         .env(MARKER, t)
         .output()
         .expect("sh install.sh");
@@ -172,6 +221,9 @@ fn install_lays_out_every_file_under_destdir() {
         "usr/share/upkeeper/hooks/upkeeper-pre-remove",
         "usr/share/man/man1/upkctl.1",
         "usr/share/man/man1/upkctl-status.1",
+        "usr/share/man/man1/uptop.1",
+        "usr/share/man/man5/upkeeper.conf.5",
+        "usr/share/man/man8/upkeeper.8",
         "usr/share/bash-completion/completions/upkctl",
         "usr/share/zsh/site-functions/_upkctl",
         "usr/share/fish/vendor_completions.d/upkctl.fish",

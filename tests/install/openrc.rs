@@ -53,30 +53,9 @@ fn openrc_script_starts_the_controller_gates_a_dependant_and_stops_it_alone() {
     )
     .expect("service file");
     // A dependant that records whether the controller answered when it started.
-    let dep = etc.join("init.d/dep");
-    upk_testkit::write_script(
-        &dep,
-        &format!(
-            "#!/sbin/openrc-run\n\
-             depend() {{ need upkeeper; }}\n\
-             start() {{ {t}/usr/bin/upkctl --config {t}/etc/upkeeper/upkeeper.conf --timeout 2 \
-             ping >/dev/null && touch {t}/files/dep-saw-ready; }}\n\
-             stop() {{ return 0; }}\n",
-            t = t.display()
-        ),
-    );
+    write_dependant(&etc, t);
 
-    let out = Command::new("timeout")
-        .args(["120", "unshare", "--mount", "--propagation", "private"])
-        .args(["--pid", "--fork", "--mount-proc", "--kill-child"])
-        .args(["sh", "-c", &format!("{WAIT_FOR}{SCENARIO}")])
-        .env("T", t)
-        .env(MARKER, t)
-        .stdin(Stdio::null())
-        .output()
-        .expect("unshare");
-    let text =
-        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    let text = in_namespace(t, 120, SCENARIO, &[]);
     let get = |key: &str| value_of(&text, key);
     for (key, want) in [
         ("dep_start", "0"),
@@ -97,4 +76,62 @@ fn openrc_script_starts_the_controller_gates_a_dependant_and_stops_it_alone() {
     assert!(svc.parse::<i32>().is_ok(), "one service process:\n{text}");
     assert_eq!(get("svc_pid_after"), svc, "{text}");
     assert_eq!(get("svc_pid_stopped"), svc, "{text}");
+}
+
+/// The gate scenario: OpenRC starts a dependant while the controller is not up yet; the
+/// controller comes up "from inittab" (started here by hand) while the gate waits.
+const GATE_SCENARIO: &str = r#"
+set -u
+U="$T/usr/bin/upkctl --config $T/etc/upkeeper/upkeeper.conf --timeout 2"
+mount -t tmpfs -o mode=0755 tmpfs /run
+mkdir /run/openrc
+mount --bind "$T/etc" /usr/local/etc
+rc-update -u >/dev/null 2>&1 || true
+echo default > /run/openrc/softlevel
+
+rc-service dep start > "$T/files/dep.out" 2>&1 &
+dep=$!
+wait_for "[ -e /run/openrc/starting/upkeeper-ready ]"; echo "gate_waiting=$?"
+[ -e "$T/files/dep-saw-ready" ] && echo "dep_early=yes"
+"$T/usr/sbin/upkeeper" --config "$T/etc/upkeeper/upkeeper.conf" run > "$T/files/ctl.out" 2>&1 &
+wait "$dep"; echo "dep_start=$?"
+[ -e "$T/files/dep-saw-ready" ] && echo "dep_saw_ready=yes"
+rc-service upkeeper-ready status; echo "gate_status=$?"
+echo "gate_resolved=$(ls /run/openrc/started | tr '\n' ' ')"
+"#;
+
+#[test]
+fn the_inittab_gate_has_its_own_name_and_holds_need_upkeeper_until_the_controller_answers() {
+    if !openrc_available() {
+        return;
+    }
+    let sb = Sandbox::new();
+    let t = sb.path();
+    let etc = install_for_init(&sb, "inittab");
+    assert!(etc.join("init.d/upkeeper-ready").is_file());
+    assert!(
+        !etc.join("init.d/upkeeper").exists(),
+        "INIT=inittab installs no controller script"
+    );
+    write_dependant(&etc, t);
+    let text = in_namespace(t, 120, GATE_SCENARIO, &[]);
+    let dep_out = std::fs::read_to_string(t.join("files/dep.out")).unwrap_or_default();
+    let text = format!("{text}\ndep.out:\n{dep_out}");
+    assert!(
+        !text.contains("dep_early=yes"),
+        "dep started before the controller:\n{text}"
+    );
+    for (key, want) in [
+        ("gate_waiting", "0"),
+        ("dep_start", "0"),
+        ("dep_saw_ready", "yes"),
+        ("gate_status", "0"),
+    ] {
+        assert_eq!(value_of(&text, key), want, "{key}:\n{text}");
+    }
+    let started = value_of(&text, "gate_resolved");
+    assert!(
+        started.contains("upkeeper-ready") && started.contains("dep"),
+        "{text}"
+    );
 }

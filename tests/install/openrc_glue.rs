@@ -54,6 +54,10 @@ wait_for "$U history $ID | grep -q 'killed by SIGKILL' && [ \$($U history $ID | 
 echo "history_restart=$?"
 $U history "$ID"
 $U audit | grep -q "start $ID: done.*openrc start demo" && echo "audited=yes"
+# rc-status shows the uptime of the current run and the respawns, as for supervise-daemon.
+wait_for "grep -qx 1 /run/openrc/options/demo/start_count"; echo "respawns_counted=$?"
+COLUMNS=200 rc-status 2>/dev/null | grep demo
+COLUMNS=200 rc-status 2>/dev/null | grep -Eq 'demo .*started +[0-9]{2}:[0-9]{2}:[0-9]{2} \(1\)' && echo "rc_status_uptime=yes"
 rc-service demo status; echo "status_after_restart=$?"
 
 # The buddy dies while the controller is down: the pid in buddy.pid is dead. The controller is
@@ -103,7 +107,7 @@ for i in 1 2 3; do
 done
 wait_for "[ -e /run/openrc/failed/demo ]"; echo "marked_failed=$?"
 rc-service demo status; echo "status_after_giving_up=$?"
-rc-status 2>/dev/null | grep demo
+COLUMNS=200 rc-status 2>/dev/null | grep demo
 rc-status 2>/dev/null | grep demo | grep -q failed && echo "rc_status_failed=yes"
 # As after supervise-daemon gave up, a plain start works again.
 rc-service demo start; echo "start_after_failed=$?"
@@ -126,6 +130,16 @@ touch /run/demo-healthy
 $U history "$ID"
 $U history "$ID" | grep -q 'unhealthy (1 failed probes in a row)' && echo "history_unhealthy=yes"
 $U history "$ID" | grep -q 'stopping pid [0-9]* (unhealthy)' && echo "history_restart=yes"
+rc-service demo stop; echo "stop=$?"
+"#;
+
+/// `rc-service demo reload` with the script's reload() left to the template: the reload action
+/// (SIGHUP to the daemon, `sleep` here, which dies of it and is restarted), audited.
+const RELOAD: &str = r#"
+rc-service demo start; echo "start=$?"
+rc-service demo reload; echo "reload=$?"
+wait_for "$U history $ID | grep -q 'killed by SIGHUP'"; echo "hup_delivered=$?"
+$U audit | grep -q "reload $ID: reload: exited with code 0.*upkctl .* reload $ID" && echo "reload_audited=yes"
 rc-service demo stop; echo "stop=$?"
 "#;
 
@@ -167,11 +181,11 @@ fn run_scenario(variant: Variant, extra: &str, scenario: &str) -> Option<String>
         "export UPK_OPENRC_PROBE=\"hello world\"\n",
     )
     .expect("conf.d");
-    let mut cmd = Command::new("timeout");
+    let rc_conf = t.join("rc.conf");
+    let mut env: Vec<(&str, &Path)> = Vec::new();
     if let Variant::Global = variant {
         // /etc/rc.conf.d may not exist here: a copy of rc.conf that sources the installed
         // global file stands in for it (OPENRC.md section 5).
-        let rc_conf = t.join("rc.conf");
         let stock = std::fs::read_to_string("/etc/rc.conf").unwrap_or_default();
         std::fs::write(
             &rc_conf,
@@ -181,24 +195,11 @@ fn run_scenario(variant: Variant, extra: &str, scenario: &str) -> Option<String>
             ),
         )
         .expect("rc.conf");
-        cmd.env("RCCONF", &rc_conf);
+        env.push(("RCCONF", &rc_conf));
     }
-    let out = cmd
-        .args(["120", "unshare", "--mount", "--propagation", "private"])
-        .args(["--pid", "--fork", "--mount-proc", "--kill-child"])
-        .args(["sh", "-c", &format!("{WAIT_FOR}{SETUP}{scenario}")])
-        .env("T", t)
-        .env(MARKER, t)
-        .stdin(Stdio::null())
-        .output()
-        .expect("unshare");
+    let text = in_namespace(t, 120, &format!("{SETUP}{scenario}"), &env);
     let log = std::fs::read_to_string(t.join("files/controller.log")).unwrap_or_default();
-    Some(
-        String::from_utf8_lossy(&out.stdout).into_owned()
-            + &String::from_utf8_lossy(&out.stderr)
-            + "\n--- controller log ---\n"
-            + &log,
-    )
+    Some(text + "\n--- controller log ---\n" + &log)
 }
 
 fn check_lifecycle(text: &str) {
@@ -212,6 +213,8 @@ fn check_lifecycle(text: &str) {
         ("restarted", "0"),
         ("history_restart", "0"),
         ("audited", "yes"),
+        ("respawns_counted", "0"),
+        ("rc_status_uptime", "yes"),
         ("status_after_restart", "0"),
         ("buddy_gone", "0"),
         ("status_crashed", "32"),
@@ -278,6 +281,24 @@ fn openrc_glue_runs_the_scripts_healthcheck_and_unhealthy() {
             ("restarted", "0"),
             ("history_unhealthy", "yes"),
             ("history_restart", "yes"),
+            ("stop", "0"),
+        ] {
+            assert_eq!(value_of(&text, key), want, "{key}:\n{text}");
+        }
+    }
+}
+
+#[test]
+fn openrc_glue_reload_runs_the_reload_action_through_the_controller() {
+    let extra = "extra_started_commands=reload\n";
+    if let Some(text) = run_scenario(Variant::Global, extra, RELOAD) {
+        eprintln!("{text}");
+        for (key, want) in [
+            ("controller_up", "0"),
+            ("start", "0"),
+            ("reload", "0"),
+            ("hup_delivered", "0"),
+            ("reload_audited", "yes"),
             ("stop", "0"),
         ] {
             assert_eq!(value_of(&text, key), want, "{key}:\n{text}");

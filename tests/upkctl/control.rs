@@ -139,11 +139,15 @@ fn reload_signal_action_and_once_say_how_it_went() {
     w.upkctl(&["signal", "HUP", "job"])
         .fails(code::FAILED, "job: cannot signal");
 
-    // The default reload sends SIGHUP, which ends `sleep`: the buddy restarts it.
+    // The default reload sends SIGHUP, which ends `sleep`: the buddy restarts it. The reply
+    // says what was sent, since a program that does not handle it dies of it.
     let pid = w.running("web").pid;
     let out = w.upkctl(&["reload", "web"]);
     out.expect(code::OK);
-    assert_eq!(out.stdout, "web: reload: exited with code 0\n");
+    assert_eq!(
+        out.stdout,
+        "web: reload: sent SIGHUP to the service (its reload script only signals it)\n"
+    );
     wait_until(Duration::from_secs(10), "web running again", || {
         match w.status("web") {
             Some(s) if s.state == StateName::Running && s.pid != pid => Ok(()),

@@ -7,6 +7,7 @@ mod events;
 mod limits;
 mod logs;
 mod offline;
+mod remote;
 mod status;
 mod why;
 

@@ -373,7 +373,11 @@ impl Buddy {
                     self.witness.complete(files, before, &mut note.kind);
                 }
                 Witness::started(&mut note.kind, self.settings.config_hash.as_deref());
-                self.record(note)
+                let started = matches!(note.kind, EventKind::Started { .. });
+                self.record(note);
+                if started {
+                    self.notify(upk_core::config::HookEvent::Started);
+                }
             }
             Output::RunProbe => return self.run_probe(),
             Output::Notify(event) => self.notify(event),

@@ -253,7 +253,9 @@ impl Buddy {
                 let exit = Exit::Exited {
                     code: if sent { 0 } else { 1 },
                 };
-                return Ok(self.action_ended(None, action.to_owned(), reply_to, exit));
+                let signal = sent.then_some(sig);
+                let ended = self.action_ended(None, action.to_owned(), reply_to, exit, signal);
+                return Ok(ended);
             }
         }
         let mut child = Child::new(path);
@@ -276,6 +278,7 @@ impl Buddy {
         action: String,
         reply_to: Option<ReplyTo>,
         exit: Exit,
+        signal: Option<i32>,
     ) -> Option<Input> {
         let stop_failed = action == "stop"
             && !exit.success()
@@ -286,8 +289,15 @@ impl Buddy {
         };
         self.note(pid, "action", kind);
         if let Some((token, id)) = reply_to {
-            self.peers
-                .reply(token, id, BuddyReply::ActionDone { action, exit });
+            self.peers.reply(
+                token,
+                id,
+                BuddyReply::ActionDone {
+                    action,
+                    exit,
+                    signal,
+                },
+            );
             let owed = self.children.owes(token);
             self.peers.close_if_done(token, owed);
         }
@@ -373,7 +383,7 @@ impl Buddy {
                 None
             }
             Role::Action { action, reply_to } => {
-                self.action_ended(Some(pid), action, reply_to, exit)
+                self.action_ended(Some(pid), action, reply_to, exit, None)
             }
             Role::Logger { stream } => {
                 let stream = &mut self.streams[stream];

@@ -22,6 +22,9 @@ pub struct Peer {
     pub groups: Vec<u32>,
     /// Command line (`/proc/PID/cmdline`, arguments joined by spaces).
     pub cmdline: String,
+    /// Where it says it comes from (its `hello`'s `origin`, checked when it was said): what
+    /// a relay such as `upkctl bridge` reported, never an input to [`access`].
+    pub origin: Option<String>,
 }
 
 impl Peer {
@@ -53,6 +56,7 @@ impl Peer {
             pid,
             groups,
             cmdline,
+            origin: None,
         })
     }
 
@@ -62,7 +66,12 @@ impl Peer {
         if what.is_empty() {
             what = "a client".into();
         }
-        format!("{what} (uid {}, pid {})", self.uid, self.pid)
+        let via = self
+            .origin
+            .as_ref()
+            .map(|o| format!(", via {o}"))
+            .unwrap_or_default();
+        format!("{what} (uid {}, pid {}{via})", self.uid, self.pid)
     }
 }
 
@@ -225,5 +234,16 @@ mod tests {
         assert!(cause.ends_with("(uid 7, pid 42)"), "{cause}");
         assert!(cause.len() < 250);
         assert_eq!(Peer::default().cause(), "a client (uid 0, pid 0)");
+        let remote = Peer {
+            uid: 7,
+            pid: 42,
+            cmdline: "upkctl bridge".into(),
+            origin: Some("ssh 10.1.2.3:40404".into()),
+            ..Peer::default()
+        };
+        assert_eq!(
+            remote.cause(),
+            "upkctl bridge (uid 7, pid 42, via ssh 10.1.2.3:40404)"
+        );
     }
 }

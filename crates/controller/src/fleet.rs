@@ -36,6 +36,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 use upk_core::config::{Controller, Service};
+use upk_core::history::CommandEntry;
 use upk_core::proto::{self, BuddyRequest, Envelope};
 use upk_core::rundir::{RunDir, Settings};
 use upk_core::status::{Status, Want};
@@ -452,8 +453,22 @@ impl<'a> Fleet<'a> {
     /// queued for the store. Returns the writer's ticket, whose outcome says when it is stored
     /// (`None`: the writer has stopped, which was said).
     pub fn set_desired(&mut self, id: &str, want: Want) -> Option<u64> {
+        self.set_desired_audited(id, want, Vec::new())
+    }
+
+    /// As [`Fleet::set_desired`], with the audit rows of the commands that asked for it, stored
+    /// in the same transaction.
+    pub fn set_desired_audited(
+        &mut self,
+        id: &str,
+        want: Want,
+        commands: Vec<CommandEntry>,
+    ) -> Option<u64> {
         self.desired.set(id, want);
-        match self.writer.set_desired(vec![(id.to_owned(), want)]) {
+        match self
+            .writer
+            .set_desired_audited(vec![(id.to_owned(), want)], commands)
+        {
             Ok(ticket) => Some(ticket),
             Err(e) => {
                 eprintln!("upkeeper: {id}: cannot store its desired state: {e}");

@@ -4,10 +4,13 @@
 //! One `poll` over a signalfd, the controller socket `StateDir/upkeeper.sock` (clients, and
 //! buddies phoning home), one event link per buddy ([`fleet`]), every client connection
 //! ([`server`]), a wake-up from the store's writer thread, and the inotify watch on
-//! `SvcConfigPath` ([`watch`]); one deadline (buddies to reach, the watcher's settle delay,
-//! hourly retention). Nothing here blocks on a peer: every socket is non-blocking.
+//! `SvcConfigPath` ([`watch`]), and, when `MetricsListen` is set, the metrics listener and its
+//! connections ([`metrics`]); one deadline (buddies to reach, the watcher's settle delay,
+//! hourly retention, scrapers' idle time). Nothing here blocks on a peer: every socket is
+//! non-blocking, and a scrape is rendered from memory.
 //!
-//! Events read in one round form one store batch, together with the commands audited in it.
+//! Events read in one round form one store batch, together with the commands audited in it;
+//! the answers to those commands go out once that batch is committed, so `done` means audited.
 //! A buddy is acknowledged only up to what the store *committed*, and subscribers are sent
 //! only committed events (with their row ids, the cursor a client resumes from). When the
 //! store cannot be written, the links are dropped and re-subscribed a second later, so the
@@ -26,10 +29,12 @@
 //! [`fleet`]: crate::fleet
 //! [`server`]: crate::server
 //! [`watch`]: crate::watch
+//! [`metrics`]: crate::metrics
 
 use crate::desired::Desired;
 use crate::fleet::{Fleet, Link};
 use crate::load;
+use crate::metrics::Metrics;
 use crate::render::Renderer;
 use crate::server::{Intent, Policy, Server};
 use crate::store::{Batch, Retention, Store, StoreWriter};
@@ -118,6 +123,19 @@ pub fn run(ctl: &Controller, renderer: &Renderer) -> anyhow::Result<()> {
     let desired = reader
         .desired_all()
         .with_context(|| format!("reading desired states from {}", db.display()))?;
+    // Off unless MetricsListen asks for it; a port that cannot be bound is fatal here, before
+    // the loop, like the socket.
+    let mut metrics = match ctl.metrics_listen {
+        None => None,
+        Some(addr) => {
+            let counters = reader
+                .counters()
+                .with_context(|| format!("reading the metrics' counters from {}", db.display()))?;
+            let m = Metrics::start(addr, counters)
+                .with_context(|| format!("MetricsListen: cannot listen on {addr}"))?;
+            Some(m)
+        }
+    };
     let policy = Policy {
         own_uid: nix::unistd::geteuid().as_raw(),
         control_group: ctl.control_group,
@@ -138,6 +156,8 @@ pub fn run(ctl: &Controller, renderer: &Renderer) -> anyhow::Result<()> {
     // Desired states queued for the store: ticket -> service, and the relayed request whose
     // answer waits for it.
     let mut held: Held = BTreeMap::new();
+    // Answers to commands, by the ticket of the batch that holds their audit rows.
+    let mut audited: BTreeMap<u64, Vec<crate::server::Answer>> = BTreeMap::new();
     fleet.apply(load::scan(ctl))?;
     eprintln!(
         "upkeeper: {} services under {}; serving {}; events follow (Ctrl-C leaves them running)",
@@ -145,6 +165,9 @@ pub fn run(ctl: &Controller, renderer: &Renderer) -> anyhow::Result<()> {
         ctl.svc_run_path.display(),
         sock.display()
     );
+    if let Some(addr) = metrics.as_ref().and_then(|m| m.endpoint.local_addr().ok()) {
+        eprintln!("upkeeper: serving metrics on http://{addr}/metrics");
+    }
     loop {
         let now = Instant::now();
         if next_retention <= now {
@@ -156,11 +179,16 @@ pub fn run(ctl: &Controller, renderer: &Renderer) -> anyhow::Result<()> {
         if server.deadline().is_some_and(|d| d <= now) {
             server.expire_refusals(now);
         }
+        let scrapes = metrics.as_mut().map(|m| &mut m.endpoint);
+        if let Some(e) = scrapes.filter(|e| e.deadline().is_some_and(|d| d <= now)) {
+            e.expire(now);
+        }
         let next = [
             fleet.deadline(),
             watcher.deadline(),
             server.deadline(),
             Some(next_retention),
+            metrics.as_ref().and_then(|m| m.endpoint.deadline()),
         ]
         .into_iter()
         .flatten()
@@ -190,6 +218,21 @@ pub fn run(ctl: &Controller, renderer: &Renderer) -> anyhow::Result<()> {
             };
             PollFd::new(stream.as_fd(), flags)
         }));
+        // The metrics listener and its connections come last.
+        let metrics_at = FIXED_FDS + links + clients.len();
+        let mut scrapers = Vec::new();
+        if let Some(m) = &metrics {
+            fds.push(PollFd::new(m.endpoint.listener_fd(), PollFlags::POLLIN));
+            for (token, fd, out) in m.endpoint.fds() {
+                let flags = if out {
+                    PollFlags::POLLOUT
+                } else {
+                    PollFlags::POLLIN
+                };
+                fds.push(PollFd::new(fd, flags));
+                scrapers.push(token);
+            }
+        }
         let wait = next.map_or(60_000, |n| {
             n.saturating_duration_since(now).as_millis().min(60_000) + 1
         });
@@ -218,16 +261,31 @@ pub fn run(ctl: &Controller, renderer: &Renderer) -> anyhow::Result<()> {
             let mut drain = [0u8; 64];
             while matches!((&wake_rx).read(&mut drain), Ok(n) if n > 0) {}
             while let Ok(outcome) = outcomes.try_recv() {
+                // Answers wait for the commit of their commands' audit rows.
+                for ticket in &outcome.tickets {
+                    if let Some(answers) = audited.remove(ticket) {
+                        server.answer_audited(answers);
+                    }
+                }
                 match outcome.tickets.first().and_then(|t| held.remove(t)) {
                     Some((service, _, rid)) => {
                         if let Err(e) = outcome.result {
                             eprintln!("upkeeper: {service}: cannot store its desired state: {e}");
+                            metrics.iter_mut().for_each(|m| m.observed.write_failed());
                         }
                         if let Some(rid) = rid {
-                            server.stored(rid);
+                            server.stored(rid, true);
                         }
                     }
-                    None => committed(&mut fleet, &mut server, outcome.result),
+                    None => {
+                        if let Some(m) = metrics.as_mut() {
+                            match &outcome.result {
+                                Ok(c) => m.observed.committed(c),
+                                Err(_) => m.observed.write_failed(),
+                            }
+                        }
+                        committed(&mut fleet, &mut server, outcome.result)
+                    }
                 }
             }
             // The writer may have recreated the store's file: queries follow it, and so do the
@@ -295,6 +353,16 @@ pub fn run(ctl: &Controller, renderer: &Renderer) -> anyhow::Result<()> {
             .rev()
             .map(|i| fleet.links.swap_remove(i).service)
             .collect();
+        if let Some(m) = metrics.as_mut() {
+            for (origin, records) in &batch.events {
+                records.iter().for_each(|r| m.observed.record(origin, r));
+            }
+            for (service, _, reply) in &replies {
+                if let BuddyReply::Ok { status, .. } = reply {
+                    m.observed.status(service, status);
+                }
+            }
+        }
         for (service, id, reply) in replies {
             answer(&mut fleet, &mut server, &mut held, &service, id, reply);
         }
@@ -306,11 +374,30 @@ pub fn run(ctl: &Controller, renderer: &Renderer) -> anyhow::Result<()> {
             fleet.release_waiting();
         }
         batch.commands.append(&mut server.audit);
+        let answers = server.take_answers();
         if !batch.is_empty() {
-            fleet
+            let ticket = fleet
                 .writer
                 .submit(batch)
                 .context("the audit store's writer stopped")?;
+            if !answers.is_empty() {
+                audited.insert(ticket, answers);
+            }
+        } else {
+            server.answer_audited(answers);
+        }
+        if let Some(m) = metrics.as_mut() {
+            // Scrapes last: they see this round's records and statuses.
+            let now = Instant::now();
+            if ready.get(metrics_at) == Some(&true) {
+                m.endpoint.accept_all(now);
+            }
+            let clients = server.fds().count();
+            for (i, token) in scrapers.iter().enumerate() {
+                if ready.get(metrics_at + 1 + i) == Some(&true) {
+                    m.ready(*token, now, &fleet, clients);
+                }
+            }
         }
         if watcher.take_due(Instant::now()) {
             fleet.apply(load::scan(ctl))?;
@@ -372,9 +459,14 @@ fn carry_out(fleet: &mut Fleet, server: &mut Server, held: &mut Held, intents: V
                 link.feed(&hello, rest);
                 fleet.links.push(link);
             }
-            Intent::SetWant { rid, service, want } => match fleet.set_desired(&service, want) {
+            Intent::SetWant {
+                rid,
+                service,
+                want,
+                audit,
+            } => match fleet.set_desired_audited(&service, want, vec![audit]) {
                 Some(ticket) => drop(held.insert(ticket, (service, want, Some(rid)))),
-                None => server.stored(rid),
+                None => server.stored(rid, false),
             },
             Intent::Unconfigure { service } => fleet.unconfigured_by_command(&service),
         }

@@ -27,6 +27,8 @@ pub mod desired;
 pub mod fleet;
 pub mod foreground;
 pub mod link;
+pub mod manual;
+pub mod metrics;
 pub mod offline;
 pub mod order;
 pub mod reach;

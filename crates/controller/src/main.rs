@@ -1,14 +1,17 @@
 //! `upkeeper`: the controller's command line. Everything lives in the library.
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use upk_core::exit;
 use upkeeper::{load, render::Renderer};
 
-/// A process supervisor with an audit trail.
+/// The controller of upkeeper, a process supervisor with an audit trail.
 #[derive(Parser)]
-#[command(version, about)]
+#[command(
+    version,
+    about = "The controller of upkeeper, a process supervisor with an audit trail"
+)]
 struct Args {
     /// The controller file (default: /etc/upkeeper/upkeeper.conf for root,
     /// $XDG_CONFIG_HOME/upkeeper/upkeeper.conf otherwise; built-in defaults if it is missing).
@@ -44,6 +47,9 @@ enum Cmd {
         /// The store (StateDir/upkeeper.db).
         store: PathBuf,
     },
+    /// Print the man page, upkeeper(8).
+    #[command(hide = true)]
+    Man,
 }
 
 fn main() -> ExitCode {
@@ -73,6 +79,18 @@ fn main() -> ExitCode {
 }
 
 fn run(args: Args) -> anyhow::Result<i32> {
+    if let Some(Cmd::Man) = &args.command {
+        let mut out = std::io::stdout().lock();
+        let here = upk_core::manpage::Subcommands::Here;
+        upk_core::manpage::render(
+            Args::command(),
+            "8",
+            here,
+            upkeeper::manual::SECTIONS,
+            &mut out,
+        )?;
+        return Ok(exit::OK);
+    }
     if let Some(Cmd::ReadStore { store }) = &args.command {
         // Needs no controller file: the store is named.
         upkeeper::offline::serve(store, std::io::stdin().lock(), std::io::stdout().lock())?;
@@ -118,7 +136,7 @@ fn run(args: Args) -> anyhow::Result<i32> {
             }
             Ok(code)
         }
-        Cmd::ReadStore { .. } => Ok(exit::OK),
+        Cmd::ReadStore { .. } | Cmd::Man => Ok(exit::OK),
         Cmd::Run => {
             upkeeper::foreground::run(&ctl, &renderer)?;
             Ok(exit::OK)

@@ -59,12 +59,14 @@ pub fn serve(path: &Path, mut input: impl Read, mut output: impl Write) -> anyho
 /// The reply to one request.
 fn answer(store: &Store, body: ClientRequest) -> ClientReply {
     let reply = match body {
-        ClientRequest::Hello { version } if version == PROTOCOL_VERSION => Ok(ClientReply::Hello {
-            version: PROTOCOL_VERSION,
-            pid: std::process::id() as i32,
-            access: Access::Read,
-        }),
-        ClientRequest::Hello { version } => Err((
+        ClientRequest::Hello { version, .. } if version == PROTOCOL_VERSION => {
+            Ok(ClientReply::Hello {
+                version: PROTOCOL_VERSION,
+                pid: std::process::id() as i32,
+                access: Access::Read,
+            })
+        }
+        ClientRequest::Hello { version, .. } => Err((
             ErrorCode::Version,
             format!("protocol version {version} is not {PROTOCOL_VERSION}"),
         )),

@@ -607,7 +607,27 @@ fn command(wall_us: i64, uid: u32) -> CommandEntry {
         service: Some("web".into()),
         result: "restarted".into(),
         ok: true,
+        origin: None,
     }
+}
+
+/// A command's origin (what `upkctl bridge` reported) is stored and read back; a local one
+/// has none.
+#[test]
+fn a_command_keeps_its_origin() {
+    let (_dir, path) = db();
+    let mut store = Store::open(&path).expect("open");
+    let remote = CommandEntry {
+        origin: Some("ssh 127.0.0.1:40404".into()),
+        ..command(BASE, 1000)
+    };
+    store.insert_command(&remote).expect("remote");
+    store
+        .insert_command(&command(BASE + SEC, 0))
+        .expect("local");
+    let rows = store.commands(None, None, None, None).expect("commands");
+    let origins: Vec<Option<&str>> = rows.iter().map(|r| r.entry.origin.as_deref()).collect();
+    assert_eq!(origins, [Some("ssh 127.0.0.1:40404"), None]);
 }
 
 #[test]

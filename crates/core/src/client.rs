@@ -25,6 +25,12 @@ pub enum ClientRequest {
     Hello {
         /// The client's protocol version.
         version: u32,
+        /// Where the caller says it is connecting from, when it comes through a relay:
+        /// `upkctl bridge` sets `ssh ADDRESS:PORT` from `SSH_CONNECTION` (docs/remote.md).
+        /// Reported, not authenticated: the audit keeps it beside the peer's uid, which is.
+        /// At most [`MAX_ORIGIN`] printable ASCII bytes ([`check_origin`]).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        origin: Option<String>,
     },
     /// Every configured service, with a one-line summary each.
     List,
@@ -292,6 +298,9 @@ pub enum ClientReply {
         action: String,
         /// How the action's script ended.
         exit: Exit,
+        /// The signal the action only sent to the service (the buddy's `signal`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        signal: Option<i32>,
     },
     /// `subscribe` is in place; stored events follow.
     Subscribed {
@@ -362,6 +371,27 @@ pub const MAX_ROWS: usize = 5000;
 /// A reply line holds at most about this many bytes of list items; longer lists go out as
 /// several lines with the same id, all but the last marked `more`.
 pub const PAGE_BYTES: usize = 256 * 1024;
+
+/// The longest `origin` a `hello` may carry, in bytes.
+pub const MAX_ORIGIN: usize = 128;
+
+/// Checks a `hello`'s `origin` where it enters the controller: at most [`MAX_ORIGIN`] bytes,
+/// printable ASCII only (it is shown in `upkctl audit` and stored as given); the error is one
+/// sentence.
+pub fn check_origin(origin: &str) -> Result<(), String> {
+    if origin.len() > MAX_ORIGIN {
+        return Err(format!(
+            "the hello's origin is {} bytes long; at most {MAX_ORIGIN} are allowed",
+            origin.len()
+        ));
+    }
+    if let Some(b) = origin.bytes().find(|b| !(b' '..=b'~').contains(b)) {
+        return Err(format!(
+            "the hello's origin holds the byte {b:#04x}; only printable ASCII is allowed"
+        ));
+    }
+    Ok(())
+}
 
 fn is_false(b: &bool) -> bool {
     !*b
@@ -454,6 +484,42 @@ mod tests {
         let old: ServiceSummary =
             serde_json::from_str(r#"{"service":"web","file":"f","linked":false}"#).expect("parse");
         assert_eq!(old.desired, None, "a controller that sends none");
+    }
+
+    #[test]
+    fn a_hello_without_origin_reads_as_before_and_one_with_it_round_trips() {
+        let old: Envelope<ClientRequest> =
+            decode(br#"{"type":"hello","version":1}"#).expect("parse");
+        assert_eq!(
+            old.body,
+            ClientRequest::Hello {
+                version: 1,
+                origin: None
+            }
+        );
+        assert_eq!(
+            String::from_utf8_lossy(&encode(&old)),
+            "{\"type\":\"hello\",\"version\":1}\n",
+            "no origin, no key: an old controller reads it"
+        );
+        let with: Envelope<ClientRequest> =
+            decode(br#"{"type":"hello","version":1,"origin":"ssh 10.0.0.1:40404"}"#)
+                .expect("parse");
+        let again: Envelope<ClientRequest> = decode(encode(&with).trim_ascii_end()).expect("again");
+        assert_eq!(again.body, with.body);
+    }
+
+    #[test]
+    fn an_origin_is_short_printable_ascii() {
+        assert_eq!(check_origin("ssh 127.0.0.1:40404"), Ok(()));
+        assert_eq!(check_origin(""), Ok(()));
+        assert_eq!(check_origin(&"x".repeat(MAX_ORIGIN)), Ok(()));
+        let long = check_origin(&"x".repeat(MAX_ORIGIN + 1)).expect_err("too long");
+        assert!(long.contains("129 bytes"), "{long}");
+        for bad in ["a\nb", "tab\there", "caf\u{e9}", "\u{7f}"] {
+            let e = check_origin(bad).expect_err(bad);
+            assert!(e.contains("printable ASCII"), "{e}");
+        }
     }
 
     #[test]

@@ -29,6 +29,10 @@ pub struct CommandEntry {
     pub result: String,
     /// Whether it succeeded.
     pub ok: bool,
+    /// Where the caller said it came from (its `hello`'s `origin`, e.g. `ssh ADDRESS:PORT`
+    /// from `upkctl bridge`): reported by the caller, kept beside the authenticated `uid`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub origin: Option<String>,
 }
 
 /// One configuration change: a file (re)loaded or removed.

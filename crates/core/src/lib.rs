@@ -21,6 +21,8 @@
 //! * [`fsutil`] and [`exit`]: atomic file writes and the documented exit codes.
 //! * [`escalate`]: stopping a process group from outside a poll loop (a signal, a bounded
 //!   wait, SIGKILL), for the programs that may block.
+//! * [`manpage`] (feature `man`): a command's man page, generated from its clap definition,
+//!   with the sections clap cannot know (EXIT STATUS, EXAMPLES, FILES, SEE ALSO).
 //!
 //! This crate holds no daemon logic and starts no processes.
 
@@ -34,6 +36,8 @@ pub mod event;
 pub mod exit;
 pub mod fsutil;
 pub mod history;
+#[cfg(feature = "man")]
+pub mod manpage;
 pub mod procfs;
 pub mod proto;
 pub mod rundir;

@@ -169,6 +169,11 @@ pub enum BuddyReply {
         action: String,
         /// How it ended.
         exit: Exit,
+        /// The script only sent this signal to the service, and the buddy sent it instead of
+        /// running the script (the default `kill -HUP $1` reload): a program that does not
+        /// handle the signal dies of it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        signal: Option<i32>,
     },
     /// Backlog for `events`.
     Records {

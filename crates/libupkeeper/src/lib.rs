@@ -14,6 +14,10 @@
 //! stored events as the controller commits them. Every event carries its row id; pass the last
 //! one seen as `after` when subscribing again and nothing is missed in between.
 //!
+//! [`Client::spawn`] makes the same client over a program's stdin and stdout instead of the
+//! socket: `ssh HOST upkctl bridge` for `upkctl -H` ([`program`], docs/remote.md), with the
+//! program's exit status and last stderr line as the error when it fails.
+//!
 //! [`buddy::BuddyClient`] talks to one buddy directly, for the few callers that must act while
 //! the controller is down (OpenRC stopping services at shutdown). It bypasses the audit store.
 //!
@@ -71,6 +75,7 @@
 //! ```
 
 pub mod buddy;
+pub mod program;
 mod wire;
 
 use std::os::unix::net::UnixStream;
@@ -125,6 +130,17 @@ pub enum Error {
     /// The controller file could not be read.
     #[error("{0}")]
     Config(String),
+    /// The program carrying the connection ([`Client::spawn`]: ssh) could not be started,
+    /// or ended with a failure.
+    #[error("{program} {status}{}", line.as_ref().map(|l| format!(": {l}")).unwrap_or_default())]
+    Program {
+        /// The program, as it was started.
+        program: String,
+        /// How it ended: "exited with status 255", "could not be started: ...".
+        status: String,
+        /// The last line it wrote on stderr, if any.
+        line: Option<String>,
+    },
 }
 
 impl Error {
@@ -160,6 +176,9 @@ pub enum Outcome {
         action: String,
         /// How its script ended.
         exit: Exit,
+        /// The signal the action only sent to the service, without running a script (the
+        /// default reload, SIGHUP): a program that does not handle it dies of it.
+        signal: Option<i32>,
     },
 }
 
@@ -202,7 +221,8 @@ pub fn socket_path(config: Option<&Path>) -> Result<PathBuf> {
 /// Connects to a unix socket within `bound`. A connect to a listener whose backlog is full
 /// (a controller that stopped accepting) blocks until a slot frees; the kernel bounds that wait
 /// by the socket's send timeout, set before the connect, and then fails with `EAGAIN`.
-fn dial(socket: &Path, bound: Duration) -> std::io::Result<UnixStream> {
+/// Public for relays (`upkctl bridge`) that carry bytes without speaking the protocol.
+pub fn dial(socket: &Path, bound: Duration) -> std::io::Result<UnixStream> {
     use nix::sys::socket::{self, sockopt, AddressFamily, SockFlag, SockType, UnixAddr};
     let fd = socket::socket(
         AddressFamily::Unix,
@@ -228,10 +248,13 @@ fn dial(socket: &Path, bound: Duration) -> std::io::Result<UnixStream> {
 /// One connection to the controller.
 #[derive(Debug)]
 pub struct Client {
+    // Dropped before `program`: the program sees its stdin end, then is waited for.
     wire: Wire,
     access: Access,
     controller_pid: i32,
     timeout: Option<Duration>,
+    /// The program the connection goes through ([`Client::spawn`]).
+    program: Option<program::Program>,
 }
 
 impl Client {
@@ -263,10 +286,12 @@ impl Client {
             access: Access::None,
             controller_pid: 0,
             timeout: None,
+            program: None,
         };
         client.set_timeout(Some(hello))?;
         match client.call(ClientRequest::Hello {
             version: PROTOCOL_VERSION,
+            origin: None,
         })? {
             ClientReply::Hello { access, pid, .. } => {
                 client.access = access;
@@ -296,6 +321,18 @@ impl Client {
 
     /// Sends one request and returns its reply; an `error` reply is an [`Error::Controller`].
     pub fn call(&mut self, request: ClientRequest) -> Result<ClientReply> {
+        self.exchange(request).map_err(|e| self.explain(e))
+    }
+
+    /// A broken connection through a program that failed is that program's failure.
+    fn explain(&mut self, e: Error) -> Error {
+        match (&e, &mut self.program) {
+            (Error::Io(_), Some(program)) => program.failure(program::GRACE).unwrap_or(e),
+            _ => e,
+        }
+    }
+
+    fn exchange(&mut self, request: ClientRequest) -> Result<ClientReply> {
         let id = self.wire.send(request)?;
         loop {
             let msg = self.read()?;
@@ -374,10 +411,12 @@ impl Client {
                 service,
                 action,
                 exit,
+                signal,
             } => Ok(Outcome::ActionDone {
                 service,
                 action,
                 exit,
+                signal,
             }),
             other => Err(unexpected(&other)),
         }
@@ -607,7 +646,8 @@ impl Subscription {
     /// The next event.
     pub fn next_event(&mut self) -> Result<EventRow> {
         loop {
-            match self.client.read()?.body {
+            let msg = self.client.read().map_err(|e| self.client.explain(e))?;
+            match msg.body {
                 ClientReply::Event { event } => {
                     self.cursor = self.cursor.max(event.id);
                     return Ok(event);

@@ -11,6 +11,7 @@ use std::path::PathBuf;
 ///
 /// upkctl talks to the controller through its socket (StateDir/upkeeper.sock of the controller
 /// file). `status` and `list` still answer from the status files when the controller is down.
+/// With `-H [USER@]HOST`, commands go to that host's controller over ssh (docs/remote.md).
 /// Exit codes: 0 ok, 1 failed, 2 not found, 3 refused, 4 controller unreachable, 5 timed out,
 /// 6 invalid configuration, 100 usage, 111 temporary failure (docs/exit-codes.md).
 #[derive(Debug, Parser)]
@@ -34,6 +35,36 @@ pub struct Args {
     #[arg(long, global = true, value_name = "SECS", default_value = "30",
           value_parser = parse_seconds)]
     pub timeout: f64,
+    /// Run the command against the controller of another host, over ssh (as `systemctl -H`):
+    /// as the ssh user there, audited there with this connection's origin. --config and
+    /// --socket then name that host's files (docs/remote.md).
+    #[arg(
+        short = 'H',
+        long = "remote",
+        global = true,
+        value_name = "[USER@]HOST[:PORT]"
+    )]
+    pub remote: Option<String>,
+    /// With -H: the ssh program to run (default: $UPKCTL_SSH, else `ssh`), one path given the
+    /// options, `--`, the destination and the remote command.
+    #[arg(long, global = true, value_name = "PROG")]
+    pub ssh: Option<std::ffi::OsString>,
+    /// With -H: upkctl's path on the remote host (default: $UPKCTL_REMOTE, else `upkctl`).
+    #[arg(long, global = true, value_name = "PATH")]
+    pub remote_upkctl: Option<String>,
+    /// Ask the fleet's PostgreSQL (history, why, incident, stats across hosts) through
+    /// upkeeper-ship, instead of this host's controller (docs/fleet.md).
+    #[arg(long, global = true, value_name = "URL", conflicts_with = "remote")]
+    pub fleet: Option<String>,
+    /// With --fleet: only hosts matching this glob.
+    #[arg(
+        long,
+        global = true,
+        value_name = "GLOB",
+        default_value = "*",
+        requires = "fleet"
+    )]
+    pub hosts: String,
     /// What to do.
     #[command(subcommand)]
     pub command: Cmd,
@@ -230,6 +261,10 @@ pub enum Cmd {
         #[arg(long, value_name = "DIR")]
         dir: Option<PathBuf>,
     },
+    /// The remote half of -H, run by ssh: relay stdin and stdout to this host's controller
+    /// socket, adding the ssh client's address to the hello (docs/remote.md).
+    #[command(hide = true)]
+    Bridge,
 }
 
 /// `upkctl openrc ...`: what the OpenRC glue asks for.

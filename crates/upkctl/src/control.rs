@@ -310,8 +310,23 @@ fn outcome(service: &str, answer: libupkeeper::Result<Outcome>) -> Result1 {
             };
             r.status = status;
         }
-        Ok(Outcome::ActionDone { action, exit, .. }) => {
-            r.message = format!("{action}: {exit}");
+        Ok(Outcome::ActionDone {
+            action,
+            exit,
+            signal,
+            ..
+        }) => {
+            r.message = match signal {
+                // The default reload: say what it did, since a program that does not handle
+                // the signal dies of it (docs/upkctl.md, reload).
+                Some(sig) if exit.success() => format!(
+                    "{action}: sent {} to the service (its {action} script only signals it)",
+                    SignalSpec::Number(sig)
+                        .resolve()
+                        .map_or(format!("signal {sig}"), |s| s.as_str().to_owned())
+                ),
+                _ => format!("{action}: {exit}"),
+            };
             r.exit = Some(exit);
             if !exit.success() {
                 (r.ok, r.code) = (false, exit::FAILED);

@@ -49,7 +49,8 @@ impl Failure {
 /// The exit code for an error from the client library.
 pub fn code_of(e: &Error) -> i32 {
     match e {
-        Error::Unreachable { .. } | Error::Io(_) => UNREACHABLE,
+        // ssh (upkctl -H) failing is the remote controller unreachable (docs/remote.md).
+        Error::Unreachable { .. } | Error::Io(_) | Error::Program { .. } => UNREACHABLE,
         Error::TimedOut(_) => TIMED_OUT,
         Error::Config(_) => INVALID_CONFIG,
         Error::Protocol(_) => TEMPORARY,

@@ -16,6 +16,14 @@
 //! and returns an exit code, or a [`exit::Failure`]: one sentence and its code. `main` prints
 //! the sentence and exits; the codes are in [`exit`] and `docs/exit-codes.md`.
 //!
+//! With `-H [USER@]HOST` ([`remote`]), the connection is ssh running `upkctl bridge`
+//! ([`bridge`]) on that host instead of the local socket: every command that talks to the
+//! controller works unchanged, and those that read this host's files (the status files, the
+//! store with the controller down, `logs`, `check`, `render`, `openrc`) say they cannot.
+//!
+//! With `--fleet URL`, `history`, `why`, `incident` and `stats` ask the fleet's PostgreSQL
+//! instead, through `upkeeper-ship query` ([`fleet`]): upkctl links no PostgreSQL client.
+//!
 //! [`openrc`] is the Rust half of the OpenRC supervisor glue (`openrc/upkeeper.sh`): it turns
 //! an OpenRC service's variables into a service file, and stops such a service with or
 //! without the controller.
@@ -25,15 +33,19 @@
 //! `--json` it is one JSON document (`status`, `list`, `stats`, `check`, `render`, control
 //! commands) or one object per line for event streams (`history`, `audit`, `watch`).
 
+pub mod bridge;
 pub mod cli;
 pub mod control;
 pub mod direct;
 pub mod events;
 pub mod exit;
+pub mod fleet;
 pub mod incident;
 pub mod logs;
+pub mod manual;
 pub mod offline;
 pub mod openrc;
+pub mod remote;
 pub mod report;
 pub mod show;
 pub mod status;
@@ -64,6 +76,8 @@ pub struct Ctx {
     /// Said on stderr after the command, when it succeeded (a failure's one sentence says
     /// enough): that the store was read without the controller.
     pub notes: std::rc::Rc<std::cell::RefCell<Vec<String>>>,
+    /// `-H`: the controller is another host's, reached over ssh.
+    pub remote: Option<remote::Remote>,
 }
 
 impl Ctx {
@@ -75,8 +89,16 @@ impl Ctx {
         }
     }
 
+    /// True with `-H`: this host's files are not the controller's.
+    pub fn is_remote(&self) -> bool {
+        self.remote.is_some()
+    }
+
     /// A connection to the controller, every reply bounded by `--timeout`.
     pub fn connect(&self) -> Result<Client> {
+        if let Some(remote) = &self.remote {
+            return remote.connect(self.timeout);
+        }
         let socket = self.socket()?;
         // The connection and the controller's `hello` are bounded by `--timeout` (a stopped or
         // wedged controller still accepts connections, or stops accepting them).
@@ -101,6 +123,24 @@ impl Ctx {
     /// socket (no socket, or nobody listening), its store read directly by
     /// `upkeeper read-store` (docs/insight.md, "When the controller is down"), said on stderr.
     pub fn reader(&self) -> Result<Reader> {
+        if let Some(remote) = &self.remote {
+            return match self.connect() {
+                Ok(client) => Ok(Reader {
+                    client,
+                    child: None,
+                }),
+                // The store is read without its controller only on its own host.
+                Err(f) if f.code == exit::UNREACHABLE => Err(Failure::new(
+                    f.code,
+                    format!(
+                        "{}; with -H the history needs the controller on {} running \
+                         (its store is read directly only there)",
+                        f.message, remote.given
+                    ),
+                )),
+                Err(f) => Err(f),
+            };
+        }
         let socket = self.socket()?;
         let down = match self.connect() {
             Ok(client) => {
@@ -246,6 +286,16 @@ impl Drop for Reader {
 /// Runs one command line; returns the exit code, or the failure to report.
 pub fn run(args: cli::Args, out: &mut dyn Write) -> Result<i32> {
     use cli::Cmd;
+    let remote = match &args.remote {
+        Some(host) => Some(remote::Remote::new(
+            host,
+            args.ssh,
+            args.remote_upkctl,
+            args.config.clone(),
+            args.socket.clone(),
+        )?),
+        None => None,
+    };
     let ctx = Ctx {
         config: args.config,
         socket: args.socket,
@@ -253,7 +303,16 @@ pub fn run(args: cli::Args, out: &mut dyn Write) -> Result<i32> {
         timeout: Duration::from_secs_f64(args.timeout),
         zone: when::Zone::new(args.utc),
         notes: Default::default(),
+        remote,
     };
+    if let Some(url) = &args.fleet {
+        let code = fleet::run(&ctx, url, &args.hosts, args.command, out)?;
+        out.flush()?;
+        return Ok(code);
+    }
+    if let Some(remote) = &ctx.remote {
+        refuse_remote(remote, &args.command)?;
+    }
     let code = match args.command {
         Cmd::Status { services } => status::status(&ctx, &services, out)?,
         Cmd::List => status::list(&ctx, out)?,
@@ -344,15 +403,23 @@ pub fn run(args: cli::Args, out: &mut dyn Write) -> Result<i32> {
             out.write_all(&script)?;
             exit::OK
         }
+        Cmd::Bridge => bridge::bridge(&ctx)?,
         Cmd::Man { dir } => {
+            let page = |out: &mut dyn Write| {
+                let pages = upk_core::manpage::Subcommands::OwnPages;
+                upk_core::manpage::render(cli::Args::command(), "1", pages, manual::SECTIONS, out)
+            };
             match dir {
-                Some(dir) => clap_mangen::generate_to(cli::Args::command(), &dir).map_err(|e| {
-                    Failure::new(
-                        exit::TEMPORARY,
-                        format!("cannot write man pages into {}: {e}", dir.display()),
-                    )
-                })?,
-                None => clap_mangen::Man::new(cli::Args::command()).render(out)?,
+                // clap's page per subcommand, then upkctl.1 again with the written sections.
+                Some(dir) => clap_mangen::generate_to(cli::Args::command(), &dir)
+                    .and_then(|()| page(&mut std::fs::File::create(dir.join("upkctl.1"))?))
+                    .map_err(|e| {
+                        Failure::new(
+                            exit::TEMPORARY,
+                            format!("cannot write man pages into {}: {e}", dir.display()),
+                        )
+                    })?,
+                None => page(out)?,
             }
             exit::OK
         }
@@ -362,6 +429,28 @@ pub fn run(args: cli::Args, out: &mut dyn Write) -> Result<i32> {
         warn(note);
     }
     Ok(code)
+}
+
+/// With `-H`, the commands (and options) that would read or act on this host's files instead
+/// of the remote controller are refused, each with one sentence.
+fn refuse_remote(remote: &remote::Remote, command: &cli::Cmd) -> Result<()> {
+    use cli::Cmd;
+    let usage = |m: &str| Err(Failure::new(exit::USAGE, m.to_owned()));
+    match command {
+        Cmd::Logs { .. } => Err(remote.local_only("logs")),
+        Cmd::Check { .. } => Err(remote.local_only("check")),
+        Cmd::Render { .. } => Err(remote.local_only("render")),
+        Cmd::Openrc(_) => Err(remote.local_only("openrc")),
+        Cmd::Bridge => usage("`upkctl bridge` is what -H runs on the remote host; it takes no -H"),
+        Cmd::Unconfigure { direct: true, .. } => {
+            usage("unconfigure --direct talks to this host's buddies and does not work with -H")
+        }
+        Cmd::Unconfigure { targets, .. } if targets.wait => usage(
+            "unconfigure --wait watches this host's status files and does not work with -H \
+             (without --wait it does)",
+        ),
+        _ => Ok(()),
+    }
 }
 
 /// Prints `value` as one pretty JSON document.

@@ -27,7 +27,9 @@ pub fn audit(
     out: &mut dyn Write,
 ) -> Result<i32> {
     let (since_us, until_us) = window(ctx, w)?;
-    let uid = user.map(uid_of).transpose()?;
+    // With -H, uids are the remote host's: its names are not looked up here.
+    let local = !ctx.is_remote();
+    let uid = user.map(|u| uid_of(u, local)).transpose()?;
     let mut client = ctx.reader()?;
     // The last N: the controller picks them (newest first), printed oldest first.
     let mut rows = client.audit(&AuditQuery {
@@ -45,16 +47,22 @@ pub fn audit(
         if ctx.json {
             print_json_line(out, row)?;
         } else {
-            writeln!(out, "{}", table::fit(&audit_line(&ctx.zone, row)))?;
+            writeln!(out, "{}", table::fit(&audit_line(&ctx.zone, row, local)))?;
         }
     }
     Ok(exit::OK)
 }
 
-/// A user name or uid as a uid.
-fn uid_of(user: &str) -> Result<u32> {
+/// A user name or uid as a uid (names only of this host: `local`).
+fn uid_of(user: &str, local: bool) -> Result<u32> {
     if let Ok(uid) = user.parse::<u32>() {
         return Ok(uid);
+    }
+    if !local {
+        return Err(Failure::new(
+            exit::USAGE,
+            format!("with -H, --user takes a uid: {user:?} would be looked up on this host"),
+        ));
     }
     match nix::unistd::User::from_name(user) {
         Ok(Some(u)) => Ok(u.uid.as_raw()),
@@ -73,7 +81,9 @@ fn user_name(uid: u32) -> String {
 }
 
 /// `2026-11-21T12:24:05.123Z  root  restart web: done: running (want up)  [upkctl restart web]`.
-pub fn audit_line(zone: &crate::when::Zone, row: &CommandRow) -> String {
+/// The user is shown by name when `local` (the row is this host's), else as `uid N`; a
+/// command's origin (`-H`: the ssh client's address) follows its command line.
+pub fn audit_line(zone: &crate::when::Zone, row: &CommandRow, local: bool) -> String {
     let e = &row.entry;
     let req = &e.request;
     let field = |k: &str| req.get(k).and_then(|v| v.as_str()).map(str::to_owned);
@@ -108,10 +118,18 @@ pub fn audit_line(zone: &crate::when::Zone, row: &CommandRow) -> String {
     } else {
         format!("failed: {result}")
     };
+    let user = match local {
+        true => user_name(e.uid),
+        false => format!("uid {}", e.uid),
+    };
+    let via = e
+        .origin
+        .as_ref()
+        .map(|o| format!(", via {o}"))
+        .unwrap_or_default();
     format!(
-        "{}  {}  {what}: {result}  [pid {}: {}]",
+        "{}  {user}  {what}: {result}  [pid {}: {}{via}]",
         zone.show(e.wall_us),
-        user_name(e.uid),
         e.pid,
         e.cmdline
     )
@@ -284,12 +302,14 @@ mod tests {
                 service: Some("web".into()),
                 result: result.into(),
                 ok,
+                origin: None,
             },
         };
         let action = serde_json::json!({"type": "action", "service": "web", "name": "rotate"});
         let line = audit_line(
             &crate::when::Zone::utc(),
             &row(action, r#"rotate: {"how":"exited","code":3}"#, false),
+            true,
         );
         assert_eq!(
             line,
@@ -300,10 +320,20 @@ mod tests {
             serde_json::json!({"type": "signal", "service": "web", "signal": 10, "group": true});
         let line = audit_line(
             &crate::when::Zone::utc(),
-            &row(signal, "done: running (want up)", true),
+            &row(signal.clone(), "done: running (want up)", true),
+            true,
         );
         assert!(
             line.contains("  signal 10 --group web: done: running (want up)  "),
+            "{line}"
+        );
+        let mut remote = row(signal, "done: running (want up)", true);
+        remote.entry.cmdline = "upkctl bridge".into();
+        remote.entry.origin = Some("ssh 10.0.0.7:40404".into());
+        let line = audit_line(&crate::when::Zone::utc(), &remote, false);
+        assert!(
+            line.contains("  uid 4242  signal 10")
+                && line.ends_with("[pid 99: upkctl bridge, via ssh 10.0.0.7:40404]"),
             "{line}"
         );
     }

@@ -15,18 +15,21 @@ use std::path::Path;
 /// Output lines shown per file.
 const LOG_LINES: usize = 10;
 
-/// The page of one service.
+/// The page of one service; `run_path` is `None` when it is another host's (`-H`), and then
+/// nothing of this host (run directory, output files, `/proc`) is read.
 pub fn page(
     row: &Row,
-    run_path: &Path,
+    run_path: Option<&Path>,
     last_death: Option<&Why>,
     zone: &Zone,
     now_us: i64,
 ) -> Vec<String> {
-    let settings = upk_core::rundir::Settings::read(
-        &run_path.join(&row.service).join(upk_core::rundir::SETTINGS),
-    )
-    .ok();
+    let settings = run_path.and_then(|run_path| {
+        upk_core::rundir::Settings::read(
+            &run_path.join(&row.service).join(upk_core::rundir::SETTINGS),
+        )
+        .ok()
+    });
     let description = settings
         .as_ref()
         .and_then(|s| s.service.short_description.clone())
@@ -71,7 +74,11 @@ pub fn page(
             u.tasks
         ));
     }
-    let members = processes(row);
+    // Its processes are in this host's /proc only when the service is this host's.
+    let members = match run_path {
+        Some(_) => processes(row),
+        None => Vec::new(),
+    };
     if let Some(pid) = row.pid {
         let group = row
             .containment
@@ -98,7 +105,7 @@ pub fn page(
     } else if let Some(e) = row.last_exit {
         lines.push(format!("  Last exit: {e}"));
     }
-    if let Ok(files) = logs::files(run_path, &row.service) {
+    if let Some(Ok(files)) = run_path.map(|run_path| logs::files(run_path, &row.service)) {
         for (name, path) in files {
             let Ok(text) = logs::last_lines(&path, LOG_LINES) else {
                 continue;

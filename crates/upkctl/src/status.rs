@@ -157,7 +157,7 @@ fn rows(ctx: &Ctx, services: &[String], now: i64) -> Result<(bool, Vec<Row>)> {
             true,
             list.iter().map(|s| Row::from_summary(s, now)).collect(),
         )),
-        Err(f) if falls_back(&f) => Ok((false, from_files(ctx, &f, services, now)?)),
+        Err(f) if falls_back(ctx, &f) => Ok((false, from_files(ctx, &f, services, now)?)),
         Err(f) => Err(f),
     }
 }
@@ -210,8 +210,13 @@ pub fn status(ctx: &Ctx, services: &[String], out: &mut dyn Write) -> Result<i32
         } else {
             None
         };
-        let run_path = ctx.controller()?.svc_run_path;
-        for line in crate::show::page(row, &run_path, why.as_ref(), &ctx.zone, now) {
+        // With -H the run directories (description, output files) are on the other host.
+        let run_path = match ctx.is_remote() {
+            true => None,
+            false => Some(ctx.controller()?.svc_run_path),
+        };
+        let page = crate::show::page(row, run_path.as_deref(), why.as_ref(), &ctx.zone, now);
+        for line in page {
             writeln!(out, "{line}")?;
         }
     } else {
@@ -227,7 +232,7 @@ pub fn list(ctx: &Ctx, out: &mut dyn Write) -> Result<i32> {
     let answer = ctx.connect().and_then(|mut c| Ok(c.list()?));
     let rows: Vec<Row> = match answer {
         Ok(list) => list.iter().map(|s| Row::from_summary(s, now)).collect(),
-        Err(f) if falls_back(&f) => from_files(ctx, &f, &[], now)?,
+        Err(f) if falls_back(ctx, &f) => from_files(ctx, &f, &[], now)?,
         Err(f) => return Err(f),
     };
     if ctx.json {
@@ -271,9 +276,10 @@ pub fn list(ctx: &Ctx, out: &mut dyn Write) -> Result<i32> {
     Ok(exit::OK)
 }
 
-/// Read commands answer from the files when the controller is down or does not answer.
-fn falls_back(f: &Failure) -> bool {
-    f.code == exit::UNREACHABLE || f.code == exit::TIMED_OUT
+/// Read commands answer from the files when the controller is down or does not answer (and
+/// is this host's: with -H, this host's files say nothing of the remote one).
+fn falls_back(ctx: &Ctx, f: &Failure) -> bool {
+    !ctx.is_remote() && (f.code == exit::UNREACHABLE || f.code == exit::TIMED_OUT)
 }
 
 /// The rows of the status files in `SvcRunPath`, saying on stderr why and from where.

@@ -17,27 +17,49 @@
 use jiff::civil::{Date, DateTime, Time};
 use jiff::tz::TimeZone;
 use jiff::{Span, Timestamp, Zoned};
+use std::sync::OnceLock;
 
 /// Microseconds per second.
 const SEC: i64 = 1_000_000;
 
-/// Where times are read and shown.
+/// Where times are read and shown. The local zone is looked up the first time a time is read
+/// or shown, not when upkctl starts: finding the system's zone by name walks the whole
+/// zoneinfo tree (about 5 ms), which a `stop` or `start` never needs.
 #[derive(Debug, Clone)]
-pub struct Zone(TimeZone);
+pub struct Zone {
+    utc: bool,
+    tz: OnceLock<TimeZone>,
+}
 
 impl Zone {
     /// The local zone (`TZ`, `/etc/localtime`; UTC when neither says), or UTC.
     pub fn new(utc: bool) -> Zone {
-        if utc {
-            Zone::utc()
-        } else {
-            Zone(TimeZone::try_system().unwrap_or(TimeZone::UTC))
+        Zone {
+            utc,
+            tz: OnceLock::new(),
         }
     }
 
     /// UTC.
     pub fn utc() -> Zone {
-        Zone(TimeZone::UTC)
+        Zone::new(true)
+    }
+
+    /// The zone, looked up once. Without `TZ`, `/etc/localtime` is read as it is: only its
+    /// offsets are shown, so its name (what jiff's lookup searches zoneinfo for) is not needed.
+    fn tz(&self) -> &TimeZone {
+        self.tz.get_or_init(|| {
+            if self.utc {
+                return TimeZone::UTC;
+            }
+            if std::env::var_os("TZ").is_none() {
+                let local = std::fs::read("/etc/localtime").ok();
+                if let Some(tz) = local.and_then(|b| TimeZone::tzif("localtime", &b).ok()) {
+                    return tz;
+                }
+            }
+            TimeZone::try_system().unwrap_or(TimeZone::UTC)
+        })
     }
 
     /// `wall_us` to the millisecond, with its offset (`Z` for UTC):
@@ -46,7 +68,7 @@ impl Zone {
         let Ok(ts) = Timestamp::from_microsecond(wall_us) else {
             return format!("@{}", wall_us / SEC);
         };
-        let z = ts.to_zoned(self.0.clone());
+        let z = ts.to_zoned(self.tz().clone());
         let offset = z.offset();
         let stamp = z.strftime("%Y-%m-%dT%H:%M:%S%.3f").to_string();
         if offset.seconds() == 0 {
@@ -61,7 +83,7 @@ impl Zone {
         let t = text.trim();
         let now = Timestamp::from_microsecond(now_us)
             .map_err(|e| format!("the clock reads an impossible time: {e}"))?
-            .to_zoned(self.0.clone());
+            .to_zoned(self.tz().clone());
         let out_of_range =
             |e: jiff::Error| format!("{text:?} is outside the years -9999 to 9999 ({e})");
         let at = |z: Zoned| z.timestamp().as_microsecond();
@@ -70,7 +92,9 @@ impl Zone {
                 .date()
                 .checked_add(Span::new().days(days))
                 .map_err(out_of_range)?;
-            day.to_zoned(self.0.clone()).map(at).map_err(out_of_range)
+            day.to_zoned(self.tz().clone())
+                .map(at)
+                .map_err(out_of_range)
         };
         match t.to_ascii_lowercase().as_str() {
             "now" => return Ok(now_us),
@@ -91,7 +115,7 @@ impl Zone {
         if let Ok(ts) = t.parse::<Timestamp>() {
             return Ok(ts.as_microsecond());
         }
-        let local = |dt: DateTime| dt.to_zoned(self.0.clone()).map(at).map_err(out_of_range);
+        let local = |dt: DateTime| dt.to_zoned(self.tz().clone()).map(at).map_err(out_of_range);
         if let Ok(dt) = t.parse::<DateTime>() {
             return local(dt);
         }
@@ -164,6 +188,16 @@ mod tests {
 
     const NOW: i64 = 1_795_263_845_123_456; // 2026-11-21T12:24:05.123456Z
 
+    #[test]
+    fn the_local_zone_is_looked_up_when_first_used_and_shows_what_jiff_would() {
+        let z = Zone::new(false);
+        assert!(z.tz.get().is_none(), "nothing looked up at start");
+        let jiff = TimeZone::try_system().unwrap_or(TimeZone::UTC);
+        let ts = Timestamp::from_microsecond(NOW).expect("ts");
+        assert_eq!(z.tz().to_offset(ts), jiff.to_offset(ts));
+        assert!(z.tz.get().is_some());
+    }
+
     fn utc(t: &str) -> Result<i64, String> {
         Zone::utc().parse(t, NOW)
     }
@@ -204,7 +238,10 @@ mod tests {
         assert_eq!(utc("2026-11-21T12:24"), Ok(NOW - 5_123_456));
         assert_eq!(utc("2000-02-29"), Ok(951_782_400 * SEC));
         // A POSIX rule, so that the test needs no tzdata: Central European Time.
-        let paris = Zone(TimeZone::posix("CET-1CEST,M3.5.0,M10.5.0/3").expect("a POSIX TZ"));
+        let paris = Zone {
+            utc: false,
+            tz: OnceLock::from(TimeZone::posix("CET-1CEST,M3.5.0,M10.5.0/3").expect("a POSIX TZ")),
+        };
         assert_eq!(paris.parse("2026-11-21 13:24:05", NOW), Ok(NOW - 123_456));
         assert_eq!(paris.show(NOW), "2026-11-21T13:24:05.123+01:00");
         assert_eq!(Zone::utc().show(NOW), "2026-11-21T12:24:05.123Z");

@@ -22,6 +22,7 @@
 pub mod app;
 pub mod conn;
 pub mod input;
+pub mod manual;
 pub mod model;
 mod terminal;
 pub mod text;
@@ -51,6 +52,9 @@ pub struct Args {
     /// The controller's socket (overrides --config and UPKEEPER_SOCKET).
     #[arg(long, value_name = "PATH")]
     pub socket: Option<PathBuf>,
+    /// Print the man page, uptop(1), and exit.
+    #[arg(long, hide = true)]
+    pub man: bool,
 }
 
 /// What wakes the view's thread.

@@ -150,6 +150,22 @@ impl Activity {
         out
     }
 
+    /// The flapping score of the store's statistics (docs/audit.md), over the restarts uptop
+    /// knows (the last hour's): `S / (S + 3)`, where each restart weighs `2^-(age / 1 h)`.
+    pub fn flapping_score(&self, now_us: i64) -> f64 {
+        let s: f64 = (self.starts.values())
+            .map(|&t| (now_us.saturating_sub(t).max(0) as f64) / HOUR_US as f64)
+            .map(|hours| 0.5f64.powf(hours))
+            .sum();
+        s / (s + 3.0)
+    }
+
+    /// Flapping: a score of [`FLAPPING`] or more (three restarts just now, or about five spread
+    /// over the hour).
+    pub fn flapping(&self, now_us: i64) -> bool {
+        self.flapping_score(now_us) >= FLAPPING
+    }
+
     /// The latest events, newest first.
     pub fn recent(&self) -> impl Iterator<Item = &EventRow> {
         self.recent.values().rev()
@@ -159,6 +175,9 @@ impl Activity {
         self.starts.retain(|_, t| *t >= since_us);
     }
 }
+
+/// The flapping score from which uptop flags a service.
+pub const FLAPPING: f64 = 0.5;
 
 /// True for a start the restart policy made (the store's definition of a restart).
 pub fn is_automatic_restart(record: &Record) -> bool {
@@ -333,6 +352,12 @@ impl Fleet {
         self.activity.get(id).unwrap_or(&self.empty)
     }
 
+    /// Services that are flapping at `now_us` ([`Activity::flapping`]).
+    pub fn flapping(&self, now_us: i64) -> usize {
+        let flaps = |s: &&ServiceSummary| self.activity(&s.service).flapping(now_us);
+        self.services.iter().filter(flaps).count()
+    }
+
     /// True while the controller is reachable.
     pub fn connected(&self) -> bool {
         matches!(self.link, Link::Connected { .. })
@@ -481,9 +506,20 @@ pub(crate) mod tests {
         assert_eq!(bins[11], 1, "the newest slice: one second ago");
         assert_eq!(bins[1], 1, "fifty minutes ago: the second slice");
         assert_eq!(bins.iter().sum::<u64>(), 2);
+        // Fifty minutes and one second old: S = 2^-(50/60) + ~1 = 1.56, below flapping.
+        assert!((web.flapping_score(now) - 1.56 / 4.56).abs() < 0.01);
+        assert!(!web.flapping(now));
+        fleet.apply(Update::Event(policy(5, 1_000_000)), now);
+        fleet.apply(Update::Event(policy(6, 1_000_000)), now);
+        assert!(
+            fleet.activity("web").flapping(now),
+            "three restarts just now: 0.5"
+        );
+        assert_eq!(fleet.flapping(now), 1);
+        let web = fleet.activity("web");
         assert_eq!(
             web.recent().map(|e| e.id).collect::<Vec<_>>(),
-            [4, 3, 2, 1],
+            [6, 5, 4, 3, 2, 1],
             "every event once, newest first"
         );
         // An hour later, both have aged out.

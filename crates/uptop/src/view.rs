@@ -32,6 +32,28 @@ const HEADINGS: [&str; 10] = [
     "MEM",
 ];
 
+/// The width of each column after SERVICE, in [`HEADINGS`]' order.
+const WIDTHS: [u16; 9] = [8, 4, 7, 6, 16, 14, 6, 5, 6];
+
+/// The columns a narrow terminal drops, first to last (indices into [`HEADINGS`]): usage, then
+/// health, pid, last exit, uptime, want, restarts. SERVICE and STATE always stay.
+const DROP_ORDER: [usize; 8] = [8, 9, 7, 3, 6, 4, 2, 5];
+
+/// The columns that fit in `width` cells with a SERVICE column of `id_width`, in order: each
+/// column costs its width and one cell of spacing, the highlight symbol two.
+fn visible_columns(width: u16, id_width: u16) -> Vec<usize> {
+    let cost = |i: usize| if i == 0 { id_width } else { WIDTHS[i - 1] } + 1;
+    let mut shown: Vec<usize> = (0..HEADINGS.len()).collect();
+    let total = |shown: &[usize]| 2 + shown.iter().map(|&i| cost(i)).sum::<u16>();
+    for drop in DROP_ORDER {
+        if total(&shown) <= width {
+            break;
+        }
+        shown.retain(|&i| i != drop);
+    }
+    shown
+}
+
 const KEYS: &str = "q quit  ↑↓/jk select  s sort  I invert  / filter  d detail  \
                     S start  T stop  R restart  L reload  ? help";
 
@@ -107,6 +129,12 @@ fn header_lines(app: &App, now_us: i64) -> Vec<Line<'static>> {
             alarm,
         ));
     }
+    let flapping = app.fleet.flapping(now_us);
+    if flapping > 0 {
+        second.push(Span::raw(" · "));
+        let warn = Style::new().fg(Color::Yellow).add_modifier(Modifier::BOLD);
+        second.push(Span::styled(format!("{flapping} flapping"), warn));
+    }
     second.push(Span::raw(format!(
         " · sort: {}{}",
         app.sort.label(),
@@ -126,28 +154,22 @@ fn draw_table(frame: &mut Frame, app: &App, area: Rect, now_us: i64) {
         .max()
         .unwrap_or(0)
         .clamp(7, 32) as u16;
-    let widths = [
-        Constraint::Length(id_width),
-        Constraint::Length(8),
-        Constraint::Length(4),
-        Constraint::Length(7),
-        Constraint::Length(6),
-        Constraint::Length(16),
-        Constraint::Length(14),
-        Constraint::Length(6),
-        Constraint::Length(5),
-        Constraint::Length(6),
-    ];
+    let shown = visible_columns(area.width, id_width);
+    let widths = shown.iter().map(|&i| match i {
+        0 => Constraint::Length(id_width),
+        i => Constraint::Length(WIDTHS[i - 1]),
+    });
     let stale = !app.fleet.connected();
     let table_rows = rows.iter().map(|s| {
-        let row = service_row(app, s, now_us);
+        let row = service_row(app, s, now_us, &shown);
         if stale {
             row.style(Style::new().add_modifier(Modifier::DIM))
         } else {
             row
         }
     });
-    let heading = Row::new(HEADINGS).style(Style::new().add_modifier(Modifier::BOLD));
+    let heading = Row::new(shown.iter().map(|&i| HEADINGS[i]))
+        .style(Style::new().add_modifier(Modifier::BOLD));
     let table = Table::new(table_rows, widths)
         .header(heading)
         .row_highlight_style(Style::new().add_modifier(Modifier::REVERSED))
@@ -156,35 +178,41 @@ fn draw_table(frame: &mut Frame, app: &App, area: Rect, now_us: i64) {
     frame.render_stateful_widget(table, area, &mut state);
 }
 
-fn service_row<'a>(app: &App, s: &'a ServiceSummary, now_us: i64) -> Row<'a> {
+/// One service's row, with the cells of the `shown` columns.
+fn service_row<'a>(app: &App, s: &'a ServiceSummary, now_us: i64, shown: &[usize]) -> Row<'a> {
     let Some(st) = &s.status else {
         let unknown = Style::new().add_modifier(Modifier::DIM);
-        return Row::new([
+        let cells = [
             Cell::from(s.service.as_str()),
             Cell::from("unknown").style(unknown),
             Cell::from("-"),
-        ]);
+        ];
+        return shown_cells(cells, shown);
     };
+    let activity = app.fleet.activity(&s.service);
+    let flapping = activity.flapping(now_us);
+    let warn = Style::new().fg(Color::Yellow).add_modifier(Modifier::BOLD);
     let state_style = if summary_differs(s) {
         Style::new().fg(Color::Red).add_modifier(Modifier::BOLD)
+    } else if flapping {
+        warn
     } else if st.state.is_up() {
         Style::new().fg(Color::Green)
     } else {
         Style::new()
     };
-    let activity = app.fleet.activity(&s.service);
     let restarts = format!(
         "{:>3} {}",
         activity.restarts_since(now_us - HOUR_US),
         text::sparkline(&activity.restart_bins(now_us, ROW_BINS))
     );
-    Row::new([
+    let cells = [
         Cell::from(s.service.as_str()),
         Cell::from(st.state.as_str()).style(state_style),
         Cell::from(format!("{:?}", wanted(s).unwrap_or(st.want)).to_lowercase()),
         Cell::from(st.pid.map_or("-".into(), |p| p.to_string())),
         Cell::from(uptime_us(s, now_us).map_or("-".into(), text::duration)),
-        Cell::from(restarts),
+        Cell::from(restarts).style(if flapping { warn } else { Style::new() }),
         Cell::from(st.last_exit.as_ref().map_or("-".into(), text::exit)),
         Cell::from(st.health.map_or("-", |h| h.as_str())),
         Cell::from(
@@ -193,7 +221,14 @@ fn service_row<'a>(app: &App, s: &'a ServiceSummary, now_us: i64) -> Row<'a> {
                 .map_or("-".into(), |p| format!("{p:.1}")),
         ),
         Cell::from(s.usage.map_or("-".into(), |u| u.memory_text())),
-    ])
+    ];
+    shown_cells(cells, shown)
+}
+
+/// A row of the cells in the `shown` columns (cells are in [`HEADINGS`]' order).
+fn shown_cells<'a, const N: usize>(cells: [Cell<'a>; N], shown: &[usize]) -> Row<'a> {
+    let cells = cells.into_iter().enumerate();
+    Row::new(cells.filter(|(i, _)| shown.contains(i)).map(|(_, c)| c))
 }
 
 fn draw_detail(frame: &mut Frame, app: &App, id: &str, area: Rect, now_us: i64) {
@@ -316,7 +351,11 @@ mod tests {
     const NOW: i64 = 100 * HOUR_US;
 
     fn screen(app: &App) -> (Vec<String>, ratatui::buffer::Buffer) {
-        let mut term = Terminal::new(TestBackend::new(120, 20)).expect("terminal");
+        screen_of(app, 120)
+    }
+
+    fn screen_of(app: &App, width: u16) -> (Vec<String>, ratatui::buffer::Buffer) {
+        let mut term = Terminal::new(TestBackend::new(width, 20)).expect("terminal");
         term.draw(|f| draw(f, app, NOW)).expect("draw");
         let buf = term.backend().buffer().clone();
         let lines = (0..buf.area.height)
@@ -406,6 +445,65 @@ mod tests {
         assert_eq!(buf[(x, cron as u16)].fg, Color::Red);
         let x = lines[web].find("running").expect("state") as u16;
         assert_eq!(buf[(x, web as u16)].fg, Color::Green);
+    }
+
+    #[test]
+    fn a_narrow_terminal_drops_columns_instead_of_cutting_cells() {
+        let row_words = |width| {
+            let (lines, _) = screen_of(&app(), width);
+            let web = lines.iter().find(|l| l.contains("web")).expect("web row");
+            let heading = lines
+                .iter()
+                .find(|l| l.contains("SERVICE"))
+                .expect("heading");
+            (
+                heading
+                    .split_whitespace()
+                    .map(String::from)
+                    .collect::<Vec<_>>(),
+                web.split_whitespace().map(String::from).collect::<Vec<_>>(),
+            )
+        };
+        let (heading, web) = row_words(40);
+        assert_eq!(heading, ["SERVICE", "STATE", "RESTARTS/1h"]);
+        assert_eq!(web, ["web", "running", "1", "▁▁▁▁▁▁▁▁▁▁▁▂"]);
+        let (heading, web) = row_words(64);
+        assert_eq!(
+            heading,
+            [
+                "SERVICE",
+                "STATE",
+                "WANT",
+                "UPTIME",
+                "RESTARTS/1h",
+                "LAST",
+                "EXIT"
+            ]
+        );
+        assert_eq!(web[..4], ["web", "running", "up", "3m05s"]);
+        // Every column when there is room (the 120-wide screen of the test above), and never a
+        // line wider than the terminal.
+        assert_eq!(visible_columns(91, 7).len(), 10);
+        assert_eq!(visible_columns(90, 7).len(), 9);
+        assert_eq!(visible_columns(0, 7), [0, 1]);
+    }
+
+    #[test]
+    fn a_flapping_service_is_flagged_though_it_runs() {
+        let mut app = app();
+        let restarts =
+            (2..6).map(|i| event(i, "web", NOW - i * 60_000_000, EventKind::STARTED, "policy"));
+        for row in restarts {
+            app.update(Update::Event(row), NOW);
+        }
+        let (lines, buf) = screen(&app);
+        assert!(lines[1].contains("1 flapping"), "{lines:#?}");
+        let web = lines
+            .iter()
+            .position(|l| l.contains("web"))
+            .expect("web row");
+        let x = lines[web].find("running").expect("state") as u16;
+        assert_eq!(buf[(x, web as u16)].fg, Color::Yellow, "{lines:#?}");
     }
 
     #[test]

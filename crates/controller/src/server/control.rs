@@ -41,6 +41,8 @@ pub enum Intent {
         service: String,
         /// What its buddy now wants.
         want: upk_core::status::Want,
+        /// The command's audit row, to store in the same transaction.
+        audit: CommandEntry,
     },
     /// An operator unconfigured `service`: forget it until its definition changes.
     Unconfigure {
@@ -110,6 +112,7 @@ impl Server {
             service: Some(service.clone()),
             result: String::new(),
             ok: false,
+            origin: peer.origin.clone(),
         };
         let unconfigure = matches!(body, ClientRequest::Unconfigure { .. });
         self.pending.insert(
@@ -147,11 +150,20 @@ impl Server {
         self.flush(p.client);
     }
 
-    /// The desired state left by the command of `rid` is stored (or could not be, which was
-    /// said): its answer goes out now.
-    pub fn stored(&mut self, rid: u64) {
-        if let Some((body, result, ok)) = self.pending.get_mut(&rid).and_then(|p| p.answer.take()) {
-            self.finish(rid, body, result, ok);
+    /// The desired state left by the command of `rid` is stored, with the command's audit row
+    /// (`audited`), or could not be, which was said: its answer goes out now (without
+    /// `audited`, once the row is committed with the next batch).
+    pub fn stored(&mut self, rid: u64, audited: bool) {
+        let Some((body, result, ok)) = self.pending.get_mut(&rid).and_then(|p| p.answer.take())
+        else {
+            return;
+        };
+        if !audited {
+            return self.finish(rid, body, result, ok);
+        }
+        if let Some(p) = self.pending.remove(&rid) {
+            self.send(p.client, p.id, body);
+            self.flush(p.client);
         }
     }
 
@@ -190,16 +202,29 @@ impl Server {
                 if p.unconfigure {
                     self.intents.push(Intent::Unconfigure { service });
                 } else {
-                    // Answered once the wish is stored: see `stored`.
-                    if let Some(p) = self.pending.get_mut(&rid) {
-                        p.answer = Some((body, result, true));
-                    }
-                    self.intents.push(Intent::SetWant { rid, service, want });
+                    // Answered once the wish is stored, with the command's audit row: see
+                    // `stored`.
+                    let Some(p) = self.pending.get_mut(&rid) else {
+                        return;
+                    };
+                    let mut audit = p.entry.clone();
+                    (audit.result, audit.ok) = (result.clone(), true);
+                    p.answer = Some((body, result, true));
+                    self.intents.push(Intent::SetWant {
+                        rid,
+                        service,
+                        want,
+                        audit,
+                    });
                     return;
                 }
                 (body, result, true)
             }
-            BuddyReply::ActionDone { action, exit } => {
+            BuddyReply::ActionDone {
+                action,
+                exit,
+                signal,
+            } => {
                 let ok = exit == upk_core::event::Exit::Exited { code: 0 };
                 let result = format!(
                     "{action}: {}",
@@ -210,6 +235,7 @@ impl Server {
                         service,
                         action,
                         exit,
+                        signal,
                     },
                     result,
                     ok,
@@ -240,8 +266,32 @@ impl Server {
         };
         (p.entry.result, p.entry.ok) = (result, ok);
         self.audit.push(p.entry);
-        self.send(p.client, p.id, body);
-        self.flush(p.client);
+        self.answers.push(super::Answer {
+            client: p.client,
+            id: p.id,
+            body,
+        });
+    }
+
+    /// The answers whose audit rows the loop is putting into a store batch now: to give back
+    /// to [`Server::answer_audited`] once that batch is committed.
+    pub fn take_answers(&mut self) -> Vec<super::Answer> {
+        std::mem::take(&mut self.answers)
+    }
+
+    /// The batch holding these answers' audit rows was committed (or could not be, when the
+    /// store cannot be written: the commands were carried out all the same, and the error is
+    /// said on stderr): the clients get their answers.
+    pub fn answer_audited(&mut self, answers: Vec<super::Answer>) {
+        let mut clients = Vec::new();
+        for a in answers {
+            self.send(a.client, a.id, a.body);
+            clients.push(a.client);
+        }
+        clients.dedup();
+        for client in clients {
+            self.flush(client);
+        }
     }
 
     /// The link to `service`'s buddy is gone: its requests in flight fail.

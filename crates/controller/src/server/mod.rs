@@ -92,6 +92,15 @@ struct Pending {
     answer: Option<(ClientReply, String, bool)>,
 }
 
+/// An answer held until its command's audit row is committed: the client, the request's id,
+/// the reply.
+#[derive(Debug)]
+pub struct Answer {
+    client: u64,
+    id: Option<u64>,
+    body: ClientReply,
+}
+
 /// Every client connection, and the relayed requests in flight.
 pub struct Server {
     policy: Policy,
@@ -107,6 +116,10 @@ pub struct Server {
     spare: Option<std::fs::File>,
     /// Commands to audit, taken by the loop into the next store batch.
     pub audit: Vec<CommandEntry>,
+    /// The answers to those commands: sent only once the batch that holds their audit rows
+    /// is committed ([`Server::answer_audited`]), so that a client told `done` can rely on the
+    /// command being in the store, whenever the controller dies.
+    answers: Vec<Answer>,
     /// What the loop is to do, returned by [`Server::ready`] and [`Server::answered`].
     intents: Vec<Intent>,
 }
@@ -139,6 +152,7 @@ impl Server {
             refusals: RefusalLog::default(),
             spare: spare_fd(),
             audit: Vec::new(),
+            answers: Vec::new(),
             intents: Vec::new(),
         }
     }
@@ -324,7 +338,8 @@ impl Server {
     /// A subscriber still replaying gets its next page from the store whenever its output has
     /// drained, so a replay of millions of events holds one page in memory at a time.
     fn flush(&mut self, token: u64) {
-        let owed = self.pending.values().any(|p| p.client == token);
+        let owed = self.pending.values().any(|p| p.client == token)
+            || self.answers.iter().any(|a| a.client == token);
         loop {
             let Some(c) = self.clients.get_mut(&token) else {
                 return;
@@ -476,12 +491,22 @@ impl Server {
         };
         let (id, access, peer) = (req.id, c.access, c.peer.clone());
         let body = req.body;
-        if let ClientRequest::Hello { version } = body {
+        if let ClientRequest::Hello { version, origin } = body {
             if version > PROTOCOL_VERSION {
                 let msg = format!(
                     "protocol version {version} is newer than this controller's {PROTOCOL_VERSION}"
                 );
                 return self.fail(token, id, ErrorCode::Version, msg);
+            }
+            // Where the caller says it comes from enters here: bounded, printable, then kept
+            // for every command of this connection's audit (docs/remote.md).
+            if let Some(origin) = origin {
+                if let Err(msg) = upk_core::client::check_origin(&origin) {
+                    return self.fail(token, id, ErrorCode::BadValue, msg);
+                }
+                if let Some(c) = self.clients.get_mut(&token) {
+                    c.peer.origin = Some(origin);
+                }
             }
             let hello = ClientReply::Hello {
                 version: PROTOCOL_VERSION,
@@ -505,6 +530,7 @@ impl Server {
             service: body.service().map(str::to_owned),
             result,
             ok,
+            origin: peer.origin.clone(),
         };
         if access < needed {
             let msg = format!(
@@ -647,12 +673,12 @@ fn unprivileged_limit() -> usize {
 }
 
 /// EMFILE or ENFILE: out of descriptors, in this process or in the system.
-fn is_fd_limit(errno: i32) -> bool {
+pub(crate) fn is_fd_limit(errno: i32) -> bool {
     errno == nix::errno::Errno::EMFILE as i32 || errno == nix::errno::Errno::ENFILE as i32
 }
 
 /// A descriptor to give up when accept hits the limit (see [`Server::accept_all`]).
-fn spare_fd() -> Option<std::fs::File> {
+pub(crate) fn spare_fd() -> Option<std::fs::File> {
     std::fs::File::open("/dev/null").ok()
 }
 

@@ -120,6 +120,7 @@ impl Server {
                 r.more
             ),
             ok: false,
+            origin: r.last.origin.clone(),
         });
     }
 }

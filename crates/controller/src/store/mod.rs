@@ -10,6 +10,7 @@
 //! I/O, busy) are told apart ([`StoreError::is_unwritable`]) so that the caller keeps its events
 //! unacknowledged and retries.
 
+mod counters;
 mod insight;
 mod query;
 mod schema;
@@ -24,6 +25,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use rusqlite::{ffi, Connection, OpenFlags, OptionalExtension};
 use upk_core::status::Want;
 
+pub use counters::{Counters, ServiceCounters};
 pub use schema::{current_version, MIGRATIONS};
 pub use upk_core::history::{
     CommandEntry, CommandRow, ConfigChange, ConfigChangeRow, EventRow, HistoryFilter, HourBucket,

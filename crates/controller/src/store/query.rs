@@ -289,7 +289,7 @@ impl Store {
         args: impl rusqlite::Params,
     ) -> Result<Vec<CommandRow>> {
         let mut stmt = self.conn.prepare_cached(&format!(
-            "SELECT id, wall_us, uid, gid, pid, cmdline, request, service, result, ok \
+            "SELECT id, wall_us, uid, gid, pid, cmdline, request, service, result, ok, origin \
              FROM commands WHERE {tail}"
         ))?;
         let raw = stmt
@@ -307,6 +307,7 @@ impl Store {
                         service: r.get(7)?,
                         result: r.get(8)?,
                         ok: r.get(9)?,
+                        origin: r.get(10)?,
                     },
                 ))
             })?

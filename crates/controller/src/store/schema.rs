@@ -131,8 +131,61 @@ CREATE INDEX events_milestones ON events (service_id, wall_us)
 CREATE INDEX commands_service_time ON commands (service, wall_us);
 "#;
 
+/// Commands' origin: where the caller said it came from (its `hello`'s `origin`, e.g.
+/// `ssh ADDRESS:PORT` from `upkctl bridge`, docs/remote.md), beside the authenticated uid.
+/// NULL for commands given locally and for those stored before.
+const COMMAND_ORIGIN: &str = r#"
+ALTER TABLE commands ADD COLUMN origin TEXT;
+"#;
+
+/// Counters for metrics (docs/metrics.md): per service, the events stored, the records lost,
+/// the automatic restarts (a start, or a failed start, whose cause is the restart policy or the
+/// end of the failed cool-down: what a buddy counts as `restarts`) and the deaths by reason.
+/// A trigger counts each row as it is inserted (`INSERT OR IGNORE` skips a duplicate without
+/// firing it), in the same transaction, and retention never touches the counters, so they only
+/// ever grow, whatever buddies or controllers restart or the store prunes; the rows already
+/// stored are counted once, here.
+const COUNTERS: &str = r#"
+CREATE TABLE counters (
+    service_id INTEGER NOT NULL REFERENCES services(id),
+    name       TEXT    NOT NULL,
+    label      TEXT    NOT NULL DEFAULT '',
+    value      INTEGER NOT NULL,
+    PRIMARY KEY (service_id, name, label)
+) WITHOUT ROWID;
+CREATE TRIGGER counters_count AFTER INSERT ON events BEGIN
+    INSERT INTO counters (service_id, name, label, value)
+        SELECT NEW.service_id, 'events', '', 1 WHERE 1
+        ON CONFLICT DO UPDATE SET value = value + 1;
+    INSERT INTO counters (service_id, name, label, value)
+        SELECT NEW.service_id, 'lost', '', NEW.lost_count
+        WHERE NEW.kind = 'lost' AND NEW.lost_count > 0
+        ON CONFLICT DO UPDATE SET value = value + excluded.value;
+    INSERT INTO counters (service_id, name, label, value)
+        SELECT NEW.service_id, 'restarts', '', 1
+        WHERE NEW.kind IN ('started', 'spawn_failed') AND NEW.cause IN ('policy', 'cool-down over')
+        ON CONFLICT DO UPDATE SET value = value + 1;
+    INSERT INTO counters (service_id, name, label, value)
+        SELECT NEW.service_id, 'deaths', COALESCE(json_extract(NEW.detail, '$.reason'), 'unknown'), 1
+        WHERE NEW.kind = 'died'
+        ON CONFLICT DO UPDATE SET value = value + 1;
+END;
+INSERT INTO counters (service_id, name, label, value)
+    SELECT service_id, 'events', '', COUNT(*) FROM events GROUP BY service_id;
+INSERT INTO counters (service_id, name, label, value)
+    SELECT service_id, 'lost', '', SUM(lost_count) FROM events
+    WHERE kind = 'lost' AND lost_count > 0 GROUP BY service_id;
+INSERT INTO counters (service_id, name, label, value)
+    SELECT service_id, 'restarts', '', COUNT(*) FROM events
+    WHERE kind IN ('started', 'spawn_failed') AND cause IN ('policy', 'cool-down over')
+    GROUP BY service_id;
+INSERT INTO counters (service_id, name, label, value)
+    SELECT service_id, 'deaths', COALESCE(json_extract(detail, '$.reason'), 'unknown'), COUNT(*)
+    FROM events WHERE kind = 'died' GROUP BY 1, 3;
+"#;
+
 /// Every migration, oldest first; `MIGRATIONS.len()` is the current schema version.
-pub const MIGRATIONS: &[&str] = &[V1, V2, V3];
+pub const MIGRATIONS: &[&str] = &[V1, V2, V3, COMMAND_ORIGIN, COUNTERS];
 
 /// The schema version this binary writes.
 pub fn current_version() -> i64 {

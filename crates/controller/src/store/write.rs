@@ -99,6 +99,8 @@ pub struct Committed {
     pub commands: usize,
     /// Configuration changes stored.
     pub config_changes: usize,
+    /// The counters, after this commit, of every service it stored rows for (metrics).
+    pub counters: BTreeMap<String, super::ServiceCounters>,
 }
 
 /// Retention bounds; rows beyond either go, oldest first.
@@ -342,8 +344,9 @@ pub(crate) fn insert_events(
 
 pub(crate) fn insert_command(tx: &Transaction, c: &CommandEntry) -> Result<i64> {
     tx.prepare_cached(
-        "INSERT INTO commands (wall_us, uid, gid, pid, cmdline, request, service, result, ok) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+        "INSERT INTO commands \
+         (wall_us, uid, gid, pid, cmdline, request, service, result, ok, origin) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
     )?
     .execute(params![
         c.wall_us,
@@ -355,6 +358,7 @@ pub(crate) fn insert_command(tx: &Transaction, c: &CommandEntry) -> Result<i64> 
         c.service,
         c.result,
         c.ok,
+        c.origin,
     ])?;
     Ok(tx.last_insert_rowid())
 }
@@ -394,6 +398,12 @@ pub(crate) fn apply(tx: &Transaction, batch: &Batch) -> Result<Committed> {
         done.rows.extend(rows);
         let seq = done.seqs.entry(origin.clone()).or_insert(0);
         *seq = (*seq).max(high);
+    }
+    let touched: std::collections::BTreeSet<&str> =
+        done.rows.iter().map(|r| r.service.as_str()).collect();
+    for service in touched {
+        let counters = super::counters::of_service(tx, service)?;
+        done.counters.insert(service.to_owned(), counters);
     }
     for c in &batch.commands {
         insert_command(tx, c)?;

@@ -20,10 +20,12 @@
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use super::write::{self, Batch, Committed};
 use super::{Result, Store, StoreError};
+use upk_core::history::CommandEntry;
 use upk_core::status::Want;
 
 /// Most items (records, commands, changes) merged into one transaction.
@@ -49,7 +51,7 @@ type Call = Box<dyn FnOnce(&mut Store) + Send>;
 
 enum Msg {
     Batch(u64, Batch),
-    Desired(u64, Vec<(String, Want)>),
+    Desired(u64, Vec<(String, Want)>, Vec<CommandEntry>),
     Call(Call),
 }
 
@@ -59,6 +61,8 @@ pub struct StoreWriter {
     tx: Option<Sender<Msg>>,
     thread: Option<JoinHandle<()>>,
     next: AtomicU64,
+    /// Items (records, commands, changes) of submitted batches the thread has not taken yet.
+    queued: Arc<AtomicU64>,
 }
 
 impl std::fmt::Debug for StoreWriter {
@@ -77,9 +81,11 @@ impl StoreWriter {
     {
         let store = Store::open(path)?;
         let (tx, rx) = mpsc::channel();
+        let queued = Arc::new(AtomicU64::new(0));
+        let taken = Arc::clone(&queued);
         let thread = std::thread::Builder::new()
             .name("upk-store".into())
-            .spawn(move || run(store, rx, on_done))
+            .spawn(move || run(store, rx, &taken, on_done))
             .map_err(|source| StoreError::Create {
                 path: "(the store writer thread)".into(),
                 source,
@@ -88,6 +94,7 @@ impl StoreWriter {
             tx: Some(tx),
             thread: Some(thread),
             next: AtomicU64::new(1),
+            queued,
         })
     }
 
@@ -112,8 +119,19 @@ impl StoreWriter {
     /// Queues `batch`; returns its ticket, which a later [`Outcome`] names.
     pub fn submit(&self, batch: Batch) -> Result<u64> {
         let ticket = self.next.fetch_add(1, Ordering::Relaxed);
-        self.send(Msg::Batch(ticket, batch))?;
+        let items = batch.len() as u64;
+        self.queued.fetch_add(items, Ordering::Relaxed);
+        if let Err(e) = self.send(Msg::Batch(ticket, batch)) {
+            self.queued.fetch_sub(items, Ordering::Relaxed);
+            return Err(e);
+        }
         Ok(ticket)
+    }
+
+    /// Items (records, commands, configuration changes) submitted and not yet taken into a
+    /// transaction by the thread: the store's queue depth (metrics).
+    pub fn queued(&self) -> u64 {
+        self.queued.load(Ordering::Relaxed)
     }
 
     /// Queues desired states to record, in one transaction of their own after the work queued
@@ -121,8 +139,18 @@ impl StoreWriter {
     /// `result` holds an empty [`Committed`], or the error). A service the store does not know
     /// is skipped with a warning.
     pub fn set_desired(&self, wants: Vec<(String, Want)>) -> Result<u64> {
+        self.set_desired_audited(wants, Vec::new())
+    }
+
+    /// As [`StoreWriter::set_desired`], with the audit rows of the commands that asked for
+    /// them, in the same transaction: a command's answer can then go out once this commits.
+    pub fn set_desired_audited(
+        &self,
+        wants: Vec<(String, Want)>,
+        commands: Vec<CommandEntry>,
+    ) -> Result<u64> {
         let ticket = self.next.fetch_add(1, Ordering::Relaxed);
-        self.send(Msg::Desired(ticket, wants))?;
+        self.send(Msg::Desired(ticket, wants, commands))?;
         Ok(ticket)
     }
 
@@ -181,6 +209,8 @@ fn merge(into: &mut Committed, part: Committed) {
     into.duplicates += part.duplicates;
     into.commands += part.commands;
     into.config_changes += part.config_changes;
+    // A later part read its counters after the earlier parts' rows: it wins.
+    into.counters.extend(part.counters);
 }
 
 /// Makes the connection fit to write before a transaction: the file deleted under it is
@@ -212,18 +242,26 @@ fn commit(store: &mut Store, parts: &[&Batch]) -> Result<Committed> {
 }
 
 /// Records desired states in one transaction; unknown services are skipped (said on stderr).
-fn store_desired(store: &mut Store, wants: &[(String, Want)]) -> Result<()> {
+fn store_desired(
+    store: &mut Store,
+    wants: &[(String, Want)],
+    commands: &[CommandEntry],
+) -> Result<()> {
     let tx = store.conn.transaction()?;
     for (service, want) in wants {
         if !write::set_desired(&tx, service, *want)? {
             eprintln!("upkeeper: {service}: cannot store its desired state: the store knows no such service");
         }
     }
+    for c in commands {
+        write::insert_command(&tx, c)?;
+    }
     tx.commit()?;
     Ok(())
 }
 
-fn run<F: FnMut(Outcome)>(mut store: Store, rx: Receiver<Msg>, mut on_done: F) {
+fn run<F: FnMut(Outcome)>(mut store: Store, rx: Receiver<Msg>, queued: &AtomicU64, mut on_done: F) {
+    let take = |b: &Batch| queued.fetch_sub(b.len() as u64, Ordering::Relaxed);
     let mut carry = Batch::default();
     let mut dropped = 0u64;
     let mut deferred: Option<Msg> = None;
@@ -241,9 +279,9 @@ fn run<F: FnMut(Outcome)>(mut store: Store, rx: Receiver<Msg>, mut on_done: F) {
                 f(&mut store);
                 continue;
             }
-            Msg::Desired(t, wants) => {
+            Msg::Desired(t, wants, commands) => {
                 let result = prepare(&mut store, &mut reopen)
-                    .and_then(|()| store_desired(&mut store, &wants));
+                    .and_then(|()| store_desired(&mut store, &wants, &commands));
                 reopen |= matches!(&result, Err(e) if e.is_unwritable());
                 on_done(Outcome {
                     tickets: vec![t],
@@ -253,7 +291,10 @@ fn run<F: FnMut(Outcome)>(mut store: Store, rx: Receiver<Msg>, mut on_done: F) {
                 });
                 continue;
             }
-            Msg::Batch(t, b) => (t, b),
+            Msg::Batch(t, b) => {
+                take(&b);
+                (t, b)
+            }
         };
         let mut parts: Vec<(Option<u64>, Batch)> = Vec::new();
         if !carry.is_empty() {
@@ -264,6 +305,7 @@ fn run<F: FnMut(Outcome)>(mut store: Store, rx: Receiver<Msg>, mut on_done: F) {
         while size < MAX_MERGE {
             match rx.try_recv() {
                 Ok(Msg::Batch(t, b)) => {
+                    take(&b);
                     size += b.len();
                     parts.push((Some(t), b));
                 }

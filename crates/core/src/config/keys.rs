@@ -495,13 +495,13 @@ fn hook_events(v: &Value) -> Parsed<Vec<HookEvent>> {
     let names = strings(v)?;
     let mut out = Vec::new();
     for name in names {
-        match HookEvent::ALL
+        match HookEvent::KNOWN
             .iter()
             .find(|e| e.as_str().eq_ignore_ascii_case(&name))
         {
             Some(e) => out.push(*e),
             None => {
-                let known: Vec<&str> = HookEvent::ALL.iter().map(|e| e.as_str()).collect();
+                let known: Vec<&str> = HookEvent::KNOWN.iter().map(|e| e.as_str()).collect();
                 return problem(format!(
                     "unknown event {name:?}; events are {}",
                     known.join(", ")

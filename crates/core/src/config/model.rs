@@ -458,16 +458,28 @@ pub enum HookEvent {
     Recovered,
     /// UserMaxRestarts were used up within the window: restarts paused.
     Flapping,
+    /// A run began: the service was started or restarted (only when `On` names it: not in
+    /// the default [`HookEvent::ALL`]).
+    Started,
 }
 
 impl HookEvent {
-    /// Every event, in the order documented.
+    /// A hook's default `On`: the events that say something went wrong or right again.
     pub const ALL: [HookEvent; 5] = [
         HookEvent::Failed,
         HookEvent::GaveUp,
         HookEvent::Unhealthy,
         HookEvent::Recovered,
         HookEvent::Flapping,
+    ];
+    /// Every event `On` may name, in the order documented.
+    pub const KNOWN: [HookEvent; 6] = [
+        HookEvent::Failed,
+        HookEvent::GaveUp,
+        HookEvent::Unhealthy,
+        HookEvent::Recovered,
+        HookEvent::Flapping,
+        HookEvent::Started,
     ];
     /// The name used in configuration and in `UPK_EVENT`.
     pub fn as_str(self) -> &'static str {
@@ -477,6 +489,7 @@ impl HookEvent {
             HookEvent::Unhealthy => "unhealthy",
             HookEvent::Recovered => "recovered",
             HookEvent::Flapping => "flapping",
+            HookEvent::Started => "started",
         }
     }
 }
@@ -527,6 +540,8 @@ pub struct Controller {
     pub history_max_age_days: Option<f64>,
     /// At most this many rows are kept per history table (the newest).
     pub history_max_events: Option<u64>,
+    /// Where the controller serves Prometheus metrics (`GET /metrics`); `None`: it does not.
+    pub metrics_listen: Option<std::net::SocketAddr>,
     /// Services' cgroups are made under this path (relative to the controller's own cgroup
     /// in each hierarchy); `None`: no cgroups, process groups only.
     pub cgroup: Option<String>,

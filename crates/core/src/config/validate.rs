@@ -33,6 +33,7 @@ pub const CONTROLLER_KEYS: &[&str] = &[
     "HistoryMaxAgeDays",
     "HistoryMaxEvents",
     "Cgroup",
+    "MetricsListen",
     "ServiceDefaults",
 ];
 
@@ -358,6 +359,10 @@ fn parse_controller_for(src: &str, file: &Path, euid: u32) -> Result<Controller,
                     &kpath,
                     format!("{canon}: expected a number, found {}", kind(value)),
                 ),
+            },
+            "MetricsListen" => match metrics_listen(value) {
+                Ok(addr) => c.metrics_listen = Some(addr),
+                Err(msg) => doc.at_value(&kpath, format!("{canon}: {msg}")),
             },
             "Cgroup" => match cgroup_name(value) {
                 Ok(name) => {
@@ -814,6 +819,7 @@ impl Controller {
             read_group: None,
             history_max_age_days: Some(90.0),
             history_max_events: Some(10_000_000),
+            metrics_listen: None,
             service_defaults: ServiceLayer::default(),
         };
         // A buddy next to the running binary (a build tree, a tarball) wins over the
@@ -889,6 +895,31 @@ fn cgroup_name(value: &Value) -> Result<Option<String>, String> {
         other => Err(format!(
             "expected a relative cgroup path or false, found {}",
             kind(other)
+        )),
+    }
+}
+
+/// `MetricsListen`: `ADDRESS:PORT` (`127.0.0.1:9477`, `[::1]:9477`) or `:PORT`, which means
+/// loopback (`127.0.0.1`): an address other than loopback is only ever written out in full.
+/// Host names are refused, so that what the controller binds never depends on a resolver.
+pub fn metrics_listen(value: &Value) -> Result<std::net::SocketAddr, String> {
+    let Value::String(s) = value else {
+        return Err(format!(
+            "expected \"ADDRESS:PORT\" or \":PORT\" (a string), found {}",
+            kind(value)
+        ));
+    };
+    let shown: String = s.chars().take(MAX_KEY_SHOWN).collect();
+    let addr = match s.strip_prefix(':') {
+        Some(port) => format!("127.0.0.1:{port}"),
+        None => s.clone(),
+    };
+    match addr.parse::<std::net::SocketAddr>() {
+        Ok(a) if a.port() == 0 => Err(format!("{shown:?} has port 0; give a port from 1 to 65535")),
+        Ok(a) => Ok(a),
+        Err(_) => Err(format!(
+            "{shown:?} is not \"ADDRESS:PORT\" or \":PORT\" with a numeric IPv4 or [IPv6] \
+             address and a port from 1 to 65535"
         )),
     }
 }

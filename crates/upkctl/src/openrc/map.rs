@@ -352,8 +352,8 @@ pub fn service_file(opts: &OpenrcStart, around: &Surroundings) -> Result<String>
     ))
 }
 
-/// The `Notify` hook: when the buddy gives up, OpenRC is told the service is stopped and
-/// failed, as supervise-daemon does. `RC_SVCNAME` and `RC_OPENRC_PID` must not be set for the
+/// The `Notify` hooks: when the buddy gives up, OpenRC is told the service is stopped and
+/// failed, as supervise-daemon does; at every start, rc-status' uptime and respawns. `RC_SVCNAME` and `RC_OPENRC_PID` must not be set for the
 /// markers, or they would signal an openrc-run that is long gone (or a recycled pid).
 pub fn notify(svc: &str, around: &Surroundings) -> Value {
     let libexec = around.rc_libexecdir.as_deref().unwrap_or("/lib/rc");
@@ -366,7 +366,24 @@ pub fn notify(svc: &str, around: &Surroundings) -> Value {
         quote(&format!("{libexec}/sbin/mark_service_stopped")),
         quote(&format!("{libexec}/sbin/mark_service_failed")),
     ));
-    json!({ "openrc": { "Run": run, "On": ["gave_up"] } })
+    // rc-status shows a supervised service's uptime and respawns from `start_time` (local time,
+    // as supervise-daemon writes it) and `start_count` in RC_SVCDIR/options/SVC: written at
+    // every start of a run, the restarts counted by the buddy, without a newline (OpenRC reads
+    // the whole file as the value).
+    let options = format!(
+        "{}/options/{svc}",
+        around.rc_svcdir.as_deref().unwrap_or("/run/openrc")
+    );
+    let started = format!(
+        "#!/bin/sh\nd={}\nmkdir -p \"$d\" || exit 0\n\
+         printf %s \"$(date '+%Y-%m-%d %H:%M:%S')\" > \"$d/start_time\"\n\
+         printf %s \"${{UPK_RESTARTS:-0}}\" > \"$d/start_count\"\n",
+        quote(&options)
+    );
+    json!({
+        "openrc": { "Run": run, "On": ["gave_up"] },
+        "openrc-started": { "Run": started, "On": ["started"] },
+    })
 }
 
 /// The keys of an OpenRC health check, and the hook that runs the script's `unhealthy`.
@@ -532,8 +549,8 @@ mod tests {
         assert_eq!(s.user_restart_window, Some(60.0));
         assert_eq!(s.redirect_stdout, Some(PathBuf::from("/var/log/demo.out")));
         assert_eq!(s.redirect_stderr, None);
-        assert_eq!(s.notify.len(), 1);
-        assert_eq!(s.notify[0].name, "openrc");
+        let hooks: Vec<&str> = s.notify.iter().map(|h| h.name.as_str()).collect();
+        assert_eq!(hooks, ["openrc", "openrc-started"]);
         use upk_core::config::IdSpec;
         assert_eq!(s.set_uid, IdSpec::Name("nobody".into()));
         assert_eq!(s.set_gid, IdSpec::Name("nogroup".into()));
@@ -675,5 +692,15 @@ mod tests {
             .expect("failed");
         assert!(unset < stopped && stopped < failed, "{run}");
         assert_eq!(hook["openrc"]["On"], json!(["gave_up"]));
+        let started = hook["openrc-started"]["Run"].as_str().expect("Run");
+        assert!(
+            started.contains("d='/run/openrc/options/demo'"),
+            "{started}"
+        );
+        assert!(
+            started.contains("\"${UPK_RESTARTS:-0}\" > \"$d/start_count\""),
+            "{started}"
+        );
+        assert_eq!(hook["openrc-started"]["On"], json!(["started"]));
     }
 }
