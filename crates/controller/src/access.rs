@@ -6,6 +6,7 @@
 //! subscribe; anyone else may only say `hello`. Control includes read. The server decides each
 //! connection's access once, at accept.
 
+use std::io::Read;
 use std::os::unix::net::UnixStream;
 use upk_core::client::Access;
 
@@ -27,14 +28,25 @@ pub struct Peer {
     pub origin: Option<String>,
 }
 
+/// Most bytes of a client's command line kept for its audit rows.
+pub const CMDLINE_MOST: u64 = 64 * 1024;
+
 impl Peer {
     /// The credentials of the process at the other end of `stream`.
     pub fn of(stream: &UnixStream) -> std::io::Result<Peer> {
         let cred =
             nix::sys::socket::getsockopt(stream, nix::sys::socket::sockopt::PeerCredentials)?;
         let pid = cred.pid();
-        let proc_file = |f: &str| std::fs::read(format!("/proc/{pid}/{f}")).unwrap_or_default();
-        let status = String::from_utf8_lossy(&proc_file("status")).into_owned();
+        let proc_file = |f: &str, most: u64| {
+            // One read for the usual sizes (std's read of a /proc file starts at 32 bytes
+            // and doubles); at most `most` bytes of what a client process makes of it.
+            let mut out = Vec::with_capacity(4096);
+            let read = std::fs::File::open(format!("/proc/{pid}/{f}"))
+                .and_then(|f| f.take(most).read_to_end(&mut out));
+            read.map(|_| out).unwrap_or_default()
+        };
+        // Its groups: as many as a process may have (65,536 of up to 11 characters).
+        let status = String::from_utf8_lossy(&proc_file("status", 1 << 20)).into_owned();
         let groups = status
             .lines()
             .find_map(|l| l.strip_prefix("Groups:"))
@@ -44,7 +56,7 @@ impl Peer {
                     .collect()
             })
             .unwrap_or_default();
-        let cmdline = proc_file("cmdline")
+        let cmdline = proc_file("cmdline", CMDLINE_MOST)
             .split(|&b| b == 0)
             .filter(|a| !a.is_empty())
             .map(|a| String::from_utf8_lossy(a).into_owned())

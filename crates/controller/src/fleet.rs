@@ -36,7 +36,6 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 use upk_core::config::{Controller, Service};
-use upk_core::history::CommandEntry;
 use upk_core::proto::{self, BuddyRequest, Envelope};
 use upk_core::rundir::{RunDir, Settings};
 use upk_core::status::{Status, Want};
@@ -449,26 +448,13 @@ impl<'a> Fleet<'a> {
         self.set_desired(id, r.want).map(|ticket| (ticket, r.want))
     }
 
-    /// Records what an operator (or reconciliation) wants for `id`: at once in memory, and
-    /// queued for the store. Returns the writer's ticket, whose outcome says when it is stored
-    /// (`None`: the writer has stopped, which was said).
+    /// Records what reconciliation wants for `id`: at once in memory, and queued for the
+    /// store. Returns the writer's ticket, whose outcome says when it is stored (`None`: the
+    /// writer has stopped, which was said). A command's desired state goes into the loop's
+    /// batch instead, with the command's audit row.
     pub fn set_desired(&mut self, id: &str, want: Want) -> Option<u64> {
-        self.set_desired_audited(id, want, Vec::new())
-    }
-
-    /// As [`Fleet::set_desired`], with the audit rows of the commands that asked for it, stored
-    /// in the same transaction.
-    pub fn set_desired_audited(
-        &mut self,
-        id: &str,
-        want: Want,
-        commands: Vec<CommandEntry>,
-    ) -> Option<u64> {
         self.desired.set(id, want);
-        match self
-            .writer
-            .set_desired_audited(vec![(id.to_owned(), want)], commands)
-        {
+        match self.writer.set_desired(vec![(id.to_owned(), want)]) {
             Ok(ticket) => Some(ticket),
             Err(e) => {
                 eprintln!("upkeeper: {id}: cannot store its desired state: {e}");

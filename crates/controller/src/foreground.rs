@@ -261,32 +261,28 @@ pub fn run(ctl: &Controller, renderer: &Renderer) -> anyhow::Result<()> {
             let mut drain = [0u8; 64];
             while matches!((&wake_rx).read(&mut drain), Ok(n) if n > 0) {}
             while let Ok(outcome) = outcomes.try_recv() {
-                // Answers wait for the commit of their commands' audit rows.
                 for ticket in &outcome.tickets {
+                    // Answers wait for the commit of their commands' audit rows, and of the
+                    // desired states those commands left.
                     if let Some(answers) = audited.remove(ticket) {
                         server.answer_audited(answers);
                     }
-                }
-                match outcome.tickets.first().and_then(|t| held.remove(t)) {
-                    Some((service, _, rid)) => {
-                        if let Err(e) = outcome.result {
+                    for (service, _, rid) in held.remove(ticket).unwrap_or_default() {
+                        if let Err(e) = &outcome.result {
                             eprintln!("upkeeper: {service}: cannot store its desired state: {e}");
-                            metrics.iter_mut().for_each(|m| m.observed.write_failed());
                         }
                         if let Some(rid) = rid {
-                            server.stored(rid, true);
+                            server.stored(rid);
                         }
-                    }
-                    None => {
-                        if let Some(m) = metrics.as_mut() {
-                            match &outcome.result {
-                                Ok(c) => m.observed.committed(c),
-                                Err(_) => m.observed.write_failed(),
-                            }
-                        }
-                        committed(&mut fleet, &mut server, outcome.result)
                     }
                 }
+                if let Some(m) = metrics.as_mut() {
+                    match &outcome.result {
+                        Ok(c) => m.observed.committed(c),
+                        Err(_) => m.observed.write_failed(),
+                    }
+                }
+                committed(&mut fleet, &mut server, outcome.result)
             }
             // The writer may have recreated the store's file: queries follow it, and so do the
             // desired states (a file put in its place has its own), but for those still queued.
@@ -295,7 +291,7 @@ pub fn run(ctl: &Controller, renderer: &Renderer) -> anyhow::Result<()> {
                 match reader.reopen().and_then(|()| reader.desired_all()) {
                     Ok(stored) => {
                         fleet.desired = Desired::new(stored);
-                        for (service, want, _) in held.values() {
+                        for (service, want, _) in held.values().flatten() {
                             fleet.desired.set(service, *want);
                         }
                     }
@@ -321,16 +317,16 @@ pub fn run(ctl: &Controller, renderer: &Renderer) -> anyhow::Result<()> {
                 let _ = (&wake).write(&[1]);
             })?;
         }
+        let mut round = Round::default();
         for (i, token) in clients.iter().enumerate() {
             if ready[FIXED_FDS + links + i] {
                 let intents = server.ready(*token, &fleet);
-                carry_out(&mut fleet, &mut server, &mut held, intents);
+                carry_out(&mut fleet, &mut server, &mut round, intents);
             }
         }
         // Links that a phoning buddy handed over just now may hold lines already: read them too.
         // Answers are handled once every link is read and the closed ones are gone, since an
         // answer may change the set of links (unconfigure).
-        let mut batch = Batch::default();
         let mut replies = Vec::new();
         let mut closed = Vec::new();
         for (i, link) in fleet.links.iter_mut().enumerate() {
@@ -338,7 +334,7 @@ pub fn run(ctl: &Controller, renderer: &Renderer) -> anyhow::Result<()> {
                 // Writable: the rest of what it was sent (an error breaks the link).
                 let _ = link.flush();
                 // An unreadable link (I/O error, garbage) is finished like a closed one.
-                let (got, gone) = link.pump(&mut batch).unwrap_or((Vec::new(), true));
+                let (got, gone) = link.pump(&mut round.batch).unwrap_or((Vec::new(), true));
                 replies.extend(got.into_iter().map(|(id, r)| (link.service.clone(), id, r)));
                 if gone {
                     closed.push(i);
@@ -354,7 +350,7 @@ pub fn run(ctl: &Controller, renderer: &Renderer) -> anyhow::Result<()> {
             .map(|i| fleet.links.swap_remove(i).service)
             .collect();
         if let Some(m) = metrics.as_mut() {
-            for (origin, records) in &batch.events {
+            for (origin, records) in &round.batch.events {
                 records.iter().for_each(|r| m.observed.record(origin, r));
             }
             for (service, _, reply) in &replies {
@@ -364,24 +360,35 @@ pub fn run(ctl: &Controller, renderer: &Renderer) -> anyhow::Result<()> {
             }
         }
         for (service, id, reply) in replies {
-            answer(&mut fleet, &mut server, &mut held, &service, id, reply);
+            answer(
+                &mut fleet,
+                &mut server,
+                &mut held,
+                &mut round,
+                &service,
+                id,
+                reply,
+            );
         }
         for service in closed {
             fleet.link_lost(&service);
             server.link_lost(&service);
         }
-        if !batch.events.is_empty() {
+        if !round.batch.events.is_empty() {
             fleet.release_waiting();
         }
-        batch.commands.append(&mut server.audit);
+        round.batch.commands.append(&mut server.audit);
         let answers = server.take_answers();
-        if !batch.is_empty() {
+        if !round.batch.is_empty() {
             let ticket = fleet
                 .writer
-                .submit(batch)
+                .submit(round.batch)
                 .context("the audit store's writer stopped")?;
             if !answers.is_empty() {
                 audited.insert(ticket, answers);
+            }
+            if !round.wants.is_empty() {
+                held.insert(ticket, round.wants);
             }
         } else {
             server.answer_audited(answers);
@@ -407,7 +414,16 @@ pub fn run(ctl: &Controller, renderer: &Renderer) -> anyhow::Result<()> {
 
 /// Desired states queued for the store, by the writer's ticket: the service, what it wants, and
 /// the relayed request whose answer waits for the commit (none for a reconciliation).
-type Held = BTreeMap<u64, (String, Want, Option<u64>)>;
+type Held = BTreeMap<u64, Vec<(String, Want, Option<u64>)>>;
+
+/// What one turn of the loop gives the store, in one transaction: the records read from the
+/// links, the commands audited, and the desired states those commands left (with the
+/// requests whose answers wait for them), so that a command costs one commit.
+#[derive(Default)]
+struct Round {
+    batch: Batch,
+    wants: Vec<(String, Want, Option<u64>)>,
+}
 
 /// A buddy's reply on its link: the answer to a relayed request, or (without an id) the status
 /// that answers the controller's subscription.
@@ -415,6 +431,7 @@ fn answer(
     fleet: &mut Fleet,
     server: &mut Server,
     held: &mut Held,
+    round: &mut Round,
     service: &str,
     id: Option<u64>,
     reply: BuddyReply,
@@ -422,11 +439,11 @@ fn answer(
     match (id, reply) {
         (Some(rid), reply) => {
             let intents = server.answered(rid, reply);
-            carry_out(fleet, server, held, intents);
+            carry_out(fleet, server, round, intents);
         }
         (None, BuddyReply::Ok { status, .. }) => {
             if let Some((ticket, want)) = fleet.reconcile(service, &status) {
-                held.insert(ticket, (service.to_owned(), want, None));
+                held.insert(ticket, vec![(service.to_owned(), want, None)]);
             }
         }
         (None, BuddyReply::Error { message }) => eprintln!("upkeeper: {service}: {message}"),
@@ -435,7 +452,7 @@ fn answer(
 }
 
 /// Carries out what the server asked for, and tells it how it went where it waits.
-fn carry_out(fleet: &mut Fleet, server: &mut Server, held: &mut Held, intents: Vec<Intent>) {
+fn carry_out(fleet: &mut Fleet, server: &mut Server, round: &mut Round, intents: Vec<Intent>) {
     for intent in intents {
         match intent {
             Intent::Relay {
@@ -464,10 +481,12 @@ fn carry_out(fleet: &mut Fleet, server: &mut Server, held: &mut Held, intents: V
                 service,
                 want,
                 audit,
-            } => match fleet.set_desired_audited(&service, want, vec![audit]) {
-                Some(ticket) => drop(held.insert(ticket, (service, want, Some(rid)))),
-                None => server.stored(rid, false),
-            },
+            } => {
+                fleet.desired.set(&service, want);
+                round.batch.wants.push((service.clone(), want));
+                round.batch.commands.push(audit);
+                round.wants.push((service, want, Some(rid)));
+            }
             Intent::Unconfigure { service } => fleet.unconfigured_by_command(&service),
         }
     }

@@ -782,7 +782,7 @@ fn big_batch(n: u64) -> Batch {
     Batch {
         events: vec![("web".into(), records)],
         commands: vec![command(BASE, 0)],
-        config_changes: Vec::new(),
+        ..Batch::default()
     }
 }
 
@@ -853,6 +853,51 @@ fn the_writer_survives_a_full_store_and_then_stores_the_batch_once() {
     writer.shutdown().expect("shutdown");
     assert_eq!(count(&path, "SELECT COUNT(*) FROM events"), 200);
     assert_eq!(count(&path, "SELECT COUNT(DISTINCT seq) FROM events"), 200);
+}
+
+/// A command costs one commit: its desired state and its audit row go in the batch of the
+/// records read with it. While the store is full they wait, the last desired state of each
+/// service only, and are stored with the next transaction that commits.
+#[test]
+fn desired_states_commit_with_the_batch_and_wait_out_a_full_store() {
+    let (_dir, path) = db();
+    let (writer, outcomes) = StoreWriter::spawn_with_channel(&path).expect("spawn");
+    writer
+        .with_store(|s| s.ensure_service("web", None).map(drop))
+        .expect("writer")
+        .expect("web");
+    writer
+        .with_store(|s| s.set_size_limit(Some(0)))
+        .expect("writer")
+        .expect("limit");
+    let mut batch = big_batch(200);
+    batch.wants = vec![("web".into(), Want::Down), ("web".into(), Want::Up)];
+    let t1 = writer.submit(batch).expect("submit");
+    let o = outcomes
+        .recv_timeout(Duration::from_secs(10))
+        .expect("outcome");
+    assert_eq!(o.tickets, [t1]);
+    assert!(o.result.is_err(), "a full store cannot commit");
+    assert_eq!(o.carried, 2, "the command, and web's last desired state");
+    let reader = Store::open_read_only(&path).expect("reader");
+    assert_eq!(reader.desired_all().expect("desired").get("web"), None);
+
+    writer
+        .with_store(|s| s.set_size_limit(None))
+        .expect("writer")
+        .expect("lift");
+    writer.submit(Batch::default()).expect("retry");
+    let o = outcomes
+        .recv_timeout(Duration::from_secs(10))
+        .expect("outcome");
+    assert_eq!(o.result.expect("committed").commands, 1);
+    assert_eq!(o.carried, 0);
+    assert_eq!(
+        reader.desired_all().expect("desired").get("web"),
+        Some(&Want::Up),
+        "the last desired state wins"
+    );
+    writer.shutdown().expect("shutdown");
 }
 
 #[test]

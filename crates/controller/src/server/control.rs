@@ -150,20 +150,22 @@ impl Server {
         self.flush(p.client);
     }
 
-    /// The desired state left by the command of `rid` is stored, with the command's audit row
-    /// (`audited`), or could not be, which was said: its answer goes out now (without
-    /// `audited`, once the row is committed with the next batch).
-    pub fn stored(&mut self, rid: u64, audited: bool) {
-        let Some((body, result, ok)) = self.pending.get_mut(&rid).and_then(|p| p.answer.take())
-        else {
+    /// The desired state left by the command of `rid` is stored with the command's audit row
+    /// (or could not be, which was said: the command was carried out all the same): its answer
+    /// goes out now.
+    pub fn stored(&mut self, rid: u64) {
+        if self.pending.get(&rid).is_none_or(|p| p.answer.is_none()) {
             return;
-        };
-        if !audited {
-            return self.finish(rid, body, result, ok);
         }
-        if let Some(p) = self.pending.remove(&rid) {
-            self.send(p.client, p.id, body);
-            self.flush(p.client);
+        if let Some(Pending {
+            client,
+            id,
+            answer: Some(body),
+            ..
+        }) = self.pending.remove(&rid)
+        {
+            self.send(client, id, body);
+            self.flush(client);
         }
     }
 
@@ -208,8 +210,8 @@ impl Server {
                         return;
                     };
                     let mut audit = p.entry.clone();
-                    (audit.result, audit.ok) = (result.clone(), true);
-                    p.answer = Some((body, result, true));
+                    (audit.result, audit.ok) = (result, true);
+                    p.answer = Some(body);
                     self.intents.push(Intent::SetWant {
                         rid,
                         service,

@@ -87,9 +87,9 @@ struct Pending {
     service: String,
     entry: CommandEntry,
     unconfigure: bool,
-    /// The buddy answered: the reply, audit result and success, sent once the desired state
-    /// it leaves is stored ([`Server::stored`]).
-    answer: Option<(ClientReply, String, bool)>,
+    /// The buddy answered: the reply, sent once the desired state it leaves is stored with
+    /// the command's audit row ([`Server::stored`]).
+    answer: Option<ClientReply>,
 }
 
 /// An answer held until its command's audit row is committed: the client, the request's id,

@@ -18,6 +18,7 @@ use rusqlite::{params, OptionalExtension, Transaction};
 use serde::{Deserialize, Serialize};
 use upk_core::event::{EventKind, Exit, Record};
 use upk_core::history::{CommandEntry, ConfigChange, EventRow};
+use upk_core::status::Want;
 
 use super::{now_us, Result, Store, StoreError};
 
@@ -50,6 +51,8 @@ pub struct Batch {
     pub commands: Vec<CommandEntry>,
     /// Configuration changes.
     pub config_changes: Vec<ConfigChange>,
+    /// Desired states, in the order they were decided (the last one of a service wins).
+    pub wants: Vec<(String, Want)>,
 }
 
 impl Batch {
@@ -58,6 +61,7 @@ impl Batch {
         self.events.iter().all(|(_, r)| r.is_empty())
             && self.commands.is_empty()
             && self.config_changes.is_empty()
+            && self.wants.is_empty()
     }
 
     /// Adds one record of `origin`.
@@ -73,13 +77,15 @@ impl Batch {
         self.events.extend(other.events);
         self.commands.extend(other.commands);
         self.config_changes.extend(other.config_changes);
+        self.wants.extend(other.wants);
     }
 
-    /// How many records, commands and changes it holds.
+    /// How many records, commands, changes and desired states it holds.
     pub fn len(&self) -> usize {
         self.events.iter().map(|(_, r)| r.len()).sum::<usize>()
             + self.commands.len()
             + self.config_changes.len()
+            + self.wants.len()
     }
 }
 
@@ -377,11 +383,7 @@ pub(crate) fn insert_config_change(tx: &Transaction, c: &ConfigChange) -> Result
 }
 
 /// Records the desired state of `service`; false when the store knows no such service.
-pub(crate) fn set_desired(
-    tx: &Transaction,
-    service: &str,
-    want: upk_core::status::Want,
-) -> Result<bool> {
+pub(crate) fn set_desired(tx: &Transaction, service: &str, want: Want) -> Result<bool> {
     let n = tx
         .prepare_cached("UPDATE services SET desired = ?2 WHERE service = ?1")?
         .execute(params![service, super::want_str(want)])?;
@@ -410,6 +412,11 @@ pub(crate) fn apply(tx: &Transaction, batch: &Batch) -> Result<Committed> {
     }
     for c in &batch.config_changes {
         insert_config_change(tx, c)?;
+    }
+    for (service, want) in &batch.wants {
+        if !set_desired(tx, service, *want)? {
+            eprintln!("upkeeper: {service}: cannot store its desired state: the store knows no such service");
+        }
     }
     done.commands = batch.commands.len();
     done.config_changes = batch.config_changes.len();

@@ -5,15 +5,16 @@
 //! reported exactly once through the callback, committed or not, and a ticket is reported
 //! committed only after COMMIT returned. When the store cannot be written (full, read-only,
 //! I/O, busy) the events of the failed transaction are dropped here (they are still in the
-//! buddies' rings, unacknowledged, and the controller sends them again), while its commands and
-//! configuration changes, which exist nowhere else, are carried into the next transaction (at
-//! most [`MAX_CARRY`], the oldest dropped beyond that). The thread keeps running and tries
+//! buddies' rings, unacknowledged, and the controller sends them again), while its commands,
+//! configuration changes and desired states, which exist nowhere else, are carried into the
+//! next transaction (at most [`MAX_CARRY`] commands and changes, the oldest dropped beyond
+//! that; a service's last desired state only). The thread keeps running and tries
 //! again with whatever comes next; an empty batch is a valid retry, made on a connection opened
 //! anew. A database file deleted while in use is written back from the open connection before
 //! the next transaction, so nothing it committed is lost.
 //!
-//! The controller's loop never waits for this thread: it queues batches ([`StoreWriter::submit`]),
-//! desired states ([`StoreWriter::set_desired`]) and jobs ([`StoreWriter::post`]), and learns
+//! The controller's loop never waits for this thread: it queues batches ([`StoreWriter::submit`],
+//! which carry desired states too) and jobs ([`StoreWriter::post`]), and learns
 //! of each ticket's commit through the callback, which wakes its poll. [`StoreWriter::with_store`]
 //! is a blocking round trip, for tests and tools, not for a loop.
 
@@ -25,7 +26,6 @@ use std::thread::JoinHandle;
 
 use super::write::{self, Batch, Committed};
 use super::{Result, Store, StoreError};
-use upk_core::history::CommandEntry;
 use upk_core::status::Want;
 
 /// Most items (records, commands, changes) merged into one transaction.
@@ -51,7 +51,6 @@ type Call = Box<dyn FnOnce(&mut Store) + Send>;
 
 enum Msg {
     Batch(u64, Batch),
-    Desired(u64, Vec<(String, Want)>, Vec<CommandEntry>),
     Call(Call),
 }
 
@@ -134,24 +133,13 @@ impl StoreWriter {
         self.queued.load(Ordering::Relaxed)
     }
 
-    /// Queues desired states to record, in one transaction of their own after the work queued
-    /// before them; returns the ticket that the [`Outcome`] reporting their commit names (its
-    /// `result` holds an empty [`Committed`], or the error). A service the store does not know
-    /// is skipped with a warning.
+    /// Queues desired states to record, as a batch of their own (merged like any other):
+    /// returns its ticket. A service the store does not know is skipped with a warning.
     pub fn set_desired(&self, wants: Vec<(String, Want)>) -> Result<u64> {
-        self.set_desired_audited(wants, Vec::new())
-    }
-
-    /// As [`StoreWriter::set_desired`], with the audit rows of the commands that asked for
-    /// them, in the same transaction: a command's answer can then go out once this commits.
-    pub fn set_desired_audited(
-        &self,
-        wants: Vec<(String, Want)>,
-        commands: Vec<CommandEntry>,
-    ) -> Result<u64> {
-        let ticket = self.next.fetch_add(1, Ordering::Relaxed);
-        self.send(Msg::Desired(ticket, wants, commands))?;
-        Ok(ticket)
+        self.submit(Batch {
+            wants,
+            ..Batch::default()
+        })
     }
 
     /// Runs `f` on the writer's connection, after the work queued before it, and waits for its
@@ -241,23 +229,15 @@ fn commit(store: &mut Store, parts: &[&Batch]) -> Result<Committed> {
     Ok(done)
 }
 
-/// Records desired states in one transaction; unknown services are skipped (said on stderr).
-fn store_desired(
-    store: &mut Store,
-    wants: &[(String, Want)],
-    commands: &[CommandEntry],
-) -> Result<()> {
-    let tx = store.conn.transaction()?;
-    for (service, want) in wants {
-        if !write::set_desired(&tx, service, *want)? {
-            eprintln!("upkeeper: {service}: cannot store its desired state: the store knows no such service");
-        }
+/// Keeps what exists nowhere else for the next transaction: commands, configuration changes
+/// and desired states (one per service, the last: bounded by the services, not the commands).
+fn carry_over(carry: &mut Batch, part: &mut Batch) {
+    carry.commands.append(&mut part.commands);
+    carry.config_changes.append(&mut part.config_changes);
+    for (service, want) in part.wants.drain(..) {
+        carry.wants.retain(|(s, _)| *s != service);
+        carry.wants.push((service, want));
     }
-    for c in commands {
-        write::insert_command(&tx, c)?;
-    }
-    tx.commit()?;
-    Ok(())
 }
 
 fn run<F: FnMut(Outcome)>(mut store: Store, rx: Receiver<Msg>, queued: &AtomicU64, mut on_done: F) {
@@ -277,18 +257,6 @@ fn run<F: FnMut(Outcome)>(mut store: Store, rx: Receiver<Msg>, queued: &AtomicU6
         let (ticket, batch) = match msg {
             Msg::Call(f) => {
                 f(&mut store);
-                continue;
-            }
-            Msg::Desired(t, wants, commands) => {
-                let result = prepare(&mut store, &mut reopen)
-                    .and_then(|()| store_desired(&mut store, &wants, &commands));
-                reopen |= matches!(&result, Err(e) if e.is_unwritable());
-                on_done(Outcome {
-                    tickets: vec![t],
-                    result: result.map(|()| Committed::default()),
-                    carried: carry.len(),
-                    dropped,
-                });
                 continue;
             }
             Msg::Batch(t, b) => {
@@ -325,8 +293,7 @@ fn run<F: FnMut(Outcome)>(mut store: Store, rx: Receiver<Msg>, queued: &AtomicU6
             for (ticket, mut part) in parts {
                 let result = commit(&mut store, &[&part]);
                 if matches!(&result, Err(e) if e.is_unwritable()) {
-                    carry.commands.append(&mut part.commands);
-                    carry.config_changes.append(&mut part.config_changes);
+                    carry_over(&mut carry, &mut part);
                 }
                 on_done(Outcome {
                     tickets: ticket.into_iter().collect(),
@@ -339,10 +306,11 @@ fn run<F: FnMut(Outcome)>(mut store: Store, rx: Receiver<Msg>, queued: &AtomicU6
         }
         if matches!(&result, Err(e) if e.is_unwritable()) {
             for (_, part) in parts.iter_mut() {
-                carry.commands.append(&mut part.commands);
-                carry.config_changes.append(&mut part.config_changes);
+                carry_over(&mut carry, part);
             }
-            let over = carry.len().saturating_sub(MAX_CARRY);
+            // Desired states are bounded by the services already: the bound is on the rest.
+            let kept = carry.commands.len() + carry.config_changes.len();
+            let over = kept.saturating_sub(MAX_CARRY);
             let from_commands = over.min(carry.commands.len());
             carry.commands.drain(..from_commands);
             carry.config_changes.drain(..over - from_commands);
