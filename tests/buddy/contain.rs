@@ -7,7 +7,6 @@ use super::*;
 use serde_json::json;
 use std::path::Path;
 use upk_core::event::StateName;
-use upk_core::rundir::{RunDir, Settings};
 use upk_testkit::Sandbox;
 
 /// True when this host lets us keep services in a unified cgroup (a cgroup2 mount we can
@@ -18,13 +17,6 @@ fn cgroups_here() -> bool {
         return false;
     };
     nix::unistd::geteuid().is_root() && base.join("cgroup.procs").exists()
-}
-
-/// Turns the service's cgroup off in its settings (as `Cgroup: false` in the controller's).
-fn without_cgroup(dir: &RunDir) {
-    let mut s = Settings::read(&dir.settings()).expect("settings");
-    s.cgroup = None;
-    std::fs::write(dir.settings(), serde_json::to_vec(&s).expect("json")).expect("write");
 }
 
 /// A start script whose daemon leaves its parent's session: `( setsid sleep N & )`, the

@@ -51,6 +51,55 @@ fn starts_the_service_in_its_own_session() {
     assert_eq!(stdin, std::path::Path::new("/dev/null"));
 }
 
+/// Field 41 of /proc/PID/stat: the scheduling policy (0 SCHED_OTHER, 3 SCHED_BATCH).
+fn policy(pid: i32) -> u32 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("stat");
+    let after_comm = &stat[stat.rfind(')').expect("comm") + 2..];
+    after_comm
+        .split(' ')
+        .nth(41 - 3)
+        .and_then(|f| f.parse().ok())
+        .expect("policy field")
+}
+
+/// The buddy runs SCHED_BATCH, so that it never preempts its service at wake-up (a new
+/// service runs before the buddy's bookkeeping); what it starts runs SCHED_OTHER, on every
+/// spawn path: with a cgroup (clone3), and without one, with and without credentials or
+/// limits to apply (posix_spawn, fork).
+#[test]
+fn the_buddy_runs_batch_and_its_service_as_others_do() {
+    let sb = Sandbox::new();
+    for (name, cgroup, extra) in [
+        ("plain", true, ""),
+        ("nocg", false, ""),
+        ("limited", false, ", LimitNOFILE: 512"),
+    ] {
+        let dir = sb.service(
+            name,
+            &format!(r#"{{ ExecStart: "sleep 1000", InitialState: "running"{extra} }}"#),
+        );
+        if !cgroup {
+            without_cgroup(&dir);
+        }
+        let b = sb.buddy(&dir);
+        let pid = running(&b);
+        assert_eq!(policy(b.pid()), 3, "{name}: the buddy is SCHED_BATCH");
+        wait_until(
+            Duration::from_secs(5),
+            "the start script to exec sleep",
+            || {
+                let cmd = upk_testkit::cmdline(pid);
+                if cmd.starts_with("sleep 1000") {
+                    Ok(())
+                } else {
+                    Err(cmd)
+                }
+            },
+        );
+        assert_eq!(policy(pid), 0, "{name}: the service is SCHED_OTHER");
+    }
+}
+
 #[test]
 fn kill_9_is_recorded_with_the_signal_and_the_service_restarts() {
     let sb = Sandbox::new();

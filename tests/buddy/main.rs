@@ -65,6 +65,14 @@ pub fn lines(sb: &Sandbox, name: &str) -> Vec<String> {
 pub const SLEEPER: &str = r#"{ ExecStart: "sleep 1000", InitialState: "running" }"#;
 
 /// Waits until the buddy reports its service running; returns the pid.
+/// Turns the service's cgroup off in its settings (as `Cgroup: false` in the controller's).
+pub fn without_cgroup(dir: &upk_core::rundir::RunDir) {
+    let path = dir.settings();
+    let mut s = upk_core::rundir::Settings::read(&path).expect("settings");
+    s.cgroup = None;
+    std::fs::write(path, serde_json::to_vec(&s).expect("json")).expect("write");
+}
+
 pub fn running(b: &Buddy) -> i32 {
     let st = b.wait_status("running", |s| {
         s.state == upk_core::event::StateName::Running

@@ -61,6 +61,9 @@ use std::path::Path;
 
 /// Supervises the run directory at `dir` until told to exit; returns the exit code.
 pub fn run(dir: &Path) -> i32 {
+    // A buddy never preempts its service at wake-up; the service runs SCHED_OTHER
+    // (upk_core::sched, and spawn.rs).
+    upk_core::sched::batch();
     match buddy::Buddy::open(upk_core::rundir::RunDir::new(dir)) {
         Ok(b) => b.run(),
         Err(fatal) => {

@@ -209,6 +209,8 @@ pub(crate) fn apply(
     setup: (Option<i32>, Option<i32>, Option<u32>),
     oom: Option<&[u8]>,
 ) -> io::Result<()> {
+    // The buddy's SCHED_BATCH is not the service's (upk_core::sched).
+    upk_core::sched::normal_in_child()?;
     for &fd in joins {
         // SAFETY: write(2) from a buffer we own to a descriptor the parent keeps open.
         if unsafe { libc::write(fd, b"0".as_ptr().cast(), 1) } != 1 {
@@ -282,7 +284,8 @@ pub fn spawn(
         }
     }
     if creds.uid.is_none() && creds.gid.is_none() && setup.is_empty() {
-        return posix_spawn(program, args, cwd, stdio, extra);
+        // posix_spawn cannot set the child's policy under musl: the buddy lends it its own.
+        return upk_core::sched::as_normal(|| posix_spawn(program, args, cwd, stdio, extra));
     }
     let owned = |fd: BorrowedFd<'_>| fd.try_clone_to_owned().map(process::Stdio::from);
     let mut cmd = Command::new(program);

@@ -81,6 +81,8 @@ const FIXED_FDS: usize = 5;
 
 /// Runs the controller in the foreground until SIGTERM/SIGINT.
 pub fn run(ctl: &Controller, renderer: &Renderer) -> anyhow::Result<()> {
+    // Before any thread or buddy starts, so that they inherit it (upk_core::sched).
+    upk_core::sched::batch();
     let mut mask = SigSet::empty();
     mask.add(Signal::SIGTERM);
     mask.add(Signal::SIGINT);

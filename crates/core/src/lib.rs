@@ -19,6 +19,7 @@
 //! * [`procfs`]: `/proc/PID/stat`, process-group scans and pidfds, read in one place;
 //!   [`cgroup`]: where the cgroup hierarchies are and what a cgroup says.
 //! * [`fsutil`] and [`exit`]: atomic file writes and the documented exit codes.
+//! * [`sched`]: the daemons run `SCHED_BATCH`, what they start `SCHED_OTHER`.
 //! * [`escalate`]: stopping a process group from outside a poll loop (a signal, a bounded
 //!   wait, SIGKILL), for the programs that may block.
 //! * [`manpage`] (feature `man`): a command's man page, generated from its clap definition,
@@ -41,5 +42,6 @@ pub mod manpage;
 pub mod procfs;
 pub mod proto;
 pub mod rundir;
+pub mod sched;
 pub mod status;
 pub mod time;
