@@ -12,18 +12,7 @@ fn starts_the_service_in_its_own_session() {
     let b = sb.buddy(&dir);
     let st = b.wait_status("running", |s| s.state == StateName::Running);
     let pid = st.pid.expect("pid");
-    wait_until(
-        Duration::from_secs(5),
-        "the start script to exec sleep",
-        || {
-            let cmd = upk_testkit::cmdline(pid);
-            if cmd.starts_with("sleep 1000") {
-                Ok(())
-            } else {
-                Err(cmd)
-            }
-        },
-    );
+    wait_for_sleep(pid);
     // A clean signal state: no standard signal (1-31) blocked or ignored is inherited from
     // the buddy, which blocks CHLD, TERM, INT and HUP for its signalfd. (Bits 32 and up are
     // glibc's internal real-time signals, outside the buddy's control.)
@@ -49,6 +38,22 @@ fn starts_the_service_in_its_own_session() {
     assert_eq!(pidfile, format!("{}\n", b.pid()));
     let stdin = std::fs::read_link(format!("/proc/{pid}/fd/0")).expect("fd 0");
     assert_eq!(stdin, std::path::Path::new("/dev/null"));
+}
+
+/// Waits until `pid` (the start script) has exec'd `sleep 1000`.
+fn wait_for_sleep(pid: i32) {
+    wait_until(
+        Duration::from_secs(5),
+        "the start script to exec sleep",
+        || {
+            let cmd = upk_testkit::cmdline(pid);
+            if cmd.starts_with("sleep 1000") {
+                Ok(())
+            } else {
+                Err(cmd)
+            }
+        },
+    );
 }
 
 /// Field 41 of /proc/PID/stat: the scheduling policy (0 SCHED_OTHER, 3 SCHED_BATCH).
@@ -84,18 +89,7 @@ fn the_buddy_runs_batch_and_its_service_as_others_do() {
         let b = sb.buddy(&dir);
         let pid = running(&b);
         assert_eq!(policy(b.pid()), 3, "{name}: the buddy is SCHED_BATCH");
-        wait_until(
-            Duration::from_secs(5),
-            "the start script to exec sleep",
-            || {
-                let cmd = upk_testkit::cmdline(pid);
-                if cmd.starts_with("sleep 1000") {
-                    Ok(())
-                } else {
-                    Err(cmd)
-                }
-            },
-        );
+        wait_for_sleep(pid);
         assert_eq!(policy(pid), 0, "{name}: the service is SCHED_OTHER");
     }
 }
