@@ -36,8 +36,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchlib import (REPO, BenchError, become_subreaper, fmt, host_facts, kill_pid, proc_stat,
-                      reap, results_path, summary, to_json, command_output)
+from benchlib import (REPO, BenchError, become_subreaper, fmt, host_facts, kill_pid,
+                      results_path, summary, to_json, command_output)
+from buddy import kill_everything
 
 CACHE_S = 0.25  # metrics/endpoint.rs FRESH
 
@@ -76,37 +77,6 @@ def sched_ns(pid):
         with open("/proc/%d/task/%s/schedstat" % (pid, tid)) as f:
             total += int(f.read().split()[0])
     return total
-
-
-def descendants(root):
-    children = {}
-    for name in os.listdir("/proc"):
-        if name.isdigit():
-            st = proc_stat(int(name))
-            if st is not None:
-                children.setdefault(st[1], []).append(int(name))
-    out, todo = [], [root]
-    while todo:
-        for c in children.get(todo.pop(), []):
-            out.append(c)
-            todo.append(c)
-    return out
-
-
-def kill_everything(top, timeout=20.0):
-    if top:
-        kill_pid(top)
-    end = time.monotonic() + timeout
-    while True:
-        reap()
-        left = [p for p in descendants(os.getpid()) if proc_stat(p) is not None]
-        if not left:
-            return
-        if time.monotonic() >= end:
-            raise BenchError("processes still present after %.0f s: %s" % (timeout, left[:20]))
-        for pid in left:
-            kill_pid(pid)
-        time.sleep(0.02)
 
 
 def wait(what, pred, timeout):
@@ -219,7 +189,7 @@ def measure(args, bins):
             res["promtool"] = (out.stdout + out.stderr).decode().strip() or "ok"
         return res
     finally:
-        kill_everything(top)
+        kill_everything([top] if top else [], timeout=20.0)
         shutil.rmtree(root, ignore_errors=True)
 
 
