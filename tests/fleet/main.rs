@@ -159,7 +159,14 @@ impl Pg {
 
     /// Stops the server at once (`-m immediate`: as if it crashed).
     pub fn crash(&self) {
-        let out = self.as_owner(
+        let out = self.stop_immediately(60);
+        assert!(out.status.success(), "pg_ctl stop failed: {out:?}");
+    }
+
+    /// `pg_ctl stop -m immediate`, waiting at most `secs`.
+    fn stop_immediately(&self, secs: u32) -> Output {
+        let secs = secs.to_string();
+        self.as_owner(
             "pg_ctl",
             &[
                 "-D",
@@ -168,11 +175,10 @@ impl Pg {
                 "immediate",
                 "-w",
                 "-t",
-                "60",
+                &secs,
                 "stop",
             ],
-        );
-        assert!(out.status.success(), "pg_ctl stop failed: {out:?}");
+        )
     }
 
     /// One SQL statement through psql; its rows, fields separated by `|`.
@@ -221,19 +227,7 @@ impl Pg {
 
 impl Drop for Pg {
     fn drop(&mut self) {
-        let _ = self.as_owner(
-            "pg_ctl",
-            &[
-                "-D",
-                &self.data(),
-                "-m",
-                "immediate",
-                "-w",
-                "-t",
-                "30",
-                "stop",
-            ],
-        );
+        let _ = self.stop_immediately(30);
     }
 }
 

@@ -219,30 +219,25 @@ fn rows_pruned_before_they_were_shipped_are_a_gap_row_not_a_silence() {
         conn.execute("DELETE FROM events WHERE id BETWEEN 50 AND 99", [])
             .expect("prune");
     }
-    let mut cmd = Command::new(bin("upkeeper-ship"));
-    cmd.arg("run").arg("--store").arg(&copy).args([
-        "--database",
-        &pg.url(),
-        "--host",
-        "pruned",
-        "--once",
-    ]);
-    let (code, _, err) = run_bounded(cmd, Duration::from_secs(60));
+    let ship_pruned = || {
+        let mut cmd = Command::new(bin("upkeeper-ship"));
+        cmd.arg("run").arg("--store").arg(&copy).args([
+            "--database",
+            &pg.url(),
+            "--host",
+            "pruned",
+            "--once",
+        ]);
+        run_bounded(cmd, Duration::from_secs(60))
+    };
+    let (code, _, err) = ship_pruned();
     assert_eq!(code, 0, "{err}");
     assert!(err.contains("rows 50..=99 were gone"), "{err}");
     let gaps = pg.sql("SELECT tbl, from_id, to_id FROM gaps WHERE host = 'pruned'");
     assert_eq!(gaps, vec!["events|50|99".to_owned()]);
     assert_eq!(central_keys(&pg, "pruned"), local_keys(&copy));
     // Shipped again (the same cursor): nothing more, nothing twice.
-    let mut cmd = Command::new(bin("upkeeper-ship"));
-    cmd.arg("run").arg("--store").arg(&copy).args([
-        "--database",
-        &pg.url(),
-        "--host",
-        "pruned",
-        "--once",
-    ]);
-    let (code, _, err) = run_bounded(cmd, Duration::from_secs(60));
+    let (code, _, err) = ship_pruned();
     assert_eq!(code, 0, "{err}");
     assert_eq!(central_keys(&pg, "pruned"), local_keys(&copy));
 

@@ -466,7 +466,7 @@ mod timing {
     /// `cargo test --release -p upkeeper --lib render_time -- --ignored --nocapture`: the
     /// render alone for 1,000 services (bench/metrics.py measures whole scrapes).
     #[test]
-    #[ignore]
+    #[ignore = "a measurement, not a test: run it by hand with --release -- --ignored --nocapture"]
     fn render_time_of_1000_services() {
         let ids: Vec<String> = (0..1000).map(|i| format!("bench::svc-{i:04}")).collect();
         let mut counters = Counters::default();
