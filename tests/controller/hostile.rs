@@ -1,6 +1,6 @@
 //! Hostile and oversized input on the controller socket (issue 11): numbers that would
 //! overflow, a caller holding every connection it can, a flood of refused requests, and
-//! replies larger than a protocol line.
+//! replies larger than a protocol line, a client with a huge command line.
 
 use super::access::{probe_as, users};
 use super::*;
@@ -489,4 +489,58 @@ fn a_client_that_does_not_read_pins_bounded_memory_and_is_served_when_it_reads()
         assert!(n > 100_000, "answer {i} is {n} bytes");
     }
     assert!(peak_rss_kib(pid) < 64 * 1024);
+}
+
+/// A local user whose command line is huge (1.6 MB, sixteen 100 kB arguments): its command
+/// is carried out and audited with the first 64 KiB of that command line, and the controller
+/// goes on serving.
+#[test]
+fn a_client_with_a_huge_command_line_is_audited_with_a_bounded_one() {
+    let (_sb, mut c) = controller_with_web();
+    let script = r#"
+import json, socket, sys
+s = socket.socket(socket.AF_UNIX)
+s.settimeout(20)
+s.connect(sys.argv[1])
+s.sendall(b'{"type":"hello","version":1,"id":1}\n{"type":"start","service":"web","id":2}\n')
+f = s.makefile("rb")
+while True:
+    m = json.loads(f.readline())
+    if m.get("id") == 2:
+        print(m["type"])
+        break
+"#;
+    let huge = "x".repeat(100_000);
+    let out = Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .arg(&c.socket)
+        .args(std::iter::repeat_n(&huge, 16))
+        .output()
+        .expect("python3");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "done",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rows = c
+        .client()
+        .audit(&libupkeeper::AuditQuery::default())
+        .expect("audit");
+    let row = rows
+        .iter()
+        .find(|r| r.entry.service.as_deref() == Some("web") && r.entry.ok)
+        .expect("the start audited");
+    assert!(
+        row.entry.cmdline.contains(" -c ") && row.entry.cmdline.ends_with("xxxx"),
+        "the huge client's row: {}",
+        &row.entry.cmdline[..80.min(row.entry.cmdline.len())]
+    );
+    assert!(
+        row.entry.cmdline.len() <= 64 * 1024,
+        "{} bytes of command line kept",
+        row.entry.cmdline.len()
+    );
+    still_serving(&mut c);
 }
