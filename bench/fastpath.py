@@ -316,6 +316,7 @@ class Bench:
             # One service per way of stopping and starting, so that the ways' MIN_AGE waits
             # overlap.
             "ctl": dict(base, ExecStart=self.exec_start(-1), InitialState="running"),
+            "ctlnb": dict(base, ExecStart=self.exec_start(-1), InitialState="running"),
             "ctlsock": dict(base, ExecStart=self.exec_start(-1), InitialState="running"),
             "ctlbuddy": dict(base, ExecStart=self.exec_start(-1), InitialState="running"),
             "crash": dict(base, ExecStart=self.exec_start(0), InitialState="stopped"),
@@ -553,6 +554,13 @@ class Bench:
                 methods.append((b.kind, "`upkctl stop` / `upkctl start` (%s)" % b.label, d, b.pid,
                                 command([upkctl, "--config", str(b.ctl), "stop", "ctl"]),
                                 command([upkctl, "--config", str(b.ctl), "start", "ctl"])))
+                if "--no-block" in subprocess.run([upkctl, "stop", "--help"],
+                                                  capture_output=True, text=True).stdout:
+                    nb = [upkctl, "--config", str(b.ctl)]
+                    methods.append((b.kind, "`upkctl stop --no-block` / `start --no-block` (%s)"
+                                    % b.label, b.run / "ctlnb", b.pid,
+                                    command(nb + ["stop", "--no-block", "ctlnb"]),
+                                    command(nb + ["start", "--no-block", "ctlnb"])))
                 if not a.no_python_clients:
                     sock = b.sock
                     methods.append((

@@ -82,8 +82,13 @@ fn a_reader_reads_and_subscribes_others_are_refused_and_refusals_are_audited() {
     let list = r#"{"type":"list","id":1}"#;
     let restart = r#"{"type":"restart","id":2,"service":"svc"}"#;
     let subscribe = r#"{"type":"subscribe","id":3}"#;
+    let queued = r#"{"type":"queue","id":4,"request":{"type":"restart","service":"svc"}}"#;
 
-    let r = probe_as("upkreader", &c.socket, &[hello, list, restart, subscribe]);
+    let r = probe_as(
+        "upkreader",
+        &c.socket,
+        &[hello, list, restart, queued, subscribe],
+    );
     assert_eq!(r[0]["access"], "read", "{r:?}");
     assert_eq!(r[1]["type"], "services", "{r:?}");
     assert_eq!(r[1]["services"][0]["service"], "svc");
@@ -92,7 +97,11 @@ fn a_reader_reads_and_subscribes_others_are_refused_and_refusals_are_audited() {
         (Some("error"), Some("refused")),
         "{r:?}"
     );
-    assert_eq!(r[3]["type"], "subscribed", "{r:?}");
+    assert_eq!(
+        r[3]["code"], "refused",
+        "a queued command needs control too: {r:?}"
+    );
+    assert_eq!(r[4]["type"], "subscribed", "{r:?}");
 
     let r = probe_as("upkother", &c.socket, &[hello, list, restart]);
     assert_eq!(r[0]["access"], "none", "{r:?}");
@@ -107,7 +116,7 @@ fn a_reader_reads_and_subscribes_others_are_refused_and_refusals_are_audited() {
             .client()
             .audit(&libupkeeper::AuditQuery::default())
             .map_err(|e| e.to_string())?;
-        if rows.len() >= 3 {
+        if rows.len() >= 4 {
             Ok(rows)
         } else {
             Err(format!("{rows:?}"))
@@ -124,6 +133,7 @@ fn a_reader_reads_and_subscribes_others_are_refused_and_refusals_are_audited() {
         seen,
         [
             (reader_uid, "restart".to_owned(), false),
+            (reader_uid, "queue".to_owned(), false),
             (other_uid, "list".to_owned(), false),
             (other_uid, "restart".to_owned(), false),
         ]

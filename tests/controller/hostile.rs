@@ -544,3 +544,93 @@ while True:
     );
     still_serving(&mut c);
 }
+
+/// libupkeeper sends its first request in the same write as `hello`: when the controller
+/// refuses that `hello`, nothing after it may be served.
+#[test]
+fn a_refused_hello_ends_the_connection_and_what_followed_it_is_not_served() {
+    let (sb, mut c) = controller_with_web();
+    for hello in [
+        json!({"type": "hello", "version": 999, "id": 1}),
+        json!({"type": "hello", "version": 1, "origin": "x\u{7}".repeat(300), "id": 1}),
+    ] {
+        let mut raw = Client::raw(&c.socket);
+        let mut lines = serde_json::to_vec(&hello).expect("json");
+        lines.extend(b"\n{\"type\":\"start\",\"service\":\"web\",\"id\":2}\n");
+        raw.send_raw(&lines);
+        let refused = raw.recv().expect("an answer to the hello");
+        assert_eq!(
+            (refused["type"].as_str(), refused["id"].as_u64()),
+            (Some("error"), Some(1)),
+            "{refused}"
+        );
+        assert_eq!(raw.recv(), None, "the connection ends after the refusal");
+    }
+    // Nothing started web, and nothing audited a start: a marker command stored after both.
+    let mut root = c.client();
+    let marker = root.restart("no-such-service").expect_err("not found");
+    assert_eq!(marker.code(), Some(libupkeeper::ErrorCode::NotFound));
+    let rows = wait_until(Duration::from_secs(10), "the marker audited", || {
+        let rows = c
+            .client()
+            .audit(&libupkeeper::AuditQuery::default())
+            .map_err(|e| e.to_string())?;
+        match rows
+            .iter()
+            .any(|r| r.entry.service.as_deref() == Some("no-such-service"))
+        {
+            true => Ok(rows),
+            false => Err(format!("{rows:?}")),
+        }
+    });
+    assert!(
+        rows.iter()
+            .all(|r| r.entry.service.as_deref() != Some("web")),
+        "{rows:?}"
+    );
+    assert_eq!(
+        status(&sb, "web").and_then(|s| s.pid),
+        None,
+        "web never started"
+    );
+    still_serving(&mut c);
+}
+
+/// `queue` wraps one control request: a read request, a queue in a queue or no request at all
+/// is a bad value (the connection stays open), and a queued start is answered `queued`.
+#[test]
+fn a_queue_holds_one_control_request_and_nothing_else() {
+    let (sb, mut c) = controller_with_web();
+    let mut raw = Client::connect(&c.socket);
+    let start = json!({"type": "start", "service": "web"});
+    for (i, request) in [
+        json!({"type": "list"}),
+        json!({"type": "queue", "request": start}),
+        json!({"type": "hello", "version": 1}),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let r = raw.call(json!({"type": "queue", "id": i, "request": request}));
+        assert_eq!(
+            (r["type"].as_str(), r["code"].as_str()),
+            (Some("error"), Some("bad_value")),
+            "{request}: {r}"
+        );
+    }
+    let r = raw.call(json!({"type": "queue", "id": 7, "request": start}));
+    assert_eq!(
+        (r["type"].as_str(), r["service"].as_str()),
+        (Some("queued"), Some("web")),
+        "{r}"
+    );
+    wait_until(Duration::from_secs(10), "web running", || {
+        match status(&sb, "web") {
+            Some(s) if s.state == upk_core::event::StateName::Running => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    });
+    let r = raw.call(json!({"type": "queue", "id": 8}));
+    assert_eq!(r["code"], "invalid", "a queue without a request: {r}");
+    still_serving(&mut c);
+}

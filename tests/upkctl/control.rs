@@ -249,3 +249,68 @@ fn unconfigure_stops_the_service_and_forgets_it() {
     w.upkctl(&["unconfigure", "db"])
         .fails(code::NOT_FOUND, "db: there is no service");
 }
+
+/// `--no-block` returns once the command is sent to the buddy: an action still running when
+/// upkctl has returned, whose outcome reaches the audit all the same.
+#[test]
+fn no_block_returns_before_the_outcome_which_is_audited() {
+    let mut w = World::offline(&[]);
+    let gate = w.file("gate");
+    let ended = w.file("ended");
+    // The action ends only when the test opens the gate, so it cannot have ended before
+    // upkctl returned, however slow the machine.
+    let slow = format!(
+        "while [ ! -e {gate} ]; do sleep 0.02; done; touch {ended}; exit 3",
+        gate = gate.display(),
+        ended = ended.display()
+    );
+    w.add(
+        "app.conf",
+        &format!(
+            r#"{{ "web": {{ ExecStart: "sleep 1000", InitialState: "running",
+                          CustomActions: {{ "slow": {slow:?} }} }} }}"#
+        ),
+    );
+    w.start(&["web"]);
+
+    let out = w.upkctl(&["action", "slow", "web", "--no-block"]);
+    out.expect(code::OK);
+    assert_eq!(
+        out.stdout,
+        "web: sent to its buddy (--no-block: the outcome is in `upkctl status` and the audit)\n"
+    );
+    assert!(!ended.exists(), "the action was not waited for");
+    std::fs::write(&gate, "").expect("open the gate");
+    let line = wait_until(Duration::from_secs(10), "the outcome audited", || {
+        let out = w.upkctl(&["audit"]);
+        let found = out
+            .lines()
+            .into_iter()
+            .find(|l| l.contains("slow --no-block web"));
+        match found {
+            Some(l) if l.contains("exited") => Ok(l.to_owned()),
+            _ => Err(out.stdout.clone()),
+        }
+    });
+    assert!(
+        line.contains("action slow --no-block web: failed: slow: exited with code 3"),
+        "{line}"
+    );
+    assert!(ended.exists());
+
+    // A stop without blocking takes effect all the same.
+    w.upkctl(&["stop", "web", "--no-block"]).expect(code::OK);
+    w.wait_state("web", StateName::Stopped);
+    // What it cannot send is still an error: an unknown service, an unknown action.
+    w.upkctl(&["start", "nope", "--no-block"])
+        .fails(code::NOT_FOUND, "nope");
+    w.upkctl(&["action", "nope", "web", "--no-block"])
+        .fails(code::NOT_FOUND, "web has no action \"nope\"");
+    let both = w.upkctl(&["start", "web", "--no-block", "--wait"]);
+    both.expect(code::USAGE);
+    assert!(
+        both.stderr
+            .contains("'--no-block' cannot be used with '--wait'"),
+        "{both:?}"
+    );
+}

@@ -465,8 +465,9 @@ fn carry_out(fleet: &mut Fleet, server: &mut Server, round: &mut Round, intents:
                 let sent = fleet
                     .link_now(&service)
                     .is_some_and(|l| l.request(Some(rid), request).is_ok());
-                if !sent {
-                    server.unreachable(rid);
+                match sent {
+                    true => server.relayed(rid),
+                    false => server.unreachable(rid),
                 }
             }
             Intent::Link {

@@ -7,7 +7,8 @@
 //! reply, except `subscribe`, which is answered with `subscribed` and then pushes `event`
 //! messages (without an id) until the connection closes. Control requests are answered only
 //! once the service's buddy has answered, so `done` means the buddy carried the command out;
-//! anything else is an `error` with a [`ErrorCode`] and one sentence.
+//! anything else is an `error` with a [`ErrorCode`] and one sentence. A control request
+//! wrapped in `queue` is answered `queued` once it is sent to the buddy.
 //!
 //! [`Envelope`]: crate::proto::Envelope
 
@@ -147,6 +148,14 @@ pub enum ClientRequest {
         #[serde(default)]
         limit: Option<usize>,
     },
+    /// A control request relayed without waiting for its outcome (`upkctl --no-block`):
+    /// answered `queued` as soon as the service's buddy has been sent it. The command is
+    /// audited with its outcome, as `request` alone would be; the caller is not told that
+    /// outcome. `request` must be a control request other than `queue`.
+    Queue {
+        /// The control request.
+        request: Box<ClientRequest>,
+    },
     /// Per-service statistics over a window (default: the last 24 hours).
     Stats {
         /// Only these services (all configured ones when empty).
@@ -175,6 +184,7 @@ impl ClientRequest {
                 | ClientRequest::Signal { .. }
                 | ClientRequest::Action { .. }
                 | ClientRequest::Unconfigure { .. }
+                | ClientRequest::Queue { .. }
         )
     }
 
@@ -189,6 +199,7 @@ impl ClientRequest {
             | ClientRequest::Signal { service, .. }
             | ClientRequest::Action { service, .. }
             | ClientRequest::Unconfigure { service } => Some(service),
+            ClientRequest::Queue { request } => request.service(),
             _ => None,
         }
     }
@@ -289,6 +300,12 @@ pub enum ClientReply {
         /// Extra detail ("already running").
         #[serde(default, skip_serializing_if = "Option::is_none")]
         message: Option<String>,
+    },
+    /// A `queue`d control request was sent to the service's buddy; its outcome is audited,
+    /// not answered.
+    Queued {
+        /// The service.
+        service: String,
     },
     /// A reload or custom action ran to its end.
     ActionDone {

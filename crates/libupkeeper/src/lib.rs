@@ -6,7 +6,10 @@
 //! [`Client::connect`] says `hello` and learns what the caller may do ([`Access`], decided by
 //! the controller from the caller's uid and groups). Each method sends one request and waits
 //! for its reply; control methods (start, stop, restart, ...) return once the service's buddy
-//! has carried the command out, with the status right after it ([`Outcome`]). Failures are
+//! has carried the command out, with the status right after it ([`Outcome`]);
+//! [`Client::queue`] returns once the command is sent to the buddy, without its outcome.
+//! [`Client::connect_lazy`] says `hello` with the first request, in one write, for callers
+//! that send one request and go (upkctl). Failures are
 //! typed ([`Error`]): the controller could not be reached, it refused the caller, there is no
 //! such service, the buddy could not do it, or the wait timed out.
 //!
@@ -38,6 +41,7 @@
 //! match client.restart("api")? {
 //!     Outcome::Done { status, .. } => println!("api is {:?}", status.map(|s| s.state)),
 //!     Outcome::ActionDone { exit, .. } => println!("{exit:?}"),
+//!     Outcome::Queued { .. } => unreachable!("only `Client::queue` is answered `queued`"),
 //! }
 //! # Ok::<(), libupkeeper::Error>(())
 //! ```
@@ -168,6 +172,12 @@ pub enum Outcome {
         /// Extra detail, such as "already running".
         message: Option<String>,
     },
+    /// The command was sent to the service's buddy, its outcome not waited for
+    /// ([`Client::queue`]).
+    Queued {
+        /// The service.
+        service: String,
+    },
     /// A reload or custom action ran to its end.
     ActionDone {
         /// The service.
@@ -255,6 +265,8 @@ pub struct Client {
     timeout: Option<Duration>,
     /// The program the connection goes through ([`Client::spawn`]).
     program: Option<program::Program>,
+    /// `hello` is still to be said, with this bound on its answer ([`Client::connect_lazy`]).
+    owed: Option<Duration>,
 }
 
 impl Client {
@@ -267,6 +279,18 @@ impl Client {
     /// [`Client::connect`] with another bound on the connection and the wait for `hello`.
     /// Later requests wait without a bound until [`Client::set_timeout`] sets one.
     pub fn connect_timeout(socket: &Path, hello: Duration) -> Result<Client> {
+        let mut client = Client::connect_lazy(socket, hello)?;
+        client.hello()?;
+        Ok(client)
+    }
+
+    /// Connects to the controller at `socket` within `hello`, and says `hello` with the first
+    /// request, in the same write: a one-shot command costs one round trip, not two. The
+    /// answer to `hello` is read first, within `hello`; until then [`Client::access`] is
+    /// `None` and [`Client::controller_pid`] 0 (call [`Client::hello`] to learn them first).
+    /// A controller that refuses the `hello` (a newer protocol) closes the connection without
+    /// serving what followed it.
+    pub fn connect_lazy(socket: &Path, hello: Duration) -> Result<Client> {
         let stream = dial(socket, hello).map_err(|source| match source.kind() {
             // The listener's backlog stayed full for the whole bound: a wedged controller.
             std::io::ErrorKind::WouldBlock => Error::TimedOut(hello),
@@ -275,29 +299,59 @@ impl Client {
                 source,
             },
         })?;
-        Client::over(stream, hello)
+        let mut client = Client::unsaid(stream)?;
+        client.owed = Some(hello);
+        Ok(client)
     }
 
     /// Says `hello` on a stream already connected to something that speaks the protocol (the
     /// controller, or `upkeeper read-store` on a socket pair), waiting at most `hello`.
     pub fn over(stream: UnixStream, hello: Duration) -> Result<Client> {
-        let mut client = Client {
+        let mut client = Client::unsaid(stream)?;
+        client.greet(hello, None)?;
+        Ok(client)
+    }
+
+    fn unsaid(stream: UnixStream) -> Result<Client> {
+        Ok(Client {
             wire: Wire::new(stream)?,
             access: Access::None,
             controller_pid: 0,
             timeout: None,
             program: None,
-        };
-        client.set_timeout(Some(hello))?;
-        match client.call(ClientRequest::Hello {
+            owed: None,
+        })
+    }
+
+    /// Says `hello` now, if it is still owed ([`Client::connect_lazy`]).
+    pub fn hello(&mut self) -> Result<()> {
+        match self.owed.take() {
+            Some(bound) => self
+                .greet(bound, None)
+                .map(drop)
+                .map_err(|e| self.explain(e)),
+            None => Ok(()),
+        }
+    }
+
+    /// Sends `hello`, and `then` after it in the same write, and waits at most `bound` for
+    /// the answer to `hello`; returns the id `then`'s answer will carry.
+    fn greet(&mut self, bound: Duration, then: Option<ClientRequest>) -> Result<Option<u64>> {
+        let hello = ClientRequest::Hello {
             version: PROTOCOL_VERSION,
             origin: None,
-        })? {
+        };
+        let mut lines = vec![hello];
+        lines.extend(then);
+        let ids = self.wire.send_all(lines)?;
+        self.wire.set_timeout(Some(bound))?;
+        let answer = self.answer(ids[0]);
+        self.wire.set_timeout(self.timeout)?;
+        match answer? {
             ClientReply::Hello { access, pid, .. } => {
-                client.access = access;
-                client.controller_pid = pid;
-                client.set_timeout(None)?;
-                Ok(client)
+                self.access = access;
+                self.controller_pid = pid;
+                Ok(ids.get(1).copied())
             }
             other => Err(unexpected(&other)),
         }
@@ -333,7 +387,15 @@ impl Client {
     }
 
     fn exchange(&mut self, request: ClientRequest) -> Result<ClientReply> {
-        let id = self.wire.send(request)?;
+        let id = match self.owed.take() {
+            Some(bound) => self.greet(bound, Some(request))?.unwrap_or_default(),
+            None => self.wire.send(request)?,
+        };
+        self.answer(id)
+    }
+
+    /// Reads until the reply to request `id` has come whole.
+    fn answer(&mut self, id: u64) -> Result<ClientReply> {
         loop {
             let msg = self.read()?;
             if let (None, ClientReply::Error { code, message }) = (msg.id, &msg.body) {
@@ -396,8 +458,21 @@ impl Client {
         }
     }
 
-    fn control(&mut self, request: ClientRequest) -> Result<Outcome> {
+    /// Sends a control request without waiting for its outcome (`upkctl --no-block`):
+    /// [`Outcome::Queued`] once the controller has sent it to the service's buddy. The
+    /// outcome is audited with the command; it is not told here, so a service that fails to
+    /// start is seen in its status and history, not in this answer.
+    pub fn queue(&mut self, request: ClientRequest) -> Result<Outcome> {
+        self.command(ClientRequest::Queue {
+            request: Box::new(request),
+        })
+    }
+
+    /// Sends any control request (start, stop, ..., [`ClientRequest::Queue`]) and returns
+    /// what it did.
+    pub fn command(&mut self, request: ClientRequest) -> Result<Outcome> {
         match self.call(request)? {
+            ClientReply::Queued { service } => Ok(Outcome::Queued { service }),
             ClientReply::Done {
                 service,
                 status,
@@ -425,37 +500,37 @@ impl Client {
     /// Wants the service up and starts it.
     pub fn start(&mut self, service: &str) -> Result<Outcome> {
         let service = service.to_owned();
-        self.control(ClientRequest::Start { service })
+        self.command(ClientRequest::Start { service })
     }
 
     /// Wants the service down and stops it.
     pub fn stop(&mut self, service: &str) -> Result<Outcome> {
         let service = service.to_owned();
-        self.control(ClientRequest::Stop { service })
+        self.command(ClientRequest::Stop { service })
     }
 
     /// Stops the service if it runs, then starts it.
     pub fn restart(&mut self, service: &str) -> Result<Outcome> {
         let service = service.to_owned();
-        self.control(ClientRequest::Restart { service })
+        self.command(ClientRequest::Restart { service })
     }
 
     /// Runs the service's reload action; returns when it has ended.
     pub fn reload(&mut self, service: &str) -> Result<Outcome> {
         let service = service.to_owned();
-        self.control(ClientRequest::Reload { service })
+        self.command(ClientRequest::Reload { service })
     }
 
     /// Starts the service once, without restarting it when it ends.
     pub fn once(&mut self, service: &str) -> Result<Outcome> {
         let service = service.to_owned();
-        self.control(ClientRequest::Once { service })
+        self.command(ClientRequest::Once { service })
     }
 
     /// Sends a signal to the service (to its process group with `group`).
     pub fn signal(&mut self, service: &str, signal: SignalSpec, group: bool) -> Result<Outcome> {
         let service = service.to_owned();
-        self.control(ClientRequest::Signal {
+        self.command(ClientRequest::Signal {
             service,
             signal,
             group,
@@ -465,13 +540,13 @@ impl Client {
     /// Runs a custom action by name (or number); returns when it has ended.
     pub fn action(&mut self, service: &str, name: &str) -> Result<Outcome> {
         let (service, name) = (service.to_owned(), name.to_owned());
-        self.control(ClientRequest::Action { service, name })
+        self.command(ClientRequest::Action { service, name })
     }
 
     /// Stops the service, shuts its buddy down, and forgets it until its definition changes.
     pub fn unconfigure(&mut self, service: &str) -> Result<Outcome> {
         let service = service.to_owned();
-        self.control(ClientRequest::Unconfigure { service })
+        self.command(ClientRequest::Unconfigure { service })
     }
 
     /// Stored events matching `filter`.

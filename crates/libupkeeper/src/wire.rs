@@ -53,11 +53,26 @@ impl Wire {
 
     /// Sends `body` with the next request id; returns the id its reply will carry.
     pub(crate) fn send<T: Serialize>(&mut self, body: T) -> std::io::Result<u64> {
-        self.next_id += 1;
-        let id = self.next_id;
-        self.writer
-            .write_all(&proto::encode(&Envelope { id: Some(id), body }))?;
-        Ok(id)
+        Ok(self.send_all([body])?[0])
+    }
+
+    /// Sends each of `bodies` with the next request ids, in one write; returns the ids their
+    /// replies will carry.
+    pub(crate) fn send_all<T: Serialize>(
+        &mut self,
+        bodies: impl IntoIterator<Item = T>,
+    ) -> std::io::Result<Vec<u64>> {
+        let (mut lines, mut ids) = (Vec::new(), Vec::new());
+        for body in bodies {
+            self.next_id += 1;
+            ids.push(self.next_id);
+            lines.extend(proto::encode(&Envelope {
+                id: Some(self.next_id),
+                body,
+            }));
+        }
+        self.writer.write_all(&lines)?;
+        Ok(ids)
     }
 
     /// The next whole line, decoded.

@@ -357,6 +357,10 @@ pub struct Targets {
     /// Block until each service has reached its new state (bounded by --timeout).
     #[arg(long)]
     pub wait: bool,
+    /// Return once the controller has sent the command to the service's buddy, without
+    /// waiting for its outcome (it is audited all the same; see `upkctl status`).
+    #[arg(long, conflicts_with = "wait")]
+    pub no_block: bool,
 }
 
 /// A time window.

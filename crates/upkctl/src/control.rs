@@ -1,10 +1,13 @@
 //! Control commands: start, stop, restart, reload, signal, action, once, unconfigure, one
-//! service after another, and `--wait` for the new state.
+//! service after another, `--wait` for the new state, and `--no-block` for no wait at all.
 //!
 //! The controller answers a control request once the service's buddy has carried it out, so
 //! "done" already means the buddy acted; `--wait` goes further and blocks until the status
 //! says the service got where the command sends it ([`Goal`]), or it clearly will not (it
 //! `failed`, its restarts are paused), or `--timeout` runs out.
+//!
+//! `--no-block` is answered once the controller has sent the command to the buddy (the
+//! peers' `svc -d` writes a byte to a FIFO and returns); the outcome is audited as always.
 //!
 //! The wait subscribes to the services' events before the commands are sent: an event is the
 //! cue to read the status again, and the status decides (the buddy may push an event a moment
@@ -15,7 +18,9 @@
 use crate::exit::{self, code_of, Failure, Result};
 use crate::status::{read_status, want_str};
 use crate::{print_json, warn, Ctx};
-use libupkeeper::{Client, Error, ErrorCode, Exit, Outcome, SignalSpec, StateName, Status, Want};
+use libupkeeper::{
+    Client, ClientRequest, Error, ErrorCode, Exit, Outcome, SignalSpec, StateName, Status, Want,
+};
 use serde::Serialize;
 use std::io::Write;
 use std::time::{Duration, Instant};
@@ -53,16 +58,38 @@ pub enum Verb {
 }
 
 impl Verb {
-    fn send(&self, client: &mut Client, service: &str) -> libupkeeper::Result<Outcome> {
+    /// Sends the command for `service`; with `no_block`, answered once it is sent to the
+    /// buddy.
+    fn send(
+        &self,
+        client: &mut Client,
+        service: &str,
+        no_block: bool,
+    ) -> libupkeeper::Result<Outcome> {
+        let request = self.request(service.to_owned());
+        match no_block {
+            true => client.queue(request),
+            false => client.command(request),
+        }
+    }
+
+    fn request(&self, service: String) -> ClientRequest {
         match self {
-            Verb::Start => client.start(service),
-            Verb::Stop => client.stop(service),
-            Verb::Restart => client.restart(service),
-            Verb::Reload => client.reload(service),
-            Verb::Once => client.once(service),
-            Verb::Signal { signal, group } => client.signal(service, signal.clone(), *group),
-            Verb::Action { name } => client.action(service, name),
-            Verb::Unconfigure => client.unconfigure(service),
+            Verb::Start => ClientRequest::Start { service },
+            Verb::Stop => ClientRequest::Stop { service },
+            Verb::Restart => ClientRequest::Restart { service },
+            Verb::Reload => ClientRequest::Reload { service },
+            Verb::Once => ClientRequest::Once { service },
+            Verb::Signal { signal, group } => ClientRequest::Signal {
+                service,
+                signal: signal.clone(),
+                group: *group,
+            },
+            Verb::Action { name } => ClientRequest::Action {
+                service,
+                name: name.clone(),
+            },
+            Verb::Unconfigure => ClientRequest::Unconfigure { service },
         }
     }
 
@@ -239,7 +266,7 @@ pub fn run(
     let mut results = Vec::new();
     for service in &services {
         let answer = loop {
-            match verb.send(&mut client, service) {
+            match verb.send(&mut client, service, targets.no_block) {
                 Err(e) if targets.wait && unavailable(&e) && Instant::now() < deadline => {
                     wait_a_little(sub.as_mut(), deadline)?;
                 }
@@ -309,6 +336,11 @@ fn outcome(service: &str, answer: libupkeeper::Result<Outcome>) -> Result1 {
                 (None, None) => "done".into(),
             };
             r.status = status;
+        }
+        Ok(Outcome::Queued { .. }) => {
+            r.message = "sent to its buddy (--no-block: the outcome is in `upkctl status` and \
+                         the audit)"
+                .into();
         }
         Ok(Outcome::ActionDone {
             action,

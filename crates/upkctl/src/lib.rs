@@ -101,8 +101,9 @@ impl Ctx {
         }
         let socket = self.socket()?;
         // The connection and the controller's `hello` are bounded by `--timeout` (a stopped or
-        // wedged controller still accepts connections, or stops accepting them).
-        let mut client = match Client::connect_timeout(&socket, self.timeout) {
+        // wedged controller still accepts connections, or stops accepting them). The `hello`
+        // goes with the first request: one round trip per command.
+        let mut client = match Client::connect_lazy(&socket, self.timeout) {
             Err(libupkeeper::Error::TimedOut(_)) => {
                 return Err(Failure::new(
                     exit::TIMED_OUT,
@@ -234,7 +235,10 @@ fn ping(ctx: &Ctx, wait: Option<Duration>, out: &mut dyn Write) -> Result<i32> {
             },
             ..ctx.clone()
         };
-        match attempt.connect() {
+        match attempt
+            .connect()
+            .and_then(|mut c| c.hello().map(|()| c).map_err(Failure::from))
+        {
             Ok(client) => {
                 writeln!(out, "{}", client.controller_pid())?;
                 return Ok(exit::OK);

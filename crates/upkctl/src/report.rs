@@ -80,15 +80,18 @@ fn user_name(uid: u32) -> String {
     }
 }
 
-/// `2026-11-21T12:24:05.123Z  root  restart web: done: running (want up)  [upkctl restart web]`.
-/// The user is shown by name when `local` (the row is this host's), else as `uid N`; a
-/// command's origin (`-H`: the ssh client's address) follows its command line.
-pub fn audit_line(zone: &crate::when::Zone, row: &CommandRow, local: bool) -> String {
-    let e = &row.entry;
-    let req = &e.request;
+/// What an audited request asked, in upkctl's words: `restart`, `signal TERM --group`,
+/// `action rotate`, `stop --no-block` (a queued command). `depth` bounds the nesting a row
+/// from the store may hold.
+fn verb_of(req: &serde_json::Value, depth: usize) -> String {
     let field = |k: &str| req.get(k).and_then(|v| v.as_str()).map(str::to_owned);
     let mut what = field("type").unwrap_or_else(|| "?".into());
     match what.as_str() {
+        "queue" if depth < 2 => {
+            if let Some(inner) = req.get("request") {
+                what = format!("{} --no-block", verb_of(inner, depth + 1));
+            }
+        }
         "signal" => {
             let sig = req.get("signal").map(|s| match s.as_str() {
                 Some(name) => name.to_owned(),
@@ -102,6 +105,15 @@ pub fn audit_line(zone: &crate::when::Zone, row: &CommandRow, local: bool) -> St
         "action" => what.push_str(&format!(" {}", field("name").unwrap_or_default())),
         _ => {}
     }
+    what
+}
+
+/// `2026-11-21T12:24:05.123Z  root  restart web: done: running (want up)  [upkctl restart web]`.
+/// The user is shown by name when `local` (the row is this host's), else as `uid N`; a
+/// command's origin (`-H`: the ssh client's address) follows its command line.
+pub fn audit_line(zone: &crate::when::Zone, row: &CommandRow, local: bool) -> String {
+    let e = &row.entry;
+    let mut what = verb_of(&e.request, 0);
     if let Some(s) = &e.service {
         what.push_str(&format!(" {s}"));
     }
@@ -334,6 +346,17 @@ mod tests {
         assert!(
             line.contains("  uid 4242  signal 10")
                 && line.ends_with("[pid 99: upkctl bridge, via ssh 10.0.0.7:40404]"),
+            "{line}"
+        );
+        let queued =
+            serde_json::json!({"type": "queue", "request": {"type": "stop", "service": "web"}});
+        let line = audit_line(
+            &crate::when::Zone::utc(),
+            &row(queued, "done: stopping (want down)", true),
+            true,
+        );
+        assert!(
+            line.contains("  stop --no-block web: done: stopping (want down)  "),
             "{line}"
         );
     }

@@ -281,6 +281,7 @@ fn command(socket: &Path, verb: Verb, service: &str) -> Result<String, String> {
         } => Ok(format!("done, now {}", s.state.as_str())),
         Outcome::Done { .. } => Ok("done".into()),
         Outcome::ActionDone { exit, .. } => Ok(exit.to_string()),
+        Outcome::Queued { .. } => Ok("queued".into()),
     }
 }
 

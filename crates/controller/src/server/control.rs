@@ -2,7 +2,7 @@
 //! and the desired state it leaves is stored, audited either way. What the loop must do for
 //! them (send the relay, store the desired state, unconfigure) is returned as [`Intent`]s.
 
-use super::{not_found, Peer, Pending, Server};
+use super::{not_found, Peer, Pending, Server, NOBODY};
 use crate::fleet::Fleet;
 use crate::store::CommandEntry;
 use std::os::unix::net::UnixStream;
@@ -61,11 +61,19 @@ impl Server {
         peer: &Peer,
         fleet: &Fleet,
     ) -> Result<(), (ErrorCode, String)> {
+        let (inner, queued) = match body {
+            ClientRequest::Queue { request } => match **request {
+                ClientRequest::Queue { .. } => return Err(not_queueable()),
+                ref inner if inner.is_control() => (inner, true),
+                _ => return Err(not_queueable()),
+            },
+            body => (body, false),
+        };
         let service = body.service().unwrap_or_default().to_owned();
         let Some(member) = fleet.members.get(&service) else {
             return Err(not_found(&service, fleet));
         };
-        let request = match body.clone() {
+        let request = match inner.clone() {
             ClientRequest::Start { .. } => BuddyRequest::Start,
             ClientRequest::Stop { .. } => BuddyRequest::Stop,
             ClientRequest::Restart { .. } => BuddyRequest::Restart,
@@ -114,7 +122,7 @@ impl Server {
             ok: false,
             origin: peer.origin.clone(),
         };
-        let unconfigure = matches!(body, ClientRequest::Unconfigure { .. });
+        let unconfigure = matches!(inner, ClientRequest::Unconfigure { .. });
         self.pending.insert(
             rid,
             Pending {
@@ -123,6 +131,7 @@ impl Server {
                 service: service.clone(),
                 entry,
                 unconfigure,
+                queued,
                 answer: None,
             },
         );
@@ -132,6 +141,18 @@ impl Server {
             request: relay,
         });
         Ok(())
+    }
+
+    /// The relay of `rid` was sent to the buddy. A `queue`d command is answered `queued`
+    /// now; its outcome is audited when the buddy answers, and told to nobody.
+    pub fn relayed(&mut self, rid: u64) {
+        let Some(p) = self.pending.get_mut(&rid).filter(|p| p.queued) else {
+            return;
+        };
+        let (client, id) = (std::mem::replace(&mut p.client, NOBODY), p.id);
+        let service = p.service.clone();
+        self.send(client, id, ClientReply::Queued { service });
+        self.flush(client);
     }
 
     /// The relay of `rid` could not be sent (no link to the buddy, or a broken one): the
@@ -250,7 +271,8 @@ impl Server {
         self.finish(rid, body, result, ok);
     }
 
-    /// A relayed request failed: the client gets the buddy's sentence.
+    /// A relayed request failed: the client gets the buddy's sentence (unless it was only
+    /// told `queued`).
     fn failed(&mut self, rid: u64, message: String) {
         let Some(p) = self.pending.get(&rid) else {
             return;
@@ -311,4 +333,13 @@ impl Server {
             );
         }
     }
+}
+
+fn not_queueable() -> (ErrorCode, String) {
+    (
+        ErrorCode::BadValue,
+        "only a control request (start, stop, restart, reload, once, signal, action, \
+         unconfigure) can be queued"
+            .into(),
+    )
 }

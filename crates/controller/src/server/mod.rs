@@ -87,10 +87,16 @@ struct Pending {
     service: String,
     entry: CommandEntry,
     unconfigure: bool,
+    /// Answered `queued` once relayed ([`Server::relayed`]); then `client` is [`NOBODY`].
+    queued: bool,
     /// The buddy answered: the reply, sent once the desired state it leaves is stored with
     /// the command's audit row ([`Server::stored`]).
     answer: Option<ClientReply>,
 }
+
+/// The token no connection has (they start at 2): where the answer of a command goes once
+/// its client was told `queued`, that is nowhere.
+const NOBODY: u64 = 0;
 
 /// An answer held until its command's audit row is committed: the client, the request's id,
 /// the reply.
@@ -466,6 +472,14 @@ impl Server {
         }
     }
 
+    /// Replies to a `hello` with an error and closes the connection once that is written.
+    fn refuse_hello(&mut self, token: u64, id: Option<u64>, code: ErrorCode, message: String) {
+        self.fail(token, id, code, message);
+        if let Some(c) = self.clients.get_mut(&token) {
+            c.closing = true;
+        }
+    }
+
     /// A buddy phoning home: its connection becomes an event link, if it runs as us (or root).
     fn hand_over(&mut self, token: u64, hello: Vec<u8>) {
         let Some(c) = self.clients.remove(&token) else {
@@ -492,17 +506,19 @@ impl Server {
         let (id, access, peer) = (req.id, c.access, c.peer.clone());
         let body = req.body;
         if let ClientRequest::Hello { version, origin } = body {
+            // A refused hello ends the connection: a client may send its first request in the
+            // same write (libupkeeper does), and it must not be served.
             if version > PROTOCOL_VERSION {
                 let msg = format!(
                     "protocol version {version} is newer than this controller's {PROTOCOL_VERSION}"
                 );
-                return self.fail(token, id, ErrorCode::Version, msg);
+                return self.refuse_hello(token, id, ErrorCode::Version, msg);
             }
             // Where the caller says it comes from enters here: bounded, printable, then kept
             // for every command of this connection's audit (docs/remote.md).
             if let Some(origin) = origin {
                 if let Err(msg) = upk_core::client::check_origin(&origin) {
-                    return self.fail(token, id, ErrorCode::BadValue, msg);
+                    return self.refuse_hello(token, id, ErrorCode::BadValue, msg);
                 }
                 if let Some(c) = self.clients.get_mut(&token) {
                     c.peer.origin = Some(origin);

@@ -93,6 +93,7 @@ fn one(id: &str) -> Targets {
         services: vec![id.to_owned()],
         all: false,
         wait: true,
+        no_block: false,
     }
 }
 
