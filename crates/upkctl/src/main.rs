@@ -1,7 +1,7 @@
 //! `upkctl`: parse the command line, run the command, turn the outcome into an exit code.
 //! Everything else lives in the library.
 
-use clap::{CommandFactory, Parser};
+use clap::CommandFactory;
 use std::process::ExitCode;
 use upkctl::exit;
 
@@ -17,7 +17,7 @@ fn main() -> ExitCode {
     // COMPLETE set, for each completion (service names included): answered, and exited.
     clap_complete::CompleteEnv::with_factory(upkctl::cli::Args::command).complete();
     // Usage errors are permanent failures (100), as for every upkeeper program; help is not.
-    let args = match upkctl::cli::Args::try_parse() {
+    let args = match upkctl::cli::Args::parse_argv(std::env::args_os().collect()) {
         Ok(a) => a,
         Err(e) => {
             let _ = e.print();
