@@ -8,6 +8,15 @@ use clap_complete::engine::{ArgValueCandidates, CompletionCandidate};
 use std::ffi::OsString;
 use std::path::PathBuf;
 
+/// The root of the command line: its name and version (its help is [`Args`]'s).
+fn root() -> Command {
+    Command::new("upkctl")
+        .version(env!("CARGO_PKG_VERSION"))
+        .propagate_version(true)
+        .subcommand_required(true)
+        .arg_required_else_help(true)
+}
+
 /// upkeeper's operator tool: status, control, history, audit and statistics of services.
 ///
 /// upkctl talks to the controller through its socket (StateDir/upkeeper.sock of the controller
@@ -15,9 +24,34 @@ use std::path::PathBuf;
 /// With `-H [USER@]HOST`, commands go to that host's controller over ssh (docs/remote.md).
 /// Exit codes: 0 ok, 1 failed, 2 not found, 3 refused, 4 controller unreachable, 5 timed out,
 /// 6 invalid configuration, 100 usage, 111 temporary failure (docs/exit-codes.md).
-#[derive(Debug, Parser)]
-#[command(name = "upkctl", version, propagate_version = true)]
+//
+// (The doc comment above is `upkctl --help`'s text. The command line is the [`Global`]
+// options, before or after the subcommand, and the subcommand.)
+#[derive(Debug, ClapArgs)]
 pub struct Args {
+    /// Options before or after the subcommand.
+    #[command(flatten)]
+    pub global: Global,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Cmd,
+}
+
+impl CommandFactory for Args {
+    fn command() -> Command {
+        <Args as ClapArgs>::augment_args(root())
+    }
+
+    fn command_for_update() -> Command {
+        <Args as ClapArgs>::augment_args_for_update(root())
+    }
+}
+
+impl Parser for Args {}
+
+/// The options every subcommand takes (clap's global ones).
+#[derive(Debug, Clone, ClapArgs)]
+pub struct Global {
     /// The controller file (default: /etc/upkeeper/upkeeper.conf for root,
     /// $XDG_CONFIG_HOME/upkeeper/upkeeper.conf otherwise; built-in defaults if it is missing).
     #[arg(long, global = true, value_name = "PATH")]
@@ -66,33 +100,35 @@ pub struct Args {
         requires = "fleet"
     )]
     pub hosts: String,
-    /// What to do.
-    #[command(subcommand)]
-    pub command: Cmd,
 }
 
 impl Args {
     /// Parses `argv` (the program's name first), as [`Parser::try_parse_from`] does.
     ///
-    /// Before it parses, clap copies every global option (eleven) into every subcommand of
-    /// the tree (forty): 0.2 ms of a 0.8 ms `upkctl stop` (docs/benchmarks.md). So when
-    /// `argv` names a subcommand, the tree parsed holds that one alone: the same options, help
-    /// and errors for it. Anything else (no subcommand, a misspelt one, `help`) is parsed with
-    /// the whole tree, which lists and suggests them all.
+    /// clap builds every subcommand (forty) before it parses, and copies every global option
+    /// (eleven) into each: 0.35 ms of a 0.8 ms `upkctl stop` (docs/benchmarks.md). So when
+    /// `argv` names a subcommand, the tree parsed holds its group's subcommands alone ([`Cmd`]):
+    /// the same options, help and errors for it. Anything else (no subcommand, a misspelt one,
+    /// `help`) is parsed with the whole tree, which lists and suggests them all.
     pub fn parse_argv(argv: Vec<OsString>) -> Result<Args, clap::Error> {
-        let full = Args::command();
-        let mut cmd = match named_subcommand(&full, &argv) {
-            Some(sub) => only(&full, sub),
-            None => full,
+        let globals = Global::augment_args(root());
+        let mut cmd = match named_subcommand(&globals, &argv) {
+            Some(name) if StateCmd::has_subcommand(name) => StateCmd::augment_subcommands(globals),
+            Some(name) if ControlCmd::has_subcommand(name) => {
+                ControlCmd::augment_subcommands(globals)
+            }
+            Some(name) if PastCmd::has_subcommand(name) => PastCmd::augment_subcommands(globals),
+            Some(name) if ToolCmd::has_subcommand(name) => ToolCmd::augment_subcommands(globals),
+            _ => Args::command(),
         };
         let mut matches = cmd.try_get_matches_from_mut(argv)?;
         Args::from_arg_matches_mut(&mut matches).map_err(|e| e.format(&mut cmd))
     }
 }
 
-/// The subcommand `argv` names: its first word that is neither an option nor the value of a
-/// root option that takes one (`--config PATH`, `-H HOST`), when the tree has it.
-fn named_subcommand<'a>(full: &'a Command, argv: &[OsString]) -> Option<&'a Command> {
+/// The word of `argv` that names the subcommand: the first that is neither an option of
+/// `globals` nor the value of one that takes it (`--config PATH`, `-H HOST`).
+fn named_subcommand<'a>(globals: &Command, argv: &'a [OsString]) -> Option<&'a str> {
     let takes_value = |arg: &clap::Arg| arg.get_action().takes_values();
     let mut words = argv.iter().skip(1);
     while let Some(word) = words.next() {
@@ -102,17 +138,17 @@ fn named_subcommand<'a>(full: &'a Command, argv: &[OsString]) -> Option<&'a Comm
         } else if let Some(long) = word.strip_prefix("--") {
             // `--config=PATH` holds its value; `--config PATH` does not.
             !long.contains('=')
-                && full
+                && globals
                     .get_arguments()
                     .any(|a| a.get_long() == Some(long) && takes_value(a))
         } else if let Some(shorts) = word.strip_prefix('-').filter(|s| !s.is_empty()) {
             // `-Hhost` holds its value; `-H host` does not.
             shorts.len() == 1
-                && full.get_arguments().any(|a| {
+                && globals.get_arguments().any(|a| {
                     a.get_short().map(String::from).as_deref() == Some(shorts) && takes_value(a)
                 })
         } else {
-            return full.find_subcommand(word);
+            return Some(word);
         };
         if valued {
             words.next();
@@ -121,27 +157,27 @@ fn named_subcommand<'a>(full: &'a Command, argv: &[OsString]) -> Option<&'a Comm
     None
 }
 
-/// `full` with `sub` as its only subcommand.
-fn only(full: &Command, sub: &Command) -> Command {
-    let mut root = Command::new("upkctl")
-        .version(env!("CARGO_PKG_VERSION"))
-        .propagate_version(full.is_propagate_version_set())
-        .subcommand_required(full.is_subcommand_required_set())
-        .arg_required_else_help(full.is_arg_required_else_help_set())
-        .args(full.get_arguments().cloned())
-        .subcommand(sub.clone());
-    if let Some(about) = full.get_about() {
-        root = root.about(about.clone());
-    }
-    if let Some(about) = full.get_long_about() {
-        root = root.long_about(about.clone());
-    }
-    root
-}
-
-/// The subcommands.
+/// The subcommands, in four groups, so that a command line is parsed with its own group's
+/// subcommands alone ([`Args::parse_argv`]).
 #[derive(Debug, Subcommand)]
 pub enum Cmd {
+    /// status, list, ping, is-active, is-failed.
+    #[command(flatten)]
+    State(StateCmd),
+    /// start, stop, restart, reload, signal, action, once, unconfigure.
+    #[command(flatten)]
+    Control(ControlCmd),
+    /// history, audit, why, logs, incident, stats, watch.
+    #[command(flatten)]
+    Past(PastCmd),
+    /// check, render, openrc, completions, man, bridge.
+    #[command(flatten)]
+    Tool(ToolCmd),
+}
+
+/// What services are doing now.
+#[derive(Debug, Subcommand)]
+pub enum StateCmd {
     /// Show the state of services (all when none is named); from the status files when the
     /// controller is down.
     Status {
@@ -172,6 +208,11 @@ pub enum Cmd {
         #[arg(value_name = "SERVICE", required = true, add = ArgValueCandidates::new(service_names))]
         services: Vec<String>,
     },
+}
+
+/// What services are told to do.
+#[derive(Debug, Subcommand)]
+pub enum ControlCmd {
     /// Want services up and start them.
     Start(Targets),
     /// Want services down and stop them (stop script, SIGTERM, SIGKILL to the group).
@@ -211,6 +252,11 @@ pub enum Cmd {
         #[arg(long)]
         direct: bool,
     },
+}
+
+/// What happened: the store's history, audit and statistics, the service's own output.
+#[derive(Debug, Subcommand)]
+pub enum PastCmd {
     /// Show stored events, oldest first.
     History {
         /// Only these services: ids, or globs such as 'pkg::*' (all when none is named).
@@ -292,6 +338,11 @@ pub enum Cmd {
         #[arg(long, value_name = "N")]
         count: Option<u64>,
     },
+}
+
+/// Configuration, integration and the tool itself.
+#[derive(Debug, Subcommand)]
+pub enum ToolCmd {
     /// Validate configuration offline and print every error with its location (default: the
     /// controller file and every service file in its SvcConfigPath).
     Check {
@@ -558,9 +609,8 @@ mod tests {
 
     #[test]
     fn the_subcommand_is_found_past_root_options_and_their_values() {
-        let full = Args::command();
-        let named =
-            |argv: &[&str]| named_subcommand(&full, &words(argv)).map(|c| c.get_name().to_owned());
+        let globals = Global::augment_args(root());
+        let named = |argv: &[&str]| named_subcommand(&globals, &words(argv)).map(str::to_owned);
         assert_eq!(named(&["upkctl", "stop", "web"]).as_deref(), Some("stop"));
         assert_eq!(
             named(&["upkctl", "--config", "status", "--json", "-H", "h", "stop"]).as_deref(),
@@ -571,7 +621,7 @@ mod tests {
             Some("is-active")
         );
         assert_eq!(named(&["upkctl", "--", "stop"]), None);
-        assert_eq!(named(&["upkctl", "stpo"]), None);
+        assert_eq!(named(&["upkctl", "stpo"]).as_deref(), Some("stpo"));
         assert_eq!(named(&["upkctl", "--json"]), None);
     }
 }

@@ -9,7 +9,7 @@
 //! (the local zone, `--utc`) and passed on as µs. With `--json`, the lines are printed as
 //! they came.
 
-use crate::cli::{Cmd, Window};
+use crate::cli::{Cmd, PastCmd, Window};
 use crate::exit::{self, Failure, Result};
 use crate::{table, when, Ctx};
 use libupkeeper::{CommandRow, ConfigChangeRow, EventRow, Stats, Why};
@@ -122,13 +122,13 @@ fn times(ctx: &Ctx, w: &Window) -> Result<(Option<i64>, Option<i64>)> {
 /// Runs one of the fleet's commands.
 pub fn run(ctx: &Ctx, url: &str, hosts: &str, cmd: Cmd, out: &mut dyn Write) -> Result<i32> {
     match cmd {
-        Cmd::History {
+        Cmd::Past(PastCmd::History {
             services,
             window,
             kind,
             lines,
             follow,
-        } => {
+        }) => {
             if follow {
                 return Err(Failure::new(
                     exit::USAGE,
@@ -138,9 +138,13 @@ pub fn run(ctx: &Ctx, url: &str, hosts: &str, cmd: Cmd, out: &mut dyn Write) -> 
             crate::events::check_kinds(&kind)?;
             history(ctx, url, hosts, &services, &window, &kind, lines, out)
         }
-        Cmd::Why { service, at } => why(ctx, url, hosts, &service, at.as_deref(), out),
-        Cmd::Incident { window } => incident(ctx, url, hosts, &window, out),
-        Cmd::Stats { services, since } => stats(ctx, url, hosts, &services, since, out),
+        Cmd::Past(PastCmd::Why { service, at }) => {
+            why(ctx, url, hosts, &service, at.as_deref(), out)
+        }
+        Cmd::Past(PastCmd::Incident { window }) => incident(ctx, url, hosts, &window, out),
+        Cmd::Past(PastCmd::Stats { services, since }) => {
+            stats(ctx, url, hosts, &services, since, out)
+        }
         _ => Err(Failure::new(
             exit::USAGE,
             "--fleet answers history, why, incident and stats".to_owned(),

@@ -289,7 +289,11 @@ impl Drop for Reader {
 
 /// Runs one command line; returns the exit code, or the failure to report.
 pub fn run(args: cli::Args, out: &mut dyn Write) -> Result<i32> {
-    use cli::Cmd;
+    let cli::Args {
+        global: args,
+        command,
+    } = args;
+    use cli::{Cmd, ControlCmd, PastCmd, StateCmd, ToolCmd};
     let remote = match &args.remote {
         Some(host) => Some(remote::Remote::new(
             host,
@@ -310,25 +314,31 @@ pub fn run(args: cli::Args, out: &mut dyn Write) -> Result<i32> {
         remote,
     };
     if let Some(url) = &args.fleet {
-        let code = fleet::run(&ctx, url, &args.hosts, args.command, out)?;
+        let code = fleet::run(&ctx, url, &args.hosts, command, out)?;
         out.flush()?;
         return Ok(code);
     }
     if let Some(remote) = &ctx.remote {
-        refuse_remote(remote, &args.command)?;
+        refuse_remote(remote, &command)?;
     }
-    let code = match args.command {
-        Cmd::Status { services } => status::status(&ctx, &services, out)?,
-        Cmd::List => status::list(&ctx, out)?,
-        Cmd::Ping { wait } => ping(&ctx, wait.map(Duration::from_secs_f64), out)?,
-        Cmd::IsActive { services } => status::is(&ctx, &services, status::Is::Active, out)?,
-        Cmd::IsFailed { services } => status::is(&ctx, &services, status::Is::Failed, out)?,
-        Cmd::Start(t) => control::run(&ctx, control::Verb::Start, &t, out)?,
-        Cmd::Stop(t) => control::run(&ctx, control::Verb::Stop, &t, out)?,
-        Cmd::Restart(t) => control::run(&ctx, control::Verb::Restart, &t, out)?,
-        Cmd::Reload(t) => control::run(&ctx, control::Verb::Reload, &t, out)?,
-        Cmd::Once(t) => control::run(&ctx, control::Verb::Once, &t, out)?,
-        Cmd::Unconfigure { targets: t, direct } => {
+    let code = match command {
+        Cmd::State(StateCmd::Status { services }) => status::status(&ctx, &services, out)?,
+        Cmd::State(StateCmd::List) => status::list(&ctx, out)?,
+        Cmd::State(StateCmd::Ping { wait }) => ping(&ctx, wait.map(Duration::from_secs_f64), out)?,
+        Cmd::State(StateCmd::IsActive { services }) => {
+            status::is(&ctx, &services, status::Is::Active, out)?
+        }
+        Cmd::State(StateCmd::IsFailed { services }) => {
+            status::is(&ctx, &services, status::Is::Failed, out)?
+        }
+        Cmd::Control(ControlCmd::Start(t)) => control::run(&ctx, control::Verb::Start, &t, out)?,
+        Cmd::Control(ControlCmd::Stop(t)) => control::run(&ctx, control::Verb::Stop, &t, out)?,
+        Cmd::Control(ControlCmd::Restart(t)) => {
+            control::run(&ctx, control::Verb::Restart, &t, out)?
+        }
+        Cmd::Control(ControlCmd::Reload(t)) => control::run(&ctx, control::Verb::Reload, &t, out)?,
+        Cmd::Control(ControlCmd::Once(t)) => control::run(&ctx, control::Verb::Once, &t, out)?,
+        Cmd::Control(ControlCmd::Unconfigure { targets: t, direct }) => {
             match control::run(&ctx, control::Verb::Unconfigure, &t, out) {
                 // With the controller down, a package's pre-remove hook must still stop what is
                 // about to lose its program.
@@ -338,27 +348,27 @@ pub fn run(args: cli::Args, out: &mut dyn Write) -> Result<i32> {
                 other => other?,
             }
         }
-        Cmd::Signal {
+        Cmd::Control(ControlCmd::Signal {
             signal,
             group,
             targets,
-        } => {
+        }) => {
             let verb = control::Verb::Signal {
                 signal: control::signal_spec(&signal)?,
                 group,
             };
             control::run(&ctx, verb, &targets, out)?
         }
-        Cmd::Action { name, targets } => {
+        Cmd::Control(ControlCmd::Action { name, targets }) => {
             control::run(&ctx, control::Verb::Action { name }, &targets, out)?
         }
-        Cmd::History {
+        Cmd::Past(PastCmd::History {
             services,
             window,
             kind,
             lines,
             follow,
-        } => {
+        }) => {
             let query = events::HistoryQuery {
                 services,
                 window,
@@ -368,38 +378,42 @@ pub fn run(args: cli::Args, out: &mut dyn Write) -> Result<i32> {
             };
             events::history(&ctx, &query, out)?
         }
-        Cmd::Watch {
+        Cmd::Past(PastCmd::Watch {
             services,
             kind,
             count,
-        } => events::watch(&ctx, &services, &kind, count, out)?,
-        Cmd::Audit {
+        }) => events::watch(&ctx, &services, &kind, count, out)?,
+        Cmd::Past(PastCmd::Audit {
             window,
             user,
             lines,
-        } => report::audit(&ctx, &window, user.as_deref(), lines, out)?,
-        Cmd::Incident { window } => {
+        }) => report::audit(&ctx, &window, user.as_deref(), lines, out)?,
+        Cmd::Past(PastCmd::Incident { window }) => {
             incident::incident(&ctx, window.since.as_deref(), window.until.as_deref(), out)?
         }
-        Cmd::Logs {
+        Cmd::Past(PastCmd::Logs {
             service,
             lines,
             follow,
-        } => logs::logs(&ctx, &service, lines, follow, out)?,
-        Cmd::Why { service, at } => why::why(&ctx, &service, at.as_deref(), out)?,
-        Cmd::Stats { services, since } => report::stats(&ctx, &services, since.as_deref(), out)?,
-        Cmd::Check {
+        }) => logs::logs(&ctx, &service, lines, follow, out)?,
+        Cmd::Past(PastCmd::Why { service, at }) => why::why(&ctx, &service, at.as_deref(), out)?,
+        Cmd::Past(PastCmd::Stats { services, since }) => {
+            report::stats(&ctx, &services, since.as_deref(), out)?
+        }
+        Cmd::Tool(ToolCmd::Check {
             paths,
             controller,
             into,
-        } => offline::check(&ctx, &paths, controller, into.as_deref(), out)?,
-        Cmd::Render {
+        }) => offline::check(&ctx, &paths, controller, into.as_deref(), out)?,
+        Cmd::Tool(ToolCmd::Render {
             services,
             templates,
-        } => offline::render(&ctx, &services, templates.as_deref(), out)?,
-        Cmd::Openrc(cli::OpenrcCmd::Start(start)) => openrc::start(&ctx, &start, out)?,
-        Cmd::Openrc(cli::OpenrcCmd::Stop { svc }) => openrc::stop(&ctx, &svc, out)?,
-        Cmd::Completions { shell } => {
+        }) => offline::render(&ctx, &services, templates.as_deref(), out)?,
+        Cmd::Tool(ToolCmd::Openrc(cli::OpenrcCmd::Start(start))) => {
+            openrc::start(&ctx, &start, out)?
+        }
+        Cmd::Tool(ToolCmd::Openrc(cli::OpenrcCmd::Stop { svc })) => openrc::stop(&ctx, &svc, out)?,
+        Cmd::Tool(ToolCmd::Completions { shell }) => {
             // clap_complete panics when its writer fails (a reader that went away, `| head`):
             // it writes into memory, and the write to stdout is ours.
             let mut script = Vec::new();
@@ -407,8 +421,8 @@ pub fn run(args: cli::Args, out: &mut dyn Write) -> Result<i32> {
             out.write_all(&script)?;
             exit::OK
         }
-        Cmd::Bridge => bridge::bridge(&ctx)?,
-        Cmd::Man { dir } => {
+        Cmd::Tool(ToolCmd::Bridge) => bridge::bridge(&ctx)?,
+        Cmd::Tool(ToolCmd::Man { dir }) => {
             let page = |out: &mut dyn Write| {
                 let pages = upk_core::manpage::Subcommands::OwnPages;
                 upk_core::manpage::render(cli::Args::command(), "1", pages, manual::SECTIONS, out)
@@ -438,18 +452,20 @@ pub fn run(args: cli::Args, out: &mut dyn Write) -> Result<i32> {
 /// With `-H`, the commands (and options) that would read or act on this host's files instead
 /// of the remote controller are refused, each with one sentence.
 fn refuse_remote(remote: &remote::Remote, command: &cli::Cmd) -> Result<()> {
-    use cli::Cmd;
+    use cli::{Cmd, ControlCmd, PastCmd, ToolCmd};
     let usage = |m: &str| Err(Failure::new(exit::USAGE, m.to_owned()));
     match command {
-        Cmd::Logs { .. } => Err(remote.local_only("logs")),
-        Cmd::Check { .. } => Err(remote.local_only("check")),
-        Cmd::Render { .. } => Err(remote.local_only("render")),
-        Cmd::Openrc(_) => Err(remote.local_only("openrc")),
-        Cmd::Bridge => usage("`upkctl bridge` is what -H runs on the remote host; it takes no -H"),
-        Cmd::Unconfigure { direct: true, .. } => {
+        Cmd::Past(PastCmd::Logs { .. }) => Err(remote.local_only("logs")),
+        Cmd::Tool(ToolCmd::Check { .. }) => Err(remote.local_only("check")),
+        Cmd::Tool(ToolCmd::Render { .. }) => Err(remote.local_only("render")),
+        Cmd::Tool(ToolCmd::Openrc(_)) => Err(remote.local_only("openrc")),
+        Cmd::Tool(ToolCmd::Bridge) => {
+            usage("`upkctl bridge` is what -H runs on the remote host; it takes no -H")
+        }
+        Cmd::Control(ControlCmd::Unconfigure { direct: true, .. }) => {
             usage("unconfigure --direct talks to this host's buddies and does not work with -H")
         }
-        Cmd::Unconfigure { targets, .. } if targets.wait => usage(
+        Cmd::Control(ControlCmd::Unconfigure { targets, .. }) if targets.wait => usage(
             "unconfigure --wait watches this host's status files and does not work with -H \
              (without --wait it does)",
         ),
