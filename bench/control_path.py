@@ -58,9 +58,8 @@ def main():
     d = path if path.is_dir() else path.parent
     build = Build(label, path / "upk_buddy" if path.is_dir() else path, d / "upkeeper",
                   d / "upkctl")
-    # fastpath.Bench needs these arguments only.
-    bargs = argparse.Namespace(floor=None, floor_src=str(fastpath.REPO.parent / "shared" /
-                                                         "bench" / "floor.c"))
+    # fastpath.Bench with fastpath's own defaults (the rendered script, cgroups on).
+    bargs = fastpath.parser().parse_args([])
     def on_term(signum, frame):
         raise KeyboardInterrupt
 

@@ -824,7 +824,8 @@ def report(res):
     return "\n".join(L)
 
 
-def main():
+def parser():
+    """The command line; bench/control_path.py takes its defaults for the Bench it builds."""
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--buddy", action="append", default=[], metavar="LABEL=PATH", required=False,
                    help="an upk_buddy binary, or a directory with upk_buddy, upkeeper, upkctl")
@@ -863,7 +864,11 @@ def main():
     p.add_argument("--note", default="", help="a sentence printed in bold under the heading")
     p.add_argument("--label", default="", help="suffix of the results file name")
     p.add_argument("--report", metavar="JSON", help="only print the markdown of a results file")
-    args = p.parse_args()
+    return p
+
+
+def main():
+    args = parser().parse_args()
     if args.report:
         print(report(json.loads(Path(args.report).read_text())))
         return 0
