@@ -343,8 +343,21 @@ impl Client {
         };
         let mut lines = vec![hello];
         lines.extend(then);
-        let ids = self.wire.send_all(lines)?;
         self.wire.set_timeout(Some(bound))?;
+        let ids = match self.wire.send_all(lines) {
+            Ok(ids) => ids,
+            // A controller that turned the connection away (`busy`) said why before closing
+            // it: that sentence is the error, not the broken pipe.
+            Err(e) => {
+                return Err(match self.read() {
+                    Ok(Envelope {
+                        id: None,
+                        body: ClientReply::Error { code, message },
+                    }) => Error::Controller { code, message },
+                    _ => Error::Io(e),
+                })
+            }
+        };
         let answer = self.answer(ids[0]);
         self.wire.set_timeout(self.timeout)?;
         match answer? {
@@ -767,6 +780,27 @@ mod tests {
     use super::*;
     use std::os::unix::net::UnixListener;
     use std::time::Instant;
+
+    /// A controller that says `busy` and closes before the client has written anything: the
+    /// client's first write breaks, and the error it gets is the controller's sentence.
+    #[test]
+    fn busy_said_before_the_first_write_is_the_error() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("sock");
+        let listener = UnixListener::bind(&path).expect("bind");
+        let mut client = Client::connect_lazy(&path, Duration::from_secs(10)).expect("connect");
+        let (mut conn, _) = listener.accept().expect("accept");
+        let busy = r#"{"type":"error","code":"busy","message":"uid 7 holds 32 connections"}"#;
+        std::io::Write::write_all(&mut conn, format!("{busy}\n").as_bytes()).expect("write");
+        drop(conn);
+        match client.list() {
+            Err(Error::Controller { code, message }) => {
+                assert_eq!(code, ErrorCode::Busy);
+                assert_eq!(message, "uid 7 holds 32 connections");
+            }
+            other => panic!("expected busy, got {other:?}"),
+        }
+    }
 
     /// A listener that never accepts, its backlog filled: the connect itself must give up at
     /// the bound, not wait for a slot for ever.
