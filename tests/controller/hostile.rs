@@ -634,3 +634,74 @@ fn a_queue_holds_one_control_request_and_nothing_else() {
     assert_eq!(r["code"], "invalid", "a queue without a request: {r}");
     still_serving(&mut c);
 }
+
+/// Sends SIGCONT to a stopped process when dropped, so that a failing test leaves none.
+struct Stopped(nix::unistd::Pid);
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(self.0, nix::sys::signal::Signal::SIGCONT);
+    }
+}
+
+/// A buddy that does not answer (here, stopped) holds at most 64 commands in flight: more are
+/// answered `unavailable` at once, and `--no-block` callers cannot pile them up either. Once it
+/// answers again, every command taken is carried out and audited.
+#[test]
+fn commands_in_flight_to_a_buddy_that_does_not_answer_are_bounded() {
+    let (sb, mut c) = controller_with_web();
+    let buddy = status(&sb, "web").expect("a status").buddy_pid;
+    let stopped = Stopped(nix::unistd::Pid::from_raw(buddy));
+    nix::sys::signal::kill(stopped.0, nix::sys::signal::Signal::SIGSTOP).expect("stop the buddy");
+
+    let mut raw = Client::connect(&c.socket);
+    let mut lines = Vec::new();
+    for id in 1..=70 {
+        let queued =
+            json!({"type": "queue", "id": id, "request": {"type": "start", "service": "web"}});
+        lines.extend(serde_json::to_vec(&queued).expect("json"));
+        lines.push(b'\n');
+    }
+    raw.send_raw(&lines);
+    let replies: Vec<Value> = (0..70).map(|_| raw.recv().expect("a reply")).collect();
+    let kinds = |kind: &str| replies.iter().filter(|r| r["type"] == kind).count();
+    assert_eq!((kinds("queued"), kinds("error")), (64, 6), "{replies:?}");
+    let refused = replies
+        .iter()
+        .find(|r| r["type"] == "error")
+        .expect("an error");
+    assert_eq!(refused["code"], "unavailable", "{refused}");
+    assert!(
+        refused["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("64 commands are in flight")),
+        "{refused}"
+    );
+    // Other services are not held up by it.
+    let r = raw.call(json!({"type": "start", "id": 71, "service": "no-such"}));
+    assert_eq!(r["code"], "not_found", "{r}");
+
+    drop(stopped);
+    let rows = wait_until(Duration::from_secs(20), "70 commands audited", || {
+        let rows = c
+            .client()
+            .audit(&libupkeeper::AuditQuery::default())
+            .map_err(|e| e.to_string())?;
+        let web: Vec<_> = rows
+            .into_iter()
+            .filter(|r| r.entry.service.as_deref() == Some("web"))
+            .collect();
+        match web.len() {
+            70 => Ok(web),
+            n => Err(format!("{n} rows")),
+        }
+    });
+    assert_eq!(rows.iter().filter(|r| r.entry.ok).count(), 64, "{rows:?}");
+    wait_until(Duration::from_secs(10), "web running", || {
+        match status(&sb, "web") {
+            Some(s) if s.state == upk_core::event::StateName::Running => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    });
+    still_serving(&mut c);
+}

@@ -9,6 +9,13 @@ use std::os::unix::net::UnixStream;
 use upk_core::client::{ClientReply, ClientRequest, ErrorCode};
 use upk_core::proto::{BuddyReply, BuddyRequest, LineBuf};
 
+/// Control requests relayed to one service's buddy and not answered yet, at most; more are
+/// answered `unavailable`.
+pub const MAX_IN_FLIGHT_PER_SERVICE: usize = 64;
+
+/// Control requests relayed and not answered yet, for all services together, at most.
+pub const MAX_IN_FLIGHT: usize = 4096;
+
 /// What the server needs done by the rest of the controller: the loop carries it out.
 #[derive(Debug)]
 pub enum Intent {
@@ -105,6 +112,25 @@ impl Server {
             ClientRequest::Unconfigure { .. } => BuddyRequest::Shutdown,
             _ => return Err((ErrorCode::Invalid, "not a control request".into())),
         };
+        // Bounded: a buddy that does not answer (stopped, wedged) must not let commands pile
+        // up here, and `--no-block` callers do not wait for them to be answered.
+        let (mine, all) = (
+            self.pending
+                .values()
+                .filter(|p| p.service == service)
+                .count(),
+            self.pending.len(),
+        );
+        if mine >= MAX_IN_FLIGHT_PER_SERVICE || all >= MAX_IN_FLIGHT {
+            let (n, whose) = match mine >= MAX_IN_FLIGHT_PER_SERVICE {
+                true => (mine, format!("{service}'s buddy has")),
+                false => (all, "the buddies have".to_owned()),
+            };
+            return Err((
+                ErrorCode::Unavailable,
+                format!("{n} commands are in flight that {whose} not answered yet; try again once they are"),
+            ));
+        }
         let rid = self.token();
         let relay = BuddyRequest::Relay {
             cause: peer.cause(),
