@@ -25,6 +25,27 @@ fn controller_with_web() -> (Sandbox, Controller) {
     (sb, c)
 }
 
+/// The audit, read once root's marker command (a restart of a service that does not exist)
+/// is in it: every command audited before the marker is then in the rows.
+fn audit_after_a_marker(c: &Controller) -> Vec<libupkeeper::CommandRow> {
+    let mut root = c.client();
+    let marker = root.restart("no-such-service").expect_err("not found");
+    assert_eq!(marker.code(), Some(libupkeeper::ErrorCode::NotFound));
+    wait_until(Duration::from_secs(10), "the marker audited", || {
+        let rows = c
+            .client()
+            .audit(&libupkeeper::AuditQuery::default())
+            .map_err(|e| e.to_string())?;
+        match rows
+            .iter()
+            .any(|r| r.entry.service.as_deref() == Some("no-such-service"))
+        {
+            true => Ok(rows),
+            false => Err(format!("{} rows", rows.len())),
+        }
+    })
+}
+
 /// The controller still answers a fresh connection.
 fn still_serving(c: &mut Controller) {
     assert!(
@@ -196,24 +217,7 @@ fn a_flood_of_refused_requests_writes_ten_rows_not_thousands() {
     let replies = probe_as("upkother", &c.socket, &lines);
     assert_eq!(replies.len(), 3001);
     assert!(replies[1..].iter().all(|r| r["code"] == "refused"));
-    // A marker after the flood: once root's command is stored, everything before it is.
-    let mut root = c.client();
-    let marker = root.restart("no-such-service").expect_err("not found");
-    assert_eq!(marker.code(), Some(libupkeeper::ErrorCode::NotFound));
-    let rows = wait_until(Duration::from_secs(10), "the marker audited", || {
-        let rows = c
-            .client()
-            .audit(&libupkeeper::AuditQuery::default())
-            .map_err(|e| e.to_string())?;
-        if rows
-            .iter()
-            .any(|r| r.entry.service.as_deref() == Some("no-such-service"))
-        {
-            Ok(rows)
-        } else {
-            Err(format!("{} rows", rows.len()))
-        }
-    });
+    let rows = audit_after_a_marker(&c);
     let theirs: Vec<&libupkeeper::CommandRow> =
         rows.iter().filter(|r| r.entry.uid == other_uid).collect();
     assert_eq!(
@@ -566,23 +570,8 @@ fn a_refused_hello_ends_the_connection_and_what_followed_it_is_not_served() {
         );
         assert_eq!(raw.recv(), None, "the connection ends after the refusal");
     }
-    // Nothing started web, and nothing audited a start: a marker command stored after both.
-    let mut root = c.client();
-    let marker = root.restart("no-such-service").expect_err("not found");
-    assert_eq!(marker.code(), Some(libupkeeper::ErrorCode::NotFound));
-    let rows = wait_until(Duration::from_secs(10), "the marker audited", || {
-        let rows = c
-            .client()
-            .audit(&libupkeeper::AuditQuery::default())
-            .map_err(|e| e.to_string())?;
-        match rows
-            .iter()
-            .any(|r| r.entry.service.as_deref() == Some("no-such-service"))
-        {
-            true => Ok(rows),
-            false => Err(format!("{rows:?}")),
-        }
-    });
+    // Nothing started web, and nothing audited a start.
+    let rows = audit_after_a_marker(&c);
     assert!(
         rows.iter()
             .all(|r| r.entry.service.as_deref() != Some("web")),
