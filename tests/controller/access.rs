@@ -22,14 +22,10 @@ pub(super) fn users() -> (u32, u32) {
         run("useradd -M -N -g nogroup -G upkread -s /bin/false upkreader");
         run("useradd -M -N -g nogroup -s /bin/false upkother");
     });
-    let uid = |name: &str| {
-        nix::unistd::User::from_name(name)
-            .expect("lookup")
-            .expect("user exists")
-            .uid
-            .as_raw()
-    };
-    (uid("upkreader"), uid("upkother"))
+    (
+        upk_testkit::uid_of("upkreader"),
+        upk_testkit::uid_of("upkother"),
+    )
 }
 
 /// Runs `upk_probe` as `user` (with the groups of the user database) and returns the

@@ -74,14 +74,7 @@ fn users() -> (u32, u32) {
             run(&["usermod", "-s", "/bin/sh", "-p", "*", user]);
         }
     });
-    let uid = |name: &str| {
-        nix::unistd::User::from_name(name)
-            .expect("lookup")
-            .expect("user exists")
-            .uid
-            .as_raw()
-    };
-    (uid(USER), uid(NOBODY))
+    (upk_testkit::uid_of(USER), upk_testkit::uid_of(NOBODY))
 }
 
 /// A loopback port nobody listens on (bound, then freed).

@@ -26,6 +26,15 @@ use upk_core::status::Status;
 /// The environment variable that marks a sandbox's processes.
 pub const MARKER: &str = "UPK_SANDBOX";
 
+/// The uid of the local user `name`, which the test made (panics when there is none).
+pub fn uid_of(name: &str) -> u32 {
+    nix::unistd::User::from_name(name)
+        .expect("lookup")
+        .unwrap_or_else(|| panic!("no user {name}"))
+        .uid
+        .as_raw()
+}
+
 /// Polls `probe` every few milliseconds until it returns `Some`, for at most `timeout`.
 /// On timeout it panics with `what` and the last observation `probe` described.
 pub fn wait_until<T>(
